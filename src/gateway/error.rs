@@ -1,0 +1,50 @@
+//! The one place gateway failures become JSON-RPC errors.
+
+use rmcp::model::{ErrorCode, ErrorData};
+use serde_json::json;
+
+use crate::registry::RegistryError;
+use crate::upstream::UpstreamError;
+
+/// JSON-RPC code MCP SDKs use for a request that timed out.
+pub const REQUEST_TIMEOUT: ErrorCode = ErrorCode(-32001);
+/// Code for an upstream that cannot be reached (implementation-defined range).
+pub const UPSTREAM_UNAVAILABLE: ErrorCode = ErrorCode(-32002);
+/// Code for a request the client cancelled.
+pub const REQUEST_CANCELLED: ErrorCode = ErrorCode(-32800);
+
+/// Maps an upstream failure to what the client sees. The message always
+/// names the upstream so a user can tell which server is at fault.
+pub(super) fn upstream_error(e: UpstreamError) -> ErrorData {
+    match e {
+        UpstreamError::Remote(e) => e,
+        UpstreamError::Timeout { ref upstream, after } => ErrorData::new(
+            REQUEST_TIMEOUT,
+            e.to_string(),
+            Some(json!({ "upstream": upstream, "timeoutMs": after.as_millis() as u64 })),
+        ),
+        UpstreamError::Cancelled => ErrorData::new(REQUEST_CANCELLED, e.to_string(), None),
+        UpstreamError::Unavailable { ref upstream, .. }
+        | UpstreamError::Connect { ref upstream, .. }
+        | UpstreamError::Closed { ref upstream }
+        | UpstreamError::TooManySessions { ref upstream, .. } => ErrorData::new(
+            UPSTREAM_UNAVAILABLE,
+            e.to_string(),
+            Some(json!({ "upstream": upstream })),
+        ),
+    }
+}
+
+/// Maps a registry failure.
+pub(super) fn registry_error(e: RegistryError) -> ErrorData {
+    match e {
+        RegistryError::BadCursor => ErrorData::invalid_params("invalid cursor", None),
+        RegistryError::Upstream(e) => upstream_error(e),
+        other => ErrorData::internal_error(other.to_string(), None),
+    }
+}
+
+/// The error for a name that is not in the caller's view.
+pub(super) fn unknown(kind: &str, name: &str) -> ErrorData {
+    ErrorData::invalid_params(format!("unknown {kind}: `{name}`"), Some(json!({ kind: name })))
+}

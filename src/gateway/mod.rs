@@ -1,0 +1,198 @@
+//! The downstream MCP server: one [`Session`] handler per client session,
+//! tying it to the registry (what exists and where it lives) and the
+//! upstreams (forwarding). Also fans upstream events out to sessions.
+
+mod error;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rmcp::model::{ClientCapabilities, LoggingLevel};
+use rmcp::service::{Peer, RoleServer};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::registry::{Endpoint, Registry};
+use crate::upstream::{ListKind, UpstreamEvent};
+pub use error::{REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
+pub use session::Session;
+
+/// What the gateway knows about one live downstream session.
+pub struct SessionState {
+    id: u64,
+    endpoint: Endpoint,
+    peer: Mutex<Option<Peer<RoleServer>>>,
+    log_level: Mutex<Option<LoggingLevel>>,
+    /// Exposed URIs this session subscribed to.
+    subscriptions: Mutex<std::collections::HashSet<String>>,
+}
+
+impl SessionState {
+    fn peer(&self) -> Option<Peer<RoleServer>> {
+        self.peer.lock().ok().and_then(|p| p.clone())
+    }
+}
+
+/// State shared by every session.
+pub struct Gateway {
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    sessions: RwLock<HashMap<u64, Arc<SessionState>>>,
+    next_session: AtomicU64,
+}
+
+impl Gateway {
+    /// Creates the gateway and starts the task that fans upstream events out
+    /// to sessions.
+    pub fn new(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        events: mpsc::UnboundedReceiver<UpstreamEvent>,
+    ) -> Arc<Gateway> {
+        let gw = Arc::new(Gateway {
+            config,
+            registry,
+            sessions: RwLock::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+        });
+        tokio::spawn(fan_out(Arc::downgrade(&gw), events));
+        gw
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// A handler for a new downstream session on `endpoint`.
+    pub fn session(self: &Arc<Self>, endpoint: Endpoint) -> Session {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(SessionState {
+            id,
+            endpoint,
+            peer: Mutex::new(None),
+            log_level: Mutex::new(None),
+            subscriptions: Mutex::new(Default::default()),
+        });
+        if let Ok(mut map) = self.sessions.write() {
+            map.insert(id, state.clone());
+        }
+        Session::new(self.clone(), state)
+    }
+
+    /// Number of live downstream sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn close_session(&self, id: u64) {
+        if let Ok(mut map) = self.sessions.write() {
+            map.remove(&id);
+        }
+        for up in self.registry.upstreams().values() {
+            up.session_closed(id);
+        }
+    }
+
+    fn sessions_showing(&self, upstream: &str) -> Vec<Arc<SessionState>> {
+        self.sessions
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter(|s| self.registry.endpoint_includes(&s.endpoint, upstream))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn on_event(&self, event: UpstreamEvent) {
+        match event {
+            UpstreamEvent::ListChanged { upstream, kind } => {
+                self.registry.invalidate(&upstream, Some(kind)).await;
+                self.notify_lists(&upstream, &[kind]).await;
+            }
+            UpstreamEvent::StateChanged { upstream } => {
+                self.registry.invalidate(&upstream, None).await;
+                let all = [ListKind::Tools, ListKind::Resources, ListKind::Prompts];
+                self.notify_lists(&upstream, &all).await;
+            }
+            UpstreamEvent::ResourceUpdated { upstream, mut params } => {
+                for s in self.sessions_showing(&upstream) {
+                    let view = self.registry.resources(&s.endpoint).await;
+                    let exposed = view
+                        .exposed
+                        .get(&(upstream.clone(), params.uri.clone()))
+                        .cloned()
+                        .unwrap_or_else(|| params.uri.clone());
+                    let subscribed = s.subscriptions.lock().map(|set| set.contains(&exposed)).unwrap_or(false);
+                    if let (true, Some(peer)) = (subscribed, s.peer()) {
+                        params.uri = exposed;
+                        let _ = peer.notify_resource_updated(params.clone()).await;
+                    }
+                }
+            }
+            UpstreamEvent::Log { upstream, session, mut params } => {
+                if params.logger.is_none() {
+                    params.logger = Some(upstream.to_string());
+                }
+                for s in self.sessions_showing(&upstream) {
+                    if session.is_some_and(|id| id != s.id) {
+                        continue;
+                    }
+                    let wanted = s.log_level.lock().ok().and_then(|l| *l);
+                    if wanted.is_some_and(|min| level_rank(params.level) < level_rank(min)) {
+                        continue;
+                    }
+                    if let Some(peer) = s.peer() {
+                        #[allow(deprecated)]
+                        let _ = peer.notify_logging_message(params.clone()).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn notify_lists(&self, upstream: &str, kinds: &[ListKind]) {
+        for s in self.sessions_showing(upstream) {
+            let Some(peer) = s.peer() else { continue };
+            for kind in kinds {
+                let sent = match kind {
+                    ListKind::Tools => peer.notify_tool_list_changed().await,
+                    ListKind::Prompts => peer.notify_prompt_list_changed().await,
+                    ListKind::Resources => peer.notify_resource_list_changed().await,
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(session = s.id, error = %e, "list_changed not delivered");
+                }
+            }
+        }
+    }
+}
+
+fn level_rank(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+async fn fan_out(gw: std::sync::Weak<Gateway>, mut events: mpsc::UnboundedReceiver<UpstreamEvent>) {
+    while let Some(event) = events.recv().await {
+        let Some(gw) = gw.upgrade() else { return };
+        gw.on_event(event).await;
+    }
+}
+
+/// What a caller may do, as far as forwarding cares.
+pub(crate) fn capabilities_of(ctx: &rmcp::service::RequestContext<RoleServer>) -> ClientCapabilities {
+    ctx.client_capabilities().unwrap_or_default()
+}

@@ -1,0 +1,366 @@
+//! The MCP server handler for one downstream session.
+
+use std::sync::Arc;
+
+use rmcp::model::*;
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::ServerHandler;
+use serde::de::DeserializeOwned;
+
+use super::error::{registry_error, unknown, upstream_error};
+use super::{capabilities_of, Gateway, SessionState};
+use crate::registry::{self, Endpoint, Target};
+use crate::upstream::Caller;
+
+/// One downstream session's handler. Dropped when the session ends, which
+/// releases its per-client upstream connections.
+pub struct Session {
+    gw: Arc<Gateway>,
+    state: Arc<SessionState>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.gw.close_session(self.state.id);
+    }
+}
+
+impl Session {
+    pub(super) fn new(gw: Arc<Gateway>, state: Arc<SessionState>) -> Session {
+        Session { gw, state }
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.state.endpoint
+    }
+
+    /// Remembers the session's peer the first time it is seen, for
+    /// notifications that are not replies (list_changed, logging).
+    fn remember(&self, ctx: &RequestContext<RoleServer>) {
+        if let Ok(mut peer) = self.state.peer.lock() {
+            if peer.is_none() {
+                *peer = Some(ctx.peer.clone());
+            }
+        }
+    }
+
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
+        self.remember(ctx);
+        Caller {
+            peer: ctx.peer.clone(),
+            request_id: ctx.id.clone(),
+            progress_token: ctx.meta.get_progress_token(),
+            capabilities: capabilities_of(ctx),
+            session: self.state.id,
+        }
+    }
+
+    /// Forwards `request` to the target's upstream and converts the answer.
+    async fn forward<T, C: DeserializeOwned>(
+        &self,
+        target: &Target,
+        request: ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+        pick: fn(ServerResult) -> Result<T, ServerResult>,
+        complete: fn(C) -> T,
+    ) -> Result<T, ErrorData> {
+        let upstream = self
+            .gw
+            .registry
+            .upstream(&target.upstream)
+            .ok_or_else(|| unknown("upstream", &target.upstream))?;
+        let result = upstream
+            .request(self.caller(ctx), request, &ctx.ct)
+            .await
+            .map_err(upstream_error)?;
+        match pick(result) {
+            Ok(t) => Ok(t),
+            // The untagged result enum may have matched another shape; the
+            // JSON is what the upstream sent, so read it as the expected type.
+            Err(other) => serde_json::to_value(other)
+                .and_then(serde_json::from_value::<C>)
+                .map(complete)
+                .map_err(|e| {
+                    ErrorData::internal_error(
+                        format!("upstream `{}` sent a malformed result: {e}", target.upstream),
+                        None,
+                    )
+                }),
+        }
+    }
+
+    fn single(&self) -> Option<&Arc<str>> {
+        match self.endpoint() {
+            Endpoint::Single(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    fn page<T: Clone>(&self, items: &[T], params: Option<PaginatedRequestParams>) -> Result<(Vec<T>, Option<String>), ErrorData> {
+        let cursor = params.and_then(|p| p.cursor);
+        registry::page(items, cursor.as_deref(), self.gw.config.http.page_size).map_err(registry_error)
+    }
+
+    async fn resource_target(&self, uri: &str) -> Result<Target, ErrorData> {
+        let view = self.gw.registry.resources(self.endpoint()).await;
+        view.route(uri, self.single())
+            .ok_or_else(|| ErrorData::resource_not_found(format!("unknown resource: `{uri}`"), Some(serde_json::json!({ "uri": uri }))))
+    }
+}
+
+impl ServerHandler for Session {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_resources_subscribe()
+            .enable_completions()
+            .enable_logging()
+            .build();
+        let mut info = ServerConfig::new(capabilities);
+        info.server_info = Implementation::new("portcullis", env!("CARGO_PKG_VERSION"));
+        if let Endpoint::Virtual(name) = self.endpoint() {
+            info.instructions = self.gw.config.virtual_servers.get(&**name).and_then(|v| v.description.clone());
+        }
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        self.remember(&ctx);
+        let view = self.gw.registry.tools(self.endpoint()).await;
+        let (tools, next) = self.page(&view.items, params)?;
+        let mut result = ListToolsResult::with_all_items(tools);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        mut params: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let view = self.gw.registry.tools(self.endpoint()).await;
+        let target = view.index.get(&*params.name).ok_or_else(|| unknown("tool", &params.name))?.clone();
+        params.name = target.original.clone().into();
+        let request = ClientRequest::CallToolRequest(Request::new(params));
+        self.forward(&target, request, &ctx, |r| match r {
+            ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
+            ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+            ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+            other => Err(other),
+        }, |r| CallToolResponse::Complete(complete_call(r)))
+        .await
+    }
+
+    async fn list_prompts(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        self.remember(&ctx);
+        let view = self.gw.registry.prompts(self.endpoint()).await;
+        let (prompts, next) = self.page(&view.items, params)?;
+        let mut result = ListPromptsResult::with_all_items(prompts);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn get_prompt(
+        &self,
+        mut params: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let view = self.gw.registry.prompts(self.endpoint()).await;
+        let target = view.index.get(&params.name).ok_or_else(|| unknown("prompt", &params.name))?.clone();
+        params.name = target.original.clone();
+        let request = ClientRequest::GetPromptRequest(Request::new(params));
+        self.forward(&target, request, &ctx, |r| match r {
+            ServerResult::GetPromptResult(mut r) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(GetPromptResponse::Complete(r))
+            }
+            ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+            other => Err(other),
+        }, GetPromptResponse::Complete)
+        .await
+    }
+
+    async fn list_resources(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        self.remember(&ctx);
+        let view = self.gw.registry.resources(self.endpoint()).await;
+        let (resources, next) = self.page(&view.resources, params)?;
+        let mut result = ListResourcesResult::with_all_items(resources);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.remember(&ctx);
+        let view = self.gw.registry.resources(self.endpoint()).await;
+        let (templates, next) = self.page(&view.templates, params)?;
+        let mut result = ListResourceTemplatesResult::with_all_items(templates);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn read_resource(
+        &self,
+        mut params: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let exposed = params.uri.clone();
+        let target = self.resource_target(&params.uri).await?;
+        params.uri = target.original.clone();
+        let request = ClientRequest::ReadResourceRequest(Request::new(params));
+        let mut response = self
+            .forward(&target, request, &ctx, |r| match r {
+                ServerResult::ReadResourceResult(mut r) => {
+                    r.result_type.get_or_insert(ResultType::COMPLETE);
+                    Ok(ReadResourceResponse::Complete(r))
+                }
+                ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
+                other => Err(other),
+            }, ReadResourceResponse::Complete)
+            .await?;
+        // Contents name the URI the upstream knows; show the one the client asked for.
+        if let ReadResourceResponse::Complete(result) = &mut response {
+            if exposed != target.original {
+                for content in &mut result.contents {
+                    rename_content_uri(content, &target.original, &exposed);
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        mut params: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let exposed = params.uri.clone();
+        let target = self.resource_target(&params.uri).await?;
+        params.uri = target.original.clone();
+        let request = ClientRequest::SubscribeRequest(Request::new(params));
+        self.forward(&target, request, &ctx, |r| match r {
+            ServerResult::EmptyResult(_) => Ok(()),
+            other => Err(other),
+        }, |()| ())
+        .await
+        ?;
+        if let Ok(mut subs) = self.state.subscriptions.lock() {
+            subs.insert(exposed);
+        }
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        mut params: UnsubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if let Ok(mut subs) = self.state.subscriptions.lock() {
+            subs.remove(&params.uri);
+        }
+        let target = self.resource_target(&params.uri).await?;
+        params.uri = target.original.clone();
+        let request = ClientRequest::UnsubscribeRequest(Request::new(params));
+        self.forward(&target, request, &ctx, |r| match r {
+            ServerResult::EmptyResult(_) => Ok(()),
+            other => Err(other),
+        }, |()| ())
+        .await
+        .or(Ok(()))
+    }
+
+    async fn complete(
+        &self,
+        mut params: CompleteRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let target = match &mut params.r#ref {
+            Reference::Prompt(prompt) => {
+                let view = self.gw.registry.prompts(self.endpoint()).await;
+                let target = view.index.get(&prompt.name).ok_or_else(|| unknown("prompt", &prompt.name))?.clone();
+                prompt.name = target.original.clone();
+                target
+            }
+            Reference::Resource(resource) => {
+                let view = self.gw.registry.resources(self.endpoint()).await;
+                let target = match view.template_index.get(&resource.uri) {
+                    Some(t) => t.clone(),
+                    None => view.route(&resource.uri, self.single()).ok_or_else(|| unknown("resource template", &resource.uri))?,
+                };
+                resource.uri = target.original.clone();
+                target
+            }
+            _ => return Err(ErrorData::invalid_params("unsupported completion reference", None)),
+        };
+        let request = ClientRequest::CompleteRequest(Request::new(params));
+        self.forward(&target, request, &ctx, |r| match r {
+            ServerResult::CompleteResult(r) => Ok(r),
+            other => Err(other),
+        }, |r: CompleteResult| r)
+        .await
+    }
+
+    #[allow(deprecated)]
+    async fn set_level(
+        &self,
+        params: SetLevelRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.remember(&ctx);
+        if let Ok(mut level) = self.state.log_level.lock() {
+            *level = Some(params.level);
+        }
+        // Upstreams filter at the source; the gateway also filters per
+        // session, since a shared upstream serves sessions with other levels.
+        for upstream in self.gw.registry.upstreams_of(self.endpoint()) {
+            let Some(up) = self.gw.registry.upstream(&upstream) else { continue };
+            if up.server_capabilities().is_some_and(|c| c.logging.is_some()) {
+                let request = ClientRequest::SetLevelRequest(Request::new(params.clone()));
+                if let Err(e) = up.request(self.caller(&ctx), request, &ctx.ct).await {
+                    tracing::debug!(upstream = %upstream, error = %e, "logging/setLevel not applied upstream");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Legacy upstreams omit `resultType`; 2026-07-28 clients require it. rmcp
+/// strips it again for legacy clients, so setting it is always right.
+fn complete_call(mut r: CallToolResult) -> CallToolResult {
+    r.result_type.get_or_insert(ResultType::COMPLETE);
+    r
+}
+
+fn rename_content_uri(content: &mut ResourceContents, from: &str, to: &str) {
+    let uri = match content {
+        ResourceContents::TextResourceContents { uri, .. } => uri,
+        ResourceContents::BlobResourceContents { uri, .. } => uri,
+        _ => return,
+    };
+    if uri == from {
+        *uri = to.to_owned();
+    }
+}

@@ -1,0 +1,71 @@
+//! Assembles a running gateway from a config (upstreams, registry, session
+//! handlers) and takes it down again. Shared by `serve` and `stdio`, so both
+//! start the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::registry::Registry;
+use crate::upstream::Upstream;
+
+/// A running gateway: everything but the listener.
+pub struct Runtime {
+    /// The config it runs.
+    pub config: Arc<Config>,
+    /// Session handlers and event fan-out.
+    pub gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Runtime {
+    /// Starts every upstream's supervisor (each connects in the background,
+    /// so a slow or dead upstream delays nothing) and the gateway.
+    pub fn start(config: Config) -> Runtime {
+        let config = Arc::new(config);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        let upstreams: BTreeMap<Arc<str>, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let up = Upstream::start(name, u.clone(), http.clone(), events_tx.clone(), shutdown.clone(), &tasks);
+                (Arc::from(name.as_str()), up)
+            })
+            .collect();
+        let registry = Arc::new(Registry::new(config.clone(), upstreams));
+        let gateway = Gateway::new(config.clone(), registry, events_rx);
+        Runtime {
+            config,
+            gateway,
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Cancelled when the gateway shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops every upstream and waits (bounded) for child processes to be
+    /// reaped, so none outlives the gateway.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await.is_err() {
+            tracing::warn!("some upstreams did not stop within 10s");
+        }
+    }
+}

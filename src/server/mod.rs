@@ -1,0 +1,156 @@
+//! The HTTP listener: routes `/mcp`, `/mcp/{upstream}` and `/mcp/v/{name}`
+//! to the streamable HTTP MCP service of that endpoint, and answers
+//! `/healthz` and `/readyz`.
+//!
+//! Host and Origin checks (DNS-rebinding protection) and the request body
+//! limit are enforced by rmcp's `StreamableHttpService`, configured here
+//! from `http:` in the config; each failure gets a clear HTTP error.
+
+mod health;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio::net::TcpListener;
+use tower::Service;
+
+use crate::config::Config;
+use crate::gateway::{Gateway, Session};
+use crate::registry::Endpoint;
+use crate::runtime::Runtime;
+
+type McpService = StreamableHttpService<Session, LocalSessionManager>;
+/// Response body type of every route.
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The routing table: one MCP service per endpoint, built at start.
+pub struct Router {
+    mcp: HashMap<Endpoint, McpService>,
+    gateway: Arc<Gateway>,
+}
+
+impl Router {
+    /// Builds a service for every endpoint the config defines.
+    pub fn new(runtime: &Runtime) -> Router {
+        let config = &runtime.config;
+        let gateway = runtime.gateway.clone();
+        let registry = gateway.registry().clone();
+        let mut endpoints = vec![Endpoint::Aggregate];
+        endpoints.extend(registry.upstreams().keys().map(|u| Endpoint::Single(u.clone())));
+        endpoints.extend(config.virtual_servers.keys().map(|v| Endpoint::Virtual(v.as_str().into())));
+        let mcp = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let gw = gateway.clone();
+                let ep = endpoint.clone();
+                // One session manager per endpoint: a session id issued on
+                // one path must not be usable on another.
+                let mut sessions = LocalSessionManager::default();
+                let mut session_config = SessionConfig::default();
+                session_config.keep_alive = Some(config.http.session_idle_timeout);
+                sessions.session_config = session_config;
+                let service = StreamableHttpService::new(
+                    move || Ok(gw.session(ep.clone())),
+                    Arc::new(sessions),
+                    mcp_config(config, runtime.shutdown_token()),
+                );
+                (endpoint, service)
+            })
+            .collect();
+        Router { mcp, gateway }
+    }
+
+    /// Routes one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        match path.as_str() {
+            "/healthz" => return text(StatusCode::OK, "ok\n"),
+            "/readyz" => return health::ready(&self.gateway),
+            _ => {}
+        }
+        let endpoint = match path.strip_prefix("/mcp") {
+            Some("") => self.gateway.registry().endpoint(None, None),
+            Some(rest) => match rest.strip_prefix("/v/") {
+                Some(v) => self.gateway.registry().endpoint(None, Some(v)),
+                None => rest.strip_prefix('/').and_then(|u| self.gateway.registry().endpoint(Some(u), None)),
+            },
+            None => None,
+        };
+        let Some(mut service) = endpoint.and_then(|e| self.mcp.get(&e).cloned()) else {
+            return text(StatusCode::NOT_FOUND, &format!("no MCP endpoint at {path}\n"));
+        };
+        match service.call(req).await {
+            Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
+            Err(never) => match never {},
+        }
+    }
+}
+
+fn mcp_config(config: &Config, shutdown: tokio_util::sync::CancellationToken) -> StreamableHttpServerConfig {
+    let mut c = StreamableHttpServerConfig::default();
+    c.cancellation_token = shutdown;
+    c.max_request_body_bytes = config.http.max_body_bytes;
+    c.allowed_hosts = if config.http.allowed_hosts.iter().any(|h| h == "*") {
+        Vec::new()
+    } else {
+        config.http.allowed_hosts.clone()
+    };
+    c.allowed_origins = if config.http.allowed_origins.is_empty() {
+        ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*", "https://localhost:*"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        config.http.allowed_origins.clone()
+    };
+    c
+}
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Binds the listener. Separate from [`serve`] so the caller can print the
+/// bound address (port 0 picks one) before serving.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Accepts connections until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(router.handle(req).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,229 @@
+//! The gateway's MCP client handler for one upstream connection: routes
+//! what the upstream sends us back to the downstream session that caused it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{
+    ClientCapabilities, ClientInfo, ClientResult, ErrorCode, ErrorData, Implementation,
+    ServerNotification, ServerRequest,
+};
+use rmcp::model::GetExtensions;
+use rmcp::service::{
+    InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext, RoleClient,
+    Service,
+};
+
+use super::routes::{Caller, Routes};
+use super::{EventSink, ListKind, UpstreamEvent};
+
+/// How long a server-to-client request waits for its originating call to be
+/// registered (the registration races the upstream's reply by microseconds).
+const ASSOCIATION_WAIT: Duration = Duration::from_secs(2);
+
+/// Client handler for one upstream connection.
+pub(crate) struct UpstreamClient {
+    pub(crate) upstream: Arc<str>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) events: EventSink,
+    pub(crate) capabilities: ClientCapabilities,
+    /// Per-client connections: the one session this connection serves, for
+    /// messages no in-flight call explains.
+    pub(crate) owner: Option<Arc<Caller>>,
+}
+
+/// The capabilities a gateway connection declares to an upstream. A shared
+/// connection declares what the gateway can route to callers (each request
+/// is then checked against the calling client's own capabilities); a
+/// per-client connection declares exactly what its one client declared.
+pub(crate) fn advertised(downstream: Option<&ClientCapabilities>) -> ClientCapabilities {
+    match downstream {
+        Some(caps) => {
+            let mut mine = ClientCapabilities::default();
+            mine.elicitation = caps.elicitation.clone();
+            mine.sampling = caps.sampling.clone();
+            mine.roots = caps.roots.clone();
+            mine
+        }
+        None => serde_json::from_value(serde_json::json!({
+            "elicitation": { "form": {}, "url": {} },
+            "sampling": {},
+            "roots": { "listChanged": true }
+        }))
+        .unwrap_or_default(),
+    }
+}
+
+impl UpstreamClient {
+    async fn caller_for(&self, origin: Option<&InboundStreamOrigin>) -> Option<Arc<Caller>> {
+        match origin {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => {
+                self.routes.caller_of(id, ASSOCIATION_WAIT).await
+            }
+            Some(InboundStreamOrigin::Unassociated) => self.owner.clone(),
+            // stdio and SSE cannot say which call a message belongs to.
+            None => self.routes.latest().or_else(|| self.owner.clone()),
+        }
+    }
+
+    fn refuse(&self, what: &str) -> ErrorData {
+        ErrorData::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!(
+                "portcullis: no downstream client able to answer {what} for upstream `{}`",
+                self.upstream
+            ),
+            None,
+        )
+    }
+}
+
+fn client_can(caps: &ClientCapabilities, request: &ServerRequest) -> bool {
+    match request {
+        ServerRequest::CreateMessageRequest(_) => caps.sampling.is_some(),
+        ServerRequest::ElicitRequest(_) => caps.elicitation.is_some(),
+        ServerRequest::ListRootsRequest(_) => caps.roots.is_some(),
+        _ => true,
+    }
+}
+
+fn method_name(request: &ServerRequest) -> &'static str {
+    match request {
+        ServerRequest::CreateMessageRequest(_) => "sampling/createMessage",
+        ServerRequest::ElicitRequest(_) => "elicitation/create",
+        ServerRequest::ListRootsRequest(_) => "roots/list",
+        ServerRequest::PingRequest(_) => "ping",
+        _ => "a server-to-client request",
+    }
+}
+
+impl Service<RoleClient> for UpstreamClient {
+    async fn handle_request(
+        &self,
+        request: ServerRequest,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ClientResult, ErrorData> {
+        if matches!(request, ServerRequest::PingRequest(_)) {
+            return Ok(ClientResult::empty(()));
+        }
+        let what = method_name(&request);
+        let origin = request.extensions().get::<InboundStreamOrigin>().cloned();
+        let Some(caller) = self.caller_for(origin.as_ref()).await else {
+            // A shared connection serves many clients with different roots;
+            // outside a call it can only honestly say it has none of its own.
+            if matches!(request, ServerRequest::ListRootsRequest(_)) {
+                return Ok(ClientResult::ListRootsResult(Default::default()));
+            }
+            return Err(self.refuse(what));
+        };
+        if !client_can(&caller.capabilities, &request) {
+            return Err(ErrorData::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!("portcullis: the calling client did not declare support for {what}"),
+                None,
+            ));
+        }
+        let mut request = request;
+        // Deliver on the originating call's response stream (SEP-2260);
+        // the owner of a per-client connection is reached on its GET stream.
+        if !self.owner.as_ref().is_some_and(|o| Arc::ptr_eq(o, &caller)) {
+            request
+                .extensions_mut()
+                .insert(OriginatingRequestId(caller.request_id.clone()));
+        }
+        let handle = caller
+            .peer
+            .send_request_with_option(request, Default::default())
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("downstream unreachable: {e}"), None))?;
+        let downstream_id = handle.id.clone();
+        tokio::select! {
+            answer = handle.await_response() => answer.map_err(|e| match e {
+                rmcp::ServiceError::McpError(e) => e,
+                other => ErrorData::internal_error(format!("downstream failed: {other}"), None),
+            }),
+            () = context.ct.cancelled() => {
+                let params = rmcp::model::CancelledNotificationParam::new(Some(downstream_id), Some("cancelled by upstream".into()));
+                let _ = caller.peer.notify_cancelled(params).await;
+                Err(ErrorData::new(ErrorCode::INTERNAL_ERROR, "cancelled", None))
+            }
+        }
+    }
+
+    async fn handle_notification(
+        &self,
+        notification: ServerNotification,
+        _context: NotificationContext<RoleClient>,
+    ) -> Result<(), ErrorData> {
+        let upstream = self.upstream.clone();
+        let event = match notification {
+            ServerNotification::ProgressNotification(n) => {
+                if let Some(caller) = self.routes.progress_target(&n.params) {
+                    forward_progress(&caller, n.params).await;
+                }
+                return Ok(());
+            }
+            ServerNotification::ToolListChangedNotification(_) => UpstreamEvent::ListChanged {
+                upstream,
+                kind: ListKind::Tools,
+            },
+            ServerNotification::PromptListChangedNotification(_) => UpstreamEvent::ListChanged {
+                upstream,
+                kind: ListKind::Prompts,
+            },
+            ServerNotification::ResourceListChangedNotification(_) => {
+                UpstreamEvent::ListChanged {
+                    upstream,
+                    kind: ListKind::Resources,
+                }
+            }
+            ServerNotification::ResourceUpdatedNotification(n) => UpstreamEvent::ResourceUpdated {
+                upstream,
+                params: n.params,
+            },
+            ServerNotification::LoggingMessageNotification(n) => {
+                let origin = n.extensions.get::<InboundStreamOrigin>().cloned();
+                let caller = match origin {
+                    Some(InboundStreamOrigin::OutboundRequest(id)) => {
+                        self.routes.caller_of(&id, Duration::ZERO).await
+                    }
+                    _ => None,
+                };
+                UpstreamEvent::Log {
+                    upstream,
+                    session: caller.map(|c| c.session),
+                    params: n.params,
+                }
+            }
+            other => {
+                tracing::debug!(upstream = %self.upstream, ?other, "notification not forwarded");
+                return Ok(());
+            }
+        };
+        // The receiver lives as long as the gateway; a send error means it
+        // is shutting down and the event no longer matters.
+        let _ = self.events.send(event);
+        Ok(())
+    }
+
+    fn get_info(&self) -> ClientInfo {
+        let mut info = ClientInfo::default();
+        info.capabilities = self.capabilities.clone();
+        info.client_info = Implementation::new("portcullis", env!("CARGO_PKG_VERSION"));
+        info
+    }
+}
+
+/// Sends upstream progress to the caller under the caller's own token.
+pub(crate) async fn forward_progress(
+    caller: &Caller,
+    mut params: rmcp::model::ProgressNotificationParam,
+) {
+    let Some(token) = caller.progress_token.clone() else {
+        return;
+    };
+    params.progress_token = token;
+    if let Err(e) = caller.peer.notify_progress(params).await {
+        tracing::debug!(error = %e, "progress not delivered downstream");
+    }
+}

@@ -1,0 +1,103 @@
+//! Opening one MCP client connection over the configured transport.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
+use rmcp::service::{RoleClient, RunningService, ServiceExt};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use tokio::io::AsyncBufReadExt;
+
+use super::client::UpstreamClient;
+#[cfg(any())]
+use super::sse::SseClientTransport;
+use super::UpstreamError;
+use crate::config::{HttpUpstreamConfig, StdioConfig, Transport, UpstreamConfig};
+
+/// A live client session with an upstream.
+pub(crate) type Service = RunningService<RoleClient, UpstreamClient>;
+
+/// Connects and performs the MCP handshake, within the connect timeout.
+pub(crate) async fn connect(
+    name: &str,
+    config: &UpstreamConfig,
+    client: UpstreamClient,
+    http: &reqwest::Client,
+) -> Result<Service, UpstreamError> {
+    let fail = |message: String| UpstreamError::Connect {
+        upstream: name.to_owned(),
+        message,
+    };
+    let transport = config
+        .transport()
+        .ok_or_else(|| fail("no transport configured".into()))?;
+    let handshake = async {
+        match transport {
+            Transport::Stdio(stdio) => {
+                let child = spawn_child(name, &stdio).map_err(|e| fail(format!("spawn `{}`: {e}", stdio.command)))?;
+                client.serve(child).await.map_err(|e| fail(e.to_string()))
+            }
+            Transport::Http(h) => {
+                let cfg = StreamableHttpClientTransportConfig::with_uri(h.url.as_str())
+                    .custom_headers(headers(&h).map_err(fail)?);
+                let transport = StreamableHttpClientTransport::with_client(http.clone(), cfg);
+                client.serve(transport).await.map_err(|e| fail(e.to_string()))
+            }
+            #[cfg(any())]
+            Transport::Sse(h) => {
+                let url = reqwest::Url::parse(&h.url).map_err(|e| fail(e.to_string()))?;
+                let header_map = headers(&h).map_err(fail)?.into_iter().collect();
+                let transport =
+                    SseClientTransport::connect(http.clone(), url, header_map, config.connect_timeout)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
+                client.serve(transport).await.map_err(|e| fail(e.to_string()))
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(fail("sse pending".into())),
+        }
+    };
+    tokio::time::timeout(config.connect_timeout, handshake)
+        .await
+        .map_err(|_| fail(format!("no handshake within {:?}", config.connect_timeout)))?
+}
+
+fn headers(h: &HttpUpstreamConfig) -> Result<HashMap<http::HeaderName, http::HeaderValue>, String> {
+    h.headers
+        .iter()
+        .map(|(k, v)| {
+            let name = http::HeaderName::try_from(k.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+            let value = http::HeaderValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// Starts the child in its own process group, so that stopping it also stops
+/// whatever it started (`npx` runs the real server as a grandchild), and
+/// logs its stderr under the upstream's name: our own stdout and stderr
+/// stay ours, which matters when the gateway itself speaks MCP on stdio.
+fn spawn_child(name: &str, stdio: &StdioConfig) -> std::io::Result<TokioChildProcess> {
+    let mut command = tokio::process::Command::new(&stdio.command);
+    command.args(&stdio.args).envs(&stdio.env);
+    if let Some(cwd) = &stdio.cwd {
+        command.current_dir(cwd);
+    }
+    let mut wrapped = CommandWrap::from(command);
+    wrapped.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+    let (child, stderr) = TokioChildProcess::builder(wrapped)
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(stderr) = stderr {
+        let upstream: Arc<str> = name.into();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(target: "portcullis::upstream::stderr", upstream = %upstream, "{line}");
+            }
+        });
+    }
+    Ok(child)
+}

@@ -1,0 +1,430 @@
+//! Upstream MCP servers: connections, supervision and request forwarding.
+//!
+//! **Architecture invariant:** only this module holds MCP client
+//! connections. Everything above it asks an [`Upstream`] to forward a
+//! request on behalf of a [`Caller`] and gets a result or an
+//! [`UpstreamError`]; what the upstream sends back on its own (progress,
+//! list changes, log lines, server-to-client requests) is routed to the
+//! caller directly or published as an [`UpstreamEvent`].
+
+mod client;
+mod connect;
+mod pool;
+mod routes;
+#[cfg(any())]
+pub mod sse;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use rmcp::model::{
+    CancelledNotificationParam, ClientRequest,
+    ErrorData, LoggingMessageNotificationParam, ResourceUpdatedNotificationParam, ServerResult,
+};
+use rmcp::service::{Peer, PeerRequestOptions, RoleClient};
+use rmcp::ServiceError;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SessionMode, UpstreamConfig};
+pub use routes::Caller;
+use routes::Routes;
+
+/// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error
+/// in one place, `gateway::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream is not connected right now.
+    #[error("upstream `{upstream}` is unavailable: {reason}")]
+    Unavailable {
+        /// Upstream name.
+        upstream: String,
+        /// Why (last connect error, or "connecting").
+        reason: String,
+    },
+    /// Connecting or the handshake failed.
+    #[error("upstream `{upstream}` failed to connect: {message}")]
+    Connect {
+        /// Upstream name.
+        upstream: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The upstream did not answer in time.
+    #[error("upstream `{upstream}` did not answer within {after:?}")]
+    Timeout {
+        /// Upstream name.
+        upstream: String,
+        /// The configured deadline.
+        after: Duration,
+    },
+    /// The connection dropped while the call was in flight.
+    #[error("upstream `{upstream}` closed the connection during the call")]
+    Closed {
+        /// Upstream name.
+        upstream: String,
+    },
+    /// The downstream client cancelled the call.
+    #[error("cancelled by the client")]
+    Cancelled,
+    /// Per-client mode and the session cap is reached.
+    #[error("upstream `{upstream}` has reached its limit of {max} client sessions")]
+    TooManySessions {
+        /// Upstream name.
+        upstream: String,
+        /// The cap.
+        max: usize,
+    },
+    /// The upstream answered with a JSON-RPC error; passed through as is.
+    #[error("{0:?}")]
+    Remote(ErrorData),
+}
+
+/// Which catalogue list changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    /// `tools/list`.
+    Tools,
+    /// `resources/list` and `resources/templates/list`.
+    Resources,
+    /// `prompts/list`.
+    Prompts,
+}
+
+/// Something an upstream did that the layers above must react to.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    /// The upstream said a list changed.
+    ListChanged {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// Which list.
+        kind: ListKind,
+    },
+    /// A subscribed resource changed.
+    ResourceUpdated {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// The notification.
+        params: ResourceUpdatedNotificationParam,
+    },
+    /// A log line, for one session if it was tied to a call, else for all.
+    Log {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// The downstream session whose call it belongs to, if known.
+        session: Option<u64>,
+        /// The log message.
+        params: LoggingMessageNotificationParam,
+    },
+    /// The upstream came up or went down (all its lists changed).
+    StateChanged {
+        /// Upstream name.
+        upstream: Arc<str>,
+    },
+}
+
+/// Where upstreams publish events.
+pub type EventSink = mpsc::UnboundedSender<UpstreamEvent>;
+
+/// An upstream's health, for `/readyz` and the admin view.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Health {
+    /// First connection attempt not finished.
+    Connecting,
+    /// Connected.
+    Up {
+        /// Seconds the last handshake took.
+        connect_seconds: f64,
+    },
+    /// Not connected; retrying.
+    Down {
+        /// The last error.
+        error: String,
+        /// Restarts so far.
+        restarts: u64,
+    },
+}
+
+/// A live connection and its routing table.
+pub(crate) struct Connection {
+    peer: Peer<RoleClient>,
+    routes: Arc<Routes>,
+    closed: CancellationToken,
+    last_used: std::sync::Mutex<Instant>,
+}
+
+impl Connection {
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used.lock().map(|t| t.elapsed()).unwrap_or_default()
+    }
+}
+
+/// One configured upstream server and its supervisor.
+pub struct Upstream {
+    name: Arc<str>,
+    config: UpstreamConfig,
+    http: reqwest::Client,
+    events: EventSink,
+    shared: ArcSwapOption<Connection>,
+    health: watch::Sender<Health>,
+    tried: AtomicBool,
+    per_client: pool::Pool,
+    shutdown: CancellationToken,
+}
+
+impl Upstream {
+    /// Creates the upstream and starts its supervisor, which connects in the
+    /// background and reconnects with backoff for as long as the gateway runs.
+    pub fn start(
+        name: &str,
+        config: UpstreamConfig,
+        http: reqwest::Client,
+        events: EventSink,
+        shutdown: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Arc<Upstream> {
+        let upstream = Arc::new(Upstream {
+            name: name.into(),
+            per_client: pool::Pool::new(config.max_sessions),
+            config,
+            http,
+            events,
+            shared: ArcSwapOption::empty(),
+            health: watch::channel(Health::Connecting).0,
+            tried: AtomicBool::new(false),
+            shutdown,
+        });
+        tasks.spawn(supervise(upstream.clone()));
+        if upstream.config.session == SessionMode::PerClient {
+            tasks.spawn(pool::reap_idle(upstream.clone()));
+        }
+        upstream
+    }
+
+    /// The upstream's configured name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// True once the first connection attempt has finished, either way.
+    pub fn tried(&self) -> bool {
+        self.tried.load(Ordering::Acquire)
+    }
+
+    /// True while the shared connection is up.
+    pub fn is_up(&self) -> bool {
+        self.shared.load().is_some()
+    }
+
+    /// Waits until the first connection attempt has finished.
+    pub async fn wait_tried(&self) {
+        let mut rx = self.health.subscribe();
+        while !self.tried() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Capabilities the upstream server declared, if connected.
+    pub fn server_capabilities(&self) -> Option<rmcp::model::ServerCapabilities> {
+        self.shared
+            .load()
+            .as_ref()
+            .and_then(|c| c.peer.peer_info())
+            .map(|info| info.capabilities.clone())
+    }
+
+    fn unavailable(&self) -> UpstreamError {
+        let reason = match &*self.health.borrow() {
+            Health::Down { error, .. } => error.clone(),
+            Health::Connecting => "still connecting".to_owned(),
+            Health::Up { .. } => "reconnecting".to_owned(),
+        };
+        UpstreamError::Unavailable {
+            upstream: self.name.to_string(),
+            reason,
+        }
+    }
+
+    /// Forwards a request made by the gateway itself (list fetches), on the
+    /// shared connection.
+    pub async fn request_internal(&self, request: ClientRequest) -> Result<ServerResult, UpstreamError> {
+        let conn = self.shared.load_full().ok_or_else(|| self.unavailable())?;
+        self.send(&conn, request, None, &CancellationToken::new()).await
+    }
+
+    /// Forwards a downstream client's request. `session` selects the
+    /// per-client connection when the upstream runs in that mode; `ct` is
+    /// cancelled when the client cancels or goes away.
+    pub async fn request(
+        self: &Arc<Self>,
+        caller: Caller,
+        request: ClientRequest,
+        ct: &CancellationToken,
+    ) -> Result<ServerResult, UpstreamError> {
+        let conn = match self.config.session {
+            SessionMode::Shared => self.shared.load_full().ok_or_else(|| self.unavailable())?,
+            SessionMode::PerClient => self.per_client_connection(&caller).await?,
+        };
+        self.send(&conn, request, Some(Arc::new(caller)), ct).await
+    }
+
+    async fn send(
+        &self,
+        conn: &Arc<Connection>,
+        request: ClientRequest,
+        caller: Option<Arc<Caller>>,
+        ct: &CancellationToken,
+    ) -> Result<ServerResult, UpstreamError> {
+        conn.touch();
+        let options = PeerRequestOptions::with_timeout(self.config.timeout);
+        let handle = conn
+            .peer
+            .send_request_with_option(request, options)
+            .await
+            .map_err(|e| self.map_error(e))?;
+        let id = handle.id.clone();
+        let _registration = caller.map(|caller| {
+            let (registration, early) = conn.routes.register(id.clone(), handle.progress_token.clone(), caller.clone());
+            if !early.is_empty() {
+                tokio::spawn(async move {
+                    for params in early {
+                        client::forward_progress(&caller, params).await;
+                    }
+                });
+            }
+            registration
+        });
+        tokio::select! {
+            result = handle.await_response() => result.map_err(|e| self.map_error(e)),
+            () = ct.cancelled() => {
+                let params = CancelledNotificationParam::new(Some(id), Some("cancelled by the downstream client".into()));
+                let _ = conn.peer.notify_cancelled(params).await;
+                Err(UpstreamError::Cancelled)
+            }
+            () = conn.closed.cancelled() => Err(UpstreamError::Closed { upstream: self.name.to_string() }),
+        }
+    }
+
+    fn map_error(&self, e: ServiceError) -> UpstreamError {
+        match e {
+            ServiceError::McpError(e) => UpstreamError::Remote(e),
+            ServiceError::Timeout { timeout } => UpstreamError::Timeout {
+                upstream: self.name.to_string(),
+                after: timeout,
+            },
+            ServiceError::TransportClosed | ServiceError::Cancelled { .. } => UpstreamError::Closed {
+                upstream: self.name.to_string(),
+            },
+            other => UpstreamError::Unavailable {
+                upstream: self.name.to_string(),
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    fn client(&self, routes: Arc<Routes>, owner: Option<Arc<Caller>>) -> client::UpstreamClient {
+        client::UpstreamClient {
+            upstream: self.name.clone(),
+            routes,
+            events: self.events.clone(),
+            capabilities: client::advertised(owner.as_ref().map(|o| &o.capabilities)),
+            owner,
+        }
+    }
+
+    /// Opens a connection; `owner` is the downstream session of a
+    /// per-client connection.
+    async fn open(&self, owner: Option<Arc<Caller>>) -> Result<(Arc<Connection>, connect::Service), UpstreamError> {
+        let routes = Arc::new(Routes::default());
+        let service = connect::connect(&self.name, &self.config, self.client(routes.clone(), owner), &self.http).await?;
+        let conn = Arc::new(Connection {
+            peer: service.peer().clone(),
+            routes,
+            closed: CancellationToken::new(),
+            last_used: std::sync::Mutex::new(Instant::now()),
+        });
+        Ok((conn, service))
+    }
+
+    /// Closes every per-client connection of a downstream session.
+    pub fn session_closed(&self, session: u64) {
+        self.per_client.remove(session);
+    }
+}
+
+/// Runs for the gateway's lifetime: connect, wait for the connection to end,
+/// back off, reconnect. Also the one place that updates health.
+async fn supervise(up: Arc<Upstream>) {
+    let mut backoff = up.config.restart.initial_backoff;
+    let mut restarts = 0u64;
+    loop {
+        let started = Instant::now();
+        let attempt = tokio::select! {
+            r = up.open(None) => r,
+            () = up.shutdown.cancelled() => return,
+        };
+        match attempt {
+            Ok((conn, service)) => {
+                let took = started.elapsed();
+                tracing::info!(upstream = %up.name, seconds = took.as_secs_f64(), "upstream connected");
+                up.shared.store(Some(conn.clone()));
+                up.health.send_replace(Health::Up { connect_seconds: took.as_secs_f64() });
+                up.tried.store(true, Ordering::Release);
+                let _ = up.events.send(UpstreamEvent::StateChanged { upstream: up.name.clone() });
+                let cancel = service.cancellation_token();
+                let shutdown = up.shutdown.clone();
+                let mut waiter = tokio::spawn(service.waiting());
+                tokio::select! {
+                    _ = &mut waiter => {}
+                    () = shutdown.cancelled() => {
+                        up.shared.store(None);
+                        conn.closed.cancel();
+                        cancel.cancel();
+                        // Wait for the transport to close, which reaps a child process.
+                        let _ = waiter.await;
+                        return;
+                    }
+                }
+                up.shared.store(None);
+                conn.closed.cancel();
+                restarts += 1;
+                backoff = up.config.restart.initial_backoff;
+                tracing::warn!(upstream = %up.name, "upstream connection ended; restarting");
+                up.health.send_replace(Health::Down { error: "connection ended".into(), restarts });
+                let _ = up.events.send(UpstreamEvent::StateChanged { upstream: up.name.clone() });
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %up.name, error = %e, retry_in = ?backoff, "upstream connect failed");
+                up.health.send_replace(Health::Down { error: e.to_string(), restarts });
+                up.tried.store(true, Ordering::Release);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = up.shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(up.config.restart.max_backoff);
+    }
+}

@@ -1,0 +1,150 @@
+//! Which downstream call caused each in-flight upstream request.
+//!
+//! An upstream answers with progress, log lines and server-to-client
+//! requests (elicitation, sampling, roots) that belong to one of our
+//! forwarded calls. This table maps the upstream's request ids and progress
+//! tokens (rmcp assigns its own to every outgoing request) back to the
+//! downstream [`Caller`]. Registration happens just after the request is
+//! handed to the transport, so anything that arrives first is held briefly
+//! rather than lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{ClientCapabilities, ProgressNotificationParam, ProgressToken, RequestId};
+use rmcp::service::{Peer, RoleServer};
+use tokio::sync::Notify;
+
+/// The downstream call that an upstream request serves: where its progress,
+/// log lines and server-to-client requests go.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The downstream MCP session's peer.
+    pub peer: Peer<RoleServer>,
+    /// The downstream request's id, so server-to-client requests travel on
+    /// that request's response stream.
+    pub request_id: RequestId,
+    /// The downstream client's progress token, if it asked for progress.
+    pub progress_token: Option<ProgressToken>,
+    /// What the downstream client declared it can do.
+    pub capabilities: ClientCapabilities,
+    /// Gateway-wide id of the downstream session.
+    pub session: u64,
+}
+
+/// Progress that arrived before its request was registered; bounded so an
+/// upstream sending stray tokens cannot grow memory.
+const MAX_EARLY_PROGRESS: usize = 256;
+
+#[derive(Default)]
+struct Table {
+    by_request: HashMap<RequestId, Arc<Caller>>,
+    by_progress: HashMap<ProgressToken, Arc<Caller>>,
+    /// Registration order, newest last, for transports that cannot say which
+    /// request a server-to-client message belongs to.
+    order: Vec<RequestId>,
+    early_progress: Vec<ProgressNotificationParam>,
+}
+
+/// The per-connection routing table.
+#[derive(Default)]
+pub(crate) struct Routes {
+    table: Mutex<Table>,
+    registered: Notify,
+}
+
+/// Removes a registration when the forwarded call ends, however it ends.
+pub(crate) struct Registration {
+    routes: Arc<Routes>,
+    id: RequestId,
+    token: ProgressToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut t = self.routes.lock();
+        t.by_request.remove(&self.id);
+        t.by_progress.remove(&self.token);
+        t.order.retain(|id| id != &self.id);
+    }
+}
+
+impl Routes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A panic while holding this lock cannot leave the maps inconsistent
+        // in a harmful way, so recover from poisoning instead of spreading it.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that upstream request `id` (with progress token `token`)
+    /// serves `caller`. Returns progress that had already arrived for it.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        id: RequestId,
+        token: ProgressToken,
+        caller: Arc<Caller>,
+    ) -> (Registration, Vec<ProgressNotificationParam>) {
+        let early = {
+            let mut t = self.lock();
+            t.by_request.insert(id.clone(), caller.clone());
+            t.by_progress.insert(token.clone(), caller);
+            t.order.push(id.clone());
+            let (mine, rest) = std::mem::take(&mut t.early_progress)
+                .into_iter()
+                .partition(|p| p.progress_token == token);
+            t.early_progress = rest;
+            mine
+        };
+        self.registered.notify_waiters();
+        (
+            Registration {
+                routes: self.clone(),
+                id,
+                token,
+            },
+            early,
+        )
+    }
+
+    /// The caller for a progress token, or `None` after holding the
+    /// notification for a registration that may still come.
+    pub(crate) fn progress_target(&self, params: &ProgressNotificationParam) -> Option<Arc<Caller>> {
+        let mut t = self.lock();
+        if let Some(c) = t.by_progress.get(&params.progress_token) {
+            return Some(c.clone());
+        }
+        if t.early_progress.len() >= MAX_EARLY_PROGRESS {
+            t.early_progress.remove(0);
+        }
+        t.early_progress.push(params.clone());
+        None
+    }
+
+    /// The caller of upstream request `id`, waiting up to `wait` for a
+    /// registration racing with the upstream's message.
+    pub(crate) async fn caller_of(&self, id: &RequestId, wait: Duration) -> Option<Arc<Caller>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.registered.notified();
+            if let Some(c) = self.lock().by_request.get(id) {
+                return Some(c.clone());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Best guess when the transport cannot associate a message with a
+    /// request (stdio): the most recent call still in flight.
+    pub(crate) fn latest(&self) -> Option<Arc<Caller>> {
+        let t = self.lock();
+        t.order.last().and_then(|id| t.by_request.get(id)).cloned()
+    }
+
+    /// Number of calls in flight on this connection.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().by_request.len()
+    }
+}
