@@ -67,8 +67,9 @@ fn errors_name_the_field() {
     let (field, _) = field_error("upstreams:\n  a: { stdio: { command: x }, tools: { include: ['[a'] } }\n");
     assert_eq!(field, "upstreams.a.tools.include.0");
 
-    let (field, _) = field_error("lissten: 1.2.3.4:5\n");
-    assert_eq!(field, "");
+    let (field, message) = field_error("lissten: 1.2.3.4:5\n");
+    assert_eq!(field, "lissten");
+    assert!(message.contains("unknown field"), "{message}");
 }
 
 #[test]

@@ -1,9 +1,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rmcp::model::{RawResource, Resource, Tool};
+use rmcp::model::{Resource, Tool};
 use serde_json::json;
 
+use super::view::*;
 use super::*;
 use crate::config::Config;
 
@@ -12,9 +13,7 @@ fn tool(name: &str) -> Tool {
 }
 
 fn resource(uri: &str) -> Resource {
-    serde_json::from_value::<RawResource>(json!({"uri": uri, "name": uri}))
-        .map(|r| serde_json::from_value(serde_json::to_value(r).unwrap()).unwrap())
-        .unwrap()
+    serde_json::from_value(json!({"uri": uri, "name": uri})).unwrap()
 }
 
 fn config() -> Config {

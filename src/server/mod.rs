@@ -88,10 +88,14 @@ impl Router {
         let Some(mut service) = endpoint.and_then(|e| self.mcp.get(&e).cloned()) else {
             return text(StatusCode::NOT_FOUND, &format!("no MCP endpoint at {path}\n"));
         };
-        match service.call(req).await {
+        let resp = match service.call(req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
             Err(never) => match never {},
+        };
+        if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            return parse_error(resp).await;
         }
+        resp
     }
 }
 
@@ -112,6 +116,29 @@ fn mcp_config(config: &Config, shutdown: tokio_util::sync::CancellationToken) ->
         config.http.allowed_origins.clone()
     };
     c
+}
+
+/// rmcp answers a body that is not JSON-RPC with 415 and plain text; a
+/// client deserves the JSON-RPC parse error (-32700) with 400. Only error
+/// responses pass through here, so the hot path pays nothing.
+async fn parse_error(resp: Response<Body>) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return text(parts.status, "unsupported request body\n");
+    };
+    let message = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    if !message.starts_with("fail to deserialize") {
+        return Response::from_parts(parts, Full::new(Bytes::from(message)).map_err(|e| match e {}).boxed());
+    }
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32700, "message": format!("Parse error: {message}") },
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// A plain-text response.
