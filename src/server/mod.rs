@@ -88,12 +88,18 @@ impl Router {
         let Some(mut service) = endpoint.and_then(|e| self.mcp.get(&e).cloned()) else {
             return text(StatusCode::NOT_FOUND, &format!("no MCP endpoint at {path}\n"));
         };
-        let resp = match service.call(req).await {
+        let is_delete = req.method() == http::Method::DELETE;
+        let mut resp = match service.call(req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
             Err(never) => match never {},
         };
         if resp.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
             return parse_error(resp).await;
+        }
+        // Session termination is complete when DELETE returns; rmcp says 202,
+        // which clients (the Python SDK among them) report as a failure.
+        if is_delete && resp.status() == StatusCode::ACCEPTED {
+            *resp.status_mut() = StatusCode::OK;
         }
         resp
     }

@@ -1,0 +1,157 @@
+"""Upstream lifecycle: transports, restarts with list_changed, per-client
+sessions, and that no child process outlives its session or the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import mcp.types as types
+import pytest
+from mcp.shared.exceptions import MCPError
+from mcp import Client, StdioServerParameters
+
+from conftest import EVERYTHING, GATEWAY, everything_stdio, run, time_stdio, wait_for
+from procutil import alive, cmdline, descendants, zombies
+
+
+def test_streamable_http_upstream(procs):
+    url = procs.everything_http("streamableHttp")
+    gw = procs.gateway({"upstreams": {"remote": {"http": {"url": url}}}})
+    gw.wait_up("remote")
+
+    async def go():
+        async with Client(gw.url, mode="legacy") as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert "remote__echo" in names
+            echo = await c.call_tool("remote__echo", {"message": "over http"})
+            assert echo.content[0].text == "Echo: over http"
+            seen = []
+
+            async def on_progress(progress, total, message):
+                seen.append(progress)
+
+            await c.call_tool(
+                "remote__trigger-long-running-operation", {"duration": 1, "steps": 3}, progress_callback=on_progress
+            )
+            assert len(seen) >= 2
+
+    run(go())
+
+
+def test_stdio_mode_serves_one_session(procs, tmp_path):
+    import yaml
+
+    config = tmp_path / "stdio.yaml"
+    config.write_text(yaml.safe_dump({"upstreams": {"time": time_stdio(), "everything": everything_stdio()}}))
+
+    async def go():
+        params = StdioServerParameters(command=str(GATEWAY), args=["stdio", "--config", str(config)])
+        async with Client(params, mode="legacy") as c:
+            async def tools():
+                return {t.name for t in (await c.list_tools()).tools}
+
+            names = await tools()
+            # Upstreams connect in the background; the list grows to both.
+            for _ in range(200):
+                if {"time__get_current_time", "everything__echo"} <= names:
+                    break
+                await asyncio.sleep(0.05)
+                names = await tools()
+            assert {"time__get_current_time", "everything__echo"} <= names
+            echo = await c.call_tool("everything__echo", {"message": "stdio"})
+            assert echo.content[0].text == "Echo: stdio"
+
+    run(go())
+
+
+def upstream_children(gw) -> list[int]:
+    return [p for p in alive(descendants(gw.proc.pid)) if str(EVERYTHING) in cmdline(p)]
+
+
+def test_restarted_upstream_comes_back_with_list_changed(procs):
+    gw = procs.gateway({"upstreams": {"everything": everything_stdio(), "time": time_stdio()}})
+    gw.wait_up("everything", "time")
+
+    async def go():
+        changed = asyncio.Event()
+
+        async def on_message(message):
+            if isinstance(message, types.ToolListChangedNotification):
+                changed.set()
+
+        async with Client(gw.url, mode="legacy", message_handler=on_message) as c:
+            assert "everything__echo" in {t.name for t in (await c.list_tools()).tools}
+            [child] = upstream_children(gw)
+            os.kill(child, signal.SIGKILL)
+            await asyncio.wait_for(changed.wait(), 30)
+            # While down or after coming back, lists stay consistent; wait for it back.
+            for _ in range(400):
+                names = {t.name for t in (await c.list_tools()).tools}
+                if "everything__echo" in names and upstream_children(gw):
+                    break
+                await asyncio.sleep(0.05)
+            assert "everything__echo" in names
+            assert "time__get_current_time" in names
+            echo = await c.call_tool("everything__echo", {"message": "back"})
+            assert echo.content[0].text == "Echo: back"
+            assert upstream_children(gw) != [child]
+
+    run(go())
+    assert not zombies(descendants(gw.proc.pid)), "the killed child must be reaped"
+
+
+def test_dead_upstream_does_not_block_others(procs):
+    gw = procs.gateway(
+        {
+            "upstreams": {
+                "broken": {"stdio": {"command": "/nonexistent/mcp-server"}},
+                "time": time_stdio(),
+            }
+        }
+    )
+    ready = gw.wait_up("time")
+    assert ready["upstreams"]["broken"]["state"] == "down"
+    assert "nonexistent" in ready["upstreams"]["broken"]["error"]
+
+    async def go():
+        async with Client(gw.url, mode="legacy") as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names == {"time__get_current_time", "time__convert_time"}
+
+    run(go())
+
+
+def test_no_process_outlives_the_gateway(procs):
+    gw = procs.gateway({"upstreams": {"everything": everything_stdio(), "time": time_stdio()}})
+    gw.wait_up("everything", "time")
+    children = descendants(gw.proc.pid)
+    assert len(alive(children)) >= 2
+    assert gw.stop() == 0
+    wait_for(lambda: not alive(children), timeout=20, what=f"children {children} to exit")
+
+
+def test_per_client_sessions_are_capped_and_reaped(procs):
+    everything = everything_stdio()
+    gw = procs.gateway(
+        {"upstreams": {"everything": {**everything, "session": "per-client", "max_sessions": 2}}}
+    )
+    gw.wait_up("everything")
+    baseline = len(upstream_children(gw))  # the catalogue connection
+
+    async def go():
+        async with Client(gw.url, mode="legacy") as a, Client(gw.url, mode="legacy") as b:
+            await a.call_tool("everything__echo", {"message": "a"})
+            await b.call_tool("everything__echo", {"message": "b"})
+            assert len(upstream_children(gw)) == baseline + 2
+            async with Client(gw.url, mode="legacy") as c:
+                with pytest.raises(MCPError) as err:
+                    await c.call_tool("everything__echo", {"message": "c"})
+                assert err.value.error.code == -32002
+                assert "limit of 2 client sessions" in err.value.error.message
+        # All sessions are closed (DELETE) here: their upstream sessions go too.
+
+    run(go())
+    wait_for(lambda: len(upstream_children(gw)) == baseline, timeout=30, what="per-client children reaped")
+    assert not zombies(descendants(gw.proc.pid))
