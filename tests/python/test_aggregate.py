@@ -20,10 +20,6 @@ def gateway(procs):
     return gw
 
 
-async def elicit_accept(context, params):
-    return types.ElicitResult(action="accept", content={"name": "Ada"} if False else {})
-
-
 def test_lists_and_calls_through_aggregate(gateway):
     async def go():
         async with Client(gateway.url, mode="legacy") as c:
@@ -88,7 +84,7 @@ def test_elicitation_round_trip_reaches_the_calling_client(gateway):
 
     async def on_elicit(context, params):
         asked.append(params.message)
-        return types.ElicitResult(action="accept", content={"color": "red"} | {})
+        return types.ElicitResult(action="accept", content={"name": "Ada Lovelace"})
 
     async def go():
         async with Client(gateway.url, mode="legacy", elicitation_callback=on_elicit) as c:
@@ -99,7 +95,56 @@ def test_elicitation_round_trip_reaches_the_calling_client(gateway):
 
     result = run(go())
     assert asked, "the elicitation request must reach this client"
-    assert "accept" in str(result.content).lower() or not result.is_error
+    text = " ".join(block.text for block in result.content if block.type == "text")
+    assert "User provided the requested information" in text, text
+    assert "Ada Lovelace" in text, text
+
+
+def test_elicitation_decline_reaches_the_upstream(gateway):
+    async def on_elicit(context, params):
+        return types.ElicitResult(action="decline")
+
+    async def go():
+        async with Client(gateway.url, mode="legacy", elicitation_callback=on_elicit) as c:
+            return await c.call_tool("everything__trigger-elicitation-request", {})
+
+    result = run(go())
+    assert "declined" in result.content[0].text
+
+
+def test_client_without_elicitation_does_not_see_or_answer_it(gateway):
+    async def go():
+        async with Client(gateway.url, mode="legacy") as c:
+            # Shared upstream: the tool is listed (the gateway can route elicitation),
+            # but this client never declared it, so the upstream hears a clear refusal.
+            result = await c.call_tool("everything__trigger-elicitation-request", {})
+            return result
+
+    result = run(go())
+    assert result.is_error
+    assert "did not declare support for elicitation/create" in str(result.content)
+
+
+def test_virtual_server_shows_only_its_tools(procs):
+    gw = procs.gateway(
+        {
+            "upstreams": {"everything": everything_stdio(), "time": time_stdio()},
+            "virtual_servers": {"clock": {"tools": ["time__*", "everything__echo"], "description": "clock only"}},
+        }
+    )
+    gw.wait_up("everything", "time")
+
+    async def go():
+        async with Client(gw.endpoint("/mcp/v/clock"), mode="legacy") as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert names == {"time__get_current_time", "time__convert_time", "everything__echo"}
+            assert c.instructions == "clock only"
+            echo = await c.call_tool("everything__echo", {"message": "v"})
+            assert echo.content[0].text == "Echo: v"
+            with pytest.raises(MCPError):
+                await c.call_tool("everything__get-sum", {"a": 1, "b": 2})
+
+    run(go())
 
 
 def test_sampling_round_trip(gateway):
