@@ -8,7 +8,10 @@ fn portcullis() -> Command {
 }
 
 fn config_file(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("temp file");
+    let mut f = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("temp file");
     f.write_all(text.as_bytes()).expect("write config");
     f
 }
@@ -16,19 +19,39 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
 #[test]
 fn check_accepts_the_example_config() {
     let out = portcullis()
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/portcullis.yaml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/portcullis.yaml"),
+        ])
         .output()
         .expect("run portcullis");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 upstreams"));
 }
 
 #[test]
 fn check_names_file_field_and_problem() {
     let cases = [
-        ("upstreams:\n  a:\n    http: { url: \"${PORTCULLIS_TEST_UNSET}\" }\n", "upstreams.a.http.url", "PORTCULLIS_TEST_UNSET"),
-        ("upstreams:\n  a: { stdio: { command: x }, session: sometimes }\n", "upstreams.a.session", "unknown variant"),
-        ("upstreams:\n  'bad name': { stdio: { command: x } }\n", "upstreams.bad name", "name must use"),
+        (
+            "upstreams:\n  a:\n    http: { url: \"${PORTCULLIS_TEST_UNSET}\" }\n",
+            "upstreams.a.http.url",
+            "PORTCULLIS_TEST_UNSET",
+        ),
+        (
+            "upstreams:\n  a: { stdio: { command: x }, session: sometimes }\n",
+            "upstreams.a.session",
+            "unknown variant",
+        ),
+        (
+            "upstreams:\n  'bad name': { stdio: { command: x } }\n",
+            "upstreams.bad name",
+            "name must use",
+        ),
         ("listen: nowhere\n", "listen", "invalid socket address"),
     ];
     for (text, field, problem) in cases {
@@ -40,9 +63,18 @@ fn check_names_file_field_and_problem() {
             .expect("run portcullis");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "accepted: {text}");
-        assert!(stderr.contains(&file.path().display().to_string()), "no file in: {stderr}");
-        assert!(stderr.contains(&format!("`{field}`")), "no field `{field}` in: {stderr}");
-        assert!(stderr.contains(problem), "no problem `{problem}` in: {stderr}");
+        assert!(
+            stderr.contains(&file.path().display().to_string()),
+            "no file in: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("`{field}`")),
+            "no field `{field}` in: {stderr}"
+        );
+        assert!(
+            stderr.contains(problem),
+            "no problem `{problem}` in: {stderr}"
+        );
     }
 }
 
@@ -54,12 +86,21 @@ fn missing_file_is_a_clear_error() {
         .expect("run portcullis");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nonexistent/portcullis.yaml: cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/portcullis.yaml: cannot read"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn version_prints_the_crate_version() {
-    let out = portcullis().arg("--version").output().expect("run portcullis");
+    let out = portcullis()
+        .arg("--version")
+        .output()
+        .expect("run portcullis");
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("portcullis {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("portcullis {}", env!("CARGO_PKG_VERSION"))
+    );
 }

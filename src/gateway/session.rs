@@ -322,7 +322,14 @@ impl ServerHandler for Session {
         .await
     }
 
-    #[allow(deprecated)]
+    async fn on_roots_list_changed(&self, _ctx: rmcp::service::NotificationContext<RoleServer>) {
+        for upstream in self.gw.registry.upstreams_of(self.endpoint()) {
+            if let Some(up) = self.gw.registry.upstream(&upstream) {
+                up.roots_changed(self.state.id).await;
+            }
+        }
+    }
+
     async fn set_level(
         &self,
         params: SetLevelRequestParams,

@@ -368,6 +368,16 @@ impl Upstream {
         Ok((conn, service))
     }
 
+    /// Tells a session's per-client upstream that its client's roots changed
+    /// (a shared upstream serves many clients, so it is not told).
+    pub async fn roots_changed(&self, session: u64) {
+        if let Some(conn) = self.per_client.get(session) {
+            if let Err(e) = conn.peer.notify_roots_list_changed().await {
+                tracing::debug!(upstream = %self.name, error = %e, "roots/list_changed not delivered");
+            }
+        }
+    }
+
     /// Closes every per-client connection of a downstream session.
     pub fn session_closed(&self, session: u64) {
         self.per_client.remove(session);

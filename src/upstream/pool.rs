@@ -36,7 +36,7 @@ impl Pool {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, session: u64) -> Option<Arc<Connection>> {
+    pub(crate) fn get(&self, session: u64) -> Option<Arc<Connection>> {
         self.lock()
             .get(&session)
             .filter(|e| !e.conn.closed.is_cancelled())
