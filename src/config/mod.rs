@@ -190,6 +190,49 @@ pub struct UpstreamConfig {
     /// Restart backoff for a failed upstream.
     #[serde(default)]
     pub restart: RestartConfig,
+    /// Liveness pings on the shared connection.
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// Liveness checking. A connection whose pings fail `failures` times in a
+/// row is torn down and reconnected; a failed call triggers a ping at once.
+/// This catches HTTP servers that restarted and forgot our session without
+/// saying so in a way the transport recognises.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Time between pings while idle.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Deadline for one ping.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed pings before reconnecting.
+    #[serde(default = "default_health_failures")]
+    pub failures: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            failures: default_health_failures(),
+        }
+    }
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_health_failures() -> u32 {
+    2
 }
 
 fn default_max_sessions() -> usize {

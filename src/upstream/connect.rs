@@ -16,6 +16,10 @@ use super::sse::SseClientTransport;
 use super::UpstreamError;
 use crate::config::{HttpUpstreamConfig, StdioConfig, Transport, UpstreamConfig};
 
+/// In-flight POSTs on one streamable HTTP connection (rmcp's default is 16,
+/// far below what one shared connection carries).
+const MAX_CONCURRENT_POSTS: usize = 1024;
+
 /// A live client session with an upstream.
 pub(crate) type Service = RunningService<RoleClient, UpstreamClient>;
 
@@ -40,8 +44,12 @@ pub(crate) async fn connect(
                 client.serve(child).await.map_err(|e| fail(e.to_string()))
             }
             Transport::Http(h) => {
-                let cfg = StreamableHttpClientTransportConfig::with_uri(h.url.as_str())
-                    .custom_headers(headers(&h).map_err(fail)?);
+                let mut cfg = StreamableHttpClientTransportConfig::with_uri(h.url.as_str())
+                    .custom_headers(headers(&h).map_err(fail)?)
+                    // One shared connection carries every client's calls.
+                    .max_concurrent_requests(MAX_CONCURRENT_POSTS);
+                // A restarted server forgets our session: re-initialize and retry.
+                cfg.reinit_on_expired_session = true;
                 let transport = StreamableHttpClientTransport::with_client(http.clone(), cfg);
                 client.serve(transport).await.map_err(|e| fail(e.to_string()))
             }

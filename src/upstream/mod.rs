@@ -180,6 +180,8 @@ pub struct Upstream {
     tried: AtomicBool,
     per_client: pool::Pool,
     shutdown: CancellationToken,
+    /// Woken when a call fails in a way that suggests a dead connection.
+    suspect: tokio::sync::Notify,
 }
 
 impl Upstream {
@@ -203,6 +205,7 @@ impl Upstream {
             health: watch::channel(Health::Connecting).0,
             tried: AtomicBool::new(false),
             shutdown,
+            suspect: tokio::sync::Notify::new(),
         });
         tasks.spawn(supervise(upstream.clone()));
         if upstream.config.session == SessionMode::PerClient {
@@ -317,7 +320,13 @@ impl Upstream {
             registration
         });
         tokio::select! {
-            result = handle.await_response() => result.map_err(|e| self.map_error(e)),
+            result = handle.await_response() => result.map_err(|e| {
+                let e = self.map_error(e);
+                if matches!(e, UpstreamError::Timeout { .. } | UpstreamError::Unavailable { .. }) {
+                    self.suspect.notify_one();
+                }
+                e
+            }),
             () = ct.cancelled() => {
                 let params = CancelledNotificationParam::new(Some(id), Some("cancelled by the downstream client".into()));
                 let _ = conn.peer.notify_cancelled(params).await;
@@ -384,6 +393,30 @@ impl Upstream {
     }
 }
 
+/// Returns when the connection has failed `health.failures` pings in a row.
+/// Pings run every `health.interval`, and at once after a suspicious call
+/// failure.
+async fn watch_liveness(up: &Upstream, conn: &Connection) {
+    let health = &up.config.health;
+    let mut failed = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(health.interval) => {}
+            () = up.suspect.notified() => {}
+        }
+        let ping = ClientRequest::PingRequest(Default::default());
+        let options = PeerRequestOptions::with_timeout(health.timeout);
+        let answered = match conn.peer.send_request_with_option(ping, options).await {
+            Ok(handle) => handle.await_response().await.is_ok(),
+            Err(_) => false,
+        };
+        failed = if answered { 0 } else { failed + 1 };
+        if failed >= health.failures.max(1) {
+            return;
+        }
+    }
+}
+
 /// Runs for the gateway's lifetime: connect, wait for the connection to end,
 /// back off, reconnect. Also the one place that updates health.
 async fn supervise(up: Arc<Upstream>) {
@@ -408,6 +441,11 @@ async fn supervise(up: Arc<Upstream>) {
                 let mut waiter = tokio::spawn(service.waiting());
                 tokio::select! {
                     _ = &mut waiter => {}
+                    () = watch_liveness(&up, &conn) => {
+                        tracing::warn!(upstream = %up.name, "upstream stopped answering pings; reconnecting");
+                        cancel.cancel();
+                        let _ = (&mut waiter).await;
+                    }
                     () = shutdown.cancelled() => {
                         up.shared.store(None);
                         conn.closed.cancel();

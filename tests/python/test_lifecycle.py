@@ -155,3 +155,40 @@ def test_per_client_sessions_are_capped_and_reaped(procs):
     run(go())
     wait_for(lambda: len(upstream_children(gw)) == baseline, timeout=30, what="per-client children reaped")
     assert not zombies(descendants(gw.proc.pid))
+
+
+def test_http_upstream_that_restarts_is_reconnected(procs):
+    from conftest import NODE, free_port, _connects
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    argv = [str(NODE), str(EVERYTHING), "streamableHttp"]
+    first = procs.spawn("everything-http-1", argv, env={"PORT": str(port)})
+    wait_for(lambda: _connects(port), what="server-everything http")
+    gw = procs.gateway(
+        {"upstreams": {"remote": {"http": {"url": url}, "timeout": "3s", "health": {"timeout": "1s", "failures": 1}}}}
+    )
+    gw.wait_up("remote")
+
+    async def call(c):
+        return await c.call_tool("remote__echo", {"message": "again"})
+
+    async def go():
+        async with Client(gw.url, mode="legacy") as c:
+            assert (await call(c)).content[0].text == "Echo: again"
+            first.stop()
+            procs.spawn("everything-http-2", argv, env={"PORT": str(port)})
+            wait_for(lambda: _connects(port), what="server-everything http restarted")
+            # The old upstream session is gone; the gateway must re-initialize.
+            for _ in range(300):
+                try:
+                    result = await call(c)
+                    if not result.is_error:
+                        return result
+                except Exception:  # noqa: BLE001 - down while reconnecting
+                    pass
+                await asyncio.sleep(0.1)
+            raise AssertionError("upstream never came back")
+
+    result = run(go())
+    assert result.content[0].text == "Echo: again"
