@@ -61,7 +61,7 @@ impl Session {
         target: &Target,
         request: ClientRequest,
         ctx: &RequestContext<RoleServer>,
-        pick: fn(ServerResult) -> Result<T, ServerResult>,
+        pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
         complete: fn(C) -> T,
     ) -> Result<T, ErrorData> {
         let upstream = self
@@ -155,7 +155,7 @@ impl ServerHandler for Session {
             ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
             ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
             ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }, |r| CallToolResponse::Complete(complete_call(r)))
         .await
     }
@@ -188,7 +188,7 @@ impl ServerHandler for Session {
                 Ok(GetPromptResponse::Complete(r))
             }
             ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }, GetPromptResponse::Complete)
         .await
     }
@@ -235,7 +235,7 @@ impl ServerHandler for Session {
                     Ok(ReadResourceResponse::Complete(r))
                 }
                 ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
-                other => Err(other),
+                other => Err(Box::new(other)),
             }, ReadResourceResponse::Complete)
             .await?;
         // Contents name the URI the upstream knows; show the one the client asked for.
@@ -261,7 +261,7 @@ impl ServerHandler for Session {
         let request = ClientRequest::SubscribeRequest(Request::new(params));
         self.forward(&target, request, &ctx, |r| match r {
             ServerResult::EmptyResult(_) => Ok(()),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }, |()| ())
         .await
         ?;
@@ -285,7 +285,7 @@ impl ServerHandler for Session {
         let request = ClientRequest::UnsubscribeRequest(Request::new(params));
         self.forward(&target, request, &ctx, |r| match r {
             ServerResult::EmptyResult(_) => Ok(()),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }, |()| ())
         .await
         .or(Ok(()))
@@ -317,7 +317,7 @@ impl ServerHandler for Session {
         let request = ClientRequest::CompleteRequest(Request::new(params));
         self.forward(&target, request, &ctx, |r| match r {
             ServerResult::CompleteResult(r) => Ok(r),
-            other => Err(other),
+            other => Err(Box::new(other)),
         }, |r: CompleteResult| r)
         .await
     }

@@ -69,7 +69,7 @@ pub struct Registry {
     virtual_globs: HashMap<String, globset::GlobSet>,
     tools: moka::future::Cache<Arc<str>, Arc<Vec<Tool>>>,
     prompts: moka::future::Cache<Arc<str>, Arc<Vec<Prompt>>>,
-    resources: moka::future::Cache<Arc<str>, (Arc<Vec<Resource>>, Arc<Vec<ResourceTemplate>>)>,
+    resources: moka::future::Cache<Arc<str>, view::UpstreamResources>,
     tool_views: moka::future::Cache<Endpoint, ToolsView>,
     prompt_views: moka::future::Cache<Endpoint, PromptsView>,
     resource_views: moka::future::Cache<Endpoint, Arc<ResourceView>>,
@@ -207,8 +207,7 @@ impl Registry {
                 }
                 let mut lists = Vec::new();
                 for upstream in self.upstreams_of(endpoint) {
-                    let (r, t) = self.upstream_resources(&upstream).await;
-                    lists.push((upstream.clone(), r, t));
+                    lists.push((upstream.clone(), self.upstream_resources(&upstream).await));
                 }
                 Arc::new(view::resource_view(&lists))
             })
@@ -244,7 +243,7 @@ impl Registry {
         })
     }
 
-    async fn upstream_resources(&self, upstream: &Arc<str>) -> (Arc<Vec<Resource>>, Arc<Vec<ResourceTemplate>>) {
+    async fn upstream_resources(&self, upstream: &Arc<str>) -> view::UpstreamResources {
         let Some(up) = self.live(upstream, |c| c.resources.is_some()) else {
             return Default::default();
         };

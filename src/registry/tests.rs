@@ -80,8 +80,8 @@ fn plain_naming_has_no_prefix() {
 #[test]
 fn shared_uris_are_disambiguated_not_shadowed() {
     let lists = vec![
-        ("a".into(), Arc::new(vec![resource("file:///x"), resource("test://only-a")]), Arc::new(vec![])),
-        ("b_2".into(), Arc::new(vec![resource("file:///x")]), Arc::new(vec![])),
+        ("a".into(), (Arc::new(vec![resource("file:///x"), resource("test://only-a")]), Arc::new(vec![]))),
+        ("b_2".into(), (Arc::new(vec![resource("file:///x")]), Arc::new(vec![]))),
     ];
     let view = resource_view(&lists);
     assert_eq!(view.resources.len(), 3);

@@ -12,6 +12,9 @@ use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
 use super::naming::{exposed_name, resolve_collisions};
 use crate::config::{Config, ToolFilterConfig};
 
+/// One upstream's resources and resource templates.
+pub type UpstreamResources = (Arc<Vec<Resource>>, Arc<Vec<ResourceTemplate>>);
+
 /// Where an exposed name or URI leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -185,11 +188,11 @@ fn scheme_part(upstream: &str) -> String {
 /// disambiguated for all of them as `mcp-{upstream}+{uri}`: still a valid URI,
 /// and no upstream's resource shadows another's.
 pub fn resource_view(
-    lists: &[(Arc<str>, Arc<Vec<Resource>>, Arc<Vec<ResourceTemplate>>)],
+    lists: &[(Arc<str>, UpstreamResources)],
 ) -> ResourceView {
     let mut owners: HashMap<&str, usize> = HashMap::new();
     let mut template_owners: HashMap<&str, usize> = HashMap::new();
-    for (_, resources, templates) in lists {
+    for (_, (resources, templates)) in lists {
         for r in resources.iter() {
             *owners.entry(r.uri.as_str()).or_default() += 1;
         }
@@ -205,7 +208,7 @@ pub fn resource_view(
         }
     };
     let mut view = ResourceView::default();
-    for (upstream, resources, templates) in lists {
+    for (upstream, (resources, templates)) in lists {
         for r in resources.iter() {
             let exposed = disambiguate(upstream, &r.uri, owners.get(r.uri.as_str()).copied().unwrap_or(1));
             let mut r = r.clone();
@@ -225,7 +228,7 @@ pub fn resource_view(
             view.templates.push(t);
         }
     }
-    view.template_prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    view.template_prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     view
 }
 

@@ -194,3 +194,28 @@ def test_default_auto_client_falls_back_cleanly(gateway):
             assert echo.content[0].text == "Echo: auto"
 
     run(go())
+
+
+def test_lists_are_paginated_with_gateway_cursors(procs):
+    gw = procs.gateway({"upstreams": {"everything": everything_stdio(), "time": time_stdio()}, "http": {"page_size": 5}})
+    gw.wait_up("everything", "time")
+
+    async def go():
+        async with Client(gw.url, mode="legacy") as c:
+            names, cursor, pages = [], None, 0
+            while True:
+                page = await c.list_tools(cursor=cursor)
+                assert len(page.tools) <= 5
+                names += [t.name for t in page.tools]
+                pages += 1
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert pages >= 3
+            assert len(names) == len(set(names))
+            assert {"everything__echo", "time__convert_time"} <= set(names)
+            with pytest.raises(MCPError) as err:
+                await c.list_tools(cursor="not-a-cursor")
+            assert err.value.error.code == types.INVALID_PARAMS
+
+    run(go())

@@ -192,3 +192,25 @@ def test_http_upstream_that_restarts_is_reconnected(procs):
 
     result = run(go())
     assert result.content[0].text == "Echo: again"
+
+
+def test_idle_per_client_sessions_are_reaped(procs):
+    gw = procs.gateway(
+        {"upstreams": {"everything": {**everything_stdio(), "session": "per-client", "idle_timeout": "1s"}}}
+    )
+    gw.wait_up("everything")
+    baseline = len(upstream_children(gw))
+
+    async def go():
+        async with Client(gw.url, mode="legacy") as c:
+            await c.call_tool("everything__echo", {"message": "once"})
+            assert len(upstream_children(gw)) == baseline + 1
+            # The client session stays open; only its idle upstream session goes.
+            await asyncio.to_thread(
+                wait_for, lambda: len(upstream_children(gw)) == baseline, 30, "idle upstream session reaped"
+            )
+            # A later call opens a fresh one.
+            echo = await c.call_tool("everything__echo", {"message": "again"})
+            assert echo.content[0].text == "Echo: again"
+
+    run(go())
