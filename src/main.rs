@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use portcullis::config::Config;
 use portcullis::registry::Endpoint;
 use portcullis::runtime::Runtime;
+use portcullis::telemetry::Metrics;
 use portcullis::{server, telemetry};
 use rmcp::ServiceExt;
 
@@ -76,28 +77,40 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init_logging(&config.log);
+    let telemetry = telemetry::init(&config.log, &config.telemetry)?;
     let listener = server::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let runtime = Runtime::start(config);
-    let router = Arc::new(server::Router::new(&runtime));
-    // Tests and scripts read this line to learn an OS-chosen port.
+    let admin_listener = match config.telemetry.admin_listen {
+        Some(a) => Some(server::bind(a).await.with_context(|| format!("binding admin listener {a}"))?),
+        None => None,
+    };
+    let runtime = Runtime::start(config, Arc::new(Metrics::new()?));
+    let router = Arc::new(server::Router::new(&runtime, admin_listener.is_none()));
+    // Tests and scripts read these lines to learn OS-chosen ports.
     println!("portcullis listening on http://{addr}");
-    tracing::info!(%addr, "listening");
     let shutdown = runtime.shutdown_token();
-    let serving = tokio::spawn(server::serve(listener, router, shutdown.clone()));
+    let mut serving = vec![tokio::spawn(server::serve(listener, router, shutdown.clone()))];
+    if let Some(admin) = admin_listener {
+        println!("portcullis admin listening on http://{}", admin.local_addr()?);
+        let router = Arc::new(server::Router::admin_only(&runtime));
+        serving.push(tokio::spawn(server::serve(admin, router, shutdown.clone())));
+    }
+    tracing::info!(%addr, "listening");
     wait_for_signal().await;
     tracing::info!("shutting down");
     runtime.stop().await;
-    let _ = serving.await;
+    for task in serving {
+        let _ = task.await;
+    }
+    telemetry.shutdown();
     Ok(())
 }
 
 async fn stdio(config: Config) -> anyhow::Result<()> {
-    telemetry::init_logging(&config.log);
-    let runtime = Runtime::start(config);
+    let telemetry = telemetry::init(&config.log, &config.telemetry)?;
+    let runtime = Runtime::start(config, Arc::new(Metrics::new()?));
     let session = runtime.gateway.session(Endpoint::Aggregate);
     let running = session
         .serve(rmcp::transport::stdio())
@@ -108,6 +121,7 @@ async fn stdio(config: Config) -> anyhow::Result<()> {
         () = wait_for_signal() => {}
     }
     runtime.stop().await;
+    telemetry.shutdown();
     Ok(())
 }
 

@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::registry::Registry;
-use crate::upstream::Upstream;
+use crate::telemetry::Metrics;
+use crate::upstream::{self, Upstream};
 
 /// A running gateway: everything but the listener.
 pub struct Runtime {
@@ -27,7 +28,7 @@ pub struct Runtime {
 impl Runtime {
     /// Starts every upstream's supervisor (each connects in the background,
     /// so a slow or dead upstream delays nothing) and the gateway.
-    pub fn start(config: Config) -> Runtime {
+    pub fn start(config: Config, metrics: Arc<Metrics>) -> Runtime {
         let config = Arc::new(config);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -40,12 +41,23 @@ impl Runtime {
             .upstreams
             .iter()
             .map(|(name, u)| {
-                let up = Upstream::start(name, u.clone(), http.clone(), events_tx.clone(), shutdown.clone(), &tasks);
+                metrics.register_upstream(name);
+                let up = Upstream::start(
+                    name,
+                    u.clone(),
+                    upstream::Shared {
+                        http: http.clone(),
+                        events: events_tx.clone(),
+                        metrics: metrics.clone(),
+                        shutdown: shutdown.clone(),
+                        tasks: tasks.clone(),
+                    },
+                );
                 (Arc::from(name.as_str()), up)
             })
             .collect();
-        let registry = Arc::new(Registry::new(config.clone(), upstreams));
-        let gateway = Gateway::new(config.clone(), registry, events_rx);
+        let registry = Arc::new(Registry::new(config.clone(), upstreams, metrics.clone()));
+        let gateway = Gateway::new(config.clone(), registry, metrics, events_rx);
         Runtime {
             config,
             gateway,

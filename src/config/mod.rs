@@ -85,6 +85,9 @@ pub struct Config {
     /// Logging output.
     #[serde(default)]
     pub log: LogConfig,
+    /// Metrics, traces and the admin view.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Where the config came from; set by [`Config::load`], used in errors.
     #[serde(skip)]
     pub source: PathBuf,
@@ -358,6 +361,50 @@ pub struct LogConfig {
     /// A `tracing` filter such as `info,portcullis=debug`; `RUST_LOG` wins.
     #[serde(default)]
     pub level: Option<String>,
+}
+
+/// Metrics, traces and the admin view.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP collector base URL (e.g. `http://127.0.0.1:4318`); traces
+    /// are off when unset.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` on exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Serve `/metrics` and `/admin` on this separate address instead of the
+    /// main listener (keeps them off a public port).
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Record raw tool arguments in spans and logs. Off by default: arguments
+    /// may hold secrets.
+    #[serde(default)]
+    pub log_arguments: bool,
+    /// How many recent calls the admin view keeps.
+    #[serde(default = "default_recent_calls")]
+    pub recent_calls: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            admin_listen: None,
+            log_arguments: false,
+            recent_calls: default_recent_calls(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "portcullis".to_owned()
+}
+
+fn default_recent_calls() -> usize {
+    100
 }
 
 /// Log line format.

@@ -3,6 +3,7 @@
 //! upstreams (forwarding). Also fans upstream events out to sessions.
 
 mod error;
+mod observe;
 mod session;
 
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::registry::{Endpoint, Registry};
+use crate::telemetry::recent::RecentCalls;
+use crate::telemetry::Metrics;
 use crate::upstream::{ListKind, UpstreamEvent};
 pub use error::{REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
 pub use session::Session;
@@ -41,6 +44,8 @@ pub struct Gateway {
     registry: Arc<Registry>,
     sessions: RwLock<HashMap<u64, Arc<SessionState>>>,
     next_session: AtomicU64,
+    metrics: Arc<Metrics>,
+    recent: RecentCalls,
 }
 
 impl Gateway {
@@ -49,9 +54,12 @@ impl Gateway {
     pub fn new(
         config: Arc<Config>,
         registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
         events: mpsc::UnboundedReceiver<UpstreamEvent>,
     ) -> Arc<Gateway> {
         let gw = Arc::new(Gateway {
+            recent: RecentCalls::new(config.telemetry.recent_calls),
+            metrics,
             config,
             registry,
             sessions: RwLock::new(HashMap::new()),
@@ -64,6 +72,16 @@ impl Gateway {
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The most recent calls, newest first.
+    pub fn recent_calls(&self) -> Vec<crate::telemetry::recent::RecentCall> {
+        self.recent.snapshot()
     }
 
     /// A handler for a new downstream session on `endpoint`.
@@ -79,6 +97,7 @@ impl Gateway {
         if let Ok(mut map) = self.sessions.write() {
             map.insert(id, state.clone());
         }
+        self.metrics.sessions_open.inc();
         Session::new(self.clone(), state)
     }
 
@@ -89,7 +108,9 @@ impl Gateway {
 
     fn close_session(&self, id: u64) {
         if let Ok(mut map) = self.sessions.write() {
-            map.remove(&id);
+            if map.remove(&id).is_some() {
+                self.metrics.sessions_open.dec();
+            }
         }
         for up in self.registry.upstreams().values() {
             up.session_closed(id);

@@ -7,7 +7,11 @@ use rmcp::service::{RequestContext, RoleServer};
 use rmcp::ServerHandler;
 use serde::de::DeserializeOwned;
 
+use tracing::Instrument;
+
 use super::error::{registry_error, unknown, upstream_error};
+use super::observe::Observation;
+use crate::telemetry::trace;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::registry::{self, Endpoint, Target};
 use crate::upstream::Caller;
@@ -69,8 +73,25 @@ impl Session {
             .registry
             .upstream(&target.upstream)
             .ok_or_else(|| unknown("upstream", &target.upstream))?;
+        let span = tracing::info_span!(
+            "mcp.client",
+            otel.name = %format_args!("{} {}", request_method(&request), target.original),
+            otel.kind = "client",
+            mcp.method.name = request_method(&request),
+            mcp.upstream = %target.upstream,
+        );
+        let mut request = request;
+        // Hand the trace on: the upstream call span is the upstream's parent.
+        if let Some((traceparent, tracestate)) = trace::traceparent_of(&span) {
+            let meta = request.get_meta_mut();
+            meta.set_traceparent(&traceparent);
+            if let Some(state) = tracestate {
+                meta.set_tracestate(&state);
+            }
+        }
         let result = upstream
             .request(self.caller(ctx), request, &ctx.ct)
+            .instrument(span)
             .await
             .map_err(upstream_error)?;
         match pick(result) {
@@ -87,6 +108,47 @@ impl Session {
                     )
                 }),
         }
+    }
+
+    fn observe(&self, method: &'static str, ctx: &RequestContext<RoleServer>) -> Observation<'_> {
+        Observation::begin(&self.gw.metrics, &self.gw.recent, method, self.state.id, ctx)
+    }
+
+    async fn forward_empty(
+        &self,
+        target: &Target,
+        request: ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.forward(target, request, ctx, |r| match r {
+            ServerResult::EmptyResult(_) => Ok(()),
+            other => Err(Box::new(other)),
+        }, |()| ())
+        .await
+    }
+
+    async fn completion_target(&self, reference: &mut Reference) -> Result<Target, ErrorData> {
+        let target = match reference {
+            Reference::Prompt(prompt) => {
+                let view = self.gw.registry.prompts(self.endpoint()).await;
+                let target = view.index.get(&prompt.name).ok_or_else(|| unknown("prompt", &prompt.name))?.clone();
+                prompt.name = target.original.clone();
+                target
+            }
+            Reference::Resource(resource) => {
+                let view = self.gw.registry.resources(self.endpoint()).await;
+                let target = match view.template_index.get(&resource.uri) {
+                    Some(t) => t.clone(),
+                    None => view
+                        .route(&resource.uri, self.single())
+                        .ok_or_else(|| unknown("resource template", &resource.uri))?,
+                };
+                resource.uri = target.original.clone();
+                target
+            }
+            _ => return Err(ErrorData::invalid_params("unsupported completion reference", None)),
+        };
+        Ok(target)
     }
 
     fn single(&self) -> Option<&Arc<str>> {
@@ -106,6 +168,18 @@ impl Session {
         view.route(uri, self.single())
             .ok_or_else(|| ErrorData::resource_not_found(format!("unknown resource: `{uri}`"), Some(serde_json::json!({ "uri": uri }))))
     }
+}
+
+/// Runs a handler body inside the request's observation: span, metrics,
+/// recent-call record, finished explicitly on every path.
+macro_rules! observed {
+    ($self:ident, $method:literal, $ctx:ident, |$obs:ident| $body:expr) => {{
+        #[allow(unused_mut)] // only handlers that route need to record a target
+        let mut $obs = $self.observe($method, &$ctx);
+        let span = $obs.span.clone();
+        let result = async { $body }.instrument(span).await;
+        $obs.finish(result)
+    }};
 }
 
 impl ServerHandler for Session {
@@ -134,12 +208,14 @@ impl ServerHandler for Session {
         params: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        self.remember(&ctx);
-        let view = self.gw.registry.tools(self.endpoint()).await;
-        let (tools, next) = self.page(&view.items, params)?;
-        let mut result = ListToolsResult::with_all_items(tools);
-        result.next_cursor = next;
-        Ok(result)
+        observed!(self, "tools/list", ctx, |obs| {
+            self.remember(&ctx);
+            let view = self.gw.registry.tools(self.endpoint()).await;
+            let (tools, next) = self.page(&view.items, params)?;
+            let mut result = ListToolsResult::with_all_items(tools);
+            result.next_cursor = next;
+            Ok(result)
+        })
     }
 
     async fn call_tool(
@@ -147,17 +223,20 @@ impl ServerHandler for Session {
         mut params: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let view = self.gw.registry.tools(self.endpoint()).await;
-        let target = view.index.get(&*params.name).ok_or_else(|| unknown("tool", &params.name))?.clone();
-        params.name = target.original.clone().into();
-        let request = ClientRequest::CallToolRequest(Request::new(params));
-        self.forward(&target, request, &ctx, |r| match r {
-            ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
-            ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
-            ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
-            other => Err(Box::new(other)),
-        }, |r| CallToolResponse::Complete(complete_call(r)))
-        .await
+        observed!(self, "tools/call", ctx, |obs| {
+            let view = self.gw.registry.tools(self.endpoint()).await;
+            let target = view.index.get(&*params.name).ok_or_else(|| unknown("tool", &params.name))?.clone();
+            obs.routed(&target);
+            params.name = target.original.clone().into();
+            let request = ClientRequest::CallToolRequest(Request::new(params));
+            self.forward(&target, request, &ctx, |r| match r {
+                ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
+                ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+                ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+                other => Err(Box::new(other)),
+            }, |r| CallToolResponse::Complete(complete_call(r)))
+            .await
+        })
     }
 
     async fn list_prompts(
@@ -165,12 +244,14 @@ impl ServerHandler for Session {
         params: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        self.remember(&ctx);
-        let view = self.gw.registry.prompts(self.endpoint()).await;
-        let (prompts, next) = self.page(&view.items, params)?;
-        let mut result = ListPromptsResult::with_all_items(prompts);
-        result.next_cursor = next;
-        Ok(result)
+        observed!(self, "prompts/list", ctx, |obs| {
+            self.remember(&ctx);
+            let view = self.gw.registry.prompts(self.endpoint()).await;
+            let (prompts, next) = self.page(&view.items, params)?;
+            let mut result = ListPromptsResult::with_all_items(prompts);
+            result.next_cursor = next;
+            Ok(result)
+        })
     }
 
     async fn get_prompt(
@@ -178,19 +259,22 @@ impl ServerHandler for Session {
         mut params: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let view = self.gw.registry.prompts(self.endpoint()).await;
-        let target = view.index.get(&params.name).ok_or_else(|| unknown("prompt", &params.name))?.clone();
-        params.name = target.original.clone();
-        let request = ClientRequest::GetPromptRequest(Request::new(params));
-        self.forward(&target, request, &ctx, |r| match r {
-            ServerResult::GetPromptResult(mut r) => {
-                r.result_type.get_or_insert(ResultType::COMPLETE);
-                Ok(GetPromptResponse::Complete(r))
-            }
-            ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
-            other => Err(Box::new(other)),
-        }, GetPromptResponse::Complete)
-        .await
+        observed!(self, "prompts/get", ctx, |obs| {
+            let view = self.gw.registry.prompts(self.endpoint()).await;
+            let target = view.index.get(&params.name).ok_or_else(|| unknown("prompt", &params.name))?.clone();
+            obs.routed(&target);
+            params.name = target.original.clone();
+            let request = ClientRequest::GetPromptRequest(Request::new(params));
+            self.forward(&target, request, &ctx, |r| match r {
+                ServerResult::GetPromptResult(mut r) => {
+                    r.result_type.get_or_insert(ResultType::COMPLETE);
+                    Ok(GetPromptResponse::Complete(r))
+                }
+                ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+                other => Err(Box::new(other)),
+            }, GetPromptResponse::Complete)
+            .await
+        })
     }
 
     async fn list_resources(
@@ -198,12 +282,14 @@ impl ServerHandler for Session {
         params: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        self.remember(&ctx);
-        let view = self.gw.registry.resources(self.endpoint()).await;
-        let (resources, next) = self.page(&view.resources, params)?;
-        let mut result = ListResourcesResult::with_all_items(resources);
-        result.next_cursor = next;
-        Ok(result)
+        observed!(self, "resources/list", ctx, |obs| {
+            self.remember(&ctx);
+            let view = self.gw.registry.resources(self.endpoint()).await;
+            let (resources, next) = self.page(&view.resources, params)?;
+            let mut result = ListResourcesResult::with_all_items(resources);
+            result.next_cursor = next;
+            Ok(result)
+        })
     }
 
     async fn list_resource_templates(
@@ -211,12 +297,14 @@ impl ServerHandler for Session {
         params: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, ErrorData> {
-        self.remember(&ctx);
-        let view = self.gw.registry.resources(self.endpoint()).await;
-        let (templates, next) = self.page(&view.templates, params)?;
-        let mut result = ListResourceTemplatesResult::with_all_items(templates);
-        result.next_cursor = next;
-        Ok(result)
+        observed!(self, "resources/templates/list", ctx, |obs| {
+            self.remember(&ctx);
+            let view = self.gw.registry.resources(self.endpoint()).await;
+            let (templates, next) = self.page(&view.templates, params)?;
+            let mut result = ListResourceTemplatesResult::with_all_items(templates);
+            result.next_cursor = next;
+            Ok(result)
+        })
     }
 
     async fn read_resource(
@@ -224,71 +312,68 @@ impl ServerHandler for Session {
         mut params: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let exposed = params.uri.clone();
-        let target = self.resource_target(&params.uri).await?;
-        params.uri = target.original.clone();
-        let request = ClientRequest::ReadResourceRequest(Request::new(params));
-        let mut response = self
-            .forward(&target, request, &ctx, |r| match r {
-                ServerResult::ReadResourceResult(mut r) => {
-                    r.result_type.get_or_insert(ResultType::COMPLETE);
-                    Ok(ReadResourceResponse::Complete(r))
-                }
-                ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
-                other => Err(Box::new(other)),
-            }, ReadResourceResponse::Complete)
-            .await?;
-        // Contents name the URI the upstream knows; show the one the client asked for.
-        if let ReadResourceResponse::Complete(result) = &mut response {
-            if exposed != target.original {
-                for content in &mut result.contents {
-                    rename_content_uri(content, &target.original, &exposed);
+        observed!(self, "resources/read", ctx, |obs| {
+            let exposed = params.uri.clone();
+            let target = self.resource_target(&params.uri).await?;
+            obs.routed(&target);
+            params.uri = target.original.clone();
+            let request = ClientRequest::ReadResourceRequest(Request::new(params));
+            let mut response = self
+                .forward(&target, request, &ctx, |r| match r {
+                    ServerResult::ReadResourceResult(mut r) => {
+                        r.result_type.get_or_insert(ResultType::COMPLETE);
+                        Ok(ReadResourceResponse::Complete(r))
+                    }
+                    ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
+                    other => Err(Box::new(other)),
+                }, ReadResourceResponse::Complete)
+                .await?;
+            // Contents name the URI the upstream knows; show the one the client asked for.
+            if let ReadResourceResponse::Complete(result) = &mut response {
+                if exposed != target.original {
+                    for content in &mut result.contents {
+                        rename_content_uri(content, &target.original, &exposed);
+                    }
                 }
             }
-        }
-        Ok(response)
+            Ok(response)
+        })
     }
 
-    #[allow(deprecated)]
     async fn subscribe(
         &self,
         mut params: SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let exposed = params.uri.clone();
-        let target = self.resource_target(&params.uri).await?;
-        params.uri = target.original.clone();
-        let request = ClientRequest::SubscribeRequest(Request::new(params));
-        self.forward(&target, request, &ctx, |r| match r {
-            ServerResult::EmptyResult(_) => Ok(()),
-            other => Err(Box::new(other)),
-        }, |()| ())
-        .await
-        ?;
-        if let Ok(mut subs) = self.state.subscriptions.lock() {
-            subs.insert(exposed);
-        }
-        Ok(())
+        observed!(self, "resources/subscribe", ctx, |obs| {
+            let exposed = params.uri.clone();
+            let target = self.resource_target(&params.uri).await?;
+            obs.routed(&target);
+            params.uri = target.original.clone();
+            let request = ClientRequest::SubscribeRequest(Request::new(params));
+            self.forward_empty(&target, request, &ctx).await?;
+            if let Ok(mut subs) = self.state.subscriptions.lock() {
+                subs.insert(exposed);
+            }
+            Ok(())
+        })
     }
 
-    #[allow(deprecated)]
     async fn unsubscribe(
         &self,
         mut params: UnsubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        if let Ok(mut subs) = self.state.subscriptions.lock() {
-            subs.remove(&params.uri);
-        }
-        let target = self.resource_target(&params.uri).await?;
-        params.uri = target.original.clone();
-        let request = ClientRequest::UnsubscribeRequest(Request::new(params));
-        self.forward(&target, request, &ctx, |r| match r {
-            ServerResult::EmptyResult(_) => Ok(()),
-            other => Err(Box::new(other)),
-        }, |()| ())
-        .await
-        .or(Ok(()))
+        observed!(self, "resources/unsubscribe", ctx, |obs| {
+            if let Ok(mut subs) = self.state.subscriptions.lock() {
+                subs.remove(&params.uri);
+            }
+            let target = self.resource_target(&params.uri).await?;
+            obs.routed(&target);
+            params.uri = target.original.clone();
+            let request = ClientRequest::UnsubscribeRequest(Request::new(params));
+            self.forward_empty(&target, request, &ctx).await
+        })
     }
 
     async fn complete(
@@ -296,30 +381,16 @@ impl ServerHandler for Session {
         mut params: CompleteRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
-        let target = match &mut params.r#ref {
-            Reference::Prompt(prompt) => {
-                let view = self.gw.registry.prompts(self.endpoint()).await;
-                let target = view.index.get(&prompt.name).ok_or_else(|| unknown("prompt", &prompt.name))?.clone();
-                prompt.name = target.original.clone();
-                target
-            }
-            Reference::Resource(resource) => {
-                let view = self.gw.registry.resources(self.endpoint()).await;
-                let target = match view.template_index.get(&resource.uri) {
-                    Some(t) => t.clone(),
-                    None => view.route(&resource.uri, self.single()).ok_or_else(|| unknown("resource template", &resource.uri))?,
-                };
-                resource.uri = target.original.clone();
-                target
-            }
-            _ => return Err(ErrorData::invalid_params("unsupported completion reference", None)),
-        };
-        let request = ClientRequest::CompleteRequest(Request::new(params));
-        self.forward(&target, request, &ctx, |r| match r {
-            ServerResult::CompleteResult(r) => Ok(r),
-            other => Err(Box::new(other)),
-        }, |r: CompleteResult| r)
-        .await
+        observed!(self, "completion/complete", ctx, |obs| {
+            let target = self.completion_target(&mut params.r#ref).await?;
+            obs.routed(&target);
+            let request = ClientRequest::CompleteRequest(Request::new(params));
+            self.forward(&target, request, &ctx, |r| match r {
+                ServerResult::CompleteResult(r) => Ok(r),
+                other => Err(Box::new(other)),
+            }, |r: CompleteResult| r)
+            .await
+        })
     }
 
     async fn on_roots_list_changed(&self, _ctx: rmcp::service::NotificationContext<RoleServer>) {
@@ -335,22 +406,24 @@ impl ServerHandler for Session {
         params: SetLevelRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.remember(&ctx);
-        if let Ok(mut level) = self.state.log_level.lock() {
-            *level = Some(params.level);
-        }
-        // Upstreams filter at the source; the gateway also filters per
-        // session, since a shared upstream serves sessions with other levels.
-        for upstream in self.gw.registry.upstreams_of(self.endpoint()) {
-            let Some(up) = self.gw.registry.upstream(&upstream) else { continue };
-            if up.server_capabilities().is_some_and(|c| c.logging.is_some()) {
-                let request = ClientRequest::SetLevelRequest(Request::new(params.clone()));
-                if let Err(e) = up.request(self.caller(&ctx), request, &ctx.ct).await {
-                    tracing::debug!(upstream = %upstream, error = %e, "logging/setLevel not applied upstream");
+        observed!(self, "logging/setLevel", ctx, |obs| {
+            self.remember(&ctx);
+            if let Ok(mut level) = self.state.log_level.lock() {
+                *level = Some(params.level);
+            }
+            // Upstreams filter at the source; the gateway also filters per
+            // session, since a shared upstream serves sessions with other levels.
+            for upstream in self.gw.registry.upstreams_of(self.endpoint()) {
+                let Some(up) = self.gw.registry.upstream(&upstream) else { continue };
+                if up.server_capabilities().is_some_and(|c| c.logging.is_some()) {
+                    let request = ClientRequest::SetLevelRequest(Request::new(params.clone()));
+                    if let Err(e) = up.request(self.caller(&ctx), request, &ctx.ct).await {
+                        tracing::debug!(upstream = %upstream, error = %e, "logging/setLevel not applied upstream");
+                    }
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -369,5 +442,19 @@ fn rename_content_uri(content: &mut ResourceContents, from: &str, to: &str) {
     };
     if uri == from {
         *uri = to.to_owned();
+    }
+}
+
+/// The JSON-RPC method of a request the gateway forwards.
+fn request_method(request: &ClientRequest) -> &'static str {
+    match request {
+        ClientRequest::CallToolRequest(_) => "tools/call",
+        ClientRequest::GetPromptRequest(_) => "prompts/get",
+        ClientRequest::ReadResourceRequest(_) => "resources/read",
+        ClientRequest::SubscribeRequest(_) => "resources/subscribe",
+        ClientRequest::UnsubscribeRequest(_) => "resources/unsubscribe",
+        ClientRequest::CompleteRequest(_) => "completion/complete",
+        ClientRequest::SetLevelRequest(_) => "logging/setLevel",
+        _ => "request",
     }
 }

@@ -64,6 +64,7 @@ type PromptsView = Arc<NamedView<Prompt>>;
 /// The catalogue over every configured upstream.
 pub struct Registry {
     config: Arc<Config>,
+    metrics: Arc<crate::telemetry::Metrics>,
     upstreams: BTreeMap<Arc<str>, Arc<Upstream>>,
     filters: HashMap<String, ToolFilter>,
     virtual_globs: HashMap<String, globset::GlobSet>,
@@ -77,7 +78,11 @@ pub struct Registry {
 
 impl Registry {
     /// A registry over the given upstreams.
-    pub fn new(config: Arc<Config>, upstreams: BTreeMap<Arc<str>, Arc<Upstream>>) -> Registry {
+    pub fn new(
+        config: Arc<Config>,
+        upstreams: BTreeMap<Arc<str>, Arc<Upstream>>,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Registry {
         let filters = config
             .upstreams
             .iter()
@@ -89,6 +94,7 @@ impl Registry {
             .map(|(name, vs)| (name.clone(), view::globs(&vs.tools)))
             .collect();
         Registry {
+            metrics,
             filters,
             virtual_globs,
             upstreams,
@@ -161,6 +167,11 @@ impl Registry {
 
     /// The tools an endpoint shows.
     pub async fn tools(&self, endpoint: &Endpoint) -> ToolsView {
+        if let Some(view) = self.tool_views.get(endpoint).await {
+            self.cache_result("tools", "hit");
+            return view;
+        }
+        self.cache_result("tools", "miss");
         self.tool_views
             .get_with_by_ref(endpoint, async {
                 let naming = self.naming(endpoint);
@@ -184,6 +195,11 @@ impl Registry {
 
     /// The prompts an endpoint shows (virtual servers show none).
     pub async fn prompts(&self, endpoint: &Endpoint) -> PromptsView {
+        if let Some(view) = self.prompt_views.get(endpoint).await {
+            self.cache_result("prompts", "hit");
+            return view;
+        }
+        self.cache_result("prompts", "miss");
         self.prompt_views
             .get_with_by_ref(endpoint, async {
                 if matches!(endpoint, Endpoint::Virtual(_)) {
@@ -200,6 +216,11 @@ impl Registry {
 
     /// The resources and templates an endpoint shows (virtual servers show none).
     pub async fn resources(&self, endpoint: &Endpoint) -> Arc<ResourceView> {
+        if let Some(view) = self.resource_views.get(endpoint).await {
+            self.cache_result("resources", "hit");
+            return view;
+        }
+        self.cache_result("resources", "miss");
         self.resource_views
             .get_with_by_ref(endpoint, async {
                 if matches!(endpoint, Endpoint::Virtual(_)) {
@@ -212,6 +233,10 @@ impl Registry {
                 Arc::new(view::resource_view(&lists))
             })
             .await
+    }
+
+    fn cache_result(&self, list: &str, result: &str) {
+        self.metrics.list_cache.with_label_values(&[list, result]).inc();
     }
 
     fn naming(&self, endpoint: &Endpoint) -> Naming<'_> {

@@ -6,6 +6,7 @@
 //! limit are enforced by rmcp's `StreamableHttpService`, configured here
 //! from `http:` in the config; each failure gets a clear HTTP error.
 
+mod admin;
 mod health;
 
 use std::collections::HashMap;
@@ -36,11 +37,13 @@ pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub struct Router {
     mcp: HashMap<Endpoint, McpService>,
     gateway: Arc<Gateway>,
+    /// Serve `/metrics` and `/admin` here (false when they have their own listener).
+    admin: bool,
 }
 
 impl Router {
     /// Builds a service for every endpoint the config defines.
-    pub fn new(runtime: &Runtime) -> Router {
+    pub fn new(runtime: &Runtime, admin: bool) -> Router {
         let config = &runtime.config;
         let gateway = runtime.gateway.clone();
         let registry = gateway.registry().clone();
@@ -66,7 +69,13 @@ impl Router {
                 (endpoint, service)
             })
             .collect();
-        Router { mcp, gateway }
+        Router { mcp, gateway, admin }
+    }
+
+    /// A router serving only `/metrics`, `/admin`, `/healthz` and `/readyz`,
+    /// for the separate admin listener.
+    pub fn admin_only(runtime: &Runtime) -> Router {
+        Router { mcp: HashMap::new(), gateway: runtime.gateway.clone(), admin: true }
     }
 
     /// Routes one request.
@@ -75,6 +84,10 @@ impl Router {
         match path.as_str() {
             "/healthz" => return text(StatusCode::OK, "ok\n"),
             "/readyz" => return health::ready(&self.gateway),
+            "/metrics" if self.admin => return admin::metrics(&self.gateway),
+            "/admin" if self.admin => return admin::page(),
+            "/admin/api/upstreams" if self.admin => return admin::upstreams(&self.gateway).await,
+            "/admin/api/calls" if self.admin => return admin::calls(&self.gateway),
             _ => {}
         }
         let endpoint = match path.strip_prefix("/mcp") {

@@ -169,12 +169,28 @@ impl Connection {
     }
 }
 
+/// What every upstream shares with the rest of the gateway.
+pub struct Shared {
+    /// HTTP client for HTTP and SSE upstreams.
+    pub http: reqwest::Client,
+    /// Where events go.
+    pub events: EventSink,
+    /// Metric handles.
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks every task an upstream spawns, so shutdown can wait for them.
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
 /// One configured upstream server and its supervisor.
 pub struct Upstream {
     name: Arc<str>,
     config: UpstreamConfig,
     http: reqwest::Client,
     events: EventSink,
+    metrics: Arc<crate::telemetry::Metrics>,
+    tasks: tokio_util::task::TaskTracker,
     shared: ArcSwapOption<Connection>,
     health: watch::Sender<Health>,
     tried: AtomicBool,
@@ -187,20 +203,16 @@ pub struct Upstream {
 impl Upstream {
     /// Creates the upstream and starts its supervisor, which connects in the
     /// background and reconnects with backoff for as long as the gateway runs.
-    pub fn start(
-        name: &str,
-        config: UpstreamConfig,
-        http: reqwest::Client,
-        events: EventSink,
-        shutdown: CancellationToken,
-        tasks: &tokio_util::task::TaskTracker,
-    ) -> Arc<Upstream> {
+    pub fn start(name: &str, config: UpstreamConfig, shared: Shared) -> Arc<Upstream> {
+        let Shared { http, events, metrics, shutdown, tasks } = shared;
         let upstream = Arc::new(Upstream {
             name: name.into(),
             per_client: pool::Pool::new(config.max_sessions),
             config,
             http,
             events,
+            metrics,
+            tasks: tasks.clone(),
             shared: ArcSwapOption::empty(),
             health: watch::channel(Health::Connecting).0,
             tried: AtomicBool::new(false),
@@ -301,6 +313,30 @@ impl Upstream {
         ct: &CancellationToken,
     ) -> Result<ServerResult, UpstreamError> {
         conn.touch();
+        let method = crate::telemetry::metrics::method_label(client_method(&request));
+        let started = Instant::now();
+        let result = self.send_inner(conn, request, caller, ct).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(UpstreamError::Remote(_)) => "error",
+            Err(UpstreamError::Timeout { .. }) => "timeout",
+            Err(UpstreamError::Cancelled) => "cancelled",
+            Err(_) => "unavailable",
+        };
+        self.metrics
+            .client_duration
+            .with_label_values(&[method, &self.name, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn send_inner(
+        &self,
+        conn: &Arc<Connection>,
+        request: ClientRequest,
+        caller: Option<Arc<Caller>>,
+        ct: &CancellationToken,
+    ) -> Result<ServerResult, UpstreamError> {
         let options = PeerRequestOptions::with_timeout(self.config.timeout);
         let handle = conn
             .peer
@@ -433,6 +469,7 @@ async fn supervise(up: Arc<Upstream>) {
                 let took = started.elapsed();
                 tracing::info!(upstream = %up.name, seconds = took.as_secs_f64(), "upstream connected");
                 up.shared.store(Some(conn.clone()));
+                up.metrics.upstream_up.with_label_values(&[&up.name]).set(1);
                 up.health.send_replace(Health::Up { connect_seconds: took.as_secs_f64() });
                 up.tried.store(true, Ordering::Release);
                 let _ = up.events.send(UpstreamEvent::StateChanged { upstream: up.name.clone() });
@@ -457,6 +494,8 @@ async fn supervise(up: Arc<Upstream>) {
                 }
                 up.shared.store(None);
                 conn.closed.cancel();
+                up.metrics.upstream_up.with_label_values(&[&up.name]).set(0);
+                up.metrics.upstream_restarts.with_label_values(&[&up.name]).inc();
                 restarts += 1;
                 backoff = up.config.restart.initial_backoff;
                 tracing::warn!(upstream = %up.name, "upstream connection ended; restarting");
@@ -474,5 +513,26 @@ async fn supervise(up: Arc<Upstream>) {
             () = up.shutdown.cancelled() => return,
         }
         backoff = (backoff * 2).min(up.config.restart.max_backoff);
+    }
+}
+
+/// The JSON-RPC method name of a request, for metric labels.
+fn client_method(request: &ClientRequest) -> &str {
+    use rmcp::model::ClientRequest as R;
+    match request {
+        R::CallToolRequest(_) => "tools/call",
+        R::ListToolsRequest(_) => "tools/list",
+        R::GetPromptRequest(_) => "prompts/get",
+        R::ListPromptsRequest(_) => "prompts/list",
+        R::ReadResourceRequest(_) => "resources/read",
+        R::ListResourcesRequest(_) => "resources/list",
+        R::ListResourceTemplatesRequest(_) => "resources/templates/list",
+        R::SubscribeRequest(_) => "resources/subscribe",
+        R::UnsubscribeRequest(_) => "resources/unsubscribe",
+        R::CompleteRequest(_) => "completion/complete",
+        R::SetLevelRequest(_) => "logging/setLevel",
+        R::PingRequest(_) => "ping",
+        R::CustomRequest(r) => r.method.as_str(),
+        _ => "unknown",
     }
 }

@@ -86,7 +86,7 @@ impl Upstream {
         tracing::info!(upstream = %self.name, session = caller.session, "per-client upstream session opened");
         let watched = conn.clone();
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let cancel = service.cancellation_token();
             let mut waiter = tokio::spawn(service.waiting());
             tokio::select! {

@@ -1,0 +1,212 @@
+//! Prometheus metrics: every family is created once, at start-up, with
+//! bounded label sets; the per-call path only looks up and bumps handles.
+//!
+//! Names follow Prometheus conventions (base units in the name, `_total`
+//! on counters) and, where they name the thing, the OpenTelemetry MCP and
+//! GenAI semantic conventions (`mcp.server.operation.duration` becomes
+//! `mcp_server_operation_duration_seconds`, attribute `mcp.method.name`
+//! becomes label `mcp_method_name`, `gen_ai.tool.name` becomes
+//! `gen_ai_tool_name`).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Label value for anything outside the bounded set (a tool not in the
+/// registry, a method the gateway does not know).
+pub const UNKNOWN: &str = "unknown";
+/// Label value where no upstream was involved.
+pub const NONE: &str = "none";
+
+/// Latency buckets for MCP operations: from 100 µs (the gateway's own
+/// overhead) to minutes (long-running tools).
+const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0, 300.0,
+];
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Downstream MCP requests by method, upstream, tool and outcome.
+    pub server_duration: HistogramVec,
+    /// Same labels, as a counter.
+    pub server_requests: IntCounterVec,
+    /// Downstream requests in progress, by method.
+    pub in_flight: IntGaugeVec,
+    /// Requests the gateway sent upstream, by method, upstream and outcome.
+    pub client_duration: HistogramVec,
+    /// 1 while an upstream's shared connection is up, else 0.
+    pub upstream_up: IntGaugeVec,
+    /// Reconnections after a connection ended or failed.
+    pub upstream_restarts: IntCounterVec,
+    /// Catalogue lookups by list and result (hit or miss).
+    pub list_cache: IntCounterVec,
+    /// Downstream sessions currently open.
+    pub sessions_open: IntGauge,
+    /// Policy decisions by action and rule.
+    pub policy_decisions: IntCounterVec,
+    /// Guardrail detector hits by detector type.
+    pub guardrail_hits: IntCounterVec,
+    /// Calls refused by a rate or concurrency limit, by limit id.
+    pub ratelimit_refusals: IntCounterVec,
+    /// Server-to-client requests routed back to clients, by method and outcome.
+    pub client_requests_routed: IntCounterVec,
+}
+
+/// A metric could not be registered (a duplicate or invalid name: a bug).
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registration failed: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, MetricsError> {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()), labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let call_labels = &["mcp_method_name", "upstream", "gen_ai_tool_name", "outcome"];
+        let sessions_open = IntGauge::new("portcullis_sessions_open", "Downstream MCP sessions currently open.")?;
+        registry.register(Box::new(sessions_open.clone()))?;
+        Ok(Metrics {
+            server_duration: histogram(
+                "mcp_server_operation_duration_seconds",
+                "Duration of MCP requests served to downstream clients, gateway overhead included.",
+                call_labels,
+            )?,
+            server_requests: counter(
+                "portcullis_mcp_requests_total",
+                "MCP requests served to downstream clients.",
+                call_labels,
+            )?,
+            in_flight: gauge(
+                "portcullis_mcp_requests_in_flight",
+                "MCP requests from downstream clients in progress.",
+                &["mcp_method_name"],
+            )?,
+            client_duration: histogram(
+                "mcp_client_operation_duration_seconds",
+                "Duration of MCP requests the gateway sent to upstream servers.",
+                &["mcp_method_name", "upstream", "outcome"],
+            )?,
+            upstream_up: gauge("portcullis_upstream_up", "1 while the upstream is connected.", &["upstream"])?,
+            upstream_restarts: counter(
+                "portcullis_upstream_restarts_total",
+                "Upstream reconnections after a connection ended or failed.",
+                &["upstream"],
+            )?,
+            list_cache: counter(
+                "portcullis_list_cache_lookups_total",
+                "Catalogue list lookups, by list and whether the cache answered.",
+                &["list", "result"],
+            )?,
+            sessions_open,
+            policy_decisions: counter(
+                "portcullis_policy_decisions_total",
+                "Policy decisions, by action and deciding rule.",
+                &["action", "rule"],
+            )?,
+            guardrail_hits: counter(
+                "portcullis_guardrail_detections_total",
+                "Content guardrail detections, by detector type.",
+                &["detector_type"],
+            )?,
+            ratelimit_refusals: counter(
+                "portcullis_ratelimit_refusals_total",
+                "Calls refused by a rate or concurrency limit.",
+                &["limit"],
+            )?,
+            client_requests_routed: counter(
+                "portcullis_server_to_client_requests_total",
+                "Requests from upstreams (elicitation, sampling, roots) routed to downstream clients.",
+                &["mcp_method_name", "outcome"],
+            )?,
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// (calls, errors) per upstream, summed from the request counter; for
+    /// the admin view, not the hot path.
+    pub fn calls_by_upstream(&self) -> std::collections::HashMap<String, (u64, u64)> {
+        let mut out: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+        for family in self.registry.gather() {
+            if family.name() != "portcullis_mcp_requests_total" {
+                continue;
+            }
+            for m in family.get_metric() {
+                let label = |n: &str| m.get_label().iter().find(|l| l.name() == n).map(|l| l.value().to_owned());
+                let (Some(upstream), Some(outcome)) = (label("upstream"), label("outcome")) else { continue };
+                let count = m.get_counter().value() as u64;
+                let entry = out.entry(upstream).or_default();
+                entry.0 += count;
+                if outcome != "ok" {
+                    entry.1 += count;
+                }
+            }
+        }
+        out
+    }
+
+    /// Pre-creates the per-upstream series, so dashboards see every upstream
+    /// (at 0) from the first scrape.
+    pub fn register_upstream(&self, upstream: &str) {
+        self.upstream_up.with_label_values(&[upstream]).set(0);
+        self.upstream_restarts.with_label_values(&[upstream]);
+    }
+}
+
+/// Bounded label value for an MCP method name.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "initialize", "ping", "tools/list", "tools/call", "prompts/list", "prompts/get", "resources/list",
+        "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
+        "completion/complete", "logging/setLevel", "server/discover", "subscriptions/listen", "tasks/get",
+        "tasks/update", "tasks/cancel", "tasks/result", "tasks/list", "elicitation/create",
+        "sampling/createMessage", "roots/list",
+    ];
+    KNOWN.iter().find(|m| **m == method).copied().unwrap_or(UNKNOWN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_families_with_conventional_names() {
+        let m = Metrics::new().unwrap();
+        m.register_upstream("time");
+        m.server_requests.with_label_values(&["tools/call", "time", "get_current_time", "ok"]).inc();
+        let text = m.render();
+        assert!(text.contains("portcullis_mcp_requests_total{gen_ai_tool_name=\"get_current_time\""));
+        assert!(text.contains("portcullis_upstream_up{upstream=\"time\"} 0"));
+        assert!(text.contains("# TYPE mcp_server_operation_duration_seconds histogram"));
+    }
+
+    #[test]
+    fn unknown_methods_collapse_to_one_label() {
+        assert_eq!(method_label("tools/call"), "tools/call");
+        assert_eq!(method_label("x/attacker-chosen-12345"), UNKNOWN);
+    }
+}
