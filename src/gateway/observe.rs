@@ -131,6 +131,18 @@ impl<'a> Observation<'a> {
             self.span.record("error.type", outcome);
             self.span.record("otel.status_code", "ERROR");
         }
+        // The access line: inside the span, so it carries the trace id.
+        self.span.in_scope(|| {
+            tracing::info!(
+                target: "portcullis::access",
+                method = self.method,
+                upstream,
+                target = self.target.as_deref(),
+                outcome,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                session = self.session,
+            )
+        });
         self.recent.push(RecentCall {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             method: self.method,

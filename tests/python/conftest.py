@@ -101,6 +101,7 @@ class Proc:
 class Gateway(Proc):
     base: str = ""
     config_path: Path = field(default_factory=Path)
+    admin: str = ""
 
     @property
     def url(self) -> str:
@@ -161,6 +162,8 @@ class Processes:
             proc.kill()
             raise RuntimeError(f"gateway did not start: {line!r}\n{log.read_text()}")
         gw = Gateway(proc, log, base=line.strip().rsplit(" ", 1)[-1], config_path=path)
+        if config.get("telemetry", {}).get("admin_listen") and proc.stdout:
+            gw.admin = proc.stdout.readline().decode().strip().rsplit(" ", 1)[-1]
         self.started.append(gw)
         if wait_ready:
             wait_for(lambda: http_get(f"{gw.base}/readyz")[0] == 200, what=f"gateway ready; log:\n{gw.output()}")
