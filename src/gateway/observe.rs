@@ -54,6 +54,8 @@ pub(super) struct Observation<'a> {
     pub(super) span: Span,
     upstream: Option<std::sync::Arc<str>>,
     target: Option<String>,
+    /// Raw arguments, only when `telemetry.log_arguments` asks for them.
+    arguments: Option<String>,
 }
 
 impl<'a> Observation<'a> {
@@ -92,7 +94,14 @@ impl<'a> Observation<'a> {
             span,
             upstream: None,
             target: None,
+            arguments: None,
         }
+    }
+
+    /// Records raw arguments on the access line; callers check the
+    /// `telemetry.log_arguments` opt-in first.
+    pub(super) fn arguments(&mut self, arguments: Option<&rmcp::model::JsonObject>) {
+        self.arguments = arguments.map(|a| serde_json::Value::Object(a.clone()).to_string());
     }
 
     /// Notes where the request was routed.
@@ -139,6 +148,7 @@ impl<'a> Observation<'a> {
                 upstream,
                 target = self.target.as_deref(),
                 outcome,
+                arguments = self.arguments.as_deref(),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 session = self.session,
             )

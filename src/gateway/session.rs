@@ -227,6 +227,9 @@ impl ServerHandler for Session {
             let view = self.gw.registry.tools(self.endpoint()).await;
             let target = view.index.get(&*params.name).ok_or_else(|| unknown("tool", &params.name))?.clone();
             obs.routed(&target);
+            if self.gw.config.telemetry.log_arguments {
+                obs.arguments(params.arguments.as_ref());
+            }
             params.name = target.original.clone().into();
             let request = ClientRequest::CallToolRequest(Request::new(params));
             self.forward(&target, request, &ctx, |r| match r {

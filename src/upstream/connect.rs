@@ -11,6 +11,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use tokio::io::AsyncBufReadExt;
 
 use super::client::UpstreamClient;
+use super::http::TracingClient;
 #[cfg(any())]
 use super::sse::SseClientTransport;
 use super::UpstreamError;
@@ -50,7 +51,7 @@ pub(crate) async fn connect(
                     .max_concurrent_requests(MAX_CONCURRENT_POSTS);
                 // A restarted server forgets our session: re-initialize and retry.
                 cfg.reinit_on_expired_session = true;
-                let transport = StreamableHttpClientTransport::with_client(http.clone(), cfg);
+                let transport = StreamableHttpClientTransport::with_client(TracingClient(http.clone()), cfg);
                 client.serve(transport).await.map_err(|e| fail(e.to_string()))
             }
             #[cfg(any())]

@@ -9,6 +9,7 @@
 
 mod client;
 mod connect;
+mod http;
 mod pool;
 mod routes;
 #[cfg(any())]

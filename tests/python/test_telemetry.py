@@ -204,3 +204,12 @@ def test_admin_listener_keeps_metrics_off_the_public_port(procs):
     status, body = http_get(gw.admin + "/metrics")
     assert status == 200 and b"portcullis_upstream_up" in body
     assert http_get(gw.admin + "/admin/api/upstreams")[0] == 200
+
+
+def test_arguments_are_logged_only_when_configured(procs):
+    gw = procs.gateway({"upstreams": {"time": time_stdio()}, "telemetry": {"log_arguments": True}, "log": {"format": "json"}})
+    gw.wait_up("time")
+    call_time(gw.url)
+    gw.stop()
+    access = [json.loads(l) for l in gw.output().splitlines() if '"portcullis::access"' in l and "tools/call" in l]
+    assert access and "UTC" in access[0]["fields"]["arguments"]
