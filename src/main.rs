@@ -83,7 +83,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let admin_listener = match config.telemetry.admin_listen {
-        Some(a) => Some(server::bind(a).await.with_context(|| format!("binding admin listener {a}"))?),
+        Some(a) => Some(
+            server::bind(a)
+                .await
+                .with_context(|| format!("binding admin listener {a}"))?,
+        ),
         None => None,
     };
     let runtime = Runtime::start(config, Arc::new(Metrics::new()?));
@@ -91,9 +95,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read these lines to learn OS-chosen ports.
     println!("portcullis listening on http://{addr}");
     let shutdown = runtime.shutdown_token();
-    let mut serving = vec![tokio::spawn(server::serve(listener, router, shutdown.clone()))];
+    let mut serving = vec![tokio::spawn(server::serve(
+        listener,
+        router,
+        shutdown.clone(),
+    ))];
     if let Some(admin) = admin_listener {
-        println!("portcullis admin listening on http://{}", admin.local_addr()?);
+        println!(
+            "portcullis admin listening on http://{}",
+            admin.local_addr()?
+        );
         let router = Arc::new(server::Router::admin_only(&runtime));
         serving.push(tokio::spawn(server::serve(admin, router, shutdown.clone())));
     }

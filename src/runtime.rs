@@ -76,7 +76,10 @@ impl Runtime {
     pub async fn stop(&self) {
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some upstreams did not stop within 10s");
         }
     }

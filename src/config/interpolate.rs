@@ -47,7 +47,10 @@ fn walk(
         }
         Value::Mapping(map) => {
             for (key, item) in map.iter_mut() {
-                path.push(key.as_str().map_or_else(|| format!("{key:?}"), str::to_owned));
+                path.push(
+                    key.as_str()
+                        .map_or_else(|| format!("{key:?}"), str::to_owned),
+                );
                 walk(item, path, env)?;
                 path.pop();
             }
@@ -73,7 +76,9 @@ fn substitute(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
                 .ok_or_else(|| format!("unterminated `${{` in {input:?}"))?;
             let name = &after[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+                return Err(format!(
+                    "`${{{name}}}` is not a valid environment variable name"
+                ));
             }
             let value =
                 env(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
@@ -102,8 +107,14 @@ mod tests {
 
     #[test]
     fn substitutes_and_escapes() {
-        assert_eq!(substitute("Bearer ${TOKEN}", &env).unwrap(), "Bearer s3cret");
-        assert_eq!(substitute("$${TOKEN} costs $5", &env).unwrap(), "${TOKEN} costs $5");
+        assert_eq!(
+            substitute("Bearer ${TOKEN}", &env).unwrap(),
+            "Bearer s3cret"
+        );
+        assert_eq!(
+            substitute("$${TOKEN} costs $5", &env).unwrap(),
+            "${TOKEN} costs $5"
+        );
     }
 
     #[test]

@@ -30,13 +30,20 @@ upstreams:
         panic!("remote is not http");
     };
     assert_eq!(remote.headers["Authorization"], "Bearer t0ken");
-    assert!(matches!(config.upstreams["legacy"].transport(), Some(Transport::Sse(_))));
+    assert!(matches!(
+        config.upstreams["legacy"].transport(),
+        Some(Transport::Sse(_))
+    ));
     assert_eq!(config.upstreams["time"].session, SessionMode::Shared);
 }
 
 fn field_error(text: &str) -> (String, String) {
     match parse(text) {
-        Err(ConfigError::Field { file, field, message }) => {
+        Err(ConfigError::Field {
+            file,
+            field,
+            message,
+        }) => {
             assert_eq!(file, Path::new("gw.yaml"));
             (field, message)
         }
@@ -50,21 +57,24 @@ fn errors_name_the_field() {
     assert_eq!(field, "upstreams.a.stdio");
     assert!(message.contains("command"), "{message}");
 
-    let (field, _) = field_error("upstreams:\n  a:\n    stdio: { command: x }\n    timeout: soon\n");
+    let (field, _) =
+        field_error("upstreams:\n  a:\n    stdio: { command: x }\n    timeout: soon\n");
     assert_eq!(field, "upstreams.a.timeout");
 
     let (field, message) = field_error("upstreams:\n  a: { http: { url: 'ftp://x' } }\n");
     assert_eq!(field, "upstreams.a.http.url");
     assert!(message.contains("scheme"));
 
-    let (field, _) = field_error("upstreams:\n  a: { stdio: { command: x }, http: { url: 'http://x' } }\n");
+    let (field, _) =
+        field_error("upstreams:\n  a: { stdio: { command: x }, http: { url: 'http://x' } }\n");
     assert_eq!(field, "upstreams.a");
 
     let (field, message) = field_error("upstreams:\n  a: { http: { url: '${MISSING}' } }\n");
     assert_eq!(field, "upstreams.a.http.url");
     assert!(message.contains("MISSING"));
 
-    let (field, _) = field_error("upstreams:\n  a: { stdio: { command: x }, tools: { include: ['[a'] } }\n");
+    let (field, _) =
+        field_error("upstreams:\n  a: { stdio: { command: x }, tools: { include: ['[a'] } }\n");
     assert_eq!(field, "upstreams.a.tools.include.0");
 
     let (field, message) = field_error("lissten: 1.2.3.4:5\n");

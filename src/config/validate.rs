@@ -36,7 +36,11 @@ impl Config {
         for (name, vs) in &self.virtual_servers {
             let field = format!("virtual_servers.{name}");
             if !is_name(name) {
-                return Err(ConfigError::field(file, field, "name must use only A-Z a-z 0-9 _ - ."));
+                return Err(ConfigError::field(
+                    file,
+                    field,
+                    "name must use only A-Z a-z 0-9 _ - .",
+                ));
             }
             for (i, glob) in vs.tools.iter().enumerate() {
                 check_glob(file, &format!("{field}.tools.{i}"), glob)?;
@@ -49,7 +53,11 @@ impl Config {
 fn validate_upstream(file: &Path, name: &str, u: &UpstreamConfig) -> Result<(), ConfigError> {
     let field = format!("upstreams.{name}");
     if !is_name(name) {
-        return Err(ConfigError::field(file, field, "name must use only A-Z a-z 0-9 _ - ."));
+        return Err(ConfigError::field(
+            file,
+            field,
+            "name must use only A-Z a-z 0-9 _ - .",
+        ));
     }
     let kinds = [u.stdio.is_some(), u.http.is_some(), u.sse.is_some()];
     if kinds.iter().filter(|k| **k).count() != 1 {
@@ -61,7 +69,11 @@ fn validate_upstream(file: &Path, name: &str, u: &UpstreamConfig) -> Result<(), 
     }
     if let Some(stdio) = &u.stdio {
         if stdio.command.trim().is_empty() {
-            return Err(ConfigError::field(file, format!("{field}.stdio.command"), "is empty"));
+            return Err(ConfigError::field(
+                file,
+                format!("{field}.stdio.command"),
+                "is empty",
+            ));
         }
     }
     if let Some(http) = &u.http {
@@ -80,10 +92,18 @@ fn validate_upstream(file: &Path, name: &str, u: &UpstreamConfig) -> Result<(), 
         }
     }
     if u.max_sessions == 0 {
-        return Err(ConfigError::field(file, format!("{field}.max_sessions"), "must be at least 1"));
+        return Err(ConfigError::field(
+            file,
+            format!("{field}.max_sessions"),
+            "must be at least 1",
+        ));
     }
     if u.timeout.is_zero() || u.connect_timeout.is_zero() {
-        return Err(ConfigError::field(file, field, "timeouts must be greater than 0"));
+        return Err(ConfigError::field(
+            file,
+            field,
+            "timeouts must be greater than 0",
+        ));
     }
     check_tools(file, &format!("{field}.tools"), &u.tools)
 }
@@ -92,7 +112,11 @@ fn check_http(file: &Path, field: &str, http: &HttpUpstreamConfig) -> Result<(),
     let url = reqwest::Url::parse(&http.url)
         .map_err(|e| ConfigError::field(file, format!("{field}.url"), format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(ConfigError::field(file, format!("{field}.url"), "scheme must be http or https"));
+        return Err(ConfigError::field(
+            file,
+            format!("{field}.url"),
+            "scheme must be http or https",
+        ));
     }
     for (name, value) in &http.headers {
         let header = format!("{field}.headers.{name}");

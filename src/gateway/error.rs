@@ -18,7 +18,10 @@ pub const REQUEST_CANCELLED: ErrorCode = ErrorCode(-32800);
 pub(super) fn upstream_error(e: UpstreamError) -> ErrorData {
     match e {
         UpstreamError::Remote(e) => e,
-        UpstreamError::Timeout { ref upstream, after } => ErrorData::new(
+        UpstreamError::Timeout {
+            ref upstream,
+            after,
+        } => ErrorData::new(
             REQUEST_TIMEOUT,
             e.to_string(),
             Some(json!({ "upstream": upstream, "timeoutMs": after.as_millis() as u64 })),
@@ -46,5 +49,8 @@ pub(super) fn registry_error(e: RegistryError) -> ErrorData {
 
 /// The error for a name that is not in the caller's view.
 pub(super) fn unknown(kind: &str, name: &str) -> ErrorData {
-    ErrorData::invalid_params(format!("unknown {kind}: `{name}`"), Some(json!({ kind: name })))
+    ErrorData::invalid_params(
+        format!("unknown {kind}: `{name}`"),
+        Some(json!({ kind: name })),
+    )
 }

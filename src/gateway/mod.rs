@@ -140,7 +140,10 @@ impl Gateway {
                 let all = [ListKind::Tools, ListKind::Resources, ListKind::Prompts];
                 self.notify_lists(&upstream, &all).await;
             }
-            UpstreamEvent::ResourceUpdated { upstream, mut params } => {
+            UpstreamEvent::ResourceUpdated {
+                upstream,
+                mut params,
+            } => {
                 for s in self.sessions_showing(&upstream) {
                     let view = self.registry.resources(&s.endpoint).await;
                     let exposed = view
@@ -148,14 +151,22 @@ impl Gateway {
                         .get(&(upstream.clone(), params.uri.clone()))
                         .cloned()
                         .unwrap_or_else(|| params.uri.clone());
-                    let subscribed = s.subscriptions.lock().map(|set| set.contains(&exposed)).unwrap_or(false);
+                    let subscribed = s
+                        .subscriptions
+                        .lock()
+                        .map(|set| set.contains(&exposed))
+                        .unwrap_or(false);
                     if let (true, Some(peer)) = (subscribed, s.peer()) {
                         params.uri = exposed;
                         let _ = peer.notify_resource_updated(params.clone()).await;
                     }
                 }
             }
-            UpstreamEvent::Log { upstream, session, mut params } => {
+            UpstreamEvent::Log {
+                upstream,
+                session,
+                mut params,
+            } => {
                 if params.logger.is_none() {
                     params.logger = Some(upstream.to_string());
                 }
@@ -214,6 +225,8 @@ async fn fan_out(gw: std::sync::Weak<Gateway>, mut events: mpsc::UnboundedReceiv
 }
 
 /// What a caller may do, as far as forwarding cares.
-pub(crate) fn capabilities_of(ctx: &rmcp::service::RequestContext<RoleServer>) -> ClientCapabilities {
+pub(crate) fn capabilities_of(
+    ctx: &rmcp::service::RequestContext<RoleServer>,
+) -> ClientCapabilities {
     ctx.client_capabilities().unwrap_or_default()
 }

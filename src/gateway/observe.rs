@@ -108,9 +108,13 @@ impl<'a> Observation<'a> {
     pub(super) fn routed(&mut self, target: &Target) {
         self.span.record("mcp.upstream", &*target.upstream);
         if self.method == "tools/call" {
-            self.span.record("gen_ai.tool.name", target.original.as_str());
+            self.span
+                .record("gen_ai.tool.name", target.original.as_str());
             self.span.record("gen_ai.operation.name", "execute_tool");
-            self.span.record("otel.name", format!("tools/call {}", target.original).as_str());
+            self.span.record(
+                "otel.name",
+                format!("tools/call {}", target.original).as_str(),
+            );
         }
         self.upstream = Some(target.upstream.clone());
         self.target = Some(target.original.clone());
@@ -133,9 +137,18 @@ impl<'a> Observation<'a> {
             _ => NONE,
         };
         let labels = [self.method, upstream, tool, outcome];
-        self.metrics.server_duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
-        self.metrics.server_requests.with_label_values(&labels).inc();
-        self.metrics.in_flight.with_label_values(&[self.method]).dec();
+        self.metrics
+            .server_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.metrics
+            .server_requests
+            .with_label_values(&labels)
+            .inc();
+        self.metrics
+            .in_flight
+            .with_label_values(&[self.method])
+            .dec();
         if outcome != "ok" {
             self.span.record("error.type", outcome);
             self.span.record("otel.status_code", "ERROR");
@@ -182,9 +195,20 @@ fn error_outcome(e: &ErrorData) -> &'static str {
 fn client_trace_context(ctx: &RequestContext<RoleServer>) -> (Option<String>, Option<String>) {
     let meta = &ctx.meta;
     if let Some(tp) = meta.get_traceparent() {
-        return (Some(tp.to_owned()), meta.get_tracestate().map(str::to_owned));
+        return (
+            Some(tp.to_owned()),
+            meta.get_tracestate().map(str::to_owned),
+        );
     }
-    let headers = ctx.extensions.get::<http::request::Parts>().map(|p| &p.headers);
-    let header = |name| headers.and_then(|h| h.get(name)).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let headers = ctx
+        .extensions
+        .get::<http::request::Parts>()
+        .map(|p| &p.headers);
+    let header = |name| {
+        headers
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     (header("traceparent"), header("tracestate"))
 }

@@ -11,9 +11,9 @@ use tracing::Instrument;
 
 use super::error::{registry_error, unknown, upstream_error};
 use super::observe::Observation;
-use crate::telemetry::trace;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::registry::{self, Endpoint, Target};
+use crate::telemetry::trace;
 use crate::upstream::Caller;
 
 /// One downstream session's handler. Dropped when the session ends, which
@@ -103,7 +103,10 @@ impl Session {
                 .map(complete)
                 .map_err(|e| {
                     ErrorData::internal_error(
-                        format!("upstream `{}` sent a malformed result: {e}", target.upstream),
+                        format!(
+                            "upstream `{}` sent a malformed result: {e}",
+                            target.upstream
+                        ),
                         None,
                     )
                 }),
@@ -111,7 +114,13 @@ impl Session {
     }
 
     fn observe(&self, method: &'static str, ctx: &RequestContext<RoleServer>) -> Observation<'_> {
-        Observation::begin(&self.gw.metrics, &self.gw.recent, method, self.state.id, ctx)
+        Observation::begin(
+            &self.gw.metrics,
+            &self.gw.recent,
+            method,
+            self.state.id,
+            ctx,
+        )
     }
 
     async fn forward_empty(
@@ -120,10 +129,16 @@ impl Session {
         request: ClientRequest,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        self.forward(target, request, ctx, |r| match r {
-            ServerResult::EmptyResult(_) => Ok(()),
-            other => Err(Box::new(other)),
-        }, |()| ())
+        self.forward(
+            target,
+            request,
+            ctx,
+            |r| match r {
+                ServerResult::EmptyResult(_) => Ok(()),
+                other => Err(Box::new(other)),
+            },
+            |()| (),
+        )
         .await
     }
 
@@ -131,7 +146,11 @@ impl Session {
         let target = match reference {
             Reference::Prompt(prompt) => {
                 let view = self.gw.registry.prompts(self.endpoint()).await;
-                let target = view.index.get(&prompt.name).ok_or_else(|| unknown("prompt", &prompt.name))?.clone();
+                let target = view
+                    .index
+                    .get(&prompt.name)
+                    .ok_or_else(|| unknown("prompt", &prompt.name))?
+                    .clone();
                 prompt.name = target.original.clone();
                 target
             }
@@ -146,7 +165,12 @@ impl Session {
                 resource.uri = target.original.clone();
                 target
             }
-            _ => return Err(ErrorData::invalid_params("unsupported completion reference", None)),
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    "unsupported completion reference",
+                    None,
+                ))
+            }
         };
         Ok(target)
     }
@@ -158,15 +182,24 @@ impl Session {
         }
     }
 
-    fn page<T: Clone>(&self, items: &[T], params: Option<PaginatedRequestParams>) -> Result<(Vec<T>, Option<String>), ErrorData> {
+    fn page<T: Clone>(
+        &self,
+        items: &[T],
+        params: Option<PaginatedRequestParams>,
+    ) -> Result<(Vec<T>, Option<String>), ErrorData> {
         let cursor = params.and_then(|p| p.cursor);
-        registry::page(items, cursor.as_deref(), self.gw.config.http.page_size).map_err(registry_error)
+        registry::page(items, cursor.as_deref(), self.gw.config.http.page_size)
+            .map_err(registry_error)
     }
 
     async fn resource_target(&self, uri: &str) -> Result<Target, ErrorData> {
         let view = self.gw.registry.resources(self.endpoint()).await;
-        view.route(uri, self.single())
-            .ok_or_else(|| ErrorData::resource_not_found(format!("unknown resource: `{uri}`"), Some(serde_json::json!({ "uri": uri }))))
+        view.route(uri, self.single()).ok_or_else(|| {
+            ErrorData::resource_not_found(
+                format!("unknown resource: `{uri}`"),
+                Some(serde_json::json!({ "uri": uri })),
+            )
+        })
     }
 }
 
@@ -198,7 +231,12 @@ impl ServerHandler for Session {
         let mut info = ServerConfig::new(capabilities);
         info.server_info = Implementation::new("portcullis", env!("CARGO_PKG_VERSION"));
         if let Endpoint::Virtual(name) = self.endpoint() {
-            info.instructions = self.gw.config.virtual_servers.get(&**name).and_then(|v| v.description.clone());
+            info.instructions = self
+                .gw
+                .config
+                .virtual_servers
+                .get(&**name)
+                .and_then(|v| v.description.clone());
         }
         info
     }
@@ -225,19 +263,31 @@ impl ServerHandler for Session {
     ) -> Result<CallToolResponse, ErrorData> {
         observed!(self, "tools/call", ctx, |obs| {
             let view = self.gw.registry.tools(self.endpoint()).await;
-            let target = view.index.get(&*params.name).ok_or_else(|| unknown("tool", &params.name))?.clone();
+            let target = view
+                .index
+                .get(&*params.name)
+                .ok_or_else(|| unknown("tool", &params.name))?
+                .clone();
             obs.routed(&target);
             if self.gw.config.telemetry.log_arguments {
                 obs.arguments(params.arguments.as_ref());
             }
             params.name = target.original.clone().into();
             let request = ClientRequest::CallToolRequest(Request::new(params));
-            self.forward(&target, request, &ctx, |r| match r {
-                ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
-                ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
-                ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
-                other => Err(Box::new(other)),
-            }, |r| CallToolResponse::Complete(complete_call(r)))
+            self.forward(
+                &target,
+                request,
+                &ctx,
+                |r| match r {
+                    ServerResult::CallToolResult(r) => {
+                        Ok(CallToolResponse::Complete(complete_call(r)))
+                    }
+                    ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+                    ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+                    other => Err(Box::new(other)),
+                },
+                |r| CallToolResponse::Complete(complete_call(r)),
+            )
             .await
         })
     }
@@ -264,18 +314,28 @@ impl ServerHandler for Session {
     ) -> Result<GetPromptResponse, ErrorData> {
         observed!(self, "prompts/get", ctx, |obs| {
             let view = self.gw.registry.prompts(self.endpoint()).await;
-            let target = view.index.get(&params.name).ok_or_else(|| unknown("prompt", &params.name))?.clone();
+            let target = view
+                .index
+                .get(&params.name)
+                .ok_or_else(|| unknown("prompt", &params.name))?
+                .clone();
             obs.routed(&target);
             params.name = target.original.clone();
             let request = ClientRequest::GetPromptRequest(Request::new(params));
-            self.forward(&target, request, &ctx, |r| match r {
-                ServerResult::GetPromptResult(mut r) => {
-                    r.result_type.get_or_insert(ResultType::COMPLETE);
-                    Ok(GetPromptResponse::Complete(r))
-                }
-                ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
-                other => Err(Box::new(other)),
-            }, GetPromptResponse::Complete)
+            self.forward(
+                &target,
+                request,
+                &ctx,
+                |r| match r {
+                    ServerResult::GetPromptResult(mut r) => {
+                        r.result_type.get_or_insert(ResultType::COMPLETE);
+                        Ok(GetPromptResponse::Complete(r))
+                    }
+                    ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+                    other => Err(Box::new(other)),
+                },
+                GetPromptResponse::Complete,
+            )
             .await
         })
     }
@@ -322,14 +382,22 @@ impl ServerHandler for Session {
             params.uri = target.original.clone();
             let request = ClientRequest::ReadResourceRequest(Request::new(params));
             let mut response = self
-                .forward(&target, request, &ctx, |r| match r {
-                    ServerResult::ReadResourceResult(mut r) => {
-                        r.result_type.get_or_insert(ResultType::COMPLETE);
-                        Ok(ReadResourceResponse::Complete(r))
-                    }
-                    ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
-                    other => Err(Box::new(other)),
-                }, ReadResourceResponse::Complete)
+                .forward(
+                    &target,
+                    request,
+                    &ctx,
+                    |r| match r {
+                        ServerResult::ReadResourceResult(mut r) => {
+                            r.result_type.get_or_insert(ResultType::COMPLETE);
+                            Ok(ReadResourceResponse::Complete(r))
+                        }
+                        ServerResult::InputRequiredResult(r) => {
+                            Ok(ReadResourceResponse::InputRequired(r))
+                        }
+                        other => Err(Box::new(other)),
+                    },
+                    ReadResourceResponse::Complete,
+                )
                 .await?;
             // Contents name the URI the upstream knows; show the one the client asked for.
             if let ReadResourceResponse::Complete(result) = &mut response {
@@ -388,10 +456,16 @@ impl ServerHandler for Session {
             let target = self.completion_target(&mut params.r#ref).await?;
             obs.routed(&target);
             let request = ClientRequest::CompleteRequest(Request::new(params));
-            self.forward(&target, request, &ctx, |r| match r {
-                ServerResult::CompleteResult(r) => Ok(r),
-                other => Err(Box::new(other)),
-            }, |r: CompleteResult| r)
+            self.forward(
+                &target,
+                request,
+                &ctx,
+                |r| match r {
+                    ServerResult::CompleteResult(r) => Ok(r),
+                    other => Err(Box::new(other)),
+                },
+                |r: CompleteResult| r,
+            )
             .await
         })
     }
@@ -417,8 +491,13 @@ impl ServerHandler for Session {
             // Upstreams filter at the source; the gateway also filters per
             // session, since a shared upstream serves sessions with other levels.
             for upstream in self.gw.registry.upstreams_of(self.endpoint()) {
-                let Some(up) = self.gw.registry.upstream(&upstream) else { continue };
-                if up.server_capabilities().is_some_and(|c| c.logging.is_some()) {
+                let Some(up) = self.gw.registry.upstream(&upstream) else {
+                    continue;
+                };
+                if up
+                    .server_capabilities()
+                    .is_some_and(|c| c.logging.is_some())
+                {
                     let request = ClientRequest::SetLevelRequest(Request::new(params.clone()));
                     if let Err(e) = up.request(self.caller(&ctx), request, &ctx.ct).await {
                         tracing::debug!(upstream = %upstream, error = %e, "logging/setLevel not applied upstream");

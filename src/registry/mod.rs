@@ -122,7 +122,10 @@ impl Registry {
     pub fn endpoint(&self, single: Option<&str>, virtual_server: Option<&str>) -> Option<Endpoint> {
         match (single, virtual_server) {
             (None, None) => Some(Endpoint::Aggregate),
-            (Some(u), None) => self.upstreams.get_key_value(u).map(|(k, _)| Endpoint::Single(k.clone())),
+            (Some(u), None) => self
+                .upstreams
+                .get_key_value(u)
+                .map(|(k, _)| Endpoint::Single(k.clone())),
             (None, Some(v)) => self
                 .config
                 .virtual_servers
@@ -167,76 +170,78 @@ impl Registry {
 
     /// The tools an endpoint shows.
     pub async fn tools(&self, endpoint: &Endpoint) -> ToolsView {
-        if let Some(view) = self.tool_views.get(endpoint).await {
-            self.cache_result("tools", "hit");
-            return view;
-        }
-        self.cache_result("tools", "miss");
-        self.tool_views
-            .get_with_by_ref(endpoint, async {
-                let naming = self.naming(endpoint);
-                let mut lists = Vec::new();
-                for upstream in self.upstreams_of(endpoint) {
-                    lists.push((upstream.clone(), self.upstream_tools(&upstream).await));
-                }
-                let mut built = view::named_view(naming, &lists, &|up, t| {
-                    view::adjust_tool(&self.config, &self.filters, up, t)
-                });
-                if let Endpoint::Virtual(name) = endpoint {
-                    let globs = self.virtual_globs.get(&**name);
-                    let keep = |n: &str| globs.is_some_and(|g| g.is_match(n));
-                    built.items.retain(|t| keep(&t.name));
-                    built.index.retain(|n, _| keep(n));
-                }
-                Arc::new(built)
-            })
-            .await
+        self.cached(&self.tool_views, "tools", endpoint, async {
+            let naming = self.naming(endpoint);
+            let mut lists = Vec::new();
+            for upstream in self.upstreams_of(endpoint) {
+                lists.push((upstream.clone(), self.upstream_tools(&upstream).await));
+            }
+            let mut built = view::named_view(naming, &lists, &|up, t| {
+                view::adjust_tool(&self.config, &self.filters, up, t)
+            });
+            if let Endpoint::Virtual(name) = endpoint {
+                let globs = self.virtual_globs.get(&**name);
+                let keep = |n: &str| globs.is_some_and(|g| g.is_match(n));
+                built.items.retain(|t| keep(&t.name));
+                built.index.retain(|n, _| keep(n));
+            }
+            Arc::new(built)
+        })
+        .await
     }
 
     /// The prompts an endpoint shows (virtual servers show none).
     pub async fn prompts(&self, endpoint: &Endpoint) -> PromptsView {
-        if let Some(view) = self.prompt_views.get(endpoint).await {
-            self.cache_result("prompts", "hit");
-            return view;
-        }
-        self.cache_result("prompts", "miss");
-        self.prompt_views
-            .get_with_by_ref(endpoint, async {
-                if matches!(endpoint, Endpoint::Virtual(_)) {
-                    return Arc::new(NamedView::default());
-                }
-                let mut lists = Vec::new();
-                for upstream in self.upstreams_of(endpoint) {
-                    lists.push((upstream.clone(), self.upstream_prompts(&upstream).await));
-                }
-                Arc::new(view::named_view(self.naming(endpoint), &lists, &|_, p| Some(p.name.clone())))
-            })
-            .await
+        self.cached(&self.prompt_views, "prompts", endpoint, async {
+            if matches!(endpoint, Endpoint::Virtual(_)) {
+                return Arc::new(NamedView::default());
+            }
+            let mut lists = Vec::new();
+            for upstream in self.upstreams_of(endpoint) {
+                lists.push((upstream.clone(), self.upstream_prompts(&upstream).await));
+            }
+            Arc::new(view::named_view(self.naming(endpoint), &lists, &|_, p| {
+                Some(p.name.clone())
+            }))
+        })
+        .await
     }
 
     /// The resources and templates an endpoint shows (virtual servers show none).
     pub async fn resources(&self, endpoint: &Endpoint) -> Arc<ResourceView> {
-        if let Some(view) = self.resource_views.get(endpoint).await {
-            self.cache_result("resources", "hit");
-            return view;
-        }
-        self.cache_result("resources", "miss");
-        self.resource_views
-            .get_with_by_ref(endpoint, async {
-                if matches!(endpoint, Endpoint::Virtual(_)) {
-                    return Arc::new(ResourceView::default());
-                }
-                let mut lists = Vec::new();
-                for upstream in self.upstreams_of(endpoint) {
-                    lists.push((upstream.clone(), self.upstream_resources(&upstream).await));
-                }
-                Arc::new(view::resource_view(&lists))
-            })
-            .await
+        self.cached(&self.resource_views, "resources", endpoint, async {
+            if matches!(endpoint, Endpoint::Virtual(_)) {
+                return Arc::new(ResourceView::default());
+            }
+            let mut lists = Vec::new();
+            for upstream in self.upstreams_of(endpoint) {
+                lists.push((upstream.clone(), self.upstream_resources(&upstream).await));
+            }
+            Arc::new(view::resource_view(&lists))
+        })
+        .await
     }
 
-    fn cache_result(&self, list: &str, result: &str) {
-        self.metrics.list_cache.with_label_values(&[list, result]).inc();
+    /// A view from `cache`, built by `build` on a miss; counts hits and misses.
+    async fn cached<V: Send + Sync + 'static>(
+        &self,
+        cache: &moka::future::Cache<Endpoint, Arc<V>>,
+        list: &str,
+        endpoint: &Endpoint,
+        build: impl std::future::Future<Output = Arc<V>>,
+    ) -> Arc<V> {
+        if let Some(view) = cache.get(endpoint).await {
+            self.metrics
+                .list_cache
+                .with_label_values(&[list, "hit"])
+                .inc();
+            return view;
+        }
+        self.metrics
+            .list_cache
+            .with_label_values(&[list, "miss"])
+            .inc();
+        cache.get_with_by_ref(endpoint, build).await
     }
 
     fn naming(&self, endpoint: &Endpoint) -> Naming<'_> {
@@ -247,25 +252,48 @@ impl Registry {
     }
 
     async fn upstream_tools(&self, upstream: &Arc<str>) -> Arc<Vec<Tool>> {
-        let Some(up) = self.live(upstream, |c| c.tools.is_some()) else {
-            return Arc::default();
-        };
-        let fetch = async { self.fetch_all::<Tool>(up, "tools/list", "tools").await.map(Arc::new) };
-        self.tools.try_get_with_by_ref(upstream, fetch).await.unwrap_or_else(|e| {
-            tracing::warn!(upstream = %upstream, error = %e, "tools/list failed");
-            Arc::default()
-        })
+        self.upstream_list(
+            &self.tools,
+            upstream,
+            |c| c.tools.is_some(),
+            "tools/list",
+            "tools",
+        )
+        .await
     }
 
     async fn upstream_prompts(&self, upstream: &Arc<str>) -> Arc<Vec<Prompt>> {
-        let Some(up) = self.live(upstream, |c| c.prompts.is_some()) else {
+        self.upstream_list(
+            &self.prompts,
+            upstream,
+            |c| c.prompts.is_some(),
+            "prompts/list",
+            "prompts",
+        )
+        .await
+    }
+
+    /// One upstream's full list, cached; empty when the upstream is down or
+    /// does not declare the capability.
+    async fn upstream_list<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        cache: &moka::future::Cache<Arc<str>, Arc<Vec<T>>>,
+        upstream: &Arc<str>,
+        has: impl Fn(&rmcp::model::ServerCapabilities) -> bool,
+        method: &str,
+        field: &'static str,
+    ) -> Arc<Vec<T>> {
+        let Some(up) = self.live(upstream, has) else {
             return Arc::default();
         };
-        let fetch = async { self.fetch_all::<Prompt>(up, "prompts/list", "prompts").await.map(Arc::new) };
-        self.prompts.try_get_with_by_ref(upstream, fetch).await.unwrap_or_else(|e| {
-            tracing::warn!(upstream = %upstream, error = %e, "prompts/list failed");
-            Arc::default()
-        })
+        let fetch = async { self.fetch_all::<T>(up, method, field).await.map(Arc::new) };
+        cache
+            .try_get_with_by_ref(upstream, fetch)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(upstream = %upstream, error = %e, "{method} failed");
+                Arc::default()
+            })
     }
 
     async fn upstream_resources(&self, upstream: &Arc<str>) -> view::UpstreamResources {
@@ -273,21 +301,30 @@ impl Registry {
             return Default::default();
         };
         let fetch = async {
-            let resources = self.fetch_all::<Resource>(up, "resources/list", "resources").await?;
+            let resources = self
+                .fetch_all::<Resource>(up, "resources/list", "resources")
+                .await?;
             let templates = self
                 .fetch_all::<ResourceTemplate>(up, "resources/templates/list", "resourceTemplates")
                 .await
                 .unwrap_or_default();
             Ok::<_, RegistryError>((Arc::new(resources), Arc::new(templates)))
         };
-        self.resources.try_get_with_by_ref(upstream, fetch).await.unwrap_or_else(|e| {
-            tracing::warn!(upstream = %upstream, error = %e, "resources/list failed");
-            Default::default()
-        })
+        self.resources
+            .try_get_with_by_ref(upstream, fetch)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(upstream = %upstream, error = %e, "resources/list failed");
+                Default::default()
+            })
     }
 
     /// The upstream if it is up and declares the capability.
-    fn live(&self, name: &str, has: impl Fn(&rmcp::model::ServerCapabilities) -> bool) -> Option<&Arc<Upstream>> {
+    fn live(
+        &self,
+        name: &str,
+        has: impl Fn(&rmcp::model::ServerCapabilities) -> bool,
+    ) -> Option<&Arc<Upstream>> {
         let up = self.upstreams.get(name)?;
         up.server_capabilities().filter(|c| has(c)).map(|_| up)
     }
@@ -319,19 +356,32 @@ impl Registry {
                 .get_mut(field)
                 .map(serde_json::Value::take)
                 .unwrap_or(serde_json::Value::Array(Vec::new()));
-            items.extend(serde_json::from_value::<Vec<T>>(page).map_err(|e| malformed(e.to_string()))?);
-            cursor = value.get("nextCursor").and_then(|c| c.as_str()).map(str::to_owned);
+            items.extend(
+                serde_json::from_value::<Vec<T>>(page).map_err(|e| malformed(e.to_string()))?,
+            );
+            cursor = value
+                .get("nextCursor")
+                .and_then(|c| c.as_str())
+                .map(str::to_owned);
             match &cursor {
                 // A cursor seen before would loop forever.
                 Some(c) if !seen.insert(c.clone()) => {
-                    tracing::warn!(upstream = up.name(), method, "upstream repeated a cursor; stopping");
+                    tracing::warn!(
+                        upstream = up.name(),
+                        method,
+                        "upstream repeated a cursor; stopping"
+                    );
                     break;
                 }
                 Some(_) => {}
                 None => return Ok(items),
             }
         }
-        tracing::warn!(upstream = up.name(), method, "stopped after {MAX_PAGES} pages");
+        tracing::warn!(
+            upstream = up.name(),
+            method,
+            "stopped after {MAX_PAGES} pages"
+        );
         Ok(items)
     }
 }
@@ -341,7 +391,11 @@ fn result_value(result: ServerResult) -> Result<serde_json::Value, String> {
 }
 
 /// One page of `items` from an opaque gateway cursor.
-pub fn page<T: Clone>(items: &[T], cursor: Option<&str>, size: usize) -> Result<(Vec<T>, Option<String>), RegistryError> {
+pub fn page<T: Clone>(
+    items: &[T],
+    cursor: Option<&str>,
+    size: usize,
+) -> Result<(Vec<T>, Option<String>), RegistryError> {
     let start = match cursor {
         None => 0,
         Some(c) => c

@@ -44,7 +44,12 @@ pub(crate) fn origin_hash(upstream: &str, original: &str) -> String {
 /// The name a tool or prompt from `upstream` (originally `original`, shown
 /// as `local` after renames) has on an endpoint. `prefix` is `None` on
 /// single-upstream endpoints.
-pub fn exposed_name(prefix: Option<(&str, &str)>, upstream: &str, original: &str, local: &str) -> String {
+pub fn exposed_name(
+    prefix: Option<(&str, &str)>,
+    upstream: &str,
+    original: &str,
+    local: &str,
+) -> String {
     let joined = match prefix {
         Some((prefix, sep)) => format!("{prefix}{sep}{local}"),
         None => local.to_owned(),
@@ -94,12 +99,17 @@ mod tests {
 
     fn valid(name: &str) -> bool {
         name.len() <= MAX_NAME_LEN
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
     }
 
     #[test]
     fn plain_names_are_prefixed() {
-        assert_eq!(exposed_name(Some(("time", "__")), "time", "now", "now"), "time__now");
+        assert_eq!(
+            exposed_name(Some(("time", "__")), "time", "now", "now"),
+            "time__now"
+        );
         assert_eq!(exposed_name(None, "time", "now", "now"), "now");
     }
 
@@ -111,7 +121,12 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.len(), MAX_NAME_LEN);
         assert!(valid(&a));
-        let other = exposed_name(Some(("up", "__")), "up", &format!("{long}y"), &format!("{long}y"));
+        let other = exposed_name(
+            Some(("up", "__")),
+            "up",
+            &format!("{long}y"),
+            &format!("{long}y"),
+        );
         assert_ne!(a, other, "two long names that share a prefix must differ");
     }
 

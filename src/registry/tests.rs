@@ -37,11 +37,24 @@ fn tools_view(config: &Config, naming: Naming<'_>) -> NamedView<Tool> {
         .map(|(n, u)| (n.clone(), ToolFilter::new(&u.tools)))
         .collect();
     let lists: Vec<(Arc<str>, Arc<Vec<Tool>>)> = vec![
-        ("a".into(), Arc::new(vec![tool("echo"), tool("secret_key"), tool("long_name"), tool("b__c")])),
+        (
+            "a".into(),
+            Arc::new(vec![
+                tool("echo"),
+                tool("secret_key"),
+                tool("long_name"),
+                tool("b__c"),
+            ]),
+        ),
         ("a__b".into(), Arc::new(vec![tool("c")])),
-        ("t".into(), Arc::new(vec![tool("get_time"), tool("set_time")])),
+        (
+            "t".into(),
+            Arc::new(vec![tool("get_time"), tool("set_time")]),
+        ),
     ];
-    named_view(naming, &lists, &|up, t| adjust_tool(config, &filters, up, t))
+    named_view(naming, &lists, &|up, t| {
+        adjust_tool(config, &filters, up, t)
+    })
 }
 
 #[test]
@@ -51,7 +64,10 @@ fn aggregate_names_filters_renames_and_routes() {
     let names: Vec<&str> = view.items.iter().map(|t| &*t.name).collect();
     assert!(names.contains(&"a__echo"));
     assert!(names.contains(&"a__short"), "{names:?}");
-    assert!(names.contains(&"clock__get_time"), "prefix override: {names:?}");
+    assert!(
+        names.contains(&"clock__get_time"),
+        "prefix override: {names:?}"
+    );
     assert!(!names.iter().any(|n| n.contains("secret")), "exclude glob");
     assert!(!names.contains(&"clock__set_time"), "include glob");
     let echo = view.items.iter().find(|t| t.name == "a__echo").unwrap();
@@ -65,8 +81,12 @@ fn aggregate_names_filters_renames_and_routes() {
         .map(|(_, t)| t)
         .collect();
     assert_eq!(colliding.len(), 2);
-    assert!(colliding.iter().any(|t| &*t.upstream == "a" && t.original == "b__c"));
-    assert!(colliding.iter().any(|t| &*t.upstream == "a__b" && t.original == "c"));
+    assert!(colliding
+        .iter()
+        .any(|t| &*t.upstream == "a" && t.original == "b__c"));
+    assert!(colliding
+        .iter()
+        .any(|t| &*t.upstream == "a__b" && t.original == "c"));
 }
 
 #[test]
@@ -80,8 +100,17 @@ fn plain_naming_has_no_prefix() {
 #[test]
 fn shared_uris_are_disambiguated_not_shadowed() {
     let lists = vec![
-        ("a".into(), (Arc::new(vec![resource("file:///x"), resource("test://only-a")]), Arc::new(vec![]))),
-        ("b_2".into(), (Arc::new(vec![resource("file:///x")]), Arc::new(vec![]))),
+        (
+            "a".into(),
+            (
+                Arc::new(vec![resource("file:///x"), resource("test://only-a")]),
+                Arc::new(vec![]),
+            ),
+        ),
+        (
+            "b_2".into(),
+            (Arc::new(vec![resource("file:///x")]), Arc::new(vec![])),
+        ),
     ];
     let view = resource_view(&lists);
     assert_eq!(view.resources.len(), 3);

@@ -136,7 +136,9 @@ pub fn named_view<T: Named>(
                 continue;
             };
             let prefix = match naming {
-                Naming::Prefixed(config) => Some((config.prefix_of(upstream), config.separator.as_str())),
+                Naming::Prefixed(config) => {
+                    Some((config.prefix_of(upstream), config.separator.as_str()))
+                }
                 Naming::Plain => None,
             };
             let name = exposed_name(prefix, upstream, &original, &local);
@@ -164,7 +166,12 @@ pub fn named_view<T: Named>(
 }
 
 /// Applies an upstream's tool filter, rename and description override.
-pub fn adjust_tool(config: &Config, filters: &HashMap<String, ToolFilter>, upstream: &str, tool: &mut Tool) -> Option<String> {
+pub fn adjust_tool(
+    config: &Config,
+    filters: &HashMap<String, ToolFilter>,
+    upstream: &str,
+    tool: &mut Tool,
+) -> Option<String> {
     let up = config.upstreams.get(upstream)?;
     let original = tool.name.to_string();
     if !filters.get(upstream).is_none_or(|f| f.allows(&original)) {
@@ -180,16 +187,20 @@ pub fn adjust_tool(config: &Config, filters: &HashMap<String, ToolFilter>, upstr
 fn scheme_part(upstream: &str) -> String {
     upstream
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
 /// Builds the resource view. A URI (or template) listed by two upstreams is
 /// disambiguated for all of them as `mcp-{upstream}+{uri}`: still a valid URI,
 /// and no upstream's resource shadows another's.
-pub fn resource_view(
-    lists: &[(Arc<str>, UpstreamResources)],
-) -> ResourceView {
+pub fn resource_view(lists: &[(Arc<str>, UpstreamResources)]) -> ResourceView {
     let mut owners: HashMap<&str, usize> = HashMap::new();
     let mut template_owners: HashMap<&str, usize> = HashMap::new();
     for (_, (resources, templates)) in lists {
@@ -210,25 +221,46 @@ pub fn resource_view(
     let mut view = ResourceView::default();
     for (upstream, (resources, templates)) in lists {
         for r in resources.iter() {
-            let exposed = disambiguate(upstream, &r.uri, owners.get(r.uri.as_str()).copied().unwrap_or(1));
+            let exposed = disambiguate(
+                upstream,
+                &r.uri,
+                owners.get(r.uri.as_str()).copied().unwrap_or(1),
+            );
             let mut r = r.clone();
             let original = std::mem::replace(&mut r.uri, exposed.clone());
-            view.exposed.insert((upstream.clone(), original.clone()), exposed.clone());
-            view.uris.insert(exposed, Target { upstream: upstream.clone(), original });
+            view.exposed
+                .insert((upstream.clone(), original.clone()), exposed.clone());
+            view.uris.insert(
+                exposed,
+                Target {
+                    upstream: upstream.clone(),
+                    original,
+                },
+            );
             view.resources.push(r);
         }
         for t in templates.iter() {
-            let count = template_owners.get(t.uri_template.as_str()).copied().unwrap_or(1);
+            let count = template_owners
+                .get(t.uri_template.as_str())
+                .copied()
+                .unwrap_or(1);
             let exposed = disambiguate(upstream, &t.uri_template, count);
             let mut t = t.clone();
             let original = std::mem::replace(&mut t.uri_template, exposed.clone());
             let literal = exposed.split('{').next().unwrap_or_default().to_owned();
             view.template_prefixes.push((literal, upstream.clone()));
-            view.template_index.insert(exposed, Target { upstream: upstream.clone(), original });
+            view.template_index.insert(
+                exposed,
+                Target {
+                    upstream: upstream.clone(),
+                    original,
+                },
+            );
             view.templates.push(t);
         }
     }
-    view.template_prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
+    view.template_prefixes
+        .sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     view
 }
 
@@ -250,8 +282,14 @@ impl ResourceView {
             } else {
                 uri
             };
-            return Some(Target { upstream: upstream.clone(), original: original.to_owned() });
+            return Some(Target {
+                upstream: upstream.clone(),
+                original: original.to_owned(),
+            });
         }
-        single.map(|upstream| Target { upstream: upstream.clone(), original: uri.to_owned() })
+        single.map(|upstream| Target {
+            upstream: upstream.clone(),
+            original: uri.to_owned(),
+        })
     }
 }

@@ -12,14 +12,20 @@ use crate::gateway::Gateway;
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
 /// Prometheus text exposition.
 pub(super) fn metrics(gateway: &Gateway) -> Response<Body> {
-    respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", gateway.metrics().render())
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        gateway.metrics().render(),
+    )
 }
 
 /// Upstreams with state, tool counts and call/error counts.
@@ -28,7 +34,11 @@ pub(super) async fn upstreams(gateway: &Gateway) -> Response<Body> {
     let counts = gateway.metrics().calls_by_upstream();
     let mut list = Vec::new();
     for (name, up) in registry.upstreams() {
-        let tools = registry.tools(&crate::registry::Endpoint::Single(name.clone())).await.items.len();
+        let tools = registry
+            .tools(&crate::registry::Endpoint::Single(name.clone()))
+            .await
+            .items
+            .len();
         let (calls, errors) = counts.get(&**name).copied().unwrap_or_default();
         list.push(json!({
             "name": &**name,

@@ -16,11 +16,27 @@ pub(super) fn ready(gateway: &Gateway) -> Response<Body> {
     let ready = upstreams.values().all(|u| u.tried());
     let states: serde_json::Map<String, serde_json::Value> = upstreams
         .iter()
-        .map(|(name, u)| (name.to_string(), serde_json::to_value(u.health()).unwrap_or_default()))
+        .map(|(name, u)| {
+            (
+                name.to_string(),
+                serde_json::to_value(u.health()).unwrap_or_default(),
+            )
+        })
         .collect();
     let body = json!({ "ready": ready, "sessions": gateway.session_count(), "upstreams": states });
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|e| match e {}).boxed());
-    *resp.status_mut() = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }

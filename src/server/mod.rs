@@ -48,8 +48,18 @@ impl Router {
         let gateway = runtime.gateway.clone();
         let registry = gateway.registry().clone();
         let mut endpoints = vec![Endpoint::Aggregate];
-        endpoints.extend(registry.upstreams().keys().map(|u| Endpoint::Single(u.clone())));
-        endpoints.extend(config.virtual_servers.keys().map(|v| Endpoint::Virtual(v.as_str().into())));
+        endpoints.extend(
+            registry
+                .upstreams()
+                .keys()
+                .map(|u| Endpoint::Single(u.clone())),
+        );
+        endpoints.extend(
+            config
+                .virtual_servers
+                .keys()
+                .map(|v| Endpoint::Virtual(v.as_str().into())),
+        );
         let mcp = endpoints
             .into_iter()
             .map(|endpoint| {
@@ -69,13 +79,21 @@ impl Router {
                 (endpoint, service)
             })
             .collect();
-        Router { mcp, gateway, admin }
+        Router {
+            mcp,
+            gateway,
+            admin,
+        }
     }
 
     /// A router serving only `/metrics`, `/admin`, `/healthz` and `/readyz`,
     /// for the separate admin listener.
     pub fn admin_only(runtime: &Runtime) -> Router {
-        Router { mcp: HashMap::new(), gateway: runtime.gateway.clone(), admin: true }
+        Router {
+            mcp: HashMap::new(),
+            gateway: runtime.gateway.clone(),
+            admin: true,
+        }
     }
 
     /// Routes one request.
@@ -94,12 +112,17 @@ impl Router {
             Some("") => self.gateway.registry().endpoint(None, None),
             Some(rest) => match rest.strip_prefix("/v/") {
                 Some(v) => self.gateway.registry().endpoint(None, Some(v)),
-                None => rest.strip_prefix('/').and_then(|u| self.gateway.registry().endpoint(Some(u), None)),
+                None => rest
+                    .strip_prefix('/')
+                    .and_then(|u| self.gateway.registry().endpoint(Some(u), None)),
             },
             None => None,
         };
         let Some(mut service) = endpoint.and_then(|e| self.mcp.get(&e).cloned()) else {
-            return text(StatusCode::NOT_FOUND, &format!("no MCP endpoint at {path}\n"));
+            return text(
+                StatusCode::NOT_FOUND,
+                &format!("no MCP endpoint at {path}\n"),
+            );
         };
         let is_delete = req.method() == http::Method::DELETE;
         let mut resp = match service.call(req).await {
@@ -118,7 +141,10 @@ impl Router {
     }
 }
 
-fn mcp_config(config: &Config, shutdown: tokio_util::sync::CancellationToken) -> StreamableHttpServerConfig {
+fn mcp_config(
+    config: &Config,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> StreamableHttpServerConfig {
     let mut c = StreamableHttpServerConfig::default();
     c.cancellation_token = shutdown;
     c.max_request_body_bytes = config.http.max_body_bytes;
@@ -128,9 +154,14 @@ fn mcp_config(config: &Config, shutdown: tokio_util::sync::CancellationToken) ->
         config.http.allowed_hosts.clone()
     };
     c.allowed_origins = if config.http.allowed_origins.is_empty() {
-        ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*", "https://localhost:*"]
-            .map(String::from)
-            .to_vec()
+        [
+            "http://localhost:*",
+            "http://127.0.0.1:*",
+            "http://[::1]:*",
+            "https://localhost:*",
+        ]
+        .map(String::from)
+        .to_vec()
     } else {
         config.http.allowed_origins.clone()
     };
@@ -147,24 +178,43 @@ async fn parse_error(resp: Response<Body>) -> Response<Body> {
     };
     let message = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
     if !message.starts_with("fail to deserialize") {
-        return Response::from_parts(parts, Full::new(Bytes::from(message)).map_err(|e| match e {}).boxed());
+        return Response::from_parts(
+            parts,
+            Full::new(Bytes::from(message))
+                .map_err(|e| match e {})
+                .boxed(),
+        );
     }
     let body = serde_json::json!({
         "jsonrpc": "2.0",
         "id": null,
         "error": { "code": -32700, "message": format!("Parse error: {message}") },
     });
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).map_err(|e| match e {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
     *resp.status_mut() = StatusCode::BAD_REQUEST;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 /// A plain-text response.
 pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_owned())).map_err(|e| match e {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_owned()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -175,7 +225,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -194,7 +248,10 @@ pub async fn serve(listener: TcpListener, router: Arc<Router>, shutdown: tokio_u
                 async move { Ok::<_, Infallible>(router.handle(req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -22,8 +22,8 @@ pub const NONE: &str = "none";
 /// Latency buckets for MCP operations: from 100 µs (the gateway's own
 /// overhead) to minutes (long-running tools).
 const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0, 60.0, 300.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// Every metric the gateway exports.
@@ -64,23 +64,32 @@ impl Metrics {
     /// Creates and registers every family.
     pub fn new() -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
-        let histogram = |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, MetricsError> {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()), labels)?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
-        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, MetricsError> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
         let call_labels = &["mcp_method_name", "upstream", "gen_ai_tool_name", "outcome"];
-        let sessions_open = IntGauge::new("portcullis_sessions_open", "Downstream MCP sessions currently open.")?;
+        let sessions_open = IntGauge::new(
+            "portcullis_sessions_open",
+            "Downstream MCP sessions currently open.",
+        )?;
         registry.register(Box::new(sessions_open.clone()))?;
         Ok(Metrics {
             server_duration: histogram(
@@ -150,14 +159,22 @@ impl Metrics {
     /// (calls, errors) per upstream, summed from the request counter; for
     /// the admin view, not the hot path.
     pub fn calls_by_upstream(&self) -> std::collections::HashMap<String, (u64, u64)> {
-        let mut out: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+        let mut out: std::collections::HashMap<String, (u64, u64)> =
+            std::collections::HashMap::new();
         for family in self.registry.gather() {
             if family.name() != "portcullis_mcp_requests_total" {
                 continue;
             }
             for m in family.get_metric() {
-                let label = |n: &str| m.get_label().iter().find(|l| l.name() == n).map(|l| l.value().to_owned());
-                let (Some(upstream), Some(outcome)) = (label("upstream"), label("outcome")) else { continue };
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_owned())
+                };
+                let (Some(upstream), Some(outcome)) = (label("upstream"), label("outcome")) else {
+                    continue;
+                };
                 let count = m.get_counter().value() as u64;
                 let entry = out.entry(upstream).or_default();
                 entry.0 += count;
@@ -180,13 +197,35 @@ impl Metrics {
 /// Bounded label value for an MCP method name.
 pub fn method_label(method: &str) -> &'static str {
     const KNOWN: &[&str] = &[
-        "initialize", "ping", "tools/list", "tools/call", "prompts/list", "prompts/get", "resources/list",
-        "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
-        "completion/complete", "logging/setLevel", "server/discover", "subscriptions/listen", "tasks/get",
-        "tasks/update", "tasks/cancel", "tasks/result", "tasks/list", "elicitation/create",
-        "sampling/createMessage", "roots/list",
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "prompts/list",
+        "prompts/get",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "completion/complete",
+        "logging/setLevel",
+        "server/discover",
+        "subscriptions/listen",
+        "tasks/get",
+        "tasks/update",
+        "tasks/cancel",
+        "tasks/result",
+        "tasks/list",
+        "elicitation/create",
+        "sampling/createMessage",
+        "roots/list",
     ];
-    KNOWN.iter().find(|m| **m == method).copied().unwrap_or(UNKNOWN)
+    KNOWN
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or(UNKNOWN)
 }
 
 #[cfg(test)]
@@ -197,9 +236,16 @@ mod tests {
     fn renders_registered_families_with_conventional_names() {
         let m = Metrics::new().unwrap();
         m.register_upstream("time");
-        m.server_requests.with_label_values(&["tools/call", "time", "get_current_time", "ok"]).inc();
+        m.server_requests
+            .with_label_values(&["tools/call", "time", "get_current_time", "ok"])
+            .inc();
+        m.server_duration
+            .with_label_values(&["tools/call", "time", "get_current_time", "ok"])
+            .observe(0.001);
         let text = m.render();
-        assert!(text.contains("portcullis_mcp_requests_total{gen_ai_tool_name=\"get_current_time\""));
+        assert!(
+            text.contains("portcullis_mcp_requests_total{gen_ai_tool_name=\"get_current_time\"")
+        );
         assert!(text.contains("portcullis_upstream_up{upstream=\"time\"} 0"));
         assert!(text.contains("# TYPE mcp_server_operation_duration_seconds histogram"));
     }

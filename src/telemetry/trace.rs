@@ -34,7 +34,9 @@ pub fn provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, Trac
         .with_endpoint(url)
         .build()
         .map_err(|e| TraceError(e.to_string()))?;
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_owned())
+        .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(resource)
@@ -79,5 +81,8 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<(String, Option<String>)> 
     let mut carrier: HashMap<String, String> = HashMap::with_capacity(2);
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
     let parent = carrier.remove("traceparent")?;
-    Some((parent, carrier.remove("tracestate").filter(|s| !s.is_empty())))
+    Some((
+        parent,
+        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    ))
 }

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rmcp::model::GetExtensions;
 use rmcp::model::{
     ClientCapabilities, ClientInfo, ClientResult, ErrorCode, ErrorData, Implementation,
     ServerNotification, ServerRequest,
 };
-use rmcp::model::GetExtensions;
 use rmcp::service::{
     InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext, RoleClient,
     Service,
@@ -171,12 +171,10 @@ impl Service<RoleClient> for UpstreamClient {
                 upstream,
                 kind: ListKind::Prompts,
             },
-            ServerNotification::ResourceListChangedNotification(_) => {
-                UpstreamEvent::ListChanged {
-                    upstream,
-                    kind: ListKind::Resources,
-                }
-            }
+            ServerNotification::ResourceListChangedNotification(_) => UpstreamEvent::ListChanged {
+                upstream,
+                kind: ListKind::Resources,
+            },
             ServerNotification::ResourceUpdatedNotification(n) => UpstreamEvent::ResourceUpdated {
                 upstream,
                 params: n.params,

@@ -41,7 +41,8 @@ pub(crate) async fn connect(
     let handshake = async {
         match transport {
             Transport::Stdio(stdio) => {
-                let child = spawn_child(name, &stdio).map_err(|e| fail(format!("spawn `{}`: {e}", stdio.command)))?;
+                let child = spawn_child(name, &stdio)
+                    .map_err(|e| fail(format!("spawn `{}`: {e}", stdio.command)))?;
                 client.serve(child).await.map_err(|e| fail(e.to_string()))
             }
             Transport::Http(h) => {
@@ -51,18 +52,29 @@ pub(crate) async fn connect(
                     .max_concurrent_requests(MAX_CONCURRENT_POSTS);
                 // A restarted server forgets our session: re-initialize and retry.
                 cfg.reinit_on_expired_session = true;
-                let transport = StreamableHttpClientTransport::with_client(TracingClient(http.clone()), cfg);
-                client.serve(transport).await.map_err(|e| fail(e.to_string()))
+                let transport =
+                    StreamableHttpClientTransport::with_client(TracingClient(http.clone()), cfg);
+                client
+                    .serve(transport)
+                    .await
+                    .map_err(|e| fail(e.to_string()))
             }
             #[cfg(any())]
             Transport::Sse(h) => {
                 let url = reqwest::Url::parse(&h.url).map_err(|e| fail(e.to_string()))?;
                 let header_map = headers(&h).map_err(fail)?.into_iter().collect();
-                let transport =
-                    SseClientTransport::connect(http.clone(), url, header_map, config.connect_timeout)
-                        .await
-                        .map_err(|e| fail(e.to_string()))?;
-                client.serve(transport).await.map_err(|e| fail(e.to_string()))
+                let transport = SseClientTransport::connect(
+                    http.clone(),
+                    url,
+                    header_map,
+                    config.connect_timeout,
+                )
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+                client
+                    .serve(transport)
+                    .await
+                    .map_err(|e| fail(e.to_string()))
             }
             #[allow(unreachable_patterns)]
             _ => Err(fail("sse pending".into())),
@@ -77,8 +89,10 @@ fn headers(h: &HttpUpstreamConfig) -> Result<HashMap<http::HeaderName, http::Hea
     h.headers
         .iter()
         .map(|(k, v)| {
-            let name = http::HeaderName::try_from(k.as_str()).map_err(|e| format!("header {k}: {e}"))?;
-            let value = http::HeaderValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+            let name =
+                http::HeaderName::try_from(k.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+            let value =
+                http::HeaderValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
             Ok((name, value))
         })
         .collect()

@@ -27,7 +27,10 @@ fn with_trace_headers(
 ) -> HashMap<HeaderName, HeaderValue> {
     if let JsonRpcMessage::Request(request) = message {
         let meta = request.request.get_meta();
-        for (name, value) in [("traceparent", meta.get_traceparent()), ("tracestate", meta.get_tracestate())] {
+        for (name, value) in [
+            ("traceparent", meta.get_traceparent()),
+            ("tracestate", meta.get_tracestate()),
+        ] {
             if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
                 headers.insert(HeaderName::from_static(name), value);
             }
@@ -48,21 +51,8 @@ impl StreamableHttpClient for TracingClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let headers = with_trace_headers(&message, custom_headers);
-        self.0.post_message(uri, message, session_id, auth_header, headers).await
-    }
-
-    async fn post_message_with_max_sse_event_size(
-        &self,
-        uri: Arc<str>,
-        message: ClientJsonRpcMessage,
-        session_id: Option<Arc<str>>,
-        auth_header: Option<String>,
-        custom_headers: HashMap<HeaderName, HeaderValue>,
-        max_sse_event_size: usize,
-    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
-        let headers = with_trace_headers(&message, custom_headers);
         self.0
-            .post_message_with_max_sse_event_size(uri, message, session_id, auth_header, headers, max_sse_event_size)
+            .post_message(uri, message, session_id, auth_header, headers)
             .await
     }
 
@@ -77,7 +67,14 @@ impl StreamableHttpClient for TracingClient {
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let headers = with_trace_headers(&message, custom_headers);
         self.0
-            .post_message_with_response_limits(uri, message, session_id, auth_header, headers, limits)
+            .post_message_with_response_limits(
+                uri,
+                message,
+                session_id,
+                auth_header,
+                headers,
+                limits,
+            )
             .await
     }
 
@@ -88,7 +85,9 @@ impl StreamableHttpClient for TracingClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<(), StreamableHttpError<Self::Error>> {
-        self.0.delete_session(uri, session_id, auth_header, custom_headers).await
+        self.0
+            .delete_session(uri, session_id, auth_header, custom_headers)
+            .await
     }
 
     async fn get_stream(
@@ -99,7 +98,9 @@ impl StreamableHttpClient for TracingClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<Self::Error>> {
-        self.0.get_stream(uri, session_id, last_event_id, auth_header, custom_headers).await
+        self.0
+            .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
+            .await
     }
 
     async fn get_stream_with_max_sse_event_size(
@@ -112,7 +113,14 @@ impl StreamableHttpClient for TracingClient {
         max_sse_event_size: usize,
     ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<Self::Error>> {
         self.0
-            .get_stream_with_max_sse_event_size(uri, session_id, last_event_id, auth_header, custom_headers, max_sse_event_size)
+            .get_stream_with_max_sse_event_size(
+                uri,
+                session_id,
+                last_event_id,
+                auth_header,
+                custom_headers,
+                max_sse_event_size,
+            )
             .await
     }
 }

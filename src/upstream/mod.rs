@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use rmcp::model::{
-    CancelledNotificationParam, ClientRequest,
-    ErrorData, LoggingMessageNotificationParam, ResourceUpdatedNotificationParam, ServerResult,
+    CancelledNotificationParam, ClientRequest, ErrorData, LoggingMessageNotificationParam,
+    ResourceUpdatedNotificationParam, ServerResult,
 };
 use rmcp::service::{Peer, PeerRequestOptions, RoleClient};
 use rmcp::ServiceError;
@@ -166,7 +166,10 @@ impl Connection {
     }
 
     fn idle_for(&self) -> Duration {
-        self.last_used.lock().map(|t| t.elapsed()).unwrap_or_default()
+        self.last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
     }
 }
 
@@ -205,7 +208,13 @@ impl Upstream {
     /// Creates the upstream and starts its supervisor, which connects in the
     /// background and reconnects with backoff for as long as the gateway runs.
     pub fn start(name: &str, config: UpstreamConfig, shared: Shared) -> Arc<Upstream> {
-        let Shared { http, events, metrics, shutdown, tasks } = shared;
+        let Shared {
+            http,
+            events,
+            metrics,
+            shutdown,
+            tasks,
+        } = shared;
         let upstream = Arc::new(Upstream {
             name: name.into(),
             per_client: pool::Pool::new(config.max_sessions),
@@ -285,9 +294,13 @@ impl Upstream {
 
     /// Forwards a request made by the gateway itself (list fetches), on the
     /// shared connection.
-    pub async fn request_internal(&self, request: ClientRequest) -> Result<ServerResult, UpstreamError> {
+    pub async fn request_internal(
+        &self,
+        request: ClientRequest,
+    ) -> Result<ServerResult, UpstreamError> {
         let conn = self.shared.load_full().ok_or_else(|| self.unavailable())?;
-        self.send(&conn, request, None, &CancellationToken::new()).await
+        self.send(&conn, request, None, &CancellationToken::new())
+            .await
     }
 
     /// Forwards a downstream client's request. `session` selects the
@@ -346,7 +359,9 @@ impl Upstream {
             .map_err(|e| self.map_error(e))?;
         let id = handle.id.clone();
         let _registration = caller.map(|caller| {
-            let (registration, early) = conn.routes.register(id.clone(), handle.progress_token.clone(), caller.clone());
+            let (registration, early) =
+                conn.routes
+                    .register(id.clone(), handle.progress_token.clone(), caller.clone());
             if !early.is_empty() {
                 tokio::spawn(async move {
                     for params in early {
@@ -380,9 +395,11 @@ impl Upstream {
                 upstream: self.name.to_string(),
                 after: timeout,
             },
-            ServiceError::TransportClosed | ServiceError::Cancelled { .. } => UpstreamError::Closed {
-                upstream: self.name.to_string(),
-            },
+            ServiceError::TransportClosed | ServiceError::Cancelled { .. } => {
+                UpstreamError::Closed {
+                    upstream: self.name.to_string(),
+                }
+            }
             other => UpstreamError::Unavailable {
                 upstream: self.name.to_string(),
                 reason: other.to_string(),
@@ -402,9 +419,18 @@ impl Upstream {
 
     /// Opens a connection; `owner` is the downstream session of a
     /// per-client connection.
-    async fn open(&self, owner: Option<Arc<Caller>>) -> Result<(Arc<Connection>, connect::Service), UpstreamError> {
+    async fn open(
+        &self,
+        owner: Option<Arc<Caller>>,
+    ) -> Result<(Arc<Connection>, connect::Service), UpstreamError> {
         let routes = Arc::new(Routes::default());
-        let service = connect::connect(&self.name, &self.config, self.client(routes.clone(), owner), &self.http).await?;
+        let service = connect::connect(
+            &self.name,
+            &self.config,
+            self.client(routes.clone(), owner),
+            &self.http,
+        )
+        .await?;
         let conn = Arc::new(Connection {
             peer: service.peer().clone(),
             routes,
@@ -471,9 +497,13 @@ async fn supervise(up: Arc<Upstream>) {
                 tracing::info!(upstream = %up.name, seconds = took.as_secs_f64(), "upstream connected");
                 up.shared.store(Some(conn.clone()));
                 up.metrics.upstream_up.with_label_values(&[&up.name]).set(1);
-                up.health.send_replace(Health::Up { connect_seconds: took.as_secs_f64() });
+                up.health.send_replace(Health::Up {
+                    connect_seconds: took.as_secs_f64(),
+                });
                 up.tried.store(true, Ordering::Release);
-                let _ = up.events.send(UpstreamEvent::StateChanged { upstream: up.name.clone() });
+                let _ = up.events.send(UpstreamEvent::StateChanged {
+                    upstream: up.name.clone(),
+                });
                 let cancel = service.cancellation_token();
                 let shutdown = up.shutdown.clone();
                 let mut waiter = tokio::spawn(service.waiting());
@@ -496,16 +526,27 @@ async fn supervise(up: Arc<Upstream>) {
                 up.shared.store(None);
                 conn.closed.cancel();
                 up.metrics.upstream_up.with_label_values(&[&up.name]).set(0);
-                up.metrics.upstream_restarts.with_label_values(&[&up.name]).inc();
+                up.metrics
+                    .upstream_restarts
+                    .with_label_values(&[&up.name])
+                    .inc();
                 restarts += 1;
                 backoff = up.config.restart.initial_backoff;
                 tracing::warn!(upstream = %up.name, "upstream connection ended; restarting");
-                up.health.send_replace(Health::Down { error: "connection ended".into(), restarts });
-                let _ = up.events.send(UpstreamEvent::StateChanged { upstream: up.name.clone() });
+                up.health.send_replace(Health::Down {
+                    error: "connection ended".into(),
+                    restarts,
+                });
+                let _ = up.events.send(UpstreamEvent::StateChanged {
+                    upstream: up.name.clone(),
+                });
             }
             Err(e) => {
                 tracing::warn!(upstream = %up.name, error = %e, retry_in = ?backoff, "upstream connect failed");
-                up.health.send_replace(Health::Down { error: e.to_string(), restarts });
+                up.health.send_replace(Health::Down {
+                    error: e.to_string(),
+                    restarts,
+                });
                 up.tried.store(true, Ordering::Release);
             }
         }

@@ -109,7 +109,10 @@ impl Routes {
 
     /// The caller for a progress token, or `None` after holding the
     /// notification for a registration that may still come.
-    pub(crate) fn progress_target(&self, params: &ProgressNotificationParam) -> Option<Arc<Caller>> {
+    pub(crate) fn progress_target(
+        &self,
+        params: &ProgressNotificationParam,
+    ) -> Option<Arc<Caller>> {
         let mut t = self.lock();
         if let Some(c) = t.by_progress.get(&params.progress_token) {
             return Some(c.clone());
