@@ -12,6 +12,7 @@
 // gateway must keep forwarding them.
 #![allow(deprecated)]
 
+pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod registry;
