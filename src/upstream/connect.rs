@@ -12,7 +12,6 @@ use tokio::io::AsyncBufReadExt;
 
 use super::client::UpstreamClient;
 use super::http::TracingClient;
-#[cfg(any())]
 use super::sse::SseClientTransport;
 use super::UpstreamError;
 use crate::config::{HttpUpstreamConfig, StdioConfig, Transport, UpstreamConfig};
@@ -59,7 +58,6 @@ pub(crate) async fn connect(
                     .await
                     .map_err(|e| fail(e.to_string()))
             }
-            #[cfg(any())]
             Transport::Sse(h) => {
                 let url = reqwest::Url::parse(&h.url).map_err(|e| fail(e.to_string()))?;
                 let header_map = headers(&h).map_err(fail)?.into_iter().collect();
@@ -76,8 +74,6 @@ pub(crate) async fn connect(
                     .await
                     .map_err(|e| fail(e.to_string()))
             }
-            #[allow(unreachable_patterns)]
-            _ => Err(fail("sse pending".into())),
         }
     };
     tokio::time::timeout(config.connect_timeout, handshake)

@@ -19,23 +19,30 @@ use sse_stream::Sse;
 #[derive(Clone)]
 pub(crate) struct TracingClient(pub(crate) reqwest::Client);
 
-/// Adds `traceparent` (and `tracestate`) from a request's `_meta` to the
-/// headers of the POST carrying it.
+/// The `traceparent` (and `tracestate`) headers for a request, from its
+/// `_meta`; empty for notifications and responses.
+pub(super) fn trace_headers(message: &ClientJsonRpcMessage) -> Vec<(HeaderName, HeaderValue)> {
+    let JsonRpcMessage::Request(request) = message else {
+        return Vec::new();
+    };
+    let meta = request.request.get_meta();
+    [
+        ("traceparent", meta.get_traceparent()),
+        ("tracestate", meta.get_tracestate()),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| {
+        let value = HeaderValue::from_str(value?).ok()?;
+        Some((HeaderName::from_static(name), value))
+    })
+    .collect()
+}
+
 fn with_trace_headers(
     message: &ClientJsonRpcMessage,
     mut headers: HashMap<HeaderName, HeaderValue>,
 ) -> HashMap<HeaderName, HeaderValue> {
-    if let JsonRpcMessage::Request(request) = message {
-        let meta = request.request.get_meta();
-        for (name, value) in [
-            ("traceparent", meta.get_traceparent()),
-            ("tracestate", meta.get_tracestate()),
-        ] {
-            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(HeaderName::from_static(name), value);
-            }
-        }
-    }
+    headers.extend(trace_headers(message));
     headers
 }
 

@@ -12,8 +12,7 @@ mod connect;
 mod http;
 mod pool;
 mod routes;
-#[cfg(any())]
-pub mod sse;
+mod sse;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

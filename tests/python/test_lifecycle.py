@@ -40,6 +40,45 @@ def test_streamable_http_upstream(procs):
     run(go())
 
 
+def test_legacy_sse_upstream(procs):
+    """server-everything in its 2024-11-05 HTTP+SSE mode, through our own
+    SSE client transport: calls, progress, and a server-to-client request
+    (elicitation) travelling back over the event stream."""
+    url = procs.everything_http("sse")
+    gw = procs.gateway({"upstreams": {"old": {"sse": {"url": url}}}})
+    gw.wait_up("old")
+
+    async def go():
+        asked = []
+
+        async def on_elicit(ctx, params):
+            asked.append(params.message)
+            return types.ElicitResult(action="decline")
+
+        async with Client(gw.url + "/old", mode="legacy", elicitation_callback=on_elicit) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"echo", "get-sum"} <= names
+            echo = await c.call_tool("echo", {"message": "over sse"})
+            assert echo.content[0].text == "Echo: over sse"
+            total = await c.call_tool("get-sum", {"a": 2, "b": 40})
+            assert "42" in total.content[0].text
+            seen = []
+
+            async def on_progress(progress, total, message):
+                seen.append(progress)
+
+            await c.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 3}, progress_callback=on_progress)
+            assert len(seen) >= 2
+            await c.call_tool("trigger-elicitation-request", {})
+            assert asked, "the elicitation request never reached the client"
+            resources = (await c.list_resources()).resources
+            assert resources, "no resources over SSE"
+            read = await c.read_resource(resources[0].uri)
+            assert read.contents
+
+    run(go())
+
+
 def test_stdio_mode_serves_one_session(procs, tmp_path):
     import yaml
 
