@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::registry::{Endpoint, Registry};
 use crate::telemetry::recent::RecentCalls;
 use crate::telemetry::Metrics;
-use crate::upstream::{ListKind, UpstreamEvent};
+use crate::upstream::{log_level_passes, ListKind, UpstreamEvent};
 pub use error::{REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
 pub use session::Session;
 
@@ -27,7 +27,7 @@ pub struct SessionState {
     id: u64,
     endpoint: Endpoint,
     peer: Mutex<Option<Peer<RoleServer>>>,
-    log_level: Mutex<Option<LoggingLevel>>,
+    log_level: Arc<Mutex<Option<LoggingLevel>>>,
     /// Exposed URIs this session subscribed to.
     subscriptions: Mutex<std::collections::HashSet<String>>,
 }
@@ -91,7 +91,7 @@ impl Gateway {
             id,
             endpoint,
             peer: Mutex::new(None),
-            log_level: Mutex::new(None),
+            log_level: Arc::new(Mutex::new(None)),
             subscriptions: Mutex::new(Default::default()),
         });
         if let Ok(mut map) = self.sessions.write() {
@@ -127,6 +127,14 @@ impl Gateway {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The most verbose log level any session showing `upstream` asked for.
+    fn most_verbose_level(&self, upstream: &str) -> Option<LoggingLevel> {
+        self.sessions_showing(upstream)
+            .iter()
+            .filter_map(|s| s.log_level.lock().ok().and_then(|l| *l))
+            .reduce(|a, b| if log_level_passes(Some(a), b) { a } else { b })
     }
 
     async fn on_event(&self, event: UpstreamEvent) {
@@ -175,7 +183,7 @@ impl Gateway {
                         continue;
                     }
                     let wanted = s.log_level.lock().ok().and_then(|l| *l);
-                    if wanted.is_some_and(|min| level_rank(params.level) < level_rank(min)) {
+                    if !log_level_passes(wanted, params.level) {
                         continue;
                     }
                     if let Some(peer) = s.peer() {
@@ -201,19 +209,6 @@ impl Gateway {
                 }
             }
         }
-    }
-}
-
-fn level_rank(level: LoggingLevel) -> u8 {
-    match level {
-        LoggingLevel::Debug => 0,
-        LoggingLevel::Info => 1,
-        LoggingLevel::Notice => 2,
-        LoggingLevel::Warning => 3,
-        LoggingLevel::Error => 4,
-        LoggingLevel::Critical => 5,
-        LoggingLevel::Alert => 6,
-        LoggingLevel::Emergency => 7,
     }
 }
 

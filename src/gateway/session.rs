@@ -56,6 +56,7 @@ impl Session {
             progress_token: ctx.meta.get_progress_token(),
             capabilities: capabilities_of(ctx),
             session: self.state.id,
+            log_level: self.state.log_level.clone(),
         }
     }
 
@@ -498,7 +499,15 @@ impl ServerHandler for Session {
                     .server_capabilities()
                     .is_some_and(|c| c.logging.is_some())
                 {
-                    let request = ClientRequest::SetLevelRequest(Request::new(params.clone()));
+                    // A shared connection serves every session: ask it for
+                    // the most verbose level any of them wants.
+                    let level = self
+                        .gw
+                        .most_verbose_level(&upstream)
+                        .unwrap_or(params.level);
+                    let request = ClientRequest::SetLevelRequest(Request::new(
+                        SetLevelRequestParams::new(level),
+                    ));
                     if let Err(e) = up.request(self.caller(&ctx), request, &ctx.ct).await {
                         tracing::debug!(upstream = %upstream, error = %e, "logging/setLevel not applied upstream");
                     }

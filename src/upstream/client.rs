@@ -157,12 +157,8 @@ impl Service<RoleClient> for UpstreamClient {
     ) -> Result<(), ErrorData> {
         let upstream = self.upstream.clone();
         let event = match notification {
-            ServerNotification::ProgressNotification(n) => {
-                if let Some(caller) = self.routes.progress_target(&n.params) {
-                    forward_progress(&caller, n.params).await;
-                }
-                return Ok(());
-            }
+            // Forwarded by the transport, in order (see `ordered`).
+            ServerNotification::ProgressNotification(_) => return Ok(()),
             ServerNotification::ToolListChangedNotification(_) => UpstreamEvent::ListChanged {
                 upstream,
                 kind: ListKind::Tools,
@@ -179,20 +175,14 @@ impl Service<RoleClient> for UpstreamClient {
                 upstream,
                 params: n.params,
             },
-            ServerNotification::LoggingMessageNotification(n) => {
-                let origin = n.extensions.get::<InboundStreamOrigin>().cloned();
-                let caller = match origin {
-                    Some(InboundStreamOrigin::OutboundRequest(id)) => {
-                        self.routes.caller_of(&id, Duration::ZERO).await
-                    }
-                    _ => None,
-                };
-                UpstreamEvent::Log {
-                    upstream,
-                    session: caller.map(|c| c.session),
-                    params: n.params,
-                }
-            }
+            // A call's own log lines were delivered by the transport (see
+            // `ordered`); what is left belongs to the connection: its one
+            // session for a per-client connection, else every session.
+            ServerNotification::LoggingMessageNotification(n) => UpstreamEvent::Log {
+                upstream,
+                session: self.owner.as_ref().map(|o| o.session),
+                params: n.params,
+            },
             other => {
                 tracing::debug!(upstream = %self.upstream, ?other, "notification not forwarded");
                 return Ok(());

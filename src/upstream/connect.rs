@@ -12,6 +12,7 @@ use tokio::io::AsyncBufReadExt;
 
 use super::client::UpstreamClient;
 use super::http::TracingClient;
+use super::ordered::InOrder;
 use super::sse::SseClientTransport;
 use super::UpstreamError;
 use crate::config::{HttpUpstreamConfig, StdioConfig, Transport, UpstreamConfig};
@@ -37,12 +38,17 @@ pub(crate) async fn connect(
     let transport = config
         .transport()
         .ok_or_else(|| fail("no transport configured".into()))?;
+    let routes = client.routes.clone();
+    let upstream = client.upstream.clone();
     let handshake = async {
         match transport {
             Transport::Stdio(stdio) => {
                 let child = spawn_child(name, &stdio)
                     .map_err(|e| fail(format!("spawn `{}`: {e}", stdio.command)))?;
-                client.serve(child).await.map_err(|e| fail(e.to_string()))
+                client
+                    .serve(InOrder::new(child, upstream, routes))
+                    .await
+                    .map_err(|e| fail(e.to_string()))
             }
             Transport::Http(h) => {
                 let mut cfg = StreamableHttpClientTransportConfig::with_uri(h.url.as_str())
@@ -51,8 +57,11 @@ pub(crate) async fn connect(
                     .max_concurrent_requests(MAX_CONCURRENT_POSTS);
                 // A restarted server forgets our session: re-initialize and retry.
                 cfg.reinit_on_expired_session = true;
-                let transport =
-                    StreamableHttpClientTransport::with_client(TracingClient(http.clone()), cfg);
+                let transport = InOrder::new(
+                    StreamableHttpClientTransport::with_client(TracingClient(http.clone()), cfg),
+                    upstream,
+                    routes,
+                );
                 client
                     .serve(transport)
                     .await
@@ -70,7 +79,7 @@ pub(crate) async fn connect(
                 .await
                 .map_err(|e| fail(e.to_string()))?;
                 client
-                    .serve(transport)
+                    .serve(InOrder::new(transport, upstream, routes))
                     .await
                     .map_err(|e| fail(e.to_string()))
             }

@@ -10,6 +10,7 @@
 mod client;
 mod connect;
 mod http;
+mod ordered;
 mod pool;
 mod routes;
 mod sse;
@@ -29,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SessionMode, UpstreamConfig};
+pub(crate) use routes::log_level_passes;
 pub use routes::Caller;
 use routes::Routes;
 

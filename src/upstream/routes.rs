@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rmcp::model::{ClientCapabilities, ProgressNotificationParam, ProgressToken, RequestId};
+use rmcp::model::{
+    ClientCapabilities, LoggingLevel, ProgressNotificationParam, ProgressToken, RequestId,
+};
 use rmcp::service::{Peer, RoleServer};
 use tokio::sync::Notify;
 
@@ -31,6 +33,33 @@ pub struct Caller {
     pub capabilities: ClientCapabilities,
     /// Gateway-wide id of the downstream session.
     pub session: u64,
+    /// The session's minimum log level (`logging/setLevel`); `None` passes all.
+    pub log_level: Arc<Mutex<Option<LoggingLevel>>>,
+}
+
+impl Caller {
+    /// Whether the session wants a log message at `level`.
+    pub(crate) fn wants_log(&self, level: LoggingLevel) -> bool {
+        let min = self.log_level.lock().ok().and_then(|l| *l);
+        log_level_passes(min, level)
+    }
+}
+
+/// Whether a message at `level` passes a session's minimum level `min`.
+pub(crate) fn log_level_passes(min: Option<LoggingLevel>, level: LoggingLevel) -> bool {
+    fn rank(level: LoggingLevel) -> u8 {
+        match level {
+            LoggingLevel::Debug => 0,
+            LoggingLevel::Info => 1,
+            LoggingLevel::Notice => 2,
+            LoggingLevel::Warning => 3,
+            LoggingLevel::Error => 4,
+            LoggingLevel::Critical => 5,
+            LoggingLevel::Alert => 6,
+            LoggingLevel::Emergency => 7,
+        }
+    }
+    min.is_none_or(|min| rank(level) >= rank(min))
 }
 
 /// Progress that arrived before its request was registered; bounded so an
