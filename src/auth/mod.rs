@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::config::AuthConfig;
+
 /// The authenticated caller of a request.
 ///
 /// Built once per HTTP request (or once for a stdio session) and shared;
@@ -29,5 +31,18 @@ impl Identity {
             groups: Vec::new(),
             claims: serde_json::Map::new(),
         })
+    }
+
+    /// The identity of callers that present no credentials: the config's
+    /// `auth.stdio` identity if set, else [`Identity::anonymous`].
+    pub fn configured(auth: &AuthConfig) -> Arc<Identity> {
+        match &auth.stdio {
+            Some(s) => Arc::new(Identity {
+                subject: s.subject.clone(),
+                groups: s.groups.clone(),
+                claims: s.claims.clone(),
+            }),
+            None => Identity::anonymous(),
+        }
     }
 }

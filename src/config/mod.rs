@@ -8,6 +8,7 @@
 //! references between sections. Every error names the file, the field and
 //! the problem, because `portcullis check` prints it to a person.
 
+mod auth;
 mod interpolate;
 mod validate;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use auth::*;
 pub use interpolate::interpolate;
 
 /// A configuration problem, always naming the file and, where there is one,
@@ -88,6 +90,12 @@ pub struct Config {
     /// Metrics, traces and the admin view.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// How downstream clients authenticate.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Org-wide tool policy; unset: every call is allowed and not audited.
+    #[serde(default)]
+    pub policies: Option<PoliciesConfig>,
     /// Where the config came from; set by [`Config::load`], used in errors.
     #[serde(skip)]
     pub source: PathBuf,
@@ -474,6 +482,18 @@ impl Config {
         config.source = path.to_path_buf();
         config.validate()?;
         Ok(config)
+    }
+
+    /// A path from the config, resolved against the config file's directory
+    /// when relative (so a config works from any working directory).
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self.source.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
     }
 
     /// The prefix an upstream's names carry on `/mcp`.

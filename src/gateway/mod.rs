@@ -14,6 +14,7 @@ use rmcp::model::{ClientCapabilities, LoggingLevel};
 use rmcp::service::{Peer, RoleServer};
 use tokio::sync::mpsc;
 
+use crate::auth::Identity;
 use crate::config::Config;
 use crate::registry::{Endpoint, Registry};
 use crate::telemetry::recent::RecentCalls;
@@ -46,6 +47,8 @@ pub struct Gateway {
     next_session: AtomicU64,
     metrics: Arc<Metrics>,
     recent: RecentCalls,
+    /// Identity of requests that carry none (stdio, or auth off).
+    default_identity: Arc<Identity>,
 }
 
 impl Gateway {
@@ -57,6 +60,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         events: mpsc::UnboundedReceiver<UpstreamEvent>,
     ) -> Arc<Gateway> {
+        let default_identity = Identity::configured(&config.auth);
         let gw = Arc::new(Gateway {
             recent: RecentCalls::new(config.telemetry.recent_calls),
             metrics,
@@ -64,6 +68,7 @@ impl Gateway {
             registry,
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            default_identity,
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw

@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::error::{registry_error, unknown, upstream_error};
 use super::observe::Observation;
 use super::{capabilities_of, Gateway, SessionState};
+use crate::auth::Identity;
 use crate::registry::{self, Endpoint, Target};
 use crate::telemetry::trace;
 use crate::upstream::Caller;
@@ -46,6 +47,17 @@ impl Session {
                 *peer = Some(ctx.peer.clone());
             }
         }
+    }
+
+    /// Who sent this request: the identity the HTTP layer authenticated
+    /// (in the request's extensions), else the session's configured one
+    /// (stdio, or auth off).
+    pub(super) fn identity(&self, ctx: &RequestContext<RoleServer>) -> Arc<Identity> {
+        ctx.extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Arc<Identity>>())
+            .cloned()
+            .unwrap_or_else(|| self.gw.default_identity.clone())
     }
 
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
