@@ -306,6 +306,12 @@ async fn serve_http(opts: HttpOptions) -> anyhow::Result<()> {
             },
             () = &mut stop => break,
         };
+        // Responses are written in pieces (headers, SSE events, the last
+        // chunk); with Nagle's algorithm each would wait for the client's
+        // delayed ACK (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
