@@ -15,7 +15,12 @@
 //!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--json]
 //! portcullis-loadgen URL --idle-sessions N [--hold 30s]   # open and hold N sessions
 //! portcullis-loadgen URL --setup-rate [--duration 10s]    # initialize+initialized+DELETE per second
+//! portcullis-loadgen http://HOST/v1/chat/completions --chat MODEL [--stream]
 //! ```
+//!
+//! `--chat` drives an OpenAI-compatible Chat Completions endpoint instead of
+//! MCP (for the gateway's model router): latency is the whole response, or
+//! with `--stream` the time to the first content delta.
 //!
 //! With `--rate` the load is open-loop: request k is due at `start + k/R`
 //! and its latency is measured from when it was due, so a server that falls
@@ -97,6 +102,16 @@ struct Cli {
     /// Measure session setup: initialize + initialized + DELETE per second.
     #[arg(long)]
     setup_rate: bool,
+    /// Send OpenAI Chat Completions for this model instead of MCP requests.
+    #[arg(long, value_name = "MODEL")]
+    chat: Option<String>,
+    /// With `--chat`: stream the answer and measure time to first token.
+    #[arg(long)]
+    stream: bool,
+    /// Report the CPU time (user + system, from `/proc/PID/stat`) this
+    /// process spent during the measured window, and per request (repeatable).
+    #[arg(long = "watch-pid", value_name = "PID")]
+    watch_pids: Vec<u32>,
     /// A name for the run, echoed in the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -436,6 +451,63 @@ impl Conn {
         Ok(())
     }
 
+    /// Sends one chat completion; returns when the answer (or, streamed,
+    /// its first content delta) arrived. The stream is read to its end.
+    async fn chat(&mut self, body: Bytes, stream: bool) -> anyhow::Result<Instant> {
+        let result = self.chat_inner(body, stream).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn chat_inner(&mut self, body: Bytes, stream: bool) -> anyhow::Result<Instant> {
+        let req = self.request(Method::POST, None, body)?;
+        let resp = self.sender().await?.send_request(req).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !stream || !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            let done = Instant::now();
+            if !status.is_success() {
+                bail!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                );
+            }
+            let answer: Value = serde_json::from_slice(&bytes).context("chat answer")?;
+            if answer.pointer("/choices/0/message").is_none() {
+                bail!("chat answer has no choices[0].message");
+            }
+            return Ok(done);
+        }
+        let mut buf = BytesMut::new();
+        let mut first = None;
+        let mut finished = false;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            while let Some(end) = event_end(&buf) {
+                let event = buf.split_to(end);
+                let data = event_data(&event);
+                if data == b"[DONE]" {
+                    finished = true;
+                } else if first.is_none() {
+                    let delta: Value = serde_json::from_slice(&data).unwrap_or_default();
+                    let content = delta.pointer("/choices/0/delta/content");
+                    if content.and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
+                        first = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        if !finished {
+            bail!("chat stream ended without [DONE]");
+        }
+        first.ok_or_else(|| anyhow!("chat stream carried no content"))
+    }
+
     /// `initialize` then `notifications/initialized`.
     async fn open_session(&mut self, protocol: &str) -> anyhow::Result<Session> {
         let body = json!({
@@ -543,6 +615,61 @@ fn percentiles(sorted: &[u64]) -> Percentiles {
     }
 }
 
+/// Linux reports process CPU time in clock ticks of 1/USER_HZ s, which is
+/// 100 on every mainstream architecture.
+const USER_HZ: f64 = 100.0;
+
+/// User + system CPU seconds of a process (all threads) so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line; index 0 here is field 3 (state).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
+}
+
+/// CPU a watched process used in the measured window.
+#[derive(serde::Serialize)]
+struct CpuUse {
+    pid: u32,
+    cpu_s: f64,
+    /// CPU microseconds per successful request.
+    us_per_request: f64,
+}
+
+/// Samples the watched processes' CPU at the window's start and end.
+fn watch_cpu(
+    pids: Vec<u32>,
+    from: Instant,
+    end: Instant,
+) -> tokio::task::JoinHandle<Vec<(u32, Option<f64>)>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(from.into()).await;
+        let before: Vec<Option<f64>> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+        tokio::time::sleep_until(end.into()).await;
+        pids.iter()
+            .zip(before)
+            .map(|(p, b)| (*p, b.zip(cpu_seconds(*p)).map(|(b, a)| a - b)))
+            .collect()
+    })
+}
+
+fn cpu_report(samples: Vec<(u32, Option<f64>)>, ok: u64) -> Vec<CpuUse> {
+    samples
+        .into_iter()
+        .filter_map(|(pid, cpu)| {
+            cpu.map(|cpu_s| CpuUse {
+                pid,
+                cpu_s,
+                us_per_request: if ok == 0 { 0.0 } else { cpu_s * 1e6 / ok as f64 },
+            })
+        })
+        .collect()
+}
+
 /// The report of a run.
 #[derive(serde::Serialize)]
 struct Report {
@@ -561,6 +688,8 @@ struct Report {
     throughput: f64,
     latency_us: Percentiles,
     error_samples: Vec<String>,
+    /// CPU of the `--watch-pid` processes in the measured window.
+    cpu: Vec<CpuUse>,
 }
 
 impl Report {
@@ -595,6 +724,13 @@ impl Report {
                 out,
                 "  {} requests started >1ms after they were due (the generator or server fell behind)",
                 self.late
+            );
+        }
+        for c in &self.cpu {
+            let _ = writeln!(
+                out,
+                "  pid {}: {:.2}s CPU = {:.1} us per request",
+                c.pid, c.cpu_s, c.us_per_request
             );
         }
         for s in &self.error_samples {
@@ -654,7 +790,14 @@ impl Payload {
     }
 
     fn describe(cli: &Cli) -> String {
-        if cli.list {
+        if let Some(model) = &cli.chat {
+            let how = if cli.stream {
+                "streamed, latency = time to first token"
+            } else {
+                "not streamed"
+            };
+            format!("chat/completions {model} ({how})")
+        } else if cli.list {
             "tools/list".into()
         } else if let Some(server) = &cli.mcp_gateway_invoke {
             format!("tools/call gateway_invoke({server}/{})", cli.tool)
@@ -696,8 +839,23 @@ async fn open_sessions(
 async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
     let concurrency = cli.concurrency.max(1);
     let n_sessions = cli.sessions.unwrap_or(concurrency).max(1);
-    let sessions = Arc::new(open_sessions(&ep, &cli.protocol_version, n_sessions, concurrency.min(32)).await?);
+    let sessions = match &cli.chat {
+        Some(_) => Vec::new(),
+        None => open_sessions(&ep, &cli.protocol_version, n_sessions, concurrency.min(32)).await?,
+    };
+    let sessions = Arc::new(sessions);
     let payload = Arc::new(Payload::new(cli)?);
+    let chat = cli.chat.as_ref().map(|model| {
+        Bytes::from(
+            json!({
+                "model": model,
+                "messages": [{ "role": "user", "content": "Say hello to the benchmark" }],
+                "stream": cli.stream,
+            })
+            .to_string(),
+        )
+    });
+    let stream = cli.stream;
     let start = Instant::now();
     let measure_from = start + cli.warmup;
     let end = measure_from + cli.duration;
@@ -706,14 +864,16 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(1.0 / r));
     let tickets = Arc::new(AtomicU64::new(0));
+    let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
     let mut workers = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
         let ep = ep.clone();
         let sessions = sessions.clone();
         let payload = payload.clone();
         let tickets = tickets.clone();
+        let chat = chat.clone();
         workers.push(tokio::spawn(async move {
-            let session = &sessions[w % sessions.len()];
+            let session = (!sessions.is_empty()).then(|| &sessions[w % sessions.len()]);
             let mut conn = Conn::new(ep);
             let mut tally = Tally::default();
             let mut id = 1u64;
@@ -741,21 +901,24 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
                     tally.late += 1;
                 }
                 id += 1;
-                let result = conn.call(Some(session), id, payload.body(id), false).await;
-                let done = Instant::now();
+                let result = match (&chat, session) {
+                    (Some(body), _) => conn.chat(body.clone(), stream).await.map(|t| (None, false, t)),
+                    (None, session) => conn
+                        .call(session, id, payload.body(id), false)
+                        .await
+                        .map(|(r, _)| (r.error, r.tool_error, Instant::now())),
+                };
                 if !measured {
                     continue;
                 }
                 match result {
-                    Ok((reply, _)) => match reply.error {
-                        Some(e) => tally.error(e),
-                        None => {
-                            if reply.tool_error {
-                                tally.tool_errors += 1;
-                            }
-                            tally.latencies.push((done - due).as_nanos() as u64);
+                    Ok((Some(e), _, _)) => tally.error(e),
+                    Ok((None, tool_error, done)) => {
+                        if tool_error {
+                            tally.tool_errors += 1;
                         }
-                    },
+                        tally.latencies.push((done - due).as_nanos() as u64);
+                    }
                     Err(e) => {
                         tally.error(format!("{e:#}"));
                         // Do not spin on a dead server.
@@ -770,6 +933,7 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
     for w in workers {
         total.merge(w.await?);
     }
+    let cpu = watcher.await?;
     // Requests started in the window count, even if they end just after it.
     let elapsed = cli.duration.as_secs_f64();
     // Sessions are ended so a long benchmark does not pile them up.
@@ -783,7 +947,7 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         url: cli.url.clone(),
         mode: Payload::describe(cli),
         concurrency,
-        sessions: n_sessions,
+        sessions: sessions.len(),
         rate: cli.rate,
         duration_s: elapsed,
         ok: total.latencies.len() as u64,
@@ -793,6 +957,7 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         throughput: total.latencies.len() as f64 / elapsed,
         latency_us: percentiles(&total.latencies),
         error_samples: total.samples,
+        cpu: cpu_report(cpu, total.latencies.len() as u64),
     })
 }
 
@@ -801,6 +966,7 @@ async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> 
     let start = Instant::now();
     let measure_from = start + cli.warmup;
     let end = measure_from + cli.duration;
+    let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let ep = ep.clone();
@@ -836,6 +1002,7 @@ async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> 
     for w in workers {
         total.merge(w.await?);
     }
+    let cpu = watcher.await?;
     let elapsed = cli.duration.as_secs_f64();
     total.latencies.sort_unstable();
     Ok(Report {
@@ -853,6 +1020,7 @@ async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> 
         throughput: total.latencies.len() as f64 / elapsed,
         latency_us: percentiles(&total.latencies),
         error_samples: total.samples,
+        cpu: cpu_report(cpu, total.latencies.len() as u64),
     })
 }
 
@@ -997,6 +1165,13 @@ mod tests {
         assert_eq!(v["params"]["name"], "gateway_invoke");
         assert_eq!(v["params"]["arguments"]["server"], "fx");
         assert_eq!(v["params"]["arguments"]["arguments"]["message"], "m");
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        let pid = std::process::id();
+        assert!(cpu_seconds(pid).is_some_and(|s| s >= 0.0));
+        assert!(cpu_seconds(u32::MAX).is_none());
     }
 
     #[test]
