@@ -121,19 +121,17 @@ load() {
         return 0
     }
     echo "$line" >>"$RESULTS"
-    python3 -c '
-import json, sys
-r = json.loads(sys.argv[1]); l = r["latency_us"]
-cpu = "  ".join(f"cpu(pid {c["pid"]}) {c["us_per_request"]:.1f}us/req" for c in r["cpu"])
-print(f"  {r["label"]:<28} c={r["concurrency"]:<3} {r["throughput"]:>9.0f}/s  p50 {l["p50"]:>8.1f}  p90 {l["p90"]:>8.1f}  p99 {l["p99"]:>8.1f}  max {l["max"]:>9.1f} us  err {r["errors"]}  {cpu}")
-for e in r["error_samples"]: print("    error:", e)
-' "$line" >&2
+    python3 "$ROOT/scripts/bench_summary.py" --line "$line" >&2
 }
 
 # --- build ------------------------------------------------------------------
 
 log "building release binaries"
-cargo build --release --bins
+if ! cargo build --release --bins >"$OUT/build.log" 2>&1; then
+    tail -n 30 "$OUT/build.log" >&2
+    echo "release build failed (log: $OUT/build.log)" >&2
+    exit 1
+fi
 
 # --- peers --------------------------------------------------------------------
 
@@ -169,7 +167,8 @@ failsafe:
 backends:
   fx: { http_url: "$upstream", streamable_http: true }
 EOF
-    RUST_LOG=warn "$MCPGW" --config "$OUT/$name.yaml" >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    # error, not warn: it logs two warnings per call without an attestation token.
+    RUST_LOG=error "$MCPGW" --config "$OUT/$name.yaml" >"$OUT/$name.out" 2>"$OUT/$name.err" &
     MCPGW_PID=$!
     PIDS+=("$MCPGW_PID")
     MCPGW_URL=http://127.0.0.1:$port/mcp
@@ -178,7 +177,9 @@ EOF
 
 # --- the fixture and the plain gateway -------------------------------------------
 
-start fixture "$BIN/portcullis-fixture" http --listen 127.0.0.1:0
+# No SSE priming events: mcp-gateway's client cannot parse an event with
+# empty data, and every target must see the same upstream.
+start fixture "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --no-sse-priming
 FX_PID=$STARTED_PID
 FX_URL=$(awk '{print $3}' <<<"$STARTED_LINE")
 
@@ -203,8 +204,9 @@ start_gateway() {
     wait_http "$base/readyz"
 }
 
-ECHO_ARGS=(--tool echo --args '{"message":"hello"}')
-GW_ECHO_ARGS=(--tool fx__echo --args '{"message":"hello"}')
+# --expect: mcp-gateway wraps upstream failures in a successful result.
+ECHO_ARGS=(--tool echo --args '{"message":"hello"}' --expect hello)
+GW_ECHO_ARGS=(--tool fx__echo --args '{"message":"hello"}' --expect hello)
 
 if want echo; then
     log "echo: one upstream, tiny echo call"
@@ -352,7 +354,7 @@ if want idle; then
     idle_run portcullis "$GW_PID" "$GW_URL"
     stop "$GW_PID"
     # The fixture alone, for reference: rmcp's own per-session cost.
-    start fixture-idle "$BIN/portcullis-fixture" http --listen 127.0.0.1:0
+    start fixture-idle "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --no-sse-priming
     idle_run "direct (fixture)" "$STARTED_PID" "$(awk '{print $3}' <<<"$STARTED_LINE")"
     stop "$STARTED_PID"
     if [ $HAVE_MCPGW = 1 ]; then

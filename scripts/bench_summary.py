@@ -91,5 +91,21 @@ def main(path: str) -> int:
     return 0
 
 
+def line(text: str) -> int:
+    """One run's report on one line, as the run ends."""
+    r = json.loads(text)
+    l = r["latency_us"]
+    cpu = "  ".join(f"cpu(pid {c['pid']}) {c['us_per_request']:.1f}us/req" for c in r["cpu"])
+    print(
+        f"  {r['label']:<34} c={r['concurrency']:<3} {r['throughput']:>9.0f}/s  p50 {l['p50']:>8.1f}"
+        f"  p90 {l['p90']:>8.1f}  p99 {l['p99']:>8.1f}  max {l['max']:>9.1f} us  err {r['errors']}  {cpu}"
+    )
+    for e in r["error_samples"]:
+        print("    error:", e)
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--line":
+        sys.exit(line(sys.argv[2]))
     sys.exit(main(sys.argv[1]))

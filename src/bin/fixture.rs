@@ -10,7 +10,7 @@
 //! Usage:
 //!
 //! ```text
-//! portcullis-fixture http --listen 127.0.0.1:0 [--allow-any-host] [--stateless] [--json-response] [--tools N]
+//! portcullis-fixture http --listen 127.0.0.1:0 [--allow-any-host] [--stateless] [--json-response] [--no-sse-priming] [--tools N]
 //! portcullis-fixture stdio [--tools N]
 //! ```
 //!
@@ -114,10 +114,13 @@ struct HttpOptions {
     /// In stateless mode, answer plain request/response calls with JSON
     /// instead of an SSE stream.
     json_response: bool,
+    /// Send no SSE priming events (SEP-1699), for clients that cannot parse
+    /// an event with empty data (mcp-gateway, in benchmarks).
+    no_priming: bool,
 }
 
 /// Usage text printed on a command-line error.
-const USAGE: &str = "usage: portcullis-fixture http --listen ADDR [--allow-any-host] [--stateless] [--json-response] [--tools N]\n       portcullis-fixture stdio [--tools N]";
+const USAGE: &str = "usage: portcullis-fixture http --listen ADDR [--allow-any-host] [--stateless] [--json-response] [--no-sse-priming] [--tools N]\n       portcullis-fixture stdio [--tools N]";
 
 /// How many generated tools (`--tools N`) every session lists; set once at start.
 static GENERATED_TOOLS: AtomicUsize = AtomicUsize::new(0);
@@ -149,6 +152,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                 allow_any_host: false,
                 stateless: false,
                 json_response: false,
+                no_priming: false,
             };
             while let Some(arg) = it.next() {
                 match arg.as_str() {
@@ -161,6 +165,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                     "--allow-any-host" => opts.allow_any_host = true,
                     "--stateless" => opts.stateless = true,
                     "--json-response" => opts.json_response = true,
+                    "--no-sse-priming" => opts.no_priming = true,
                     "--tools" => GENERATED_TOOLS.store(parse_tools(it.next())?, Ordering::Relaxed),
                     other => return Err(format!("unexpected argument {other:?}")),
                 }
@@ -254,8 +259,9 @@ type HttpBody = BoxBody<Bytes, Infallible>;
 /// Serves streamable HTTP on `/mcp` until SIGINT/SIGTERM.
 async fn serve_http(opts: HttpOptions) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    let sse_retry = (!opts.no_priming).then_some(SSE_RETRY);
     let mut config = StreamableHttpServerConfig::default()
-        .with_sse_retry(Some(SSE_RETRY))
+        .with_sse_retry(sse_retry)
         .with_legacy_session_mode(!opts.stateless)
         .with_json_response(opts.json_response)
         .with_cancellation_token(shutdown.child_token());
@@ -264,7 +270,7 @@ async fn serve_http(opts: HttpOptions) -> anyhow::Result<()> {
     }
 
     let mut local = LocalSessionManager::default();
-    local.session_config.sse_retry = Some(SSE_RETRY);
+    local.session_config.sse_retry = sse_retry;
     let sessions = Arc::new(StreamTrackingSessions::new(local));
     let streams = sessions.clone();
     let mcp = StreamableHttpService::new(

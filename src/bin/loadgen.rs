@@ -64,6 +64,10 @@ struct Cli {
     /// Tool arguments, a JSON object.
     #[arg(long, default_value = r#"{"message":"hello"}"#)]
     args: String,
+    /// Count a response as an error unless its JSON contains this text
+    /// (catches errors a server wraps in a successful result).
+    #[arg(long)]
+    expect: Option<String>,
     /// Send `tools/list` instead of `tools/call`.
     #[arg(long)]
     list: bool,
@@ -269,15 +273,37 @@ fn event_data(event: &[u8]) -> Vec<u8> {
     data
 }
 
+/// Whether `haystack` contains `needle`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Applies `--expect` to a matched response.
+fn check_expected(mut reply: Reply, raw: &[u8], expect: Option<&str>) -> Reply {
+    if let Some(e) = expect {
+        if reply.error.is_none() && !contains(raw, e.as_bytes()) {
+            let shown = String::from_utf8_lossy(&raw[..raw.len().min(300)]).into_owned();
+            reply.error = Some(format!("response lacks {e:?}: {shown}"));
+        }
+    }
+    reply
+}
+
 /// One HTTP/1.1 connection, re-opened after a failure.
 struct Conn {
     ep: Arc<Endpoint>,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// `--expect`: text every response must contain.
+    expect: Option<Arc<str>>,
 }
 
 impl Conn {
     fn new(ep: Arc<Endpoint>) -> Conn {
-        Conn { ep, sender: None }
+        Conn {
+            ep,
+            sender: None,
+            expect: None,
+        }
     }
 
     async fn sender(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
@@ -372,7 +398,7 @@ impl Conn {
         if !sse {
             let bytes = body.collect().await?.to_bytes();
             return match_response(&bytes, id, keep_result)
-                .map(|r| (r, session_id))
+                .map(|r| (check_expected(r, &bytes, self.expect.as_deref()), session_id))
                 .ok_or_else(|| anyhow!("response is not the answer to request {id}"));
         }
         let mut buf = BytesMut::new();
@@ -389,7 +415,7 @@ impl Conn {
                 let data = event_data(&event);
                 if !data.is_empty() {
                     if let Some(r) = match_response(&data, id, keep_result) {
-                        found = Some(r);
+                        found = Some(check_expected(r, &data, self.expect.as_deref()));
                         break;
                     }
                 }
@@ -856,6 +882,7 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         )
     });
     let stream = cli.stream;
+    let expect: Option<Arc<str>> = cli.expect.as_deref().map(Arc::from);
     let start = Instant::now();
     let measure_from = start + cli.warmup;
     let end = measure_from + cli.duration;
@@ -872,9 +899,11 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         let payload = payload.clone();
         let tickets = tickets.clone();
         let chat = chat.clone();
+        let expect = expect.clone();
         workers.push(tokio::spawn(async move {
             let session = (!sessions.is_empty()).then(|| &sessions[w % sessions.len()]);
             let mut conn = Conn::new(ep);
+            conn.expect = expect;
             let mut tally = Tally::default();
             let mut id = 1u64;
             loop {
@@ -1147,6 +1176,15 @@ mod tests {
         assert_eq!(r.error.as_deref(), Some("JSON-RPC error -32602: no"));
         let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
         assert!(match_response(note, 7, false).is_none());
+    }
+
+    #[test]
+    fn expected_text_is_checked() {
+        let raw = br#"{"id":1,"result":{"content":[{"type":"text","text":"hello"}]}}"#;
+        let ok = check_expected(Reply::default(), raw, Some("hello"));
+        assert!(ok.error.is_none());
+        let bad = check_expected(Reply::default(), raw, Some("goodbye"));
+        assert!(bad.error.is_some_and(|e| e.contains("lacks")));
     }
 
     #[test]
