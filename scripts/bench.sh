@@ -212,10 +212,17 @@ if want echo; then
     log "echo: one upstream, tiny echo call"
     gateway_config "$OUT/gateway.yaml"
     start_gateway gateway "$OUT/gateway.yaml"
+    GW_DEFAULT_PID=$GW_PID GW_DEFAULT_URL=$GW_URL
+    # The same gateway with one tokio worker thread: at low load two workers
+    # wake each other several times per call (see docs/benchmarks.md).
+    TOKIO_WORKER_THREADS=1 start_gateway gateway-1w "$OUT/gateway.yaml"
+    GW1_PID=$GW_PID GW1_URL=$GW_URL
+    GW_PID=$GW_DEFAULT_PID GW_URL=$GW_DEFAULT_URL
     if [ $HAVE_MCPGW = 1 ]; then start_mcpgw mcp-gateway "$FX_URL"; fi
     for c in 1 32; do
         load echo direct "$FX_URL" $c "${ECHO_ARGS[@]}" --watch-pid "$FX_PID"
         load echo portcullis "$GW_URL" $c "${GW_ECHO_ARGS[@]}" --watch-pid "$GW_PID" --watch-pid "$FX_PID"
+        load echo "portcullis (1 worker)" "$GW1_URL" $c "${GW_ECHO_ARGS[@]}" --watch-pid "$GW1_PID" --watch-pid "$FX_PID"
         if [ $HAVE_MCPGW = 1 ]; then
             load echo mcp-gateway "$MCPGW_URL" $c "${ECHO_ARGS[@]}" \
                 --mcp-gateway-invoke fx --watch-pid "$MCPGW_PID" --watch-pid "$FX_PID"
@@ -224,6 +231,7 @@ if want echo; then
     note echo portcullis peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
     note echo direct peak_rss_kb "$(status_kb "$FX_PID" VmHWM)"
     stop "$GW_PID"
+    stop "$GW1_PID"
     if [ $HAVE_MCPGW = 1 ]; then
         note echo mcp-gateway peak_rss_kb "$(status_kb "$MCPGW_PID" VmHWM)"
         stop "$MCPGW_PID"
