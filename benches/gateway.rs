@@ -118,7 +118,13 @@ fn routing(c: &mut Criterion) {
         b.iter(|| view.index.get(black_box("up37__tool_420")).cloned())
     });
     // What `call_tool` does besides the index lookup: find the tool's
-    // annotations by a linear scan over the view's items.
+    // annotations, by position lookup now, by a linear scan before.
+    g.bench_function("item/hit", |b| {
+        b.iter(|| {
+            view.item(black_box("up37__tool_42"))
+                .and_then(|t| t.annotations.clone())
+        })
+    });
     g.bench_function("annotations_scan/5000", |b| {
         b.iter(|| {
             view.items

@@ -440,11 +440,7 @@ impl ServerHandler for Session {
             }
             let identity = self.identity(&ctx);
             let exposed = self.gw.aggregate_name(&target);
-            let annotations = view
-                .items
-                .iter()
-                .find(|t| *t.name == *params.name)
-                .and_then(|t| t.annotations.clone());
+            let annotations = view.item(&params.name).and_then(|t| t.annotations.clone());
             let subject = Subject {
                 kind: Kind::Tool,
                 upstream: &target.upstream,

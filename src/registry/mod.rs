@@ -201,6 +201,7 @@ impl Registry {
                 let keep = |n: &str| globs.is_some_and(|g| g.is_match(n));
                 built.items.retain(|t| keep(&t.name));
                 built.index.retain(|n, _| keep(n));
+                built.reindex();
             }
             Arc::new(built)
         })

@@ -90,6 +90,22 @@ fn aggregate_names_filters_renames_and_routes() {
 }
 
 #[test]
+fn items_are_found_by_exposed_name_after_filtering() {
+    let config = config();
+    let mut view = tools_view(&config, Naming::Prefixed(&config));
+    for (i, t) in view.items.iter().enumerate() {
+        assert!(std::ptr::eq(view.item(&t.name).unwrap(), &view.items[i]));
+    }
+    assert!(view.item("a__long_name").is_none(), "renamed away");
+    assert!(view.item("nope").is_none());
+    // A virtual server drops items; positions must follow.
+    view.items.retain(|t| t.name != "a__echo");
+    view.reindex();
+    assert!(view.item("a__echo").is_none());
+    assert_eq!(&*view.item("a__short").unwrap().name, "a__short");
+}
+
+#[test]
 fn plain_naming_has_no_prefix() {
     let config = config();
     let view = tools_view(&config, Naming::Plain);

@@ -31,6 +31,26 @@ pub struct NamedView<T> {
     pub items: Vec<T>,
     /// Exposed name to target.
     pub index: HashMap<String, Target>,
+    /// Exposed name to position in `items`; rebuilt by [`NamedView::reindex`].
+    positions: HashMap<String, usize>,
+}
+
+impl<T: Named> NamedView<T> {
+    /// The item exposed as `name` (a hash lookup: a call must not scan a
+    /// catalogue of thousands of tools to find its annotations).
+    pub fn item(&self, name: &str) -> Option<&T> {
+        self.positions.get(name).and_then(|&i| self.items.get(i))
+    }
+
+    /// Rebuilds the name-to-position map after `items` changed.
+    pub fn reindex(&mut self) {
+        self.positions = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item.name().to_owned(), i))
+            .collect();
+    }
 }
 
 /// Resources and templates as one endpoint shows them.
@@ -156,12 +176,14 @@ pub fn named_view<T: Named>(
     let mut view = NamedView {
         items: Vec::with_capacity(staged.len()),
         index: HashMap::with_capacity(staged.len()),
+        positions: HashMap::new(),
     };
     for ((_, upstream, original, mut item), name) in staged.into_iter().zip(names) {
         item.set_name(name.clone());
         view.index.insert(name, Target { upstream, original });
         view.items.push(item);
     }
+    view.reindex();
     view
 }
 
