@@ -10,6 +10,7 @@
 
 mod auth;
 mod interpolate;
+mod llm;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use auth::*;
 pub use interpolate::interpolate;
+pub use llm::*;
 
 /// A configuration problem, always naming the file and, where there is one,
 /// the field.
@@ -96,6 +98,15 @@ pub struct Config {
     /// Org-wide tool policy; unset: every call is allowed and not audited.
     #[serde(default)]
     pub policies: Option<PoliciesConfig>,
+    /// Model providers by name (OpenAI-compatible or Anthropic endpoints).
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model aliases clients name on `/v1/*`, each routed to targets.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelAliasConfig>,
+    /// Serve MCP sampling requests from upstreams through a model alias.
+    #[serde(default)]
+    pub sampling: Option<SamplingConfig>,
     /// Where the config came from; set by [`Config::load`], used in errors.
     #[serde(skip)]
     pub source: PathBuf,

@@ -46,7 +46,12 @@ impl Config {
                 check_glob(file, &format!("{field}.tools.{i}"), glob)?;
             }
         }
-        Ok(())
+        super::llm::validate_llm(
+            file,
+            &self.providers,
+            &self.models,
+            self.sampling.as_ref(),
+        )
     }
 }
 
