@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::llm::Llm;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 use crate::upstream::{self, Upstream};
@@ -21,6 +22,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Session handlers and event fan-out.
     pub gateway: Arc<Gateway>,
+    /// The model router behind `/v1/*`.
+    pub llm: Arc<Llm>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -56,11 +59,13 @@ impl Runtime {
                 (Arc::from(name.as_str()), up)
             })
             .collect();
+        let llm = Arc::new(Llm::new(&config, metrics.clone()));
         let registry = Arc::new(Registry::new(config.clone(), upstreams, metrics.clone()));
         let gateway = Gateway::new(config.clone(), registry, metrics, events_rx);
         Runtime {
             config,
             gateway,
+            llm,
             shutdown,
             tasks,
         }

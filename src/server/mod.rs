@@ -8,6 +8,7 @@
 
 mod admin;
 mod health;
+mod llm;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -39,6 +40,9 @@ pub struct Router {
     gateway: Arc<Gateway>,
     /// Serve `/metrics` and `/admin` here (false when they have their own listener).
     admin: bool,
+    /// The model API (`/v1/*`); `None` on the admin-only listener.
+    llm: Option<Arc<crate::llm::Llm>>,
+    max_body: usize,
 }
 
 impl Router {
@@ -83,6 +87,8 @@ impl Router {
             mcp,
             gateway,
             admin,
+            llm: Some(runtime.llm.clone()),
+            max_body: config.http.max_body_bytes,
         }
     }
 
@@ -93,6 +99,8 @@ impl Router {
             mcp: HashMap::new(),
             gateway: runtime.gateway.clone(),
             admin: true,
+            llm: None,
+            max_body: 0,
         }
     }
 
@@ -106,6 +114,11 @@ impl Router {
             "/admin" if self.admin => return admin::page(),
             "/admin/api/upstreams" if self.admin => return admin::upstreams(&self.gateway).await,
             "/admin/api/calls" if self.admin => return admin::calls(&self.gateway),
+            p if p.starts_with("/v1/") => {
+                if let Some(llm) = &self.llm {
+                    return llm::route(llm, req, self.max_body).await;
+                }
+            }
             _ => {}
         }
         let endpoint = match path.strip_prefix("/mcp") {
