@@ -810,6 +810,11 @@ fn stream_response(events: Vec<Event>, fault: &Fault) -> Response<Body> {
     tokio::spawn(async move {
         for (i, (name, data)) in events.into_iter().enumerate() {
             if fault.cut_after == Some(i) {
+                // Let the events before the cut reach the wire: hyper drops
+                // unflushed frames when a body fails.
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let _ = tx.send(Err("stream cut by fault".into())).await;
                 return;
             }

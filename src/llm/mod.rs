@@ -730,7 +730,6 @@ impl LlmHandle {
         let m = &self.metrics.llm;
         let t = served.target;
         let (alias, provider, model) = (a.alias.name.as_str(), t.provider.name.as_str(), t.model.as_str());
-        m.requests.with_label_values(&[alias, provider, model, served.outcome]).inc();
         m.duration
             .with_label_values(&[a.api.operation(), provider, alias, served.outcome])
             .observe(a.started.elapsed().as_secs_f64());
@@ -738,9 +737,17 @@ impl LlmHandle {
         span.record("gen_ai.provider.name", provider);
         span.record("gen_ai.response.model", model);
         span.record("portcullis.outcome", served.outcome);
-        let Some(u) = served.usage else {
-            return;
-        };
+        if let Some(u) = served.usage {
+            self.account_usage(a, t, u);
+        }
+        // Last, so a reader that sees the request counted sees its tokens.
+        m.requests.with_label_values(&[alias, provider, model, served.outcome]).inc();
+    }
+
+    fn account_usage(&self, a: &Accounting<'_>, t: &Target, u: Usage) {
+        let m = &self.metrics.llm;
+        let (alias, provider, model) = (a.alias.name.as_str(), t.provider.name.as_str(), t.model.as_str());
+        let span = tracing::Span::current();
         span.record("gen_ai.usage.input_tokens", u.input);
         span.record("gen_ai.usage.output_tokens", u.output);
         let id = a.identity_label;
