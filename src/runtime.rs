@@ -40,6 +40,8 @@ impl Runtime {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
+        let llm = Arc::new(Llm::new(&config, metrics.clone()));
+        let sampler = crate::llm::sampling::Sampler::new(llm.clone(), config.sampling.as_ref());
         let upstreams: BTreeMap<Arc<str>, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -54,12 +56,12 @@ impl Runtime {
                         metrics: metrics.clone(),
                         shutdown: shutdown.clone(),
                         tasks: tasks.clone(),
+                        sampler: sampler.clone(),
                     },
                 );
                 (Arc::from(name.as_str()), up)
             })
             .collect();
-        let llm = Arc::new(Llm::new(&config, metrics.clone()));
         let registry = Arc::new(Registry::new(config.clone(), upstreams, metrics.clone()));
         let gateway = Gateway::new(config.clone(), registry, metrics, events_rx);
         Runtime {

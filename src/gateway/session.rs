@@ -69,6 +69,7 @@ impl Session {
             capabilities: capabilities_of(ctx),
             session: self.state.id,
             log_level: self.state.log_level.clone(),
+            identity: self.identity(ctx),
         }
     }
 

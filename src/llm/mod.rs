@@ -16,6 +16,7 @@
 
 pub mod provider;
 pub mod route;
+pub mod sampling;
 pub mod sse;
 pub mod stream;
 pub mod translate;

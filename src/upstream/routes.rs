@@ -35,6 +35,8 @@ pub struct Caller {
     pub session: u64,
     /// The session's minimum log level (`logging/setLevel`); `None` passes all.
     pub log_level: Arc<Mutex<Option<LoggingLevel>>>,
+    /// Who made the call (for sampling served by the model router).
+    pub identity: Arc<crate::auth::Identity>,
 }
 
 impl Caller {

@@ -505,3 +505,66 @@ def test_usage_and_cost_metrics(procs):
     assert metric(m, "gen_ai_client_operation_duration_seconds_count", gen_ai_request_model="claude") == 2
     assert metric(m, "portcullis_llm_gateway_overhead_seconds_count") == 5
     assert metric(m, "portcullis_llm_requests_total", outcome="ok") == 5
+
+
+# ---------------------------------------------------------------------------
+# MCP sampling through the router
+# ---------------------------------------------------------------------------
+
+
+def sampling_gateway(procs, mode: str | None, session: str = "shared"):
+    from conftest import fixture_stdio
+
+    a = start_fake(procs, "a")
+    sampling = {"model": "smart", **({"mode": mode} if mode else {})}
+    gw = gateway(
+        procs, {"a": provider(a, "anthropic", prices={"claude-a": {"input": 1.0, "output": 1.0}})},
+        {"smart": {"targets": [target("a", "claude-a")]}},
+        upstreams={"fixture": {**fixture_stdio(), "session": session}}, sampling=sampling,
+    )
+    gw.wait_up("fixture")
+    return gw, a
+
+
+def call_sampling_tool(gw, callback=None) -> str:
+    import mcp.types as types
+    from mcp import Client
+
+    from conftest import run
+
+    async def go():
+        kw = {"sampling_callback": callback} if callback else {}
+        async with Client(gw.url, mode="legacy", **kw) as c:
+            r = await c.call_tool("fixture__test_sampling", {"prompt": "hi there"})
+            return "".join(b.text for b in r.content if isinstance(b, types.TextContent))
+
+    return run(go())
+
+
+@pytest.mark.parametrize("session", ["shared", "per-client"])
+def test_sampling_served_by_the_router_for_clients_that_cannot_sample(procs, session):
+    gw, a = sampling_gateway(procs, None, session)
+    assert call_sampling_tool(gw) == "LLM response: Hello from claude-a: hi there"
+    assert a.served("claude-a") == 1
+    sent = a.requests()[-1]["body"]
+    assert sent["max_tokens"] == 100 and sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}]
+    m = wait_for(lambda: (t := metrics(gw)) and metric(t, "portcullis_llm_requests_total", alias="smart", outcome="ok") == 1 and t,
+                 timeout=5, what="sampling accounted")
+    assert metric(m, "portcullis_llm_tokens_total", alias="smart", type="output", identity="anonymous") == 5
+    assert metric(m, "portcullis_llm_cost_usd_total", alias="smart") == pytest.approx(7e-6)
+    assert metric(m, "portcullis_server_to_client_requests_total", mcp_method_name="sampling/createMessage", outcome="router") == 1
+
+
+def test_sampling_stays_with_a_client_that_can_unless_config_says_always(procs):
+    import mcp.types as types
+
+    async def on_sample(context, params):
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="from client"),
+                                         model="client-model")
+
+    gw, a = sampling_gateway(procs, None)
+    assert call_sampling_tool(gw, on_sample) == "LLM response: from client"
+    assert a.calls("claude-a") == 0
+    gw2, a2 = sampling_gateway(procs, "always")
+    assert call_sampling_tool(gw2, on_sample) == "LLM response: Hello from claude-a: hi there"
+    assert a2.served("claude-a") == 1
