@@ -348,12 +348,10 @@ fn parse_chat(api: Api, v: &Value) -> Parsed {
             continue;
         }
         let is_tool_result = role == "tool"
-            || m.get("content")
-                .and_then(Value::as_array)
-                .is_some_and(|b| {
-                    b.iter()
-                        .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
-                });
+            || m.get("content").and_then(Value::as_array).is_some_and(|b| {
+                b.iter()
+                    .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            });
         if role == "user" || role == "tool" {
             last_text = text.clone();
             last_is_tool_result = is_tool_result;
@@ -429,7 +427,13 @@ fn reply_for(p: &Parsed) -> Reply {
     let pieces = all
         .iter()
         .enumerate()
-        .map(|(i, w)| if i == 0 { (*w).to_owned() } else { format!(" {w}") })
+        .map(|(i, w)| {
+            if i == 0 {
+                (*w).to_owned()
+            } else {
+                format!(" {w}")
+            }
+        })
         .collect::<Vec<_>>();
     Reply {
         output: pieces.len() as u64,
@@ -448,7 +452,12 @@ fn fault_marker(text: &str) -> Option<String> {
 }
 
 fn record(fake: &Fake, path: &str, model: &str, headers: &HeaderMap, body: &Value) {
-    let pick = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let pick = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let mut s = fake.lock();
     *s.calls.entry(model.to_owned()).or_default() += 1;
     if s.requests.len() >= MAX_RECORDED {
@@ -491,7 +500,12 @@ fn error_body(api: Api, status: u16, message: &str) -> Value {
     }
 }
 
-async fn model_call(fake: Arc<Fake>, api: Api, headers: &HeaderMap, body: &Bytes) -> Response<Body> {
+async fn model_call(
+    fake: Arc<Fake>,
+    api: Api,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response<Body> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return json_response(
             StatusCode::BAD_REQUEST,
@@ -508,7 +522,9 @@ async fn model_call(fake: Arc<Fake>, api: Api, headers: &HeaderMap, body: &Bytes
     if let Some(key) = &fake.api_key {
         let bearer = format!("Bearer {key}");
         let presented = match api {
-            Api::Anthropic => headers.get("x-api-key").map(|h| h.as_bytes() == key.as_bytes()),
+            Api::Anthropic => headers
+                .get("x-api-key")
+                .map(|h| h.as_bytes() == key.as_bytes()),
             _ => headers
                 .get("authorization")
                 .map(|h| h.as_bytes() == bearer.as_bytes()),
@@ -566,7 +582,11 @@ async fn model_call(fake: Arc<Fake>, api: Api, headers: &HeaderMap, body: &Bytes
         _ => openai_completion(&parsed, &reply, id),
     };
     if fault.malformed_after.is_some() {
-        return full(StatusCode::OK, "application/json", "{\"id\": \"broken\", \"choi");
+        return full(
+            StatusCode::OK,
+            "application/json",
+            "{\"id\": \"broken\", \"choi",
+        );
     }
     if fault.cut_after.is_some() {
         let text = value.to_string();
@@ -637,7 +657,8 @@ fn anthropic_stop(r: &Reply) -> &'static str {
 }
 
 fn openai_completion(p: &Parsed, r: &Reply, id: u64) -> Value {
-    let mut message = json!({"role": "assistant", "content": null, "refusal": null, "annotations": []});
+    let mut message =
+        json!({"role": "assistant", "content": null, "refusal": null, "annotations": []});
     if let Some((name, args)) = &r.tool_call {
         message["tool_calls"] = json!([{"id": format!("call_fake_{id}"), "type": "function", "function": {"name": name, "arguments": args}}]);
     } else {
@@ -706,7 +727,10 @@ fn openai_events(p: &Parsed, r: &Reply, id: u64, usage_on_finish: bool) -> Vec<E
             Value::Null,
         ));
         let mid = args.len() / 2;
-        let mid = (0..=mid).rev().find(|i| args.is_char_boundary(*i)).unwrap_or(0);
+        let mid = (0..=mid)
+            .rev()
+            .find(|i| args.is_char_boundary(*i))
+            .unwrap_or(0);
         for part in [&args[..mid], &args[mid..]] {
             out.push(chunk(
                 json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
@@ -752,15 +776,13 @@ fn anthropic_events(p: &Parsed, r: &Reply, id: u64) -> Vec<Event> {
         "output_tokens": 1,
         "service_tier": "standard"
     });
-    let mut out = vec![
-        ev(
-            "message_start",
-            json!({"type": "message_start", "message": {
+    let mut out = vec![ev(
+        "message_start",
+        json!({"type": "message_start", "message": {
                 "id": format!("msg_fake_{id}"), "type": "message", "role": "assistant",
                 "model": p.model, "content": [], "stop_reason": null, "stop_sequence": null,
                 "usage": start_usage}}),
-        ),
-    ];
+    )];
     match &r.tool_call {
         Some((name, args)) => {
             out.push(ev(
@@ -769,7 +791,10 @@ fn anthropic_events(p: &Parsed, r: &Reply, id: u64) -> Vec<Event> {
             ));
             out.push(ev("ping", json!({"type": "ping"})));
             let mid = args.len() / 2;
-            let mid = (0..=mid).rev().find(|i| args.is_char_boundary(*i)).unwrap_or(0);
+            let mid = (0..=mid)
+                .rev()
+                .find(|i| args.is_char_boundary(*i))
+                .unwrap_or(0);
             for part in [&args[..mid], &args[mid..]] {
                 out.push(ev(
                     "content_block_delta",
@@ -875,9 +900,9 @@ fn embeddings(v: &Value, model: &str) -> Response<Body> {
         .enumerate()
         .map(|(i, text)| {
             tokens += words(text).max(1);
-            let seed = text
-                .bytes()
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+            let seed = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
             let vector: Vec<f32> = (0..dims)
                 .map(|d| ((seed.rotate_left(d as u32 * 7) % 1000) as f32) / 1000.0)
                 .collect();

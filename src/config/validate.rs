@@ -46,12 +46,7 @@ impl Config {
                 check_glob(file, &format!("{field}.tools.{i}"), glob)?;
             }
         }
-        super::llm::validate_llm(
-            file,
-            &self.providers,
-            &self.models,
-            self.sampling.as_ref(),
-        )
+        super::llm::validate_llm(file, &self.providers, &self.models, self.sampling.as_ref())
     }
 }
 

@@ -32,9 +32,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::auth::Identity;
-use crate::config::{
-    BreakerConfig, Config, PriceConfig, ProviderKind, RetryConfig, Strategy,
-};
+use crate::config::{BreakerConfig, Config, PriceConfig, ProviderKind, RetryConfig, Strategy};
 use crate::telemetry::Metrics;
 use provider::{AttemptError, Provider, Reply};
 use route::{Admit, Candidate, Health};
@@ -217,7 +215,11 @@ impl Llm {
                         metrics
                             .llm
                             .cooling_down
-                            .with_label_values(&[name.as_str(), t.provider.as_str(), t.model.as_str()])
+                            .with_label_values(&[
+                                name.as_str(),
+                                t.provider.as_str(),
+                                t.model.as_str(),
+                            ])
                             .set(0);
                         Some(Target {
                             provider,
@@ -276,7 +278,9 @@ impl Llm {
             let data: Vec<Value> = self
                 .aliases
                 .keys()
-                .map(|a| json!({"id": a, "object": "model", "created": 0, "owned_by": "portcullis"}))
+                .map(
+                    |a| json!({"id": a, "object": "model", "created": 0, "owned_by": "portcullis"}),
+                )
                 .collect();
             json!({"object": "list", "data": data})
         };
@@ -304,7 +308,8 @@ impl Llm {
             if let Err(r) = admission.admit(&req.identity, &alias.name) {
                 let mut resp = error_response(wire, r.status, &r.message);
                 if let Some(after) = r.retry_after {
-                    resp.headers.push(("retry-after", after.as_secs().max(1).to_string()));
+                    resp.headers
+                        .push(("retry-after", after.as_secs().max(1).to_string()));
                 }
                 return resp;
             }
@@ -316,7 +321,11 @@ impl Llm {
             .and_then(Value::as_object_mut)
             .and_then(|m| m.remove("portcullis_target"))
             .and_then(|v| v.as_str().map(str::to_owned));
-        if body.get("metadata").and_then(Value::as_object).is_some_and(|m| m.is_empty()) {
+        if body
+            .get("metadata")
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.is_empty())
+        {
             if let Some(o) = body.as_object_mut() {
                 o.remove("metadata");
             }
@@ -359,7 +368,8 @@ impl Llm {
     }
 
     fn plan(&self, alias: &Alias, hint: Option<&str>) -> Vec<usize> {
-        let latencies: Vec<Option<f64>> = alias.targets.iter().map(|t| t.health().latency()).collect();
+        let latencies: Vec<Option<f64>> =
+            alias.targets.iter().map(|t| t.health().latency()).collect();
         let candidates: Vec<Candidate<'_>> = alias
             .targets
             .iter()
@@ -401,7 +411,10 @@ impl Llm {
             None if cooling > 0 => AttemptError::Status {
                 status: 503,
                 retry_after: Some(alias.breaker.cooldown),
-                message: format!("every target of `{}` is cooling down after failures", alias.name),
+                message: format!(
+                    "every target of `{}` is cooling down after failures",
+                    alias.name
+                ),
             },
             None => AttemptError::Unsupported(format!("`{}` has no usable target", alias.name)),
         };
@@ -412,27 +425,41 @@ impl Llm {
     /// no other target could fix).
     fn give_up(&self, ctx: &Ctx, e: AttemptError) -> LlmResponse {
         let (status, retry_after) = match &e {
-            AttemptError::Status { status, retry_after, .. } if *status < 500 || *status == 503 => {
-                (*status, *retry_after)
-            }
+            AttemptError::Status {
+                status,
+                retry_after,
+                ..
+            } if *status < 500 || *status == 503 => (*status, *retry_after),
             AttemptError::Unsupported(_) => (400, None),
             AttemptError::Timeout(_) => (504, None),
             _ => (502, None),
         };
-        let outcome = if status == 429 { "rate_limited" } else { "error" };
+        let outcome = if status == 429 {
+            "rate_limited"
+        } else {
+            "error"
+        };
         let m = &self.metrics.llm;
         m.requests
             .with_label_values(&[ctx.alias.name.as_str(), "none", "none", outcome])
             .inc();
         m.duration
-            .with_label_values(&[ctx.api.operation(), "none", ctx.alias.name.as_str(), outcome])
+            .with_label_values(&[
+                ctx.api.operation(),
+                "none",
+                ctx.alias.name.as_str(),
+                outcome,
+            ])
             .observe(ctx.started.elapsed().as_secs_f64());
         tracing::Span::current().record("portcullis.outcome", outcome);
         tracing::warn!(alias = %ctx.alias.name, error = %e, "model request failed on every target");
         let message = format!("portcullis: model `{}` failed: {e}", ctx.alias.name);
         let mut resp = error_response(ctx.api.wire(), status, &message);
         if let Some(after) = retry_after {
-            resp.headers.push(("retry-after", after.as_secs_f64().ceil().max(1.0).to_string()));
+            resp.headers.push((
+                "retry-after",
+                after.as_secs_f64().ceil().max(1.0).to_string(),
+            ));
         }
         resp
     }
@@ -446,14 +473,24 @@ impl Llm {
         is_last: bool,
     ) -> Result<LlmResponse, TargetFailure> {
         let alias = ctx.alias.clone();
-        let labels = [alias.name.as_str(), target.provider.name.as_str(), target.model.as_str()];
+        let labels = [
+            alias.name.as_str(),
+            target.provider.name.as_str(),
+            target.model.as_str(),
+        ];
         let mut attempt = 0u32;
         loop {
-            let admit = target.health().admit(std::time::Instant::now(), &alias.breaker);
+            let admit = target
+                .health()
+                .admit(std::time::Instant::now(), &alias.breaker);
             match admit {
                 Admit::Yes | Admit::Probe => {}
                 Admit::Open(_) => {
-                    self.metrics.llm.attempts.with_label_values(&[labels[0], labels[1], labels[2], "breaker_open"]).inc();
+                    self.metrics
+                        .llm
+                        .attempts
+                        .with_label_values(&[labels[0], labels[1], labels[2], "breaker_open"])
+                        .inc();
                     return Err(TargetFailure::Cooling);
                 }
                 Admit::NotBefore(until) => {
@@ -462,7 +499,11 @@ impl Llm {
                         return Err(TargetFailure::Failed(AttemptError::Status {
                             status: 429,
                             retry_after: Some(wait),
-                            message: format!("`{}` asked to wait {:.1}s", target.provider.name, wait.as_secs_f64()),
+                            message: format!(
+                                "`{}` asked to wait {:.1}s",
+                                target.provider.name,
+                                wait.as_secs_f64()
+                            ),
                         }));
                     }
                     tokio::time::sleep(wait).await;
@@ -486,14 +527,26 @@ impl Llm {
             if failed.is_target_failure() {
                 self.target_failed(&alias, target);
             }
-            if let AttemptError::Status { status: 429, retry_after: Some(d), .. } = &failed {
+            if let AttemptError::Status {
+                status: 429,
+                retry_after: Some(d),
+                ..
+            } = &failed
+            {
                 target.health().rate_limited(std::time::Instant::now() + *d);
             }
             attempt += 1;
             if !failed.retryable() || attempt > alias.retry.attempts {
                 return Err(TargetFailure::Failed(failed));
             }
-            if !matches!(failed, AttemptError::Status { status: 429, retry_after: Some(_), .. }) {
+            if !matches!(
+                failed,
+                AttemptError::Status {
+                    status: 429,
+                    retry_after: Some(_),
+                    ..
+                }
+            ) {
                 let backoff = alias.retry.backoff * 2u32.saturating_pow(attempt - 1);
                 let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
                 tokio::time::sleep(backoff + jitter).await;
@@ -503,23 +556,41 @@ impl Llm {
     }
 
     fn target_failed(&self, alias: &Alias, target: &Target) {
-        let opened = target.health().failure(std::time::Instant::now(), &alias.breaker);
+        let opened = target
+            .health()
+            .failure(std::time::Instant::now(), &alias.breaker);
         if opened {
             tracing::warn!(alias = %alias.name, provider = %target.provider.name, model = %target.model,
                 cooldown = ?alias.breaker.cooldown, "target cooled down after failures");
             self.metrics
                 .llm
                 .cooling_down
-                .with_label_values(&[alias.name.as_str(), target.provider.name.as_str(), target.model.as_str()])
+                .with_label_values(&[
+                    alias.name.as_str(),
+                    target.provider.name.as_str(),
+                    target.model.as_str(),
+                ])
                 .set(1);
         }
     }
 
     fn target_succeeded(&self, alias: &Alias, target: &Target, ttfb: Duration) {
         target.health().success(ttfb);
-        let labels = [alias.name.as_str(), target.provider.name.as_str(), target.model.as_str()];
-        self.metrics.llm.cooling_down.with_label_values(&labels).set(0);
-        self.metrics.llm.time_to_first_token.with_label_values(&labels).observe(ttfb.as_secs_f64());
+        let labels = [
+            alias.name.as_str(),
+            target.provider.name.as_str(),
+            target.model.as_str(),
+        ];
+        self.metrics
+            .llm
+            .cooling_down
+            .with_label_values(&labels)
+            .set(0);
+        self.metrics
+            .llm
+            .time_to_first_token
+            .with_label_values(&labels)
+            .observe(ttfb.as_secs_f64());
         self.metrics
             .llm
             .attempts
@@ -582,7 +653,12 @@ impl Llm {
         }
     }
 
-    fn answer_json(&self, ctx: &Ctx, target: &Target, value: Value) -> Result<LlmResponse, AttemptError> {
+    fn answer_json(
+        &self,
+        ctx: &Ctx,
+        target: &Target,
+        value: Value,
+    ) -> Result<LlmResponse, AttemptError> {
         let provider = match target.provider.kind {
             ProviderKind::Openai => Wire::OpenAi,
             ProviderKind::Anthropic => Wire::Anthropic,
@@ -613,9 +689,19 @@ impl Llm {
                 (usage, out)
             }
         };
-        self.account(ctx, &Served { target, usage, outcome: "ok" });
+        self.account(
+            ctx,
+            &Served {
+                target,
+                usage,
+                outcome: "ok",
+            },
+        );
         let mut resp = json_response(200, &out);
-        resp.headers.push(("x-portcullis-target", format!("{}/{}", target.provider.name, target.model)));
+        resp.headers.push((
+            "x-portcullis-target",
+            format!("{}/{}", target.provider.name, target.model),
+        ));
         Ok(resp)
     }
 
@@ -638,10 +724,16 @@ impl Llm {
         let first: Vec<SseEvent> = loop {
             let ev = match tokio::time::timeout_at(first_deadline, events.next()).await {
                 Err(_) => return Err(AttemptError::Timeout("first byte")),
-                Ok(None) => return Err(AttemptError::Transport("the stream ended before its first event".into())),
+                Ok(None) => {
+                    return Err(AttemptError::Transport(
+                        "the stream ended before its first event".into(),
+                    ))
+                }
                 Ok(Some(ev)) => ev?,
             };
-            let out = state.push(ev).map_err(|e| AttemptError::Malformed(e.to_string()))?;
+            let out = state
+                .push(ev)
+                .map_err(|e| AttemptError::Malformed(e.to_string()))?;
             if !out.is_empty() {
                 break out;
             }
@@ -658,16 +750,27 @@ impl Llm {
         let job = StreamJob {
             llm: self.clone_handle(),
             alias: ctx.alias.clone(),
-            target_index: ctx.alias.targets.iter().position(|t| std::ptr::eq(t, target)).unwrap_or(0),
+            target_index: ctx
+                .alias
+                .targets
+                .iter()
+                .position(|t| std::ptr::eq(t, target))
+                .unwrap_or(0),
             identity: ctx.identity.clone(),
             identity_label: ctx.identity_label.clone(),
             api: ctx.api,
             started: ctx.started,
         };
-        tokio::spawn(job.run(events, state, tx).instrument(tracing::Span::current()));
+        tokio::spawn(
+            job.run(events, state, tx)
+                .instrument(tracing::Span::current()),
+        );
         Ok(LlmResponse {
             status: 200,
-            headers: vec![("x-portcullis-target", format!("{}/{}", target.provider.name, target.model))],
+            headers: vec![(
+                "x-portcullis-target",
+                format!("{}/{}", target.provider.name, target.model),
+            )],
             body: ResponseBody::Stream(rx),
         })
     }
@@ -730,7 +833,11 @@ impl LlmHandle {
     fn account(&self, a: &Accounting<'_>, served: &Served<'_>) {
         let m = &self.metrics.llm;
         let t = served.target;
-        let (alias, provider, model) = (a.alias.name.as_str(), t.provider.name.as_str(), t.model.as_str());
+        let (alias, provider, model) = (
+            a.alias.name.as_str(),
+            t.provider.name.as_str(),
+            t.model.as_str(),
+        );
         m.duration
             .with_label_values(&[a.api.operation(), provider, alias, served.outcome])
             .observe(a.started.elapsed().as_secs_f64());
@@ -742,18 +849,30 @@ impl LlmHandle {
             self.account_usage(a, t, u);
         }
         // Last, so a reader that sees the request counted sees its tokens.
-        m.requests.with_label_values(&[alias, provider, model, served.outcome]).inc();
+        m.requests
+            .with_label_values(&[alias, provider, model, served.outcome])
+            .inc();
     }
 
     fn account_usage(&self, a: &Accounting<'_>, t: &Target, u: Usage) {
         let m = &self.metrics.llm;
-        let (alias, provider, model) = (a.alias.name.as_str(), t.provider.name.as_str(), t.model.as_str());
+        let (alias, provider, model) = (
+            a.alias.name.as_str(),
+            t.provider.name.as_str(),
+            t.model.as_str(),
+        );
         let span = tracing::Span::current();
         span.record("gen_ai.usage.input_tokens", u.input);
         span.record("gen_ai.usage.output_tokens", u.output);
         let id = a.identity_label;
-        for (kind, n) in [("input", u.input), ("output", u.output), ("cached", u.cached)] {
-            m.tokens.with_label_values(&[id, alias, provider, model, kind]).inc_by(n);
+        for (kind, n) in [
+            ("input", u.input),
+            ("output", u.output),
+            ("cached", u.cached),
+        ] {
+            m.tokens
+                .with_label_values(&[id, alias, provider, model, kind])
+                .inc_by(n);
         }
         for (kind, n) in [("input", u.input), ("output", u.output)] {
             m.token_usage
@@ -822,7 +941,9 @@ impl StreamJob {
                 tracing::warn!(provider = %target.provider.name, model = %target.model, error = %message,
                     "model stream failed after its first event");
                 let text = format!("portcullis: the provider's stream failed: {message}");
-                let _ = tx.send(StreamState::error_event(client, &text).encode()).await;
+                let _ = tx
+                    .send(StreamState::error_event(client, &text).encode())
+                    .await;
                 let opened = target
                     .health()
                     .failure(std::time::Instant::now(), &self.alias.breaker);
@@ -831,7 +952,11 @@ impl StreamJob {
                         .metrics
                         .llm
                         .cooling_down
-                        .with_label_values(&[self.alias.name.as_str(), target.provider.name.as_str(), target.model.as_str()])
+                        .with_label_values(&[
+                            self.alias.name.as_str(),
+                            target.provider.name.as_str(),
+                            target.model.as_str(),
+                        ])
                         .set(1);
                 }
                 "stream_error"
@@ -849,7 +974,114 @@ impl StreamJob {
                 api: self.api,
                 started: self.started,
             },
-            &Served { target, usage, outcome },
+            &Served {
+                target,
+                usage,
+                outcome,
+            },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct OverBudget;
+
+    impl Admission for OverBudget {
+        fn admit(&self, identity: &Identity, alias: &str) -> Result<(), Refusal> {
+            Err(Refusal {
+                status: 429,
+                message: format!("{} spent its tokens for {alias}", identity.subject),
+                retry_after: Some(Duration::from_secs(5)),
+            })
+        }
+
+        fn spend(&self, _: &Identity, _: &str, _: Usage) {}
+    }
+
+    fn llm() -> Llm {
+        // Port 9 (discard) is never served here: a request that reached the
+        // provider would fail with a connect error, not the refusal.
+        let config = Config::parse(
+            "providers: { p: { kind: openai, base_url: 'http://127.0.0.1:9/v1' } }\n\
+             models: { smart: { targets: [ { provider: p, model: m } ] } }\n",
+            std::path::Path::new("t.yaml"),
+            &|_| None,
+        )
+        .unwrap();
+        Llm::new(&config, Arc::new(Metrics::new().unwrap()))
+    }
+
+    fn request(api: Api, body: Value) -> LlmRequest {
+        LlmRequest {
+            api,
+            body: body.to_string().into(),
+            target_hint: None,
+            identity: Identity::anonymous(),
+            traceparent: None,
+        }
+    }
+
+    fn body_of(r: &LlmResponse) -> Value {
+        match &r.body {
+            ResponseBody::Json(b) => serde_json::from_slice(b).unwrap(),
+            ResponseBody::Stream(_) => panic!("expected JSON"),
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_refuses_before_any_provider_io() {
+        let llm = llm();
+        llm.set_admission(Arc::new(OverBudget));
+        let r = llm
+            .handle(request(
+                Api::Messages,
+                json!({"model": "smart", "max_tokens": 5, "messages": []}),
+            ))
+            .await;
+        assert_eq!(r.status, 429);
+        assert!(r.headers.contains(&("retry-after", "5".to_owned())));
+        let body = body_of(&r);
+        assert_eq!(body["type"], "error");
+        assert_eq!(
+            body["error"]["message"],
+            "anonymous spent its tokens for smart"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_alias_and_bad_bodies_get_errors_in_the_client_format() {
+        let llm = llm();
+        let r = llm
+            .handle(request(Api::Chat, json!({"model": "nope", "messages": []})))
+            .await;
+        assert_eq!(r.status, 404);
+        assert!(body_of(&r)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope"));
+        let r = llm
+            .handle(request(Api::Messages, json!(["not an object"])))
+            .await;
+        assert_eq!(r.status, 400);
+        assert_eq!(body_of(&r)["error"]["type"], "invalid_request_error");
+    }
+
+    #[tokio::test]
+    async fn a_dead_provider_is_a_502_after_retries() {
+        let llm = llm();
+        let r = llm
+            .handle(request(
+                Api::Chat,
+                json!({"model": "smart", "messages": []}),
+            ))
+            .await;
+        assert_eq!(r.status, 502);
+        assert!(body_of(&r)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"));
     }
 }

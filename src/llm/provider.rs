@@ -68,7 +68,9 @@ impl AttemptError {
     /// Worth trying the same target again after a pause.
     pub fn retryable(&self) -> bool {
         match self {
-            AttemptError::Status { status, .. } => matches!(status, 408 | 409 | 429) || *status >= 500,
+            AttemptError::Status { status, .. } => {
+                matches!(status, 408 | 409 | 429) || *status >= 500
+            }
             AttemptError::Unsupported(_) => false,
             _ => true,
         }
@@ -79,7 +81,7 @@ impl AttemptError {
     pub fn falls_back(&self) -> bool {
         match self {
             AttemptError::Status { status, .. } => {
-                self.retryable() || matches!(status, 401 | 402 | 403 | 404)
+                self.retryable() || matches!(status, 401..=404)
             }
             _ => true,
         }
@@ -176,7 +178,11 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     {
         return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
     }
-    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<f64>() {
         return Some(Duration::from_secs_f64(secs.max(0.0)));
     }
@@ -213,7 +219,10 @@ impl Provider {
             );
         }
         for (k, v) in &c.headers {
-            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::try_from(k.as_str()),
+                HeaderValue::try_from(v.as_str()),
+            ) {
                 headers.insert(k, v);
             }
         }
@@ -239,7 +248,9 @@ impl Provider {
     pub fn url(&self, path: &str) -> String {
         match self.kind {
             ProviderKind::Openai => format!("{}/{path}", self.base),
-            ProviderKind::Anthropic if self.base.ends_with("/v1") => format!("{}/{path}", self.base),
+            ProviderKind::Anthropic if self.base.ends_with("/v1") => {
+                format!("{}/{path}", self.base)
+            }
             ProviderKind::Anthropic => format!("{}/v1/{path}", self.base),
         }
     }
@@ -338,7 +349,11 @@ mod tests {
 
     #[test]
     fn errors_are_classified_for_retry_and_fallback() {
-        let status = |s| AttemptError::Status { status: s, retry_after: None, message: String::new() };
+        let status = |s| AttemptError::Status {
+            status: s,
+            retry_after: None,
+            message: String::new(),
+        };
         assert!(status(429).retryable() && status(503).retryable());
         assert!(!status(400).retryable() && !status(400).falls_back());
         assert!(!status(401).retryable() && status(401).falls_back());
@@ -359,7 +374,10 @@ mod tests {
         };
         let p = Provider::new("o", &c(ProviderKind::Openai, "http://h/v1/"));
         assert_eq!(p.url("chat/completions"), "http://h/v1/chat/completions");
-        let p = Provider::new("a", &c(ProviderKind::Anthropic, "https://api.anthropic.com"));
+        let p = Provider::new(
+            "a",
+            &c(ProviderKind::Anthropic, "https://api.anthropic.com"),
+        );
         assert_eq!(p.url("messages"), "https://api.anthropic.com/v1/messages");
     }
 }

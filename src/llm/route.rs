@@ -29,14 +29,21 @@ pub struct Candidate<'a> {
 /// The order in which to try the targets. `hint` is the requested target
 /// under `header` (`provider/model`, `provider` or `model`); `random` is
 /// uniform in [0, 1) for `weighted`.
-pub fn order(strategy: Strategy, c: &[Candidate<'_>], hint: Option<&str>, random: f64) -> Vec<usize> {
+pub fn order(
+    strategy: Strategy,
+    c: &[Candidate<'_>],
+    hint: Option<&str>,
+    random: f64,
+) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..c.len()).collect();
     match strategy {
         Strategy::Fallback => {}
         Strategy::Header => {
             let chosen = hint.and_then(|h| {
                 c.iter().position(|t| {
-                    h == t.provider || h == t.model || h.split_once('/') == Some((t.provider, t.model))
+                    h == t.provider
+                        || h == t.model
+                        || h.split_once('/') == Some((t.provider, t.model))
                 })
             });
             if let Some(i) = chosen {
@@ -173,8 +180,20 @@ impl Health {
 mod tests {
     use super::*;
 
-    fn c<'a>(provider: &'a str, model: &'a str, weight: u32, price: Option<f64>, latency: Option<f64>) -> Candidate<'a> {
-        Candidate { provider, model, weight, price, latency }
+    fn c<'a>(
+        provider: &'a str,
+        model: &'a str,
+        weight: u32,
+        price: Option<f64>,
+        latency: Option<f64>,
+    ) -> Candidate<'a> {
+        Candidate {
+            provider,
+            model,
+            weight,
+            price,
+            latency,
+        }
     }
 
     #[test]
@@ -206,7 +225,10 @@ mod tests {
 
     #[test]
     fn breaker_opens_after_failures_and_probes_back() {
-        let cfg = BreakerConfig { failures: 2, cooldown: Duration::from_secs(10) };
+        let cfg = BreakerConfig {
+            failures: 2,
+            cooldown: Duration::from_secs(10),
+        };
         let t0 = Instant::now();
         let mut h = Health::default();
         assert_eq!(h.admit(t0, &cfg), Admit::Yes);
@@ -233,7 +255,10 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::default();
         h.rate_limited(t0 + Duration::from_secs(2));
-        assert_eq!(h.admit(t0, &cfg), Admit::NotBefore(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            h.admit(t0, &cfg),
+            Admit::NotBefore(t0 + Duration::from_secs(2))
+        );
         assert_eq!(h.admit(t0 + Duration::from_secs(2), &cfg), Admit::Yes);
     }
 

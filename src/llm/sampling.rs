@@ -76,7 +76,8 @@ impl Sampler {
         let ResponseBody::Json(bytes) = resp.body else {
             return Err(self.failed("unexpected stream".into()));
         };
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| self.failed(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| self.failed(e.to_string()))?;
         if resp.status != 200 {
             let message = value
                 .pointer("/error/message")
@@ -108,7 +109,9 @@ pub fn to_messages_request(p: &Value, alias: &str) -> Result<Value, SamplingErro
         .map(|m| {
             let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
             let content = match m.get("content") {
-                Some(Value::Array(items)) => items.iter().map(block).collect::<Result<Vec<_>, _>>()?,
+                Some(Value::Array(items)) => {
+                    items.iter().map(block).collect::<Result<Vec<_>, _>>()?
+                }
                 Some(item) => vec![block(item)?],
                 None => Vec::new(),
             };
@@ -157,14 +160,18 @@ pub fn to_messages_request(p: &Value, alias: &str) -> Result<Value, SamplingErro
 
 fn block(c: &Value) -> Result<Value, SamplingError> {
     match c.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(json!({"type": "text", "text": c.get("text").cloned().unwrap_or(json!(""))})),
+        Some("text") => {
+            Ok(json!({"type": "text", "text": c.get("text").cloned().unwrap_or(json!(""))}))
+        }
         Some("image") => Ok(json!({"type": "image", "source": {
             "type": "base64",
             "media_type": c.get("mimeType").cloned().unwrap_or(json!("image/png")),
             "data": c.get("data").cloned().unwrap_or(json!("")),
         }})),
-        Some("tool_use") => Ok(json!({"type": "tool_use", "id": c.get("id"), "name": c.get("name"),
-            "input": c.get("input").cloned().unwrap_or(json!({}))})),
+        Some("tool_use") => Ok(
+            json!({"type": "tool_use", "id": c.get("id"), "name": c.get("name"),
+            "input": c.get("input").cloned().unwrap_or(json!({}))}),
+        ),
         Some("tool_result") => {
             let text = c
                 .get("content")
@@ -177,8 +184,10 @@ fn block(c: &Value) -> Result<Value, SamplingError> {
                         .join("\n")
                 })
                 .unwrap_or_default();
-            Ok(json!({"type": "tool_result", "tool_use_id": c.get("toolUseId"), "content": text,
-                "is_error": c.get("isError").cloned().unwrap_or(json!(false))}))
+            Ok(
+                json!({"type": "tool_result", "tool_use_id": c.get("toolUseId"), "content": text,
+                "is_error": c.get("isError").cloned().unwrap_or(json!(false))}),
+            )
         }
         Some(other) => Err(SamplingError::Invalid(format!(
             "`{other}` content cannot be sent to a model through the router"
@@ -198,8 +207,10 @@ pub fn from_message(m: &Value) -> Value {
         .iter()
         .filter_map(|b| match b.get("type").and_then(Value::as_str) {
             Some("text") => Some(json!({"type": "text", "text": b.get("text")})),
-            Some("tool_use") => Some(json!({"type": "tool_use", "id": b.get("id"), "name": b.get("name"),
-                "input": b.get("input")})),
+            Some("tool_use") => Some(
+                json!({"type": "tool_use", "id": b.get("id"), "name": b.get("name"),
+                "input": b.get("input")}),
+            ),
             _ => None,
         })
         .collect();
@@ -255,8 +266,11 @@ mod tests {
     fn anthropic_message_becomes_mcp_result() {
         let m = json!({"model": "claude-x", "content": [{"type": "text", "text": "Hello"}], "stop_reason": "max_tokens"});
         let r = from_message(&m);
-        assert_eq!(r, json!({"role": "assistant", "content": {"type": "text", "text": "Hello"},
-                             "model": "claude-x", "stopReason": "maxTokens"}));
+        assert_eq!(
+            r,
+            json!({"role": "assistant", "content": {"type": "text", "text": "Hello"},
+                             "model": "claude-x", "stopReason": "maxTokens"})
+        );
         let parsed: rmcp::model::CreateMessageResult = serde_json::from_value(r).unwrap();
         assert_eq!(parsed.model, "claude-x");
     }

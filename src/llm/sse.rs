@@ -127,7 +127,8 @@ mod tests {
     #[test]
     fn parses_split_events_with_crlf_and_comments() {
         let mut p = SseParser::default();
-        p.feed(b": keepalive\r\nevent: message_start\r\ndata: {\"a\":").unwrap();
+        p.feed(b": keepalive\r\nevent: message_start\r\ndata: {\"a\":")
+            .unwrap();
         assert_eq!(p.next_event().unwrap(), None);
         p.feed(b"1}\r\n\r\ndata: x\ndata: y\n\n").unwrap();
         assert_eq!(

@@ -174,7 +174,9 @@ impl StreamState {
     fn anthropic_passthrough(&mut self, ev: SseEvent) -> Result<Vec<SseEvent>, StreamError> {
         let v = parse(&ev.data)?;
         match v.get("type").and_then(Value::as_str) {
-            Some("error") => return Err(provider_error(&v).unwrap_or(StreamError::Provider("error".into()))),
+            Some("error") => {
+                return Err(provider_error(&v).unwrap_or(StreamError::Provider("error".into())))
+            }
             Some("message_start") => {
                 if let Some(u) = v.pointer("/message/usage") {
                     self.usage.merge_anthropic(u);
@@ -216,7 +218,11 @@ impl StreamState {
             "message_start" => {
                 let m = v.get("message").unwrap_or(&Value::Null);
                 self.id = m.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
-                self.model = m.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+                self.model = m
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
                 if let Some(u) = m.get("usage") {
                     self.usage.merge_anthropic(u);
                 }
@@ -283,7 +289,9 @@ impl StreamState {
                 out.push(SseEvent::data("[DONE]".into()));
                 out
             }
-            "error" => return Err(provider_error(&v).unwrap_or(StreamError::Provider("error".into()))),
+            "error" => {
+                return Err(provider_error(&v).unwrap_or(StreamError::Provider("error".into())))
+            }
             _ => Vec::new(),
         };
         Ok(out)
@@ -335,7 +343,11 @@ impl StreamState {
         if !self.started {
             self.started = true;
             self.id = v.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
-            self.model = v.get("model").and_then(Value::as_str).unwrap_or("").to_owned();
+            self.model = v
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
             out.push(Self::event(
                 "message_start",
                 json!({"type": "message_start", "message": {
@@ -412,16 +424,43 @@ mod tests {
     fn anthropic_stream() -> Vec<SseEvent> {
         let e = |n: &str, v: Value| SseEvent::named(n, v.to_string());
         vec![
-            e("message_start", json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 3, "cache_read_input_tokens": 2, "output_tokens": 1}}})),
-            e("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+            e(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_1", "model": "claude-x", "usage": {"input_tokens": 3, "cache_read_input_tokens": 2, "output_tokens": 1}}}),
+            ),
+            e(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
             e("ping", json!({"type": "ping"})),
-            e("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}})),
-            e("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
-            e("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}})),
-            e("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"a\":"}})),
-            e("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "1}"}})),
-            e("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
-            e("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}})),
+            e(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+            ),
+            e(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            e(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}}),
+            ),
+            e(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"a\":"}}),
+            ),
+            e(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "1}"}}),
+            ),
+            e(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 1}),
+            ),
+            e(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+            ),
             e("message_stop", json!({"type": "message_stop"})),
         ]
     }
@@ -439,14 +478,27 @@ mod tests {
         let out = data(&run(&mut s, anthropic_stream()));
         assert_eq!(out[0]["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(out[1]["choices"][0]["delta"]["content"], "Hi");
-        assert_eq!(out[2]["choices"][0]["delta"]["tool_calls"][0]["id"], "toolu_1");
-        assert_eq!(out[3]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], "{\"a\":");
+        assert_eq!(
+            out[2]["choices"][0]["delta"]["tool_calls"][0]["id"],
+            "toolu_1"
+        );
+        assert_eq!(
+            out[3]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":"
+        );
         assert_eq!(out[5]["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(out[6]["choices"], json!([]));
         assert_eq!(out[6]["usage"]["prompt_tokens"], 5);
         assert_eq!(out[6]["usage"]["completion_tokens"], 9);
         assert_eq!(out[7], json!("[DONE]"));
-        assert_eq!(s.usage(), Usage { input: 5, output: 9, cached: 2 });
+        assert_eq!(
+            s.usage(),
+            Usage {
+                input: 5,
+                output: 9,
+                cached: 2
+            }
+        );
     }
 
     #[test]
@@ -465,11 +517,23 @@ mod tests {
         ];
         let mut s = StreamState::new(Wire::Anthropic, Wire::OpenAi, false);
         let out = run(&mut s, events);
-        let names: Vec<&str> = out.iter().map(|e| e.event.as_deref().unwrap_or("")).collect();
+        let names: Vec<&str> = out
+            .iter()
+            .map(|e| e.event.as_deref().unwrap_or(""))
+            .collect();
         assert_eq!(
             names,
-            ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
-             "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
         );
         let v = data(&out);
         assert_eq!(v[4]["content_block"]["id"], "call_1");
@@ -502,6 +566,9 @@ mod tests {
         s.push(anthropic_stream().remove(0)).unwrap();
         assert!(matches!(s.finish(), Err(StreamError::Incomplete)));
         let mut s = StreamState::new(Wire::OpenAi, Wire::OpenAi, false);
-        assert!(matches!(s.push(SseEvent::data("{oops".into())), Err(StreamError::Malformed(_))));
+        assert!(matches!(
+            s.push(SseEvent::data("{oops".into())),
+            Err(StreamError::Malformed(_))
+        ));
     }
 }

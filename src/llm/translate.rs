@@ -78,7 +78,9 @@ pub fn chat_to_messages(
         .and_then(Value::as_array)
         .ok_or_else(|| invalid("`messages` must be an array"))?;
     if req.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err(invalid("`n` above 1 is not supported by this model's provider"));
+        return Err(invalid(
+            "`n` above 1 is not supported by this model's provider",
+        ));
     }
     let mut system = Vec::new();
     let mut out: Vec<Value> = Vec::new();
@@ -102,7 +104,9 @@ pub fn chat_to_messages(
                 push_turn(
                     &mut out,
                     "user",
-                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text_of(content)})],
+                    vec![
+                        json!({"type": "tool_result", "tool_use_id": id, "content": text_of(content)}),
+                    ],
                 );
             }
             other => return Err(invalid(format!("unsupported message role `{other}`"))),
@@ -218,7 +222,9 @@ fn user_blocks(content: &Value) -> Result<Vec<Value>, TranslateError> {
 
 fn user_part(part: &Value) -> Result<Value, TranslateError> {
     match part.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or(json!(""))})),
+        Some("text") => {
+            Ok(json!({"type": "text", "text": part.get("text").cloned().unwrap_or(json!(""))}))
+        }
         Some("image_url") => {
             let url = part
                 .pointer("/image_url/url")
@@ -340,7 +346,9 @@ pub fn messages_to_chat(req: &Value, model: &str) -> Result<Value, TranslateErro
         let mapped = match choice.get("type").and_then(Value::as_str) {
             Some("any") => json!("required"),
             Some("none") => json!("none"),
-            Some("tool") => json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(json!(""))}}),
+            Some("tool") => {
+                json!({"type": "function", "function": {"name": choice.get("name").cloned().unwrap_or(json!(""))}})
+            }
             _ => json!("auto"),
         };
         o.insert("tool_choice".into(), mapped);
@@ -371,16 +379,23 @@ fn user_messages(blocks: &[Value], out: &mut Vec<Value>) -> Result<(), Translate
                     "content": text,
                 }));
             }
-            Some("text") => parts.push(json!({"type": "text", "text": b.get("text").cloned().unwrap_or(json!(""))})),
+            Some("text") => parts
+                .push(json!({"type": "text", "text": b.get("text").cloned().unwrap_or(json!(""))})),
             Some("image") => {
                 let src = b.get("source").unwrap_or(&Value::Null);
                 let url = match src.get("type").and_then(Value::as_str) {
                     Some("base64") => format!(
                         "data:{};base64,{}",
-                        src.get("media_type").and_then(Value::as_str).unwrap_or("image/png"),
+                        src.get("media_type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("image/png"),
                         src.get("data").and_then(Value::as_str).unwrap_or("")
                     ),
-                    _ => src.get("url").and_then(Value::as_str).unwrap_or("").to_owned(),
+                    _ => src
+                        .get("url")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned(),
                 };
                 parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
             }
@@ -651,7 +666,12 @@ mod tests {
 
     #[test]
     fn stop_reasons_map_both_ways() {
-        for (a, o) in [("end_turn", "stop"), ("max_tokens", "length"), ("tool_use", "tool_calls"), ("refusal", "content_filter")] {
+        for (a, o) in [
+            ("end_turn", "stop"),
+            ("max_tokens", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+        ] {
             assert_eq!(finish_reason(a), o);
             assert_eq!(stop_reason(o), a);
         }

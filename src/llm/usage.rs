@@ -82,7 +82,9 @@ impl Usage {
     pub fn cost(&self, price: &PriceConfig) -> f64 {
         let uncached = self.input.saturating_sub(self.cached) as f64;
         let cached_price = price.cached.unwrap_or(price.input);
-        (uncached * price.input + self.cached as f64 * cached_price + self.output as f64 * price.output)
+        (uncached * price.input
+            + self.cached as f64 * cached_price
+            + self.output as f64 * price.output)
             / 1_000_000.0
     }
 }
@@ -107,15 +109,34 @@ mod tests {
     fn anthropic_stream_deltas_update_output_and_keep_input() {
         let mut u = Usage::from_anthropic(&json!({"input_tokens": 5, "output_tokens": 1}));
         u.merge_anthropic(&json!({"output_tokens": 9}));
-        assert_eq!(u, Usage { input: 5, output: 9, cached: 0 });
+        assert_eq!(
+            u,
+            Usage {
+                input: 5,
+                output: 9,
+                cached: 0
+            }
+        );
     }
 
     #[test]
     fn cost_uses_cached_price_when_set() {
-        let u = Usage { input: 1_000_000, output: 1_000_000, cached: 500_000 };
-        let p = PriceConfig { input: 2.0, output: 10.0, cached: Some(1.0) };
+        let u = Usage {
+            input: 1_000_000,
+            output: 1_000_000,
+            cached: 500_000,
+        };
+        let p = PriceConfig {
+            input: 2.0,
+            output: 10.0,
+            cached: Some(1.0),
+        };
         assert!((u.cost(&p) - (1.0 + 0.5 + 10.0)).abs() < 1e-9);
-        let p = PriceConfig { input: 2.0, output: 10.0, cached: None };
+        let p = PriceConfig {
+            input: 2.0,
+            output: 10.0,
+            cached: None,
+        };
         assert!((u.cost(&p) - 12.0).abs() < 1e-9);
     }
 }

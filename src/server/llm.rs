@@ -46,7 +46,10 @@ pub(super) async fn route(llm: &Llm, req: Request<Incoming>, max_body: usize) ->
         .unwrap_or_else(Identity::anonymous);
     let body = match Limited::new(req.into_body(), max_body).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             return super::text(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request body larger than {max_body} bytes\n"),
@@ -82,9 +85,15 @@ fn convert(r: LlmResponse) -> Response<Body> {
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let headers = resp.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     if content_type.starts_with("text/event-stream") {
-        headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
     }
     for (name, value) in r.headers {
         if let Ok(v) = HeaderValue::from_str(&value) {

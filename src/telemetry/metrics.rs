@@ -233,8 +233,8 @@ pub fn method_label(method: &str) -> &'static str {
 
 /// Token counts per request, as the GenAI semantic conventions bucket them.
 const TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-    4194304.0, 16777216.0, 67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 
 /// Model request durations (GenAI semantic conventions' buckets).
@@ -280,7 +280,10 @@ pub struct LlmMetrics {
 impl LlmMetrics {
     fn new(registry: &Registry) -> Result<LlmMetrics, MetricsError> {
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )?;
             registry.register(Box::new(h.clone()))?;
             Ok::<_, MetricsError>(h)
         };
@@ -290,16 +293,27 @@ impl LlmMetrics {
             Ok::<_, MetricsError>(c)
         };
         let cost = CounterVec::new(
-            Opts::new("portcullis_llm_cost_usd_total", "Model cost in US dollars, from the configured prices."),
+            Opts::new(
+                "portcullis_llm_cost_usd_total",
+                "Model cost in US dollars, from the configured prices.",
+            ),
             &["identity", "alias", "provider", "model"],
         )?;
         registry.register(Box::new(cost.clone()))?;
         let cooling_down = IntGaugeVec::new(
-            Opts::new("portcullis_llm_target_cooling_down", "1 while a target's circuit breaker keeps it out."),
+            Opts::new(
+                "portcullis_llm_target_cooling_down",
+                "1 while a target's circuit breaker keeps it out.",
+            ),
             &["alias", "provider", "model"],
         )?;
         registry.register(Box::new(cooling_down.clone()))?;
-        let genai = &["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model"];
+        let genai = &[
+            "gen_ai_operation_name",
+            "gen_ai_provider_name",
+            "gen_ai_request_model",
+            "gen_ai_response_model",
+        ];
         Ok(LlmMetrics {
             requests: counter(
                 "portcullis_llm_requests_total",

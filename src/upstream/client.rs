@@ -147,7 +147,9 @@ impl Service<RoleClient> for UpstreamClient {
         let origin = request.extensions().get::<InboundStreamOrigin>().cloned();
         let caller = self.caller_for(origin.as_ref()).await;
         if let (ServerRequest::CreateMessageRequest(r), Some(sampler)) = (&request, &self.sampler) {
-            let can_sample = caller.as_ref().is_some_and(|c| c.capabilities.sampling.is_some());
+            let can_sample = caller
+                .as_ref()
+                .is_some_and(|c| c.capabilities.sampling.is_some());
             if sampler.serves(can_sample) {
                 let identity = caller
                     .as_ref()
