@@ -424,12 +424,15 @@ impl Llm {
     /// Answers the client after every target failed (or one failed in a way
     /// no other target could fix).
     fn give_up(&self, ctx: &Ctx, e: AttemptError) -> LlmResponse {
+        // Request errors and rate limits are the client's to act on; a
+        // provider's 401 or 404 is the gateway's misconfiguration, and
+        // passing it on would blame the client's own key or model name.
         let (status, retry_after) = match &e {
             AttemptError::Status {
                 status,
                 retry_after,
                 ..
-            } if *status < 500 || *status == 503 => (*status, *retry_after),
+            } if matches!(status, 400 | 413 | 422 | 429 | 503) => (*status, *retry_after),
             AttemptError::Unsupported(_) => (400, None),
             AttemptError::Timeout(_) => (504, None),
             _ => (502, None),

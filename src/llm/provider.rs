@@ -80,9 +80,7 @@ impl AttemptError {
     /// (400, 413, 422) would fail anywhere and go back to the client.
     pub fn falls_back(&self) -> bool {
         match self {
-            AttemptError::Status { status, .. } => {
-                self.retryable() || matches!(status, 401..=404)
-            }
+            AttemptError::Status { status, .. } => self.retryable() || matches!(status, 401..=404),
             _ => true,
         }
     }

@@ -12,10 +12,75 @@ use hyper::body::{Frame, Incoming};
 
 use super::Body;
 use crate::auth::Identity;
+use crate::config::HttpConfig;
 use crate::llm::{Api, Llm, LlmRequest, LlmResponse, ResponseBody};
 
+/// The HTTP protections of `http:` in the config, applied to the model API
+/// as rmcp applies them to `/mcp`: a page in a browser must not be able to
+/// spend the gateway's model budget through DNS rebinding or a cross-origin
+/// request.
+pub(super) struct Guard {
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Vec<String>,
+    max_body: usize,
+}
+
+impl Guard {
+    pub(super) fn new(http: &HttpConfig) -> Guard {
+        Guard {
+            allowed_hosts: (!http.allowed_hosts.iter().any(|h| h == "*"))
+                .then(|| http.allowed_hosts.clone()),
+            allowed_origins: http.allowed_origins.clone(),
+            max_body: http.max_body_bytes,
+        }
+    }
+
+    fn refuses(&self, req: &Request<Incoming>) -> Option<&'static str> {
+        let header = |n| req.headers().get(n).and_then(|v| v.to_str().ok());
+        if let Some(allowed) = &self.allowed_hosts {
+            let host = header(http::header::HOST)
+                .map(str::to_owned)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()));
+            let ok = host.is_some_and(|h| {
+                let bare = strip_port(&h);
+                allowed.iter().any(|a| a == &h || a == bare)
+            });
+            if !ok {
+                return Some("Host not allowed\n");
+            }
+        }
+        if let Some(origin) = header(http::header::ORIGIN) {
+            let ok = if self.allowed_origins.is_empty() {
+                let host = origin
+                    .strip_prefix("http://")
+                    .or_else(|| origin.strip_prefix("https://"))
+                    .map(strip_port);
+                matches!(host, Some("localhost" | "127.0.0.1" | "[::1]"))
+            } else {
+                self.allowed_origins.iter().any(|o| o == origin)
+            };
+            if !ok {
+                return Some("Origin not allowed\n");
+            }
+        }
+        None
+    }
+}
+
+/// `host:port` → `host` (IPv6 literals keep their brackets).
+fn strip_port(h: &str) -> &str {
+    match h.rfind(':') {
+        Some(i) if !h[i..].contains(']') => &h[..i],
+        _ => h,
+    }
+}
+
 /// Routes one `/v1/*` request.
-pub(super) async fn route(llm: &Llm, req: Request<Incoming>, max_body: usize) -> Response<Body> {
+pub(super) async fn route(llm: &Llm, req: Request<Incoming>, guard: &Guard) -> Response<Body> {
+    if let Some(why) = guard.refuses(&req) {
+        return super::text(StatusCode::FORBIDDEN, why);
+    }
+    let max_body = guard.max_body;
     let path = req.uri().path().trim_end_matches('/');
     let api = match (req.method(), path) {
         (&Method::GET, "/v1/models") => {
@@ -116,5 +181,18 @@ impl hyper::body::Body for ChannelBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("localhost:8080"), "localhost");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("example.com"), "example.com");
     }
 }

@@ -42,7 +42,7 @@ pub struct Router {
     admin: bool,
     /// The model API (`/v1/*`); `None` on the admin-only listener.
     llm: Option<Arc<crate::llm::Llm>>,
-    max_body: usize,
+    llm_guard: llm::Guard,
 }
 
 impl Router {
@@ -88,7 +88,7 @@ impl Router {
             gateway,
             admin,
             llm: Some(runtime.llm.clone()),
-            max_body: config.http.max_body_bytes,
+            llm_guard: llm::Guard::new(&config.http),
         }
     }
 
@@ -100,7 +100,7 @@ impl Router {
             gateway: runtime.gateway.clone(),
             admin: true,
             llm: None,
-            max_body: 0,
+            llm_guard: llm::Guard::new(&runtime.config.http),
         }
     }
 
@@ -116,7 +116,7 @@ impl Router {
             "/admin/api/calls" if self.admin => return admin::calls(&self.gateway),
             p if p.starts_with("/v1/") => {
                 if let Some(llm) = &self.llm {
-                    return llm::route(llm, req, self.max_body).await;
+                    return llm::route(llm, req, &self.llm_guard).await;
                 }
             }
             _ => {}

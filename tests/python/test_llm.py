@@ -568,3 +568,49 @@ def test_sampling_stays_with_a_client_that_can_unless_config_says_always(procs):
     gw2, a2 = sampling_gateway(procs, "always")
     assert call_sampling_tool(gw2, on_sample) == "LLM response: Hello from claude-a: hi there"
     assert a2.served("claude-a") == 1
+
+
+# ---------------------------------------------------------------------------
+# Deadlines, provider errors, HTTP guards
+# ---------------------------------------------------------------------------
+
+
+def test_total_timeout_mid_stream_is_an_error_event(procs):
+    a = start_fake(procs, "a")
+    gw = gateway(procs, {"a": provider(a, timeout="1s")}, {"smart": {"targets": [target("a", "gpt-a@chunk-delay=400")]}})
+    got = []
+    with pytest.raises(openai.APIError, match="end of the stream"):
+        for ch in oai(gw).chat.completions.create(model="smart", messages=[{"role": "user", "content": "a b c d e f"}],
+                                                  stream=True):
+            got.append(ch)
+    assert 1 <= len(got) < 6
+
+
+def test_a_provider_auth_failure_is_not_the_clients(procs):
+    a = start_fake(procs, "a", "--api-key", "other-key")
+    gw = gateway(procs, {"a": provider(a)}, {"smart": {"targets": [target("a", "gpt-a")]}})
+    with pytest.raises(openai.APIStatusError, match="invalid api key") as e:
+        chat(gw)
+    assert e.value.status_code == 502
+
+
+def test_model_api_has_the_http_guards(procs):
+    a = start_fake(procs, "a")
+    gw = gateway(procs, {"a": provider(a)}, {"smart": {"targets": [target("a", "gpt-a")]}})
+    body = json.dumps({"model": "smart", "messages": USER}).encode()
+
+    def post(headers):
+        req = urllib.request.Request(gw.endpoint("/v1/chat/completions"), data=body,
+                                     headers={"content-type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert post({"Host": "evil.example"}) == 403
+    assert post({"Origin": "http://evil.example"}) == 403
+    assert post({"Origin": "http://localhost:3000"}) == 200
+    assert a.calls("gpt-a") == 1
+    status, _ = http_get(gw.endpoint("/v1/chat/completions"))
+    assert status == 405
