@@ -505,6 +505,9 @@ def test_usage_and_cost_metrics(procs):
     assert metric(m, "gen_ai_client_operation_duration_seconds_count", gen_ai_request_model="claude") == 2
     assert metric(m, "portcullis_llm_gateway_overhead_seconds_count") == 5
     assert metric(m, "portcullis_llm_requests_total", outcome="ok") == 5
+    # Every family passes Prometheus' own linter.
+    check = subprocess.run(["promtool", "check", "metrics"], input=m.encode(), capture_output=True)
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
 
 
 # ---------------------------------------------------------------------------
