@@ -7,6 +7,7 @@
 //! from `http:` in the config; each failure gets a clear HTTP error.
 
 mod admin;
+mod auth;
 mod health;
 mod llm;
 
@@ -43,6 +44,7 @@ pub struct Router {
     /// The model API (`/v1/*`); `None` on the admin-only listener.
     llm: Option<Arc<crate::llm::Llm>>,
     llm_guard: llm::Guard,
+    auth: auth::HttpAuth,
 }
 
 impl Router {
@@ -89,6 +91,7 @@ impl Router {
             admin,
             llm: Some(runtime.llm.clone()),
             llm_guard: llm::Guard::new(&config.http),
+            auth: auth::HttpAuth::new(runtime.auth.clone(), config),
         }
     }
 
@@ -101,12 +104,16 @@ impl Router {
             admin: true,
             llm: None,
             llm_guard: llm::Guard::new(&runtime.config.http),
+            auth: auth::HttpAuth::new(runtime.auth.clone(), &runtime.config),
         }
     }
 
     /// Routes one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
+        if auth::HttpAuth::is_metadata(&path) {
+            return self.auth.metadata(&req, &path);
+        }
         match path.as_str() {
             "/healthz" => return text(StatusCode::OK, "ok\n"),
             "/readyz" => return health::ready(&self.gateway),
@@ -116,6 +123,11 @@ impl Router {
             "/admin/api/calls" if self.admin => return admin::calls(&self.gateway),
             p if p.starts_with("/v1/") => {
                 if let Some(llm) = &self.llm {
+                    // The same authentication as `/mcp`: the identity lands
+                    // in the request's extensions for the router to account.
+                    if let Err(refusal) = self.auth.admit(&mut req, &path).await {
+                        return refusal;
+                    }
                     return llm::route(llm, req, &self.llm_guard).await;
                 }
             }
@@ -137,6 +149,10 @@ impl Router {
                 &format!("no MCP endpoint at {path}\n"),
             );
         };
+        let identity = match self.auth.admit(&mut req, &path).await {
+            Ok(identity) => identity,
+            Err(refusal) => return refusal,
+        };
         let is_delete = req.method() == http::Method::DELETE;
         let mut resp = match service.call(req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
@@ -150,6 +166,7 @@ impl Router {
         if is_delete && resp.status() == StatusCode::ACCEPTED {
             *resp.status_mut() = StatusCode::OK;
         }
+        self.auth.bind(&resp, &identity);
         resp
     }
 }
@@ -209,6 +226,21 @@ async fn parse_error(resp: Response<Body>) -> Response<Body> {
             .boxed(),
     );
     *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(value.to_string()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
