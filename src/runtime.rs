@@ -11,8 +11,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::llm::Llm;
 use crate::gateway::{Gateway, Guardrails, GuardrailsError};
+use crate::llm::Llm;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 use crate::upstream::{self, Upstream};

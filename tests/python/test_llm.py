@@ -617,3 +617,30 @@ def test_model_api_has_the_http_guards(procs):
     assert a.calls("gpt-a") == 1
     status, _ = http_get(gw.endpoint("/v1/chat/completions"))
     assert status == 405
+
+
+def test_identities_from_api_keys_are_accounted_and_required(procs):
+    import hashlib
+
+    a = start_fake(procs, "a")
+    keys = {"alice": "alice-key-123", "bob": "bob-key-456"}
+    gw = gateway(procs, {"a": provider(a, prices={"gpt-a": {"input": 1.0, "output": 1.0}})},
+                 {"smart": {"targets": [target("a", "gpt-a")]}},
+                 auth={"api_keys": [{"id": who, "sha256": hashlib.sha256(k.encode()).hexdigest()}
+                                    for who, k in keys.items()]})
+    # OpenAI clients send `Authorization: Bearer`, Anthropic clients `x-api-key`.
+    openai.OpenAI(base_url=gw.endpoint("/v1"), api_key=keys["alice"], max_retries=0).chat.completions.create(
+        model="smart", messages=USER)
+    anthropic.Anthropic(base_url=gw.base, api_key=keys["bob"], max_retries=0).messages.create(
+        model="smart", max_tokens=10, messages=USER)
+    with pytest.raises(openai.AuthenticationError):
+        oai(gw).chat.completions.create(model="smart", messages=USER)
+    with pytest.raises(anthropic.AuthenticationError):
+        ant(gw).models.list()
+    assert a.calls("gpt-a") == 2
+    assert not any(k in json.dumps(a.requests()) for k in keys.values())
+    m = wait_for(lambda: (t := metrics(gw)) and metric(t, "portcullis_llm_requests_total", outcome="ok") == 2 and t,
+                 timeout=5, what="requests counted")
+    for who in keys:
+        assert metric(m, "portcullis_llm_tokens_total", identity=who, type="output") == 5
+        assert metric(m, "portcullis_llm_cost_usd_total", identity=who) == pytest.approx(7e-6)
