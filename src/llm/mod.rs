@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -115,12 +116,20 @@ pub struct Refusal {
 /// The hook through which policy and the rate limiter take part in model
 /// requests: `admit` runs before any provider I/O (may this identity use
 /// this alias now? is its token budget spent?), `spend` after each request
-/// with the tokens it used (for tokens-per-minute limits).
+/// with the tokens it used (for tokens-per-minute limits; a shared limiter
+/// counts in Redis, hence futures). Sampling served by the router passes
+/// through both like any other request.
 pub trait Admission: Send + Sync {
     /// Decides whether `identity` may call `alias` now.
-    fn admit(&self, identity: &Identity, alias: &str) -> Result<(), Refusal>;
-    /// Records tokens a finished request used.
-    fn spend(&self, identity: &Identity, alias: &str, usage: Usage);
+    fn admit(
+        &self,
+        identity: Arc<Identity>,
+        alias: String,
+    ) -> BoxFuture<'static, Result<(), Refusal>>;
+    /// Records tokens a finished request used; awaited before the request's
+    /// accounting completes, so the next request sees them.
+    fn spend(&self, identity: Arc<Identity>, alias: String, usage: Usage)
+        -> BoxFuture<'static, ()>;
 }
 
 /// One (provider, model) of an alias, with its health.
@@ -305,7 +314,10 @@ impl Llm {
             );
         };
         if let Some(admission) = self.admission.get() {
-            if let Err(r) = admission.admit(&req.identity, &alias.name) {
+            if let Err(r) = admission
+                .admit(req.identity.clone(), alias.name.clone())
+                .await
+            {
                 let mut resp = error_response(wire, r.status, &r.message);
                 if let Some(after) = r.retry_after {
                     resp.headers
@@ -648,8 +660,11 @@ impl Llm {
             Reply::Json(value) => {
                 let waited = started.elapsed();
                 ctx.waited += waited;
-                let resp = self.answer_json(ctx, target, value)?;
+                let (resp, usage) = self.answer_json(ctx, target, value)?;
                 self.target_succeeded(&ctx.alias, target, waited);
+                self.clone_handle()
+                    .spend(&ctx.identity, &ctx.alias.name, usage)
+                    .await;
                 Ok(resp)
             }
             Reply::Stream(events) => self.answer_stream(ctx, target, events, started).await,
@@ -661,7 +676,7 @@ impl Llm {
         ctx: &Ctx,
         target: &Target,
         value: Value,
-    ) -> Result<LlmResponse, AttemptError> {
+    ) -> Result<(LlmResponse, Option<Usage>), AttemptError> {
         let provider = match target.provider.kind {
             ProviderKind::Openai => Wire::OpenAi,
             ProviderKind::Anthropic => Wire::Anthropic,
@@ -705,7 +720,7 @@ impl Llm {
             "x-portcullis-target",
             format!("{}/{}", target.provider.name, target.model),
         ));
-        Ok(resp)
+        Ok((resp, usage))
     }
 
     /// Reads the stream up to its first client event (still able to fall
@@ -887,8 +902,12 @@ impl LlmHandle {
                 .with_label_values(&[id, alias, provider, model])
                 .inc_by(u.cost(price));
         }
-        if let Some(admission) = &self.admission {
-            admission.spend(a.identity, alias, u);
+    }
+
+    /// Tells the admission hook what a request used.
+    async fn spend(&self, identity: &Arc<Identity>, alias: &str, usage: Option<Usage>) {
+        if let (Some(admission), Some(u)) = (&self.admission, usage) {
+            admission.spend(identity.clone(), alias.to_owned(), u).await;
         }
     }
 }
@@ -983,6 +1002,9 @@ impl StreamJob {
                 outcome,
             },
         );
+        self.llm
+            .spend(&self.identity, &self.alias.name, usage)
+            .await;
     }
 }
 
@@ -993,15 +1015,23 @@ mod tests {
     struct OverBudget;
 
     impl Admission for OverBudget {
-        fn admit(&self, identity: &Identity, alias: &str) -> Result<(), Refusal> {
-            Err(Refusal {
-                status: 429,
-                message: format!("{} spent its tokens for {alias}", identity.subject),
-                retry_after: Some(Duration::from_secs(5)),
+        fn admit(
+            &self,
+            identity: Arc<Identity>,
+            alias: String,
+        ) -> BoxFuture<'static, Result<(), Refusal>> {
+            Box::pin(async move {
+                Err(Refusal {
+                    status: 429,
+                    message: format!("{} spent its tokens for {alias}", identity.subject),
+                    retry_after: Some(Duration::from_secs(5)),
+                })
             })
         }
 
-        fn spend(&self, _: &Identity, _: &str, _: Usage) {}
+        fn spend(&self, _: Arc<Identity>, _: String, _: Usage) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
     }
 
     fn llm() -> Llm {
@@ -1086,5 +1116,100 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("cannot connect"));
+    }
+
+    /// Admits everyone and records what was spent.
+    #[derive(Default)]
+    struct Ledger(Mutex<Vec<(String, String, Usage)>>);
+
+    impl Admission for Arc<Ledger> {
+        fn admit(&self, _: Arc<Identity>, _: String) -> BoxFuture<'static, Result<(), Refusal>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn spend(&self, who: Arc<Identity>, alias: String, u: Usage) -> BoxFuture<'static, ()> {
+            let ledger = self.clone();
+            Box::pin(async move {
+                if let Ok(mut l) = ledger.0.lock() {
+                    l.push((who.subject.clone(), alias, u));
+                }
+            })
+        }
+    }
+
+    /// A one-shot OpenAI-compatible server answering with fixed usage.
+    async fn one_completion() -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut read = 0;
+            // Headers, then the body they announce.
+            loop {
+                read += sock.read(&mut buf[read..]).await.unwrap();
+                let text = String::from_utf8_lossy(&buf[..read]).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if read >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let body = json!({"id": "c", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+            .to_string();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(resp.as_bytes()).await.unwrap();
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn admission_is_told_the_tokens_each_request_used() {
+        let addr = one_completion().await;
+        let config = Config::parse(
+            &format!(
+                "providers: {{ p: {{ kind: openai, base_url: 'http://{addr}/v1' }} }}\n\
+                 models: {{ smart: {{ targets: [ {{ provider: p, model: m }} ] }} }}\n"
+            ),
+            std::path::Path::new("t.yaml"),
+            &|_| None,
+        )
+        .unwrap();
+        let llm = Llm::new(&config, Arc::new(Metrics::new().unwrap()));
+        let ledger = Arc::new(Ledger::default());
+        llm.set_admission(Arc::new(ledger.clone()));
+        let r = llm
+            .handle(request(
+                Api::Messages,
+                json!({"model": "smart", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "x"}]}),
+            ))
+            .await;
+        assert_eq!(r.status, 200, "{:?}", body_of(&r));
+        assert_eq!(body_of(&r)["content"][0]["text"], "hi");
+        let spent = ledger.0.lock().unwrap().clone();
+        assert_eq!(
+            spent,
+            [(
+                "anonymous".to_owned(),
+                "smart".to_owned(),
+                Usage {
+                    input: 7,
+                    output: 3,
+                    cached: 0
+                }
+            )]
+        );
     }
 }
