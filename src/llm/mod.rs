@@ -814,7 +814,6 @@ impl Llm {
         self.clone_handle().account(
             &Accounting {
                 alias: &ctx.alias,
-                identity: &ctx.identity,
                 identity_label: &ctx.identity_label,
                 api: ctx.api,
                 started: ctx.started,
@@ -841,7 +840,6 @@ struct LlmHandle {
 
 struct Accounting<'a> {
     alias: &'a Alias,
-    identity: &'a Identity,
     identity_label: &'a str,
     api: Api,
     started: Instant,
@@ -991,7 +989,6 @@ impl StreamJob {
         self.llm.account(
             &Accounting {
                 alias: &self.alias,
-                identity: &self.identity,
                 identity_label: &self.identity_label,
                 api: self.api,
                 started: self.started,
