@@ -644,3 +644,21 @@ def test_identities_from_api_keys_are_accounted_and_required(procs):
     for who in keys:
         assert metric(m, "portcullis_llm_tokens_total", identity=who, type="output") == 5
         assert metric(m, "portcullis_llm_cost_usd_total", identity=who) == pytest.approx(7e-6)
+
+
+def test_check_reports_models_and_names_a_bad_target(tmp_path, monkeypatch):
+    import yaml
+
+    from conftest import GATEWAY
+
+    config = {"providers": {"p": {"kind": "openai", "base_url": "http://127.0.0.1:1/v1"}},
+              "models": {"smart": {"targets": [{"provider": "p", "model": "m"}]}}}
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = subprocess.run([str(GATEWAY), "check", "--config", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0 and "1 model aliases over 1 providers" in out.stdout, out
+    config["models"]["smart"]["targets"][0]["provider"] = "nowhere"
+    path.write_text(yaml.safe_dump(config))
+    out = subprocess.run([str(GATEWAY), "check", "--config", str(path)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "models.smart.targets.0.provider" in out.stderr and "nowhere" in out.stderr
