@@ -493,6 +493,14 @@ impl Llm {
             target.provider.name.as_str(),
             target.model.as_str(),
         ];
+        if ctx.api == Api::Embeddings && target.provider.kind == ProviderKind::Anthropic {
+            // Not a failure of the target: it is never asked, and its
+            // breaker and any probe it holds are left alone.
+            return Err(TargetFailure::Failed(AttemptError::Unsupported(format!(
+                "provider `{}` does not serve embeddings",
+                target.provider.name
+            ))));
+        }
         let mut attempt = 0u32;
         loop {
             let admit = target
@@ -541,6 +549,8 @@ impl Llm {
             tracing::info!(provider = labels[1], model = labels[2], error = %failed, "model attempt failed");
             if failed.is_target_failure() {
                 self.target_failed(&alias, target);
+            } else {
+                target.health().release_probe();
             }
             if let AttemptError::Status {
                 status: 429,
@@ -617,12 +627,6 @@ impl Llm {
     fn provider_body(&self, ctx: &Ctx, target: &Target) -> Result<Value, AttemptError> {
         let unsupported = |e: translate::TranslateError| AttemptError::Unsupported(e.to_string());
         let mut body = match (ctx.api, target.provider.kind) {
-            (Api::Embeddings, ProviderKind::Anthropic) => {
-                return Err(AttemptError::Unsupported(format!(
-                    "provider `{}` does not serve embeddings",
-                    target.provider.name
-                )))
-            }
             (Api::Chat, ProviderKind::Anthropic) => {
                 translate::chat_to_messages(&ctx.body, &target.model, ctx.alias.default_max_tokens)
                     .map_err(unsupported)?

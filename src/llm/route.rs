@@ -160,6 +160,12 @@ impl Health {
         false
     }
 
+    /// A probe ended in a way that says nothing about the target (the
+    /// request itself was bad): the next request may probe again.
+    pub fn release_probe(&mut self) {
+        self.probe_since = None;
+    }
+
     /// The provider asked us to wait until `until`.
     pub fn rate_limited(&mut self, until: Instant) {
         self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
@@ -243,6 +249,9 @@ mod tests {
         assert!(h.failure(t1, &cfg));
         assert!(matches!(h.admit(t1, &cfg), Admit::Open(_)));
         let t2 = t1 + cfg.cooldown;
+        assert_eq!(h.admit(t2, &cfg), Admit::Probe);
+        // A probe that proved nothing (a bad request) hands the probe on.
+        h.release_probe();
         assert_eq!(h.admit(t2, &cfg), Admit::Probe);
         h.success(Duration::from_millis(100));
         assert_eq!(h.admit(t2, &cfg), Admit::Yes);
