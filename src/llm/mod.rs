@@ -326,44 +326,11 @@ impl Llm {
                 return resp;
             }
         }
-        // The routing hint may travel in the body for clients that cannot
-        // set headers; providers must not see it.
-        let body_hint = body
-            .get_mut("metadata")
-            .and_then(Value::as_object_mut)
-            .and_then(|m| m.remove("portcullis_target"))
-            .and_then(|v| v.as_str().map(str::to_owned));
-        if body
-            .get("metadata")
-            .and_then(Value::as_object)
-            .is_some_and(|m| m.is_empty())
-        {
-            if let Some(o) = body.as_object_mut() {
-                o.remove("metadata");
-            }
-        }
-        let hint = req.target_hint.or(body_hint);
+        let body_hint = take_hint(&mut body);
+        let hint = req.target_hint.clone().or(body_hint);
         let stream = req.api != Api::Embeddings && body.get("stream") == Some(&json!(true));
         let include_usage = body.pointer("/stream_options/include_usage") == Some(&json!(true));
-        let span = tracing::info_span!(
-            "gen_ai.request",
-            otel.name = format!("{} {}", req.api.operation(), alias.name),
-            otel.kind = "client",
-            gen_ai.operation.name = req.api.operation(),
-            gen_ai.request.model = %alias.name,
-            gen_ai.provider.name = tracing::field::Empty,
-            gen_ai.response.model = tracing::field::Empty,
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-            portcullis.identity = %req.identity.subject,
-            portcullis.outcome = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        crate::telemetry::trace::adopt_parent(
-            &span,
-            req.traceparent.as_ref().map(|t| t.0.as_str()),
-            req.traceparent.as_ref().and_then(|t| t.1.as_deref()),
-        );
+        let span = request_span(&req, &alias.name);
         let ctx = Ctx {
             api: req.api,
             identity_label: self.metrics.llm.identity_label(&req.identity.subject),
@@ -825,6 +792,51 @@ impl Llm {
             served,
         );
     }
+}
+
+/// Removes the routing hint from the body: it may travel there for clients
+/// that cannot set headers, and providers must not see it.
+fn take_hint(body: &mut Value) -> Option<String> {
+    let hint = body
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .and_then(|m| m.remove("portcullis_target"))
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let emptied = body
+        .get("metadata")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.is_empty());
+    if emptied {
+        if let Some(o) = body.as_object_mut() {
+            o.remove("metadata");
+        }
+    }
+    hint
+}
+
+/// The request's span, with the GenAI attributes known now (the rest are
+/// recorded when the request is accounted), parented on the client's trace.
+fn request_span(req: &LlmRequest, alias: &str) -> tracing::Span {
+    let span = tracing::info_span!(
+        "gen_ai.request",
+        otel.name = format!("{} {alias}", req.api.operation()),
+        otel.kind = "client",
+        gen_ai.operation.name = req.api.operation(),
+        gen_ai.request.model = %alias,
+        gen_ai.provider.name = tracing::field::Empty,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        portcullis.identity = %req.identity.subject,
+        portcullis.outcome = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::trace::adopt_parent(
+        &span,
+        req.traceparent.as_ref().map(|t| t.0.as_str()),
+        req.traceparent.as_ref().and_then(|t| t.1.as_deref()),
+    );
+    span
 }
 
 /// Why a target did not serve the request.
