@@ -508,42 +508,58 @@ impl Llm {
                 Err(e) => e,
             };
             ctx.waited += started.elapsed();
-            self.metrics
-                .llm
-                .attempts
-                .with_label_values(&[labels[0], labels[1], labels[2], failed.label()])
-                .inc();
-            tracing::info!(provider = labels[1], model = labels[2], error = %failed, "model attempt failed");
-            if failed.is_target_failure() {
-                self.target_failed(&alias, target);
-            } else {
-                target.health().release_probe();
+            attempt += 1;
+            match self.after_failure(&alias, target, &failed, attempt) {
+                Retry::No => return Err(TargetFailure::Failed(failed)),
+                // The horizon is checked by `admit` at the top of the loop.
+                Retry::AfterRetryAfter => {}
+                Retry::After(pause) => {
+                    tokio::time::sleep(pause).await;
+                    ctx.waited += pause;
+                }
             }
-            if let AttemptError::Status {
+        }
+    }
+
+    /// Records a failed attempt (metrics, breaker, `Retry-After`) and says
+    /// whether and when to try the same target again.
+    fn after_failure(
+        &self,
+        alias: &Alias,
+        target: &Target,
+        failed: &AttemptError,
+        attempt: u32,
+    ) -> Retry {
+        let (provider, model) = (target.provider.name.as_str(), target.model.as_str());
+        self.metrics
+            .llm
+            .attempts
+            .with_label_values(&[alias.name.as_str(), provider, model, failed.label()])
+            .inc();
+        tracing::info!(provider, model, error = %failed, "model attempt failed");
+        if failed.is_target_failure() {
+            self.target_failed(alias, target);
+        } else {
+            target.health().release_probe();
+        }
+        let retry_after = match failed {
+            AttemptError::Status {
                 status: 429,
                 retry_after: Some(d),
                 ..
-            } = &failed
-            {
-                target.health().rate_limited(std::time::Instant::now() + *d);
-            }
-            attempt += 1;
-            if !failed.retryable() || attempt > alias.retry.attempts {
-                return Err(TargetFailure::Failed(failed));
-            }
-            if !matches!(
-                failed,
-                AttemptError::Status {
-                    status: 429,
-                    retry_after: Some(_),
-                    ..
-                }
-            ) {
-                let backoff = alias.retry.backoff * 2u32.saturating_pow(attempt - 1);
-                let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
-                tokio::time::sleep(backoff + jitter).await;
-                ctx.waited += backoff + jitter;
-            }
+            } => Some(*d),
+            _ => None,
+        };
+        if let Some(d) = retry_after {
+            target.health().rate_limited(std::time::Instant::now() + d);
+        }
+        if !failed.retryable() || attempt > alias.retry.attempts {
+            Retry::No
+        } else if retry_after.is_some() {
+            Retry::AfterRetryAfter
+        } else {
+            let backoff = alias.retry.backoff * 2u32.saturating_pow(attempt - 1);
+            Retry::After(backoff + backoff.mul_f64(fastrand::f64() * 0.2))
         }
     }
 
@@ -837,6 +853,16 @@ fn request_span(req: &LlmRequest, alias: &str) -> tracing::Span {
         req.traceparent.as_ref().and_then(|t| t.1.as_deref()),
     );
     span
+}
+
+/// Whether to try the same target again after a failed attempt.
+enum Retry {
+    /// Move on.
+    No,
+    /// When the provider's `Retry-After` allows.
+    AfterRetryAfter,
+    /// After this backoff (exponential, with jitter).
+    After(Duration),
 }
 
 /// Why a target did not serve the request.
