@@ -662,3 +662,15 @@ def test_check_reports_models_and_names_a_bad_target(tmp_path, monkeypatch):
     out = subprocess.run([str(GATEWAY), "check", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode == 1
     assert "models.smart.targets.0.provider" in out.stderr and "nowhere" in out.stderr
+
+
+def test_client_trace_context_reaches_the_provider(procs):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    a = start_fake(procs, "a")
+    # Spans exist only with an exporter; this one points nowhere, which the
+    # gateway tolerates (export errors are logged, requests are unaffected).
+    gw = gateway(procs, {"a": provider(a)}, {"smart": {"targets": [target("a", "gpt-a")]}},
+                 telemetry={"otlp_endpoint": f"http://127.0.0.1:{free_port()}"})
+    chat(gw, extra_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    sent = a.requests()[-1]["headers"]["traceparent"]
+    assert sent and sent.startswith(f"00-{trace_id}-") and not sent.endswith("00f067aa0ba902b7-01"), sent
