@@ -281,6 +281,13 @@ async fn handle(fake: Arc<Fake>, req: Request<Incoming>) -> Response<Body> {
         ),
         ("POST", "/v1/chat/completions") => model_call(fake, Api::OpenAi, &headers, &body).await,
         ("POST", "/v1/messages") => model_call(fake, Api::Anthropic, &headers, &body).await,
+        ("POST", "/v1/messages/count_tokens") => {
+            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let p = parse_chat(Api::Anthropic, &v);
+            record(&fake, "/v1/messages/count_tokens", &p.model, &headers, &v);
+            let r = reply_for(&p);
+            json_response(StatusCode::OK, &json!({"input_tokens": r.input}))
+        }
         ("POST", "/v1/embeddings") => model_call(fake, Api::Embeddings, &headers, &body).await,
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -470,6 +477,7 @@ fn record(fake: &Fake, path: &str, model: &str, headers: &HeaderMap, body: &Valu
             "authorization": pick("authorization"),
             "x-api-key": pick("x-api-key"),
             "anthropic-version": pick("anthropic-version"),
+            "anthropic-beta": pick("anthropic-beta"),
             "traceparent": pick("traceparent"),
         },
         "body": body,

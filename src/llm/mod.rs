@@ -50,12 +50,14 @@ pub enum Api {
     Messages,
     /// `POST /v1/embeddings` (OpenAI).
     Embeddings,
+    /// `POST /v1/messages/count_tokens` (Anthropic).
+    CountTokens,
 }
 
 impl Api {
     fn wire(self) -> Wire {
         match self {
-            Api::Messages => Wire::Anthropic,
+            Api::Messages | Api::CountTokens => Wire::Anthropic,
             Api::Chat | Api::Embeddings => Wire::OpenAi,
         }
     }
@@ -65,6 +67,7 @@ impl Api {
         match self {
             Api::Chat | Api::Messages => "chat",
             Api::Embeddings => "embeddings",
+            Api::CountTokens => "count_tokens",
         }
     }
 }
@@ -81,6 +84,9 @@ pub struct LlmRequest {
     pub identity: Arc<Identity>,
     /// The client's W3C `traceparent` and `tracestate`.
     pub traceparent: Option<(String, Option<String>)>,
+    /// The client's `anthropic-beta` header, passed to Anthropic providers
+    /// (it selects API features, it is not a credential).
+    pub anthropic_beta: Option<String>,
 }
 
 /// The answer to a client.
@@ -177,6 +183,7 @@ struct Ctx {
     /// Time spent waiting on providers and in backoff, for the overhead metric.
     waited: Duration,
     trace: Option<(String, Option<String>)>,
+    anthropic_beta: Option<String>,
 }
 
 /// How a served request went, for accounting.
@@ -326,6 +333,9 @@ impl Llm {
                 return resp;
             }
         }
+        if req.api == Api::CountTokens {
+            return self.count_tokens(&alias, body, req.anthropic_beta).await;
+        }
         let body_hint = take_hint(&mut body);
         let hint = req.target_hint.clone().or(body_hint);
         let stream = req.api != Api::Embeddings && body.get("stream") == Some(&json!(true));
@@ -335,6 +345,7 @@ impl Llm {
             api: req.api,
             identity_label: self.metrics.llm.identity_label(&req.identity.subject),
             identity: req.identity,
+            anthropic_beta: req.anthropic_beta,
             alias,
             body,
             stream,
@@ -344,6 +355,46 @@ impl Llm {
             trace: None,
         };
         self.route(ctx, hint.as_deref()).instrument(span).await
+    }
+
+    /// `POST /v1/messages/count_tokens`: asked of the first Anthropic
+    /// target whose breaker is closed; OpenAI-compatible APIs have no such
+    /// endpoint, so without one the count is estimated (about four
+    /// characters a token) and marked `x-portcullis-estimate: true`.
+    async fn count_tokens(&self, alias: &Alias, body: Value, beta: Option<String>) -> LlmResponse {
+        let now = std::time::Instant::now();
+        for i in self.plan(alias, None) {
+            let t = &alias.targets[i];
+            if t.provider.kind != ProviderKind::Anthropic || t.health().is_open(now) {
+                continue;
+            }
+            let mut b = body.clone();
+            b["model"] = json!(t.model);
+            match t
+                .provider
+                .send("messages/count_tokens", &b, false, None, beta.clone())
+                .await
+            {
+                Ok(Reply::Json(v)) if v.get("input_tokens").is_some() => {
+                    return json_response(200, &v)
+                }
+                Ok(_) => {
+                    tracing::info!(provider = %t.provider.name, "count_tokens: unexpected answer")
+                }
+                Err(e) => {
+                    tracing::info!(provider = %t.provider.name, error = %e, "count_tokens failed")
+                }
+            }
+        }
+        let text: usize = ["system", "messages", "tools"]
+            .iter()
+            .filter_map(|k| body.get(*k))
+            .map(|v| v.to_string().chars().count())
+            .sum();
+        let mut resp = json_response(200, &json!({"input_tokens": text.div_ceil(4)}));
+        resp.headers
+            .push(("x-portcullis-estimate", "true".to_owned()));
+        resp
     }
 
     fn plan(&self, alias: &Alias, hint: Option<&str>) -> Vec<usize> {
@@ -639,9 +690,13 @@ impl Llm {
             (_, ProviderKind::Anthropic) => "messages",
         };
         let started = Instant::now();
+        let beta = ctx
+            .anthropic_beta
+            .clone()
+            .filter(|_| target.provider.kind == ProviderKind::Anthropic);
         let reply = target
             .provider
-            .send(path, &body, ctx.stream, ctx.trace.clone())
+            .send(path, &body, ctx.stream, ctx.trace.clone(), beta)
             .await?;
         match reply {
             Reply::Json(value) => {
@@ -1093,6 +1148,7 @@ mod tests {
             target_hint: None,
             identity: Identity::anonymous(),
             traceparent: None,
+            anthropic_beta: None,
         }
     }
 

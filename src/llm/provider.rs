@@ -266,6 +266,7 @@ impl Provider {
         body: &Value,
         stream: bool,
         trace: Option<(String, Option<String>)>,
+        anthropic_beta: Option<String>,
     ) -> Result<Reply, AttemptError> {
         let start = Instant::now();
         let deadline = start + self.total;
@@ -274,6 +275,9 @@ impl Provider {
             .post(self.url(path))
             .headers(self.headers.clone())
             .json(body);
+        if let Some(beta) = anthropic_beta {
+            req = req.header("anthropic-beta", beta);
+        }
         if let Some((parent, state)) = trace {
             req = req.header("traceparent", parent);
             if let Some(state) = state {

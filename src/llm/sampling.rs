@@ -71,6 +71,7 @@ impl Sampler {
                 target_hint: None,
                 identity,
                 traceparent: None,
+                anthropic_beta: None,
             })
             .await;
         let ResponseBody::Json(bytes) = resp.body else {

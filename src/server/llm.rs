@@ -89,8 +89,16 @@ pub(super) async fn route(llm: &Llm, req: Request<Incoming>, guard: &Guard) -> R
         }
         (&Method::POST, "/v1/chat/completions") => Api::Chat,
         (&Method::POST, "/v1/messages") => Api::Messages,
+        (&Method::POST, "/v1/messages/count_tokens") => Api::CountTokens,
         (&Method::POST, "/v1/embeddings") => Api::Embeddings,
-        (_, "/v1/models" | "/v1/chat/completions" | "/v1/messages" | "/v1/embeddings") => {
+        (
+            _,
+            "/v1/models"
+            | "/v1/chat/completions"
+            | "/v1/messages"
+            | "/v1/messages/count_tokens"
+            | "/v1/embeddings",
+        ) => {
             return super::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         }
         _ => return super::text(StatusCode::NOT_FOUND, &format!("no model API at {path}\n")),
@@ -103,6 +111,7 @@ pub(super) async fn route(llm: &Llm, req: Request<Incoming>, guard: &Guard) -> R
     };
     let target_hint = header("x-portcullis-target");
     let traceparent = header("traceparent").map(|p| (p, header("tracestate")));
+    let anthropic_beta = header("anthropic-beta");
     // Auth, when wired in front of this router, leaves the caller here.
     let identity = req
         .extensions()
@@ -131,6 +140,7 @@ pub(super) async fn route(llm: &Llm, req: Request<Incoming>, guard: &Guard) -> R
             target_hint,
             identity,
             traceparent,
+            anthropic_beta,
         })
         .await,
     )

@@ -674,3 +674,25 @@ def test_client_trace_context_reaches_the_provider(procs):
     chat(gw, extra_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
     sent = a.requests()[-1]["headers"]["traceparent"]
     assert sent and sent.startswith(f"00-{trace_id}-") and not sent.endswith("00f067aa0ba902b7-01"), sent
+
+
+def test_anthropic_beta_and_count_tokens(procs):
+    a = start_fake(procs, "a")
+    gw = gateway(procs, {"o": provider(a), "c": provider(a, "anthropic")}, {
+        "claude": {"targets": [target("o", "gpt-a"), target("c", "claude-a")]},
+        "gpt": {"targets": [target("o", "gpt-a")]},
+    })
+    beta = {"anthropic-beta": "prompt-caching-2024-07-31"}
+    ant(gw).messages.create(model="claude", max_tokens=10, messages=USER, extra_headers=beta)
+    # The OpenAI target served it and was not sent the Anthropic header...
+    assert a.requests()[-1]["headers"]["anthropic-beta"] is None
+    a.fault("500", times=2)
+    ant(gw).messages.create(model="claude", max_tokens=10, messages=USER, extra_headers=beta)
+    # ...the Anthropic one, after the fallback, was.
+    assert a.requests()[-1]["headers"]["anthropic-beta"] == beta["anthropic-beta"]
+    # Counted by the first Anthropic target, else estimated.
+    raw = ant(gw).messages.with_raw_response.count_tokens(model="claude", system="be brief", messages=USER)
+    assert raw.parse().input_tokens == 4 and raw.headers.get("x-portcullis-estimate") is None
+    assert a.requests()[-1]["path"] == "/v1/messages/count_tokens" and a.requests()[-1]["model"] == "claude-a"
+    raw = ant(gw).messages.with_raw_response.count_tokens(model="gpt", messages=USER)
+    assert raw.parse().input_tokens > 0 and raw.headers.get("x-portcullis-estimate") == "true"
