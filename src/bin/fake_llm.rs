@@ -35,6 +35,7 @@
 //! - `usage-on-finish`: OpenAI streams carry usage on the finish chunk
 //!   itself instead of a separate final chunk
 //!
+//! `POST /v1/messages/count_tokens` answers with the input count above.
 //! `GET /calls` returns `{"calls": {model: n}, "served": {model: n},
 //! "requests": [...]}` (requests: the last 100 with path, model, a few
 //! headers and the body); `POST /reset` clears them.
@@ -598,7 +599,11 @@ async fn model_call(
     }
     if fault.cut_after.is_some() {
         let text = value.to_string();
-        let half = Bytes::from(text[..text.len() / 2].to_owned());
+        let mid = (0..=text.len() / 2)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        let half = Bytes::from(text[..mid].to_owned());
         let total = text.len();
         let body = futures::stream::iter(vec![
             Ok(Frame::data(half)),
