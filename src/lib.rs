@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod config;
 pub mod gateway;
+pub mod policy;
 pub mod registry;
 pub mod runtime;
 pub mod server;
