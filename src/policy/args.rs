@@ -22,6 +22,7 @@ enum ArgTest {
     Glob(GlobMatcher),
     Regex(Regex),
     Range { min: Option<f64>, max: Option<f64> },
+    Not(Box<ArgTest>),
 }
 
 impl ArgCheck {
@@ -34,12 +35,27 @@ impl ArgCheck {
                 "an argument is named by a JSON pointer starting with `/`, e.g. `/path`".into(),
             ));
         }
+        Ok(ArgCheck {
+            pointer: pointer.to_owned(),
+            test: ArgTest::compile(pointer, raw)?,
+        })
+    }
+
+    /// True when the argument exists and passes the test.
+    pub(crate) fn matches(&self, args: &Map<String, Value>) -> bool {
+        lookup(args, &self.pointer).is_some_and(|v| self.test.matches(v))
+    }
+}
+
+impl ArgTest {
+    fn compile(pointer: &str, raw: RawArgCond) -> Result<ArgTest, (String, String)> {
         let set = [
             raw.equals.is_some(),
             raw.one_of.is_some(),
             raw.glob.is_some(),
             raw.regex.is_some(),
             raw.range.is_some(),
+            raw.not.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -47,7 +63,7 @@ impl ArgCheck {
         if set != 1 {
             return Err((
                 pointer.to_owned(),
-                "needs exactly one of equals, one_of, glob, regex, range".into(),
+                "needs exactly one of equals, one_of, glob, regex, range, not".into(),
             ));
         }
         let field = |k: &str| format!("{pointer}.{k}");
@@ -79,24 +95,20 @@ impl ArgCheck {
                 min: r.min,
                 max: r.max,
             }
+        } else if let Some(inner) = raw.not {
+            let inner = ArgTest::compile(&field("not"), *inner)?;
+            ArgTest::Not(Box::new(inner))
         } else {
             return Err((
                 pointer.to_owned(),
                 "needs exactly one of equals, one_of, glob, regex, range".into(),
             ));
         };
-        Ok(ArgCheck {
-            pointer: pointer.to_owned(),
-            test,
-        })
+        Ok(test)
     }
 
-    /// True when the argument exists and passes the test.
-    pub(crate) fn matches(&self, args: &Map<String, Value>) -> bool {
-        let Some(v) = lookup(args, &self.pointer) else {
-            return false;
-        };
-        match &self.test {
+    fn matches(&self, v: &Value) -> bool {
+        match self {
             ArgTest::Equals(want) => json_eq(v, want),
             ArgTest::OneOf(list) => list.iter().any(|w| json_eq(v, w)),
             ArgTest::Glob(g) => v.as_str().is_some_and(|s| g.is_match(normalize_path(s))),
@@ -104,6 +116,7 @@ impl ArgCheck {
             ArgTest::Range { min, max } => v.as_f64().is_some_and(|n| {
                 min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m)
             }),
+            ArgTest::Not(inner) => !inner.matches(v),
         }
     }
 }
@@ -267,6 +280,17 @@ mod tests {
         assert!(!c.matches(&args(json!({"n": "5"}))));
         let open = check("/n", json!({"range": {"max": 0}}));
         assert!(open.matches(&args(json!({"n": -3}))));
+    }
+
+    #[test]
+    fn not_negates_but_a_missing_argument_still_fails() {
+        let c = check("/path", json!({"not": {"glob": "/srv/shared/**"}}));
+        assert!(c.matches(&args(json!({"path": "/etc/passwd"}))));
+        assert!(c.matches(&args(json!({"path": "/srv/shared/../../etc/passwd"}))));
+        assert!(!c.matches(&args(json!({"path": "/srv/shared/a"}))));
+        assert!(!c.matches(&args(json!({}))));
+        let raw: RawArgCond = serde_json::from_value(json!({"not": {}})).unwrap();
+        assert_eq!(ArgCheck::compile("/p", raw).unwrap_err().0, "/p.not");
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub(crate) struct RawArgCond {
     pub(crate) regex: Option<String>,
     #[serde(default)]
     pub(crate) range: Option<RawRange>,
+    /// The argument is present and the inner condition does not hold.
+    #[serde(default)]
+    pub(crate) not: Option<Box<RawArgCond>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -106,7 +106,7 @@ pub(crate) static DETECTORS: &[Def] = &[
     Def {
         name: "secret.high_entropy",
         category: "secrets",
-        pattern: r"[A-Za-z0-9+/=_\-]{20,}",
+        pattern: r"[A-Za-z0-9+/_\-]{20,}={0,2}",
         check: Check::With(secrets::high_entropy),
     },
     Def {
