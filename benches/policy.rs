@@ -15,7 +15,9 @@ use serde_json::{json, Map, Value};
 fn fifty_rules() -> String {
     let mut y = String::from("rules:\n");
     for i in 0..10 {
-        y += &format!("  - {{ id: block-{i}, match: {{ tool: \"blocked{i}__*\" }}, action: deny }}\n");
+        y += &format!(
+            "  - {{ id: block-{i}, match: {{ tool: \"blocked{i}__*\" }}, action: deny }}\n"
+        );
         y += &format!("  - {{ id: group-{i}, match: {{ groups: [team{i}], annotations: {{ readOnlyHint: false }} }}, action: deny }}\n");
         y += &format!("  - {{ id: path-{i}, match: {{ upstream: fs{i}, args: {{ /path: {{ glob: \"/srv/team{i}/**\" }} }} }}, action: allow }}\n");
         y += &format!("  - {{ id: claim-{i}, match: {{ claims: {{ dept: [d{i}, e{i}] }}, tool: \"*admin*\" }}, action: approve }}\n");
@@ -38,7 +40,9 @@ fn big_result() -> Value {
     while size < 100_000 {
         let mut text = line.repeat(8);
         if i % 10 == 3 {
-            text.push_str("contact ops@example.com or token ghp_0123456789abcdefghijABCDEFGHIJ012345\n");
+            text.push_str(
+                "contact ops@example.com or token ghp_0123456789abcdefghijABCDEFGHIJ012345\n",
+            );
         }
         size += text.len();
         blocks.push(json!({"type": "text", "text": text}));

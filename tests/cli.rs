@@ -107,14 +107,24 @@ fn version_prints_the_crate_version() {
 
 #[test]
 fn policy_test_runs_cases_and_fails_on_a_failing_one() {
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/tests/10-blocked.yaml");
+    let examples = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/policies/tests/10-blocked.yaml"
+    );
     let out = portcullis()
         .args(["policy", "test", examples])
         .output()
         .expect("run portcullis");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("  ok    printEnv is refused with its message"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("  ok    printEnv is refused with its message"),
+        "{stdout}"
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(
@@ -136,6 +146,9 @@ fn policy_test_runs_cases_and_fails_on_a_failing_one() {
         .expect("run portcullis");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("  FAIL  bad: expected deny, got allow (by a)"), "{stdout}");
+    assert!(
+        stdout.contains("  FAIL  bad: expected deny, got allow (by a)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
 }

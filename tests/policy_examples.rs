@@ -14,7 +14,10 @@ fn example_policy_tests_pass() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 5, "expected the example test files, found {files:?}");
+    assert!(
+        files.len() >= 5,
+        "expected the example test files, found {files:?}"
+    );
     let mut failures = Vec::new();
     let mut passed = 0;
     for f in &files {

@@ -141,8 +141,8 @@ impl ArgTest {
         } else if let Some(r) = raw.regex {
             // Anchored: an allow rule's regex must describe the whole value,
             // or `^/srv` would also admit `/srv/../etc`-style surprises.
-            let re = Regex::new(&format!("^(?:{r})$"))
-                .map_err(|e| (field("regex"), e.to_string()))?;
+            let re =
+                Regex::new(&format!("^(?:{r})$")).map_err(|e| (field("regex"), e.to_string()))?;
             ArgTest::Regex(re)
         } else if let Some(r) = raw.range {
             if r.min.is_none() && r.max.is_none() {
@@ -175,9 +175,9 @@ impl ArgTest {
             ArgTest::OneOf(list) => list.iter().any(|w| json_eq(v, w)),
             ArgTest::Glob(g) => v.as_str().is_some_and(|s| g.is_match(normalize_path(s))),
             ArgTest::Regex(re) => v.as_str().is_some_and(|s| re.is_match(s)),
-            ArgTest::Range { min, max } => v.as_f64().is_some_and(|n| {
-                min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m)
-            }),
+            ArgTest::Range { min, max } => v
+                .as_f64()
+                .is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m)),
             ArgTest::Not(inner) => !inner.matches(v),
         }
     }
@@ -269,17 +269,20 @@ mod tests {
 
     #[test]
     fn normalizes_dot_segments_and_slashes() {
-        assert_eq!(normalize_path("/srv/shared/../etc/passwd"), "/srv/etc/passwd");
-        assert_eq!(normalize_path("/srv/shared/../../etc/passwd"), "/etc/passwd");
+        assert_eq!(
+            normalize_path("/srv/shared/../etc/passwd"),
+            "/srv/etc/passwd"
+        );
+        assert_eq!(
+            normalize_path("/srv/shared/../../etc/passwd"),
+            "/etc/passwd"
+        );
         assert_eq!(normalize_path("/srv/shared//../../etc"), "/etc");
         assert_eq!(normalize_path("/srv/./shared/a"), "/srv/shared/a");
         assert_eq!(normalize_path("/../../etc"), "/etc");
         assert_eq!(normalize_path("a/../../b"), "../b");
         assert_eq!(normalize_path("/srv/shared/"), "/srv/shared/");
-        assert_eq!(
-            normalize_path("file:///srv/shared/../x"),
-            "file:///srv/x"
-        );
+        assert_eq!(normalize_path("file:///srv/shared/../x"), "file:///srv/x");
         assert_eq!(normalize_path("plain"), "plain");
     }
 
@@ -367,9 +370,15 @@ mod tests {
         assert!(!c.matches(&empty, Quantifier::All));
         assert!(!c.matches(&empty, Quantifier::Any));
         let nested = check("/edits/*/path", json!({"glob": "/srv/**"}));
-        assert!(nested.matches(&args(json!({"edits": [{"path": "/srv/a"}, {"path": "/srv/b"}]})), Quantifier::All));
+        assert!(nested.matches(
+            &args(json!({"edits": [{"path": "/srv/a"}, {"path": "/srv/b"}]})),
+            Quantifier::All
+        ));
         // An element without the path fails "all".
-        assert!(!nested.matches(&args(json!({"edits": [{"path": "/srv/a"}, {"to": "/x"}]})), Quantifier::All));
+        assert!(!nested.matches(
+            &args(json!({"edits": [{"path": "/srv/a"}, {"to": "/x"}]})),
+            Quantifier::All
+        ));
         // A `*` over something that is not an array matches nothing.
         assert!(!c.matches(&args(json!({"paths": "/srv/shared/a"})), Quantifier::Any));
     }
@@ -378,8 +387,7 @@ mod tests {
     fn rejects_malformed_conditions() {
         let raw: RawArgCond = serde_json::from_value(json!({})).unwrap();
         assert!(ArgCheck::compile("/p", raw).is_err());
-        let raw: RawArgCond =
-            serde_json::from_value(json!({"glob": "a", "regex": "b"})).unwrap();
+        let raw: RawArgCond = serde_json::from_value(json!({"glob": "a", "regex": "b"})).unwrap();
         assert!(ArgCheck::compile("/p", raw).is_err());
         let raw: RawArgCond = serde_json::from_value(json!({"equals": 1})).unwrap();
         assert!(ArgCheck::compile("path", raw).is_err());

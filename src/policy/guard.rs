@@ -167,10 +167,17 @@ mod tests {
         let mut v = original.clone();
         let out = run(&[&flag, &block], &mut v);
         assert_eq!(v, original);
-        let paths: Vec<(&str, &str)> = out.hits.iter().map(|h| (h.path.as_str(), h.detector)).collect();
+        let paths: Vec<(&str, &str)> = out
+            .hits
+            .iter()
+            .map(|h| (h.path.as_str(), h.detector))
+            .collect();
         assert_eq!(
             paths,
-            vec![("/a~1b/0", "pii.email"), ("/a~1b/1", "secret.aws_access_key")]
+            vec![
+                ("/a~1b/0", "pii.email"),
+                ("/a~1b/1", "secret.aws_access_key")
+            ]
         );
         let (id, msg) = out.blocked.unwrap();
         assert_eq!(id, "stop-keys");

@@ -132,7 +132,11 @@ impl Matcher {
     }
 
     fn matches_identity(&self, who: &Identity) -> bool {
-        if self.subject.as_ref().is_some_and(|g| !g.is_match(&who.subject)) {
+        if self
+            .subject
+            .as_ref()
+            .is_some_and(|g| !g.is_match(&who.subject))
+        {
             return false;
         }
         if !self.groups.is_empty() && !self.groups.iter().any(|g| who.groups.contains(g)) {
@@ -147,7 +151,11 @@ impl Matcher {
         if self.kind.is_some_and(|k| k != s.kind) {
             return false;
         }
-        if self.upstream.as_ref().is_some_and(|g| !g.is_match(s.upstream)) {
+        if self
+            .upstream
+            .as_ref()
+            .is_some_and(|g| !g.is_match(s.upstream))
+        {
             return false;
         }
         if let Some(g) = &self.names {
@@ -182,8 +190,7 @@ impl Matcher {
 /// A claim by name, or by JSON pointer when the name starts with `/`
 /// (nested claims such as `/realm_access/roles`).
 fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    if name.starts_with('/') {
-        let rest = &name[1..];
+    if let Some(rest) = name.strip_prefix('/') {
         let (first, tail) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -233,7 +240,9 @@ fn names_glob(
             .build();
         b.add(g.map_err(|e| (field.to_owned(), e.to_string()))?);
     }
-    b.build().map(Some).map_err(|e| (field.to_owned(), e.to_string()))
+    b.build()
+        .map(Some)
+        .map_err(|e| (field.to_owned(), e.to_string()))
 }
 
 #[cfg(test)]
@@ -266,17 +275,32 @@ mod tests {
 
     #[test]
     fn identity_conditions() {
-        let anyone = who("alice", &["readers"], json!({"tier": "gold", "roles": ["a", "b"]}));
-        assert!(matcher(json!({"subject": "ali*"})).matches_target(&anyone, &tool("u", "t", "u__t")));
-        assert!(!matcher(json!({"subject": ["bob", "carol"]})).matches_target(&anyone, &tool("u", "t", "u__t")));
-        assert!(matcher(json!({"groups": ["x", "readers"]})).matches_target(&anyone, &tool("u", "t", "u__t")));
-        assert!(!matcher(json!({"groups": "writers"})).matches_target(&anyone, &tool("u", "t", "u__t")));
-        assert!(matcher(json!({"claims": {"tier": ["gold", "silver"]}})).matches_target(&anyone, &tool("u", "t", "u__t")));
-        assert!(matcher(json!({"claims": {"roles": "b"}})).matches_target(&anyone, &tool("u", "t", "u__t")));
-        assert!(!matcher(json!({"claims": {"roles": "c"}})).matches_target(&anyone, &tool("u", "t", "u__t")));
-        assert!(!matcher(json!({"claims": {"missing": "x"}})).matches_target(&anyone, &tool("u", "t", "u__t")));
+        let anyone = who(
+            "alice",
+            &["readers"],
+            json!({"tier": "gold", "roles": ["a", "b"]}),
+        );
+        assert!(
+            matcher(json!({"subject": "ali*"})).matches_target(&anyone, &tool("u", "t", "u__t"))
+        );
+        assert!(!matcher(json!({"subject": ["bob", "carol"]}))
+            .matches_target(&anyone, &tool("u", "t", "u__t")));
+        assert!(matcher(json!({"groups": ["x", "readers"]}))
+            .matches_target(&anyone, &tool("u", "t", "u__t")));
+        assert!(
+            !matcher(json!({"groups": "writers"})).matches_target(&anyone, &tool("u", "t", "u__t"))
+        );
+        assert!(matcher(json!({"claims": {"tier": ["gold", "silver"]}}))
+            .matches_target(&anyone, &tool("u", "t", "u__t")));
+        assert!(matcher(json!({"claims": {"roles": "b"}}))
+            .matches_target(&anyone, &tool("u", "t", "u__t")));
+        assert!(!matcher(json!({"claims": {"roles": "c"}}))
+            .matches_target(&anyone, &tool("u", "t", "u__t")));
+        assert!(!matcher(json!({"claims": {"missing": "x"}}))
+            .matches_target(&anyone, &tool("u", "t", "u__t")));
         let nested = who("s", &[], json!({"realm": {"roles": ["admin"]}}));
-        assert!(matcher(json!({"claims": {"/realm/roles": "admin"}})).matches_target(&nested, &tool("u", "t", "u__t")));
+        assert!(matcher(json!({"claims": {"/realm/roles": "admin"}}))
+            .matches_target(&nested, &tool("u", "t", "u__t")));
     }
 
     #[test]
@@ -364,14 +388,26 @@ mod tests {
     #[test]
     fn invalid_blocks_name_the_field() {
         let raw: RawMatch = serde_json::from_value(json!({"tool": "a", "prompt": "b"})).unwrap();
-        assert_eq!(Matcher::compile(raw, Quantifier::All).unwrap_err().0, "match.prompt");
+        assert_eq!(
+            Matcher::compile(raw, Quantifier::All).unwrap_err().0,
+            "match.prompt"
+        );
         let raw: RawMatch = serde_json::from_value(json!({"tool": "a[", })).unwrap();
-        assert_eq!(Matcher::compile(raw, Quantifier::All).unwrap_err().0, "match.tool");
+        assert_eq!(
+            Matcher::compile(raw, Quantifier::All).unwrap_err().0,
+            "match.tool"
+        );
         let raw: RawMatch =
             serde_json::from_value(json!({"resource": "x", "annotations": {"readOnlyHint": true}}))
                 .unwrap();
-        assert_eq!(Matcher::compile(raw, Quantifier::All).unwrap_err().0, "match.annotations");
+        assert_eq!(
+            Matcher::compile(raw, Quantifier::All).unwrap_err().0,
+            "match.annotations"
+        );
         let raw: RawMatch = serde_json::from_value(json!({"groups": []})).unwrap();
-        assert_eq!(Matcher::compile(raw, Quantifier::All).unwrap_err().0, "match.groups");
+        assert_eq!(
+            Matcher::compile(raw, Quantifier::All).unwrap_err().0,
+            "match.groups"
+        );
     }
 }

@@ -114,7 +114,9 @@ impl Lockfile {
 
     /// The pinned hash of a tool, if any.
     pub fn get(&self, upstream: &str, tool: &str) -> Option<&str> {
-        self.tools.get(&Lockfile::key(upstream, tool)).map(String::as_str)
+        self.tools
+            .get(&Lockfile::key(upstream, tool))
+            .map(String::as_str)
     }
 
     /// Reads a lock file (YAML, or JSON, which YAML also reads). A missing
@@ -141,9 +143,7 @@ impl Lockfile {
             if !k.contains('/') || !hex {
                 return Err(PolicyError::Parse {
                     file: path.display().to_string(),
-                    message: format!(
-                        "tools.{k}: entries are `upstream/tool: <64 hex characters>`"
-                    ),
+                    message: format!("tools.{k}: entries are `upstream/tool: <64 hex characters>`"),
                 });
             }
         }
@@ -187,15 +187,25 @@ mod tests {
 
     #[test]
     fn hash_ignores_key_order_but_not_content() {
-        let a = tool(json!({"name": "t", "description": "d", "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}));
-        let b = tool(json!({"inputSchema": {"properties": {"y": {"type": "number"}, "x": {"type": "string"}}, "type": "object"}, "description": "d", "name": "t"}));
+        let a = tool(
+            json!({"name": "t", "description": "d", "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}),
+        );
+        let b = tool(
+            json!({"inputSchema": {"properties": {"y": {"type": "number"}, "x": {"type": "string"}}, "type": "object"}, "description": "d", "name": "t"}),
+        );
         assert_eq!(definition_hash(&a), definition_hash(&b));
         assert_eq!(definition_hash(&a).len(), 64);
-        let changed = tool(json!({"name": "t", "description": "d!", "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}));
+        let changed = tool(
+            json!({"name": "t", "description": "d!", "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}),
+        );
         assert_ne!(definition_hash(&a), definition_hash(&changed));
-        let annotated = tool(json!({"name": "t", "description": "d", "annotations": {"readOnlyHint": true}, "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}));
+        let annotated = tool(
+            json!({"name": "t", "description": "d", "annotations": {"readOnlyHint": true}, "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}),
+        );
         assert_ne!(definition_hash(&a), definition_hash(&annotated));
-        let with_meta = tool(json!({"name": "t", "description": "d", "_meta": {"k": 1}, "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}));
+        let with_meta = tool(
+            json!({"name": "t", "description": "d", "_meta": {"k": 1}, "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}),
+        );
         assert_eq!(definition_hash(&a), definition_hash(&with_meta));
     }
 
@@ -225,7 +235,10 @@ mod tests {
             lock.save(&path).unwrap();
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(text.contains("version"));
-            assert!(text.find("everything/echo") < text.find("fs/read_file"), "sorted");
+            assert!(
+                text.find("everything/echo") < text.find("fs/read_file"),
+                "sorted"
+            );
             assert_eq!(Lockfile::load(&path).unwrap(), lock);
         }
         assert_eq!(lock.get("fs", "read_file"), Some("a".repeat(64).as_str()));
@@ -234,11 +247,20 @@ mod tests {
     #[test]
     fn lockfile_load_rejects_missing_and_malformed_files() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Lockfile::load(&dir.path().join("none.yaml")), Err(PolicyError::Io { .. })));
+        assert!(matches!(
+            Lockfile::load(&dir.path().join("none.yaml")),
+            Err(PolicyError::Io { .. })
+        ));
         let bad = dir.path().join("bad.yaml");
         std::fs::write(&bad, "version: 2\ntools: {}\n").unwrap();
-        assert!(Lockfile::load(&bad).unwrap_err().to_string().contains("version"));
+        assert!(Lockfile::load(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("version"));
         std::fs::write(&bad, "version: 1\ntools: { fs/x: nothex }\n").unwrap();
-        assert!(Lockfile::load(&bad).unwrap_err().to_string().contains("tools.fs/x"));
+        assert!(Lockfile::load(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("tools.fs/x"));
     }
 }

@@ -130,10 +130,19 @@ mod tests {
         for want in [
             ("injection.prompt_tag", "/description"),
             ("injection.instruction_override", "/description"),
-            ("injection.zero_width", "/inputSchema/properties/a/description"),
-            ("injection.instruction_override", "/inputSchema/properties/mode/enum/1"),
+            (
+                "injection.zero_width",
+                "/inputSchema/properties/a/description",
+            ),
+            (
+                "injection.instruction_override",
+                "/inputSchema/properties/mode/enum/1",
+            ),
             ("injection.bidi", "/inputSchema/properties/x\u{202E}"),
-            ("injection.unicode_tag", "/inputSchema/properties/x\u{202E}/default"),
+            (
+                "injection.unicode_tag",
+                "/inputSchema/properties/x\u{202E}/default",
+            ),
             ("injection.instruction_override", "/outputSchema/title"),
         ] {
             assert!(

@@ -64,7 +64,11 @@ impl PolicySet {
     #[allow(clippy::should_implement_trait)]
     pub fn from_str(yaml: &str, default: DefaultAction) -> Result<PolicySet, PolicyError> {
         let mut set = PolicySet::empty(default);
-        set.add("<string>", file::parse("<string>", yaml)?, &mut HashSet::new())?;
+        set.add(
+            "<string>",
+            file::parse("<string>", yaml)?,
+            &mut HashSet::new(),
+        )?;
         Ok(set)
     }
 
@@ -227,14 +231,24 @@ impl PolicySet {
                 })?;
             }
             if mask == 0 {
-                return Err(PolicyError::invalid(name, &item, "detect", "lists no detector"));
+                return Err(PolicyError::invalid(
+                    name,
+                    &item,
+                    "detect",
+                    "lists no detector",
+                ));
             }
             let on = raw
                 .on
                 .map(|o| o.into_vec())
                 .unwrap_or_else(|| vec![RawDirection::Arguments, RawDirection::Results]);
             if on.is_empty() {
-                return Err(PolicyError::invalid(name, &item, "on", "lists no direction"));
+                return Err(PolicyError::invalid(
+                    name,
+                    &item,
+                    "on",
+                    "lists no direction",
+                ));
             }
             let matcher = Matcher::compile(raw.matcher, Quantifier::All)
                 .map_err(|(f, p)| PolicyError::invalid(name, &item, f, p))?;

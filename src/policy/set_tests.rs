@@ -31,7 +31,12 @@ fn who(subject: &str, groups: &[&str]) -> Identity {
     }
 }
 
-fn tool<'a>(upstream: &'a str, name: &'a str, exposed: &'a str, a: Option<&'a ToolAnnotations>) -> Subject<'a> {
+fn tool<'a>(
+    upstream: &'a str,
+    name: &'a str,
+    exposed: &'a str,
+    a: Option<&'a ToolAnnotations>,
+) -> Subject<'a> {
     Subject {
         kind: Kind::Tool,
         upstream,
@@ -64,7 +69,10 @@ fn issue_example_decides_as_documented() {
     // Reader, read-only tool inside the share: allowed by fs-confined.
     let read = tool("fs", "read_file", "fs__read_file", Some(&ro));
     let d = p.decide(&reader, &read, Some(&inside));
-    assert_eq!((d.action, d.rule.as_deref()), (Action::Allow, Some("fs-confined")));
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Allow, Some("fs-confined"))
+    );
     // Outside the share nothing matches: default deny, no rule.
     let d = p.decide(&reader, &read, Some(&outside));
     assert_eq!((d.action, d.rule), (Action::Deny, None));
@@ -73,11 +81,17 @@ fn issue_example_decides_as_documented() {
     let d = p.decide(&reader, &write, Some(&inside));
     assert_eq!(d.action, Action::Deny);
     assert_eq!(d.rule.as_deref(), Some("readers-read-only"));
-    assert_eq!(d.message.as_deref(), Some("readers may only use read-only tools"));
+    assert_eq!(
+        d.message.as_deref(),
+        Some("readers may only use read-only tools")
+    );
     // Writer, destructive tool inside the share: approve overrides allow.
     let delete = tool("fs", "delete_file", "fs__delete_file", None);
     let d = p.decide(&writer, &delete, Some(&inside));
-    assert_eq!((d.action, d.rule.as_deref()), (Action::Approve, Some("approve-destructive")));
+    assert_eq!(
+        (d.action, d.rule.as_deref()),
+        (Action::Approve, Some("approve-destructive"))
+    );
     // Writer, additive tool inside the share: plain allow.
     let d = p.decide(&writer, &write, Some(&inside));
     assert_eq!(d.action, Action::Allow);
@@ -94,21 +108,42 @@ rules:
 "#;
     let p = set(yaml, DefaultAction::Allow);
     let me = who("u", &[]);
-    assert_eq!(p.decide(&me, &tool("u", "x", "u__x", None), None).rule.as_deref(), Some("d"));
-    assert_eq!(p.decide(&me, &tool("u", "y", "u__y", None), None).rule.as_deref(), Some("p"));
+    assert_eq!(
+        p.decide(&me, &tool("u", "x", "u__x", None), None)
+            .rule
+            .as_deref(),
+        Some("d")
+    );
+    assert_eq!(
+        p.decide(&me, &tool("u", "y", "u__y", None), None)
+            .rule
+            .as_deref(),
+        Some("p")
+    );
     let only_allow = set(
         "rules:\n  - { id: a, match: { tool: '*' }, action: allow }\n  - { id: b, match: { tool: '*' }, action: allow }\n",
         DefaultAction::Deny,
     );
     // Among equals, the first in file order names the decision.
-    assert_eq!(only_allow.decide(&me, &tool("u", "y", "u__y", None), None).rule.as_deref(), Some("a"));
+    assert_eq!(
+        only_allow
+            .decide(&me, &tool("u", "y", "u__y", None), None)
+            .rule
+            .as_deref(),
+        Some("a")
+    );
 }
 
 #[test]
 fn default_decides_when_nothing_matches() {
     let me = who("u", &[]);
     let t = tool("u", "t", "u__t", None);
-    assert_eq!(PolicySet::empty(DefaultAction::Allow).decide(&me, &t, None).action, Action::Allow);
+    assert_eq!(
+        PolicySet::empty(DefaultAction::Allow)
+            .decide(&me, &t, None)
+            .action,
+        Action::Allow
+    );
     let d = PolicySet::empty(DefaultAction::Deny).decide(&me, &t, None);
     assert_eq!((d.action, d.rule, d.message), (Action::Deny, None, None));
 }
@@ -172,7 +207,10 @@ rules:
         annotations: None,
     };
     assert!(!p.visible(&me, &secret));
-    assert_eq!(p.decide(&me, &secret, None).rule.as_deref(), Some("no-secrets-dir"));
+    assert_eq!(
+        p.decide(&me, &secret, None).rule.as_deref(),
+        Some("no-secrets-dir")
+    );
     let prompt = Subject {
         kind: Kind::Prompt,
         upstream: "fs",
@@ -180,7 +218,10 @@ rules:
         exposed: "fs__summarise",
         annotations: None,
     };
-    assert_eq!(p.decide(&me, &prompt, None).rule.as_deref(), Some("prompts-ok"));
+    assert_eq!(
+        p.decide(&me, &prompt, None).rule.as_deref(),
+        Some("prompts-ok")
+    );
 }
 
 #[test]
@@ -196,16 +237,25 @@ guards:
     let git = tool("git", "show", "git__show", None);
     let mut v = json!({"to": "bob@example.com"});
     let out = p.guard(&me, &fs, Direction::Arguments, &mut v);
-    assert_eq!(out.blocked, Some(("args-only".into(), "no emails upstream".into())));
+    assert_eq!(
+        out.blocked,
+        Some(("args-only".into(), "no emails upstream".into()))
+    );
     let mut v = json!({"to": "bob@example.com"});
-    assert!(p.guard(&me, &fs, Direction::Results, &mut v).hits.is_empty());
+    assert!(p
+        .guard(&me, &fs, Direction::Results, &mut v)
+        .hits
+        .is_empty());
     let token = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
     let mut v = json!({"text": token});
     let out = p.guard(&me, &fs, Direction::Results, &mut v);
     assert_eq!(out.hits.len(), 1);
     assert_eq!(v, json!({"text": "[REDACTED:secret.github_token]"}));
     let mut v = json!({"text": token});
-    assert!(p.guard(&me, &git, Direction::Results, &mut v).hits.is_empty());
+    assert!(p
+        .guard(&me, &git, Direction::Results, &mut v)
+        .hits
+        .is_empty());
 }
 
 #[test]
@@ -222,7 +272,9 @@ fn errors_name_file_item_field_and_problem() {
         ("rules: 3\n", "rules"),
     ];
     for (yaml, want) in cases {
-        let err = PolicySet::from_str(yaml, DefaultAction::Deny).unwrap_err().to_string();
+        let err = PolicySet::from_str(yaml, DefaultAction::Deny)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("<string>: "), "{err}");
         assert!(err.contains(want), "{err} should mention {want}");
     }
@@ -231,8 +283,16 @@ fn errors_name_file_item_field_and_problem() {
 #[test]
 fn load_dir_reads_yaml_files_in_order_and_names_the_bad_one() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("b.yml"), "rules:\n  - { id: b, match: { tool: '*' }, action: allow }\n").unwrap();
-    std::fs::write(dir.path().join("a.yaml"), "rules:\n  - { id: a, match: { tool: '*' }, action: allow }\n").unwrap();
+    std::fs::write(
+        dir.path().join("b.yml"),
+        "rules:\n  - { id: b, match: { tool: '*' }, action: allow }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        "rules:\n  - { id: a, match: { tool: '*' }, action: allow }\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not policy").unwrap();
     std::fs::write(dir.path().join("empty.yaml"), "# nothing yet\n").unwrap();
     std::fs::create_dir(dir.path().join("tests")).unwrap();
@@ -241,8 +301,14 @@ fn load_dir_reads_yaml_files_in_order_and_names_the_bad_one() {
     assert_eq!(p.rule_count(), 2);
     let d = p.decide(&who("u", &[]), &tool("u", "t", "u__t", None), None);
     assert_eq!(d.rule.as_deref(), Some("a"));
-    std::fs::write(dir.path().join("c.yaml"), "rules:\n  - { id: a, action: deny }\n").unwrap();
-    let err = PolicySet::load_dir(dir.path(), DefaultAction::Deny).unwrap_err().to_string();
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        "rules:\n  - { id: a, action: deny }\n",
+    )
+    .unwrap();
+    let err = PolicySet::load_dir(dir.path(), DefaultAction::Deny)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("c.yaml") && err.contains("duplicate"), "{err}");
     let missing = PolicySet::load_dir(&dir.path().join("nope"), DefaultAction::Deny);
     assert!(matches!(missing, Err(PolicyError::Io { .. })));
@@ -259,9 +325,15 @@ rules:
     let me = who("u", &[]);
     let t = tool("fs", "read_multiple_files", "fs__read_multiple_files", None);
     let decide = |v: Value| p.decide(&me, &t, Some(&obj(v))).rule;
-    assert_eq!(decide(json!({"paths": ["/srv/a", "/srv/b"]})).as_deref(), Some("shared"));
+    assert_eq!(
+        decide(json!({"paths": ["/srv/a", "/srv/b"]})).as_deref(),
+        Some("shared")
+    );
     // One bad element is enough for the deny...
-    assert_eq!(decide(json!({"paths": ["/srv/a", "/etc/shadow"]})).as_deref(), Some("no-etc"));
+    assert_eq!(
+        decide(json!({"paths": ["/srv/a", "/etc/shadow"]})).as_deref(),
+        Some("no-etc")
+    );
     // ...and spoils the allow.
     assert_eq!(decide(json!({"paths": ["/srv/a", "/home/x"]})), None);
 }

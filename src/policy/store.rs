@@ -79,11 +79,12 @@ impl PolicyStore {
             source,
         };
         let (tx, rx) = mpsc::channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            // The receiver is gone only when the reload thread has exited.
-            let _ = tx.send(event);
-        })
-        .map_err(watch_err)?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // The receiver is gone only when the reload thread has exited.
+                let _ = tx.send(event);
+            })
+            .map_err(watch_err)?;
         watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
             .map_err(watch_err)?;

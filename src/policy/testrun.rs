@@ -243,7 +243,10 @@ fn check_guard(
     if let Some(want) = case.expect_blocked {
         let got = out.blocked.is_some();
         if got != want {
-            let by = out.blocked.map(|(g, _)| format!(" (by {g})")).unwrap_or_default();
+            let by = out
+                .blocked
+                .map(|(g, _)| format!(" (by {g})"))
+                .unwrap_or_default();
             return Err(format!("expected blocked: {want}, got {got}{by}"));
         }
     }
@@ -334,7 +337,10 @@ cases:
         let r = run_file(&tests).unwrap();
         assert_eq!(r.passed, 3, "{r:?}");
         assert_eq!(r.failed.len(), 2);
-        assert!(r.failed[0].starts_with("wrong on purpose: expected deny, got allow (by allow-all)"), "{r:?}");
+        assert!(
+            r.failed[0].starts_with("wrong on purpose: expected deny, got allow (by allow-all)"),
+            "{r:?}"
+        );
         assert!(r.failed[1].starts_with("checks nothing:"));
         assert_eq!(r.cases.len(), 5);
     }
@@ -356,7 +362,11 @@ cases:
     fn malformed_files_are_errors_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "p.yaml", POLICY);
-        let tests = write(dir.path(), "tests/t.yaml", "cases:\n  - { name: x, tool: y, expect: maybe }\n");
+        let tests = write(
+            dir.path(),
+            "tests/t.yaml",
+            "cases:\n  - { name: x, tool: y, expect: maybe }\n",
+        );
         let err = run_file(&tests).unwrap_err().to_string();
         assert!(err.contains("t.yaml") && err.contains("maybe"), "{err}");
         write(dir.path(), "p.yaml", "rules: [ { id: bad } ]");

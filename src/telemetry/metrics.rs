@@ -95,10 +95,8 @@ impl Metrics {
             "Downstream MCP sessions currently open.",
         )?;
         registry.register(Box::new(sessions_open.clone()))?;
-        let policy_rules = IntGauge::new(
-            "portcullis_policy_rules",
-            "Rules in the policy in force.",
-        )?;
+        let policy_rules =
+            IntGauge::new("portcullis_policy_rules", "Rules in the policy in force.")?;
         registry.register(Box::new(policy_rules.clone()))?;
         Ok(Metrics {
             server_duration: histogram(

@@ -86,13 +86,22 @@ mod tests {
     #[test]
     fn aws_secret_key_span_is_only_the_value() {
         let cfg = "aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
-        let d = super::super::scan(cfg, super::super::mask_for("secret.aws_secret_key").unwrap());
-        assert_eq!(&cfg[d[0].range.clone()], "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+        let d = super::super::scan(
+            cfg,
+            super::super::mask_for("secret.aws_secret_key").unwrap(),
+        );
+        assert_eq!(
+            &cfg[d[0].range.clone()],
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+        );
     }
 
     #[test]
     fn gcp_api_key() {
-        assert!(fires("secret.gcp_api_key", "key=AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW"));
+        assert!(fires(
+            "secret.gcp_api_key",
+            "key=AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW"
+        ));
         assert!(!fires("secret.gcp_api_key", "AIzaShort"));
     }
 
@@ -109,12 +118,18 @@ mod tests {
             assert!(fires("secret.github_token", &format!("token {t}")), "{t}");
         }
         assert!(!fires("secret.github_token", "ghp_short"));
-        assert!(!fires("secret.github_token", "ghx_0123456789abcdefghijABCDEFGHIJ012345"));
+        assert!(!fires(
+            "secret.github_token",
+            "ghx_0123456789abcdefghijABCDEFGHIJ012345"
+        ));
     }
 
     #[test]
     fn slack_tokens_and_webhooks() {
-        assert!(fires("secret.slack_token", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"));
+        assert!(fires(
+            "secret.slack_token",
+            "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"
+        ));
         assert!(fires("secret.slack_token", "xoxp-1234567890-abc"));
         assert!(!fires("secret.slack_token", "xoxz-1234567890-abc"));
         assert!(fires(
@@ -126,17 +141,28 @@ mod tests {
 
     #[test]
     fn private_key_blocks() {
-        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----";
+        let pem =
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7\n-----END RSA PRIVATE KEY-----";
         assert!(fires("secret.private_key", pem));
-        assert!(fires("secret.private_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1"));
-        assert!(fires("secret.private_key", "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"));
-        assert!(!fires("secret.private_key", "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----"));
+        assert!(fires(
+            "secret.private_key",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1"
+        ));
+        assert!(fires(
+            "secret.private_key",
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"
+        ));
+        assert!(!fires(
+            "secret.private_key",
+            "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----"
+        ));
         assert!(!fires("secret.private_key", "-----BEGIN CERTIFICATE-----"));
     }
 
     #[test]
     fn private_key_is_redacted_whole() {
-        let pem = "key:\n-----BEGIN EC PRIVATE KEY-----\nAAAA\nBBBB\n-----END EC PRIVATE KEY-----\nafter";
+        let pem =
+            "key:\n-----BEGIN EC PRIVATE KEY-----\nAAAA\nBBBB\n-----END EC PRIVATE KEY-----\nafter";
         let out = super::super::redact(pem, &super::super::scan(pem, super::super::all()));
         assert_eq!(out, "key:\n[REDACTED:secret.private_key]\nafter");
     }
@@ -145,22 +171,43 @@ mod tests {
     fn jwts() {
         let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
         assert!(fires("secret.jwt", &format!("Bearer {jwt}")));
-        assert!(!fires("secret.jwt", "eyJhbGciOiJIUzI1NiJ9 is only a header"));
+        assert!(!fires(
+            "secret.jwt",
+            "eyJhbGciOiJIUzI1NiJ9 is only a header"
+        ));
         assert!(!fires("secret.jwt", "a.b.c"));
     }
 
     #[test]
     fn stripe_live_keys() {
-        assert!(fires("secret.stripe_key", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"));
-        assert!(fires("secret.stripe_key", "rk_live_4eC39HqLyjWDarjtT1zdp7dc"));
-        assert!(!fires("secret.stripe_key", "sk_test_4eC39HqLyjWDarjtT1zdp7dc"));
+        assert!(fires(
+            "secret.stripe_key",
+            "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+        ));
+        assert!(fires(
+            "secret.stripe_key",
+            "rk_live_4eC39HqLyjWDarjtT1zdp7dc"
+        ));
+        assert!(!fires(
+            "secret.stripe_key",
+            "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+        ));
     }
 
     #[test]
     fn high_entropy_tokens() {
-        assert!(fires("secret.high_entropy", "api_key: Zk3Jq9XbP2mRt7LwV5nYc8Hd"));
-        assert!(fires("secret.high_entropy", "x 9fK2pQ7zR4vB8nM1xC6wL3tY5hJ0dG2s y"));
-        assert!(fires("secret.high_entropy", "b64 kQ8vZ3/pL+2mX9rT4wY7nB1cF6hJ0dS5aE="));
+        assert!(fires(
+            "secret.high_entropy",
+            "api_key: Zk3Jq9XbP2mRt7LwV5nYc8Hd"
+        ));
+        assert!(fires(
+            "secret.high_entropy",
+            "x 9fK2pQ7zR4vB8nM1xC6wL3tY5hJ0dG2s y"
+        ));
+        assert!(fires(
+            "secret.high_entropy",
+            "b64 kQ8vZ3/pL+2mX9rT4wY7nB1cF6hJ0dS5aE="
+        ));
     }
 
     #[test]
