@@ -9,8 +9,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Guardrails, GuardrailsError};
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 use crate::upstream::{self, Upstream};
@@ -21,6 +22,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Session handlers and event fan-out.
     pub gateway: Arc<Gateway>,
+    /// Establishes who is calling, for every HTTP request.
+    pub auth: Arc<Authenticator>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -28,8 +31,18 @@ pub struct Runtime {
 impl Runtime {
     /// Starts every upstream's supervisor (each connects in the background,
     /// so a slow or dead upstream delays nothing) and the gateway.
-    pub fn start(config: Config, metrics: Arc<Metrics>) -> Runtime {
+    ///
+    /// `stdout_is_mcp` is true for `portcullis stdio`, whose stdout carries
+    /// MCP (audit lines then default to stderr). Fails when the policies or
+    /// the pin lock file are invalid: the gateway never runs without the
+    /// policy it was configured with.
+    pub fn start(
+        config: Config,
+        metrics: Arc<Metrics>,
+        stdout_is_mcp: bool,
+    ) -> Result<Runtime, GuardrailsError> {
         let config = Arc::new(config);
+        let guardrails = Guardrails::start(&config, metrics.clone(), stdout_is_mcp)?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -56,14 +69,32 @@ impl Runtime {
                 (Arc::from(name.as_str()), up)
             })
             .collect();
-        let registry = Arc::new(Registry::new(config.clone(), upstreams, metrics.clone()));
-        let gateway = Gateway::new(config.clone(), registry, metrics, events_rx);
-        Runtime {
+        let screen = guardrails
+            .clone()
+            .map(|g| g as Arc<dyn crate::registry::ToolScreen>);
+        let registry = Arc::new(Registry::new(
+            config.clone(),
+            upstreams,
+            metrics.clone(),
+            screen,
+        ));
+        let gateway = Gateway::new(config.clone(), registry, metrics, events_rx, guardrails);
+        let auth = Arc::new(Authenticator::new(
+            &config.auth,
+            config
+                .auth
+                .jwt
+                .as_ref()
+                .and_then(|j| j.jwks_file.as_deref())
+                .map(|f| config.resolve_path(f)),
+        ));
+        Ok(Runtime {
             config,
             gateway,
+            auth,
             shutdown,
             tasks,
-        }
+        })
     }
 
     /// Cancelled when the gateway shuts down.

@@ -7,6 +7,7 @@
 //! from `http:` in the config; each failure gets a clear HTTP error.
 
 mod admin;
+mod auth;
 mod health;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ pub struct Router {
     gateway: Arc<Gateway>,
     /// Serve `/metrics` and `/admin` here (false when they have their own listener).
     admin: bool,
+    auth: auth::HttpAuth,
 }
 
 impl Router {
@@ -83,6 +85,7 @@ impl Router {
             mcp,
             gateway,
             admin,
+            auth: auth::HttpAuth::new(runtime.auth.clone(), config),
         }
     }
 
@@ -93,12 +96,16 @@ impl Router {
             mcp: HashMap::new(),
             gateway: runtime.gateway.clone(),
             admin: true,
+            auth: auth::HttpAuth::new(runtime.auth.clone(), &runtime.config),
         }
     }
 
     /// Routes one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
+        if auth::HttpAuth::is_metadata(&path) {
+            return self.auth.metadata(&req, &path);
+        }
         match path.as_str() {
             "/healthz" => return text(StatusCode::OK, "ok\n"),
             "/readyz" => return health::ready(&self.gateway),
@@ -124,6 +131,10 @@ impl Router {
                 &format!("no MCP endpoint at {path}\n"),
             );
         };
+        let identity = match self.auth.admit(&mut req, &path).await {
+            Ok(identity) => identity,
+            Err(refusal) => return refusal,
+        };
         let is_delete = req.method() == http::Method::DELETE;
         let mut resp = match service.call(req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
@@ -137,6 +148,7 @@ impl Router {
         if is_delete && resp.status() == StatusCode::ACCEPTED {
             *resp.status_mut() = StatusCode::OK;
         }
+        self.auth.bind(&resp, &identity);
         resp
     }
 }
@@ -196,6 +208,21 @@ async fn parse_error(resp: Response<Body>) -> Response<Body> {
             .boxed(),
     );
     *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(value.to_string()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
