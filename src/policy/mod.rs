@@ -45,6 +45,17 @@ pub enum Kind {
     Prompt,
 }
 
+impl Kind {
+    /// The lower-case name used in logs and audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tool => "tool",
+            Kind::Resource => "resource",
+            Kind::Prompt => "prompt",
+        }
+    }
+}
+
 /// The thing a rule is asked about: one tool, resource or prompt of one
 /// upstream, as the caller sees it and as the upstream names it.
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +134,16 @@ pub enum Direction {
     Arguments,
     /// Results, before the client sees them.
     Results,
+}
+
+impl Direction {
+    /// The lower-case name used in files, logs and audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Arguments => "arguments",
+            Direction::Results => "results",
+        }
+    }
 }
 
 /// What a guard does with content its detectors find.
