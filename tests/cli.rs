@@ -126,7 +126,11 @@ fn check_validates_policies_and_serve_refuses_a_bad_policy() {
         .arg(&config)
         .output()
         .expect("run portcullis");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 policy rules"));
 
     std::fs::write(
