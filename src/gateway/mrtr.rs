@@ -34,7 +34,7 @@ const PARK_TTL: Duration = Duration::from_secs(600);
 /// What a round ended with.
 pub(super) enum Round {
     /// The upstream answered.
-    Done(ServerResult),
+    Done(Box<ServerResult>),
     /// The client must answer these first.
     InputRequired(InputRequiredResult),
 }
@@ -113,7 +113,7 @@ impl Bridge {
             )),
             done = &mut flight.call => done
                 .map_err(|e| ErrorData::internal_error(format!("upstream call failed: {e}"), None))?
-                .map(Round::Done),
+                .map(|r| Round::Done(Box::new(r))),
             Some(asked) = flight.inputs.recv() => self.park(subject, flight, asked),
         }
     }

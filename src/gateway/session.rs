@@ -517,7 +517,7 @@ impl ServerHandler for Session {
                     }
                 };
                 match round {
-                    Round::Done(result) => convert(&target, result, pick, complete)?,
+                    Round::Done(result) => convert(&target, *result, pick, complete)?,
                     Round::InputRequired(r) => return Ok(CallToolResponse::InputRequired(r)),
                 }
             } else {
