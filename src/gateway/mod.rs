@@ -16,11 +16,12 @@ use tokio::sync::mpsc;
 
 use crate::auth::Identity;
 use crate::config::Config;
+use crate::ratelimit::Limits;
 use crate::registry::{Endpoint, Registry};
 use crate::telemetry::recent::RecentCalls;
 use crate::telemetry::Metrics;
 use crate::upstream::{log_level_passes, ListKind, UpstreamEvent};
-pub use error::{REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
+pub use error::{RATE_LIMITED, REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
 pub use session::Session;
 
 /// What the gateway knows about one live downstream session.
@@ -49,6 +50,8 @@ pub struct Gateway {
     recent: RecentCalls,
     /// Identity of requests that carry none (stdio, or auth off).
     default_identity: Arc<Identity>,
+    /// Rate limits and concurrency caps.
+    limits: Arc<Limits>,
 }
 
 impl Gateway {
@@ -61,7 +64,9 @@ impl Gateway {
         events: mpsc::UnboundedReceiver<UpstreamEvent>,
     ) -> Arc<Gateway> {
         let default_identity = Identity::configured(&config.auth);
+        let limits = Limits::new(&config.ratelimit, metrics.clone());
         let gw = Arc::new(Gateway {
+            limits,
             recent: RecentCalls::new(config.telemetry.recent_calls),
             metrics,
             config,
@@ -77,6 +82,16 @@ impl Gateway {
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Rate limits and concurrency caps.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    /// The identity of requests that carry none (stdio, or auth off).
+    pub fn default_identity(&self) -> &Arc<Identity> {
+        &self.default_identity
     }
 
     /// The metrics.

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use tracing::Instrument;
 
-use super::error::{registry_error, unknown, upstream_error};
+use super::error::{refused_error, registry_error, unknown, upstream_error};
 use super::observe::Observation;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
@@ -58,6 +58,21 @@ impl Session {
             .and_then(|parts| parts.extensions.get::<Arc<Identity>>())
             .cloned()
             .unwrap_or_else(|| self.gw.default_identity.clone())
+    }
+
+    /// Rate limits and concurrency caps for a call of `target`; a refused
+    /// call never reaches the upstream.
+    async fn admit(
+        &self,
+        target: &Target,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<crate::ratelimit::Admission, ErrorData> {
+        let identity = self.identity(ctx);
+        self.gw
+            .limits
+            .admit(&identity, target)
+            .await
+            .map_err(refused_error)
     }
 
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
@@ -285,6 +300,8 @@ impl ServerHandler for Session {
             if self.gw.config.telemetry.log_arguments {
                 obs.arguments(params.arguments.as_ref());
             }
+            // Held until the call completes: it owns the concurrency slots.
+            let _admission = self.admit(&target, &ctx).await?;
             params.name = target.original.clone().into();
             let request = ClientRequest::CallToolRequest(Request::new(params));
             self.forward(

@@ -24,8 +24,10 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio::net::TcpListener;
 use tower::Service;
 
+use crate::auth::Identity;
 use crate::config::Config;
 use crate::gateway::{Gateway, Session};
+use crate::ratelimit::Refused;
 use crate::registry::Endpoint;
 use crate::runtime::Runtime;
 
@@ -124,6 +126,9 @@ impl Router {
                 &format!("no MCP endpoint at {path}\n"),
             );
         };
+        if let Err(refused) = self.admit_request(&req).await {
+            return too_many_requests(&refused);
+        }
         let is_delete = req.method() == http::Method::DELETE;
         let mut resp = match service.call(req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
@@ -139,6 +144,32 @@ impl Router {
         }
         resp
     }
+}
+
+impl Router {
+    /// `ratelimit.requests` for the request's identity (set by auth in the
+    /// request's extensions, else the gateway's default identity).
+    async fn admit_request(&self, req: &Request<Incoming>) -> Result<(), Refused> {
+        let identity = req
+            .extensions()
+            .get::<Arc<Identity>>()
+            .unwrap_or_else(|| self.gateway.default_identity());
+        self.gateway.limits().admit_request(identity).await
+    }
+}
+
+/// 429 with `Retry-After` in whole seconds (rounded up, at least 1), and
+/// the limit and exact wait in the body.
+fn too_many_requests(refused: &Refused) -> Response<Body> {
+    let retry_ms = refused.retry_after_ms().unwrap_or(1000);
+    let mut resp = text(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("{refused}\n"),
+    );
+    let seconds = retry_ms.div_ceil(1000).max(1);
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+    resp
 }
 
 fn mcp_config(
