@@ -405,10 +405,7 @@ ratelimit:
                 "ratelimit.requests.0",
             ),
             ("backend: redis", "ratelimit.redis"),
-            (
-                "redis: { url: 'http://x:1' }",
-                "ratelimit.redis.url",
-            ),
+            ("redis: { url: 'http://x:1' }", "ratelimit.redis.url"),
             (
                 "limits: [{ id: a, key: [user], rate: 1, per: 1s }]",
                 "ratelimit.limits[0].key[0]",

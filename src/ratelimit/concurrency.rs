@@ -127,13 +127,22 @@ mod tests {
         let start = std::time::Instant::now();
         let refused = cap.acquire("k".into()).await.err().unwrap();
         let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(50), "waited the bound: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(50),
+            "waited the bound: {waited:?}"
+        );
         assert!(waited < Duration::from_secs(5), "and no longer: {waited:?}");
         assert_eq!(refused.limit(), "c");
-        assert!(cap.acquire("other".into()).await.is_ok(), "keys are separate");
+        assert!(
+            cap.acquire("other".into()).await.is_ok(),
+            "keys are separate"
+        );
         drop(a);
         assert_eq!(cap.in_flight.get(), 1);
-        assert!(cap.acquire("k".into()).await.is_ok(), "a freed slot is reused");
+        assert!(
+            cap.acquire("k".into()).await.is_ok(),
+            "a freed slot is reused"
+        );
     }
 
     #[tokio::test]

@@ -16,10 +16,13 @@ use super::{Check, Verdict};
 type Keyed<C> =
     RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
+/// One limiter per (limit id, quota).
+type LimiterMap<C> = HashMap<(Arc<str>, super::LimitSpec), Arc<Keyed<C>>>;
+
 /// Keyed GCRA limiters over an injectable clock (tests use a fake one).
 pub(super) struct Local<C: Clock = DefaultClock> {
     clock: C,
-    limiters: RwLock<HashMap<(Arc<str>, super::LimitSpec), Arc<Keyed<C>>>>,
+    limiters: RwLock<LimiterMap<C>>,
 }
 
 impl Local<DefaultClock> {
@@ -144,7 +147,10 @@ mod tests {
         clock.advance(Duration::from_millis(99));
         assert!(!admitted(local.check(&c)), "not yet");
         clock.advance(Duration::from_millis(1));
-        assert!(admitted(local.check(&c)), "one unit back after the interval");
+        assert!(
+            admitted(local.check(&c)),
+            "one unit back after the interval"
+        );
         assert!(!admitted(local.check(&c)));
         clock.advance(Duration::from_secs(1));
         for _ in 0..3 {
@@ -160,14 +166,23 @@ mod tests {
         let other = [check("m", "alice", 1, 1000, 1)];
         assert!(admitted(local.check(&alice)));
         assert!(!admitted(local.check(&alice)));
-        assert!(admitted(local.check(&bob)), "another key has its own budget");
-        assert!(admitted(local.check(&other)), "another limit has its own budget");
+        assert!(
+            admitted(local.check(&bob)),
+            "another key has its own budget"
+        );
+        assert!(
+            admitted(local.check(&other)),
+            "another limit has its own budget"
+        );
     }
 
     #[test]
     fn reports_the_refusing_limit() {
         let local = Local::with_clock(FakeRelativeClock::default());
-        let checks = [check("wide", "k", 100, 1000, 100), check("narrow", "k", 1, 1000, 1)];
+        let checks = [
+            check("wide", "k", 100, 1000, 100),
+            check("narrow", "k", 1, 1000, 1),
+        ];
         assert!(admitted(local.check(&checks)));
         match local.check(&checks) {
             Verdict::Refused { index, retry_after } => {
@@ -199,7 +214,13 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let local = Local::with_clock(clock.clone());
         for i in 0..50 {
-            assert!(admitted(local.check(&[check("l", &format!("k{i}"), 10, 1000, 10)])));
+            assert!(admitted(local.check(&[check(
+                "l",
+                &format!("k{i}"),
+                10,
+                1000,
+                10
+            )])));
         }
         assert_eq!(local.keys(), 50);
         clock.advance(Duration::from_secs(2));

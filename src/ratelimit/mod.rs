@@ -214,7 +214,9 @@ impl Limits {
         let mut checks = Vec::new();
         for rule in self.calls.iter().filter(|r| r.scope.matches(target)) {
             let o = overrides.iter().find(|o| *o.id == *rule.id);
-            let rekeyed = o.and_then(|o| o.key.as_deref()).map(|k| rule.scope.with_key(k));
+            let rekeyed = o
+                .and_then(|o| o.key.as_deref())
+                .map(|k| rule.scope.with_key(k));
             let scope = rekeyed.as_ref().unwrap_or(&rule.scope);
             checks.push(Check {
                 limit: rule.id.clone(),

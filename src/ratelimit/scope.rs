@@ -183,6 +183,9 @@ mod tests {
     #[test]
     fn request_keys_skip_call_parts() {
         let s = Scope::new(&[KeyPart::Identity, KeyPart::Tool], None, None);
-        assert_eq!(s.key(Kind::Request, "r", &who("bob"), None), "request:r|i3:bob");
+        assert_eq!(
+            s.key(Kind::Request, "r", &who("bob"), None),
+            "request:r|i3:bob"
+        );
     }
 }

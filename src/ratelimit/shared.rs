@@ -111,9 +111,10 @@ impl Shared {
                 .arg(tolerance)
                 .arg(check.units);
         }
-        let reply: Vec<i64> = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| SharedError::Timeout(self.timeout))??;
+        let reply: Vec<i64> =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| SharedError::Timeout(self.timeout))??;
         match reply.as_slice() {
             [0, _] => Ok(Verdict::Admitted),
             [i, wait] if *i >= 1 && (*i as usize) <= checks.len() => Ok(Verdict::Refused {

@@ -167,7 +167,10 @@ mod tests {
         let spec = LimitSpec::new(10, s, 20).unwrap();
         assert_eq!(spec.interval(), Duration::from_millis(100));
         assert_eq!(spec.quota().burst_size().get(), 20);
-        assert_eq!(spec.quota().replenish_interval(), Duration::from_millis(100));
+        assert_eq!(
+            spec.quota().replenish_interval(),
+            Duration::from_millis(100)
+        );
     }
 
     #[test]

@@ -59,7 +59,13 @@ async fn no_limits_admit_everything() {
 #[tokio::test]
 async fn per_identity_and_tool_keys_do_not_interfere() {
     let (l, metrics) = limits(RateLimitConfig {
-        limits: vec![rule("per-user-tool", &[KeyPart::Identity, KeyPart::Tool], 2, HOUR, 2)],
+        limits: vec![rule(
+            "per-user-tool",
+            &[KeyPart::Identity, KeyPart::Tool],
+            2,
+            HOUR,
+            2,
+        )],
         ..Default::default()
     });
     let echo = target("fx", "echo");
@@ -94,11 +100,21 @@ async fn upstream_and_tool_filters_choose_the_calls_a_limit_sees() {
         limits: vec![protect],
         ..Default::default()
     });
-    admitted(&l, &who("a"), &target("time", "get_time")).await.unwrap();
+    admitted(&l, &who("a"), &target("time", "get_time"))
+        .await
+        .unwrap();
     let refused = admitted(&l, &who("b"), &target("time", "get_zone")).await;
-    assert_eq!(refused.unwrap_err().limit(), "protect-time", "keyed by upstream only");
-    admitted(&l, &who("a"), &target("time", "convert")).await.unwrap();
-    admitted(&l, &who("a"), &target("fx", "get_time")).await.unwrap();
+    assert_eq!(
+        refused.unwrap_err().limit(),
+        "protect-time",
+        "keyed by upstream only"
+    );
+    admitted(&l, &who("a"), &target("time", "convert"))
+        .await
+        .unwrap();
+    admitted(&l, &who("a"), &target("fx", "get_time"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -116,7 +132,9 @@ async fn recovers_after_the_period() {
     let wait = refused.retry_after().unwrap();
     assert!(wait <= Duration::from_millis(100), "{wait:?}");
     tokio::time::sleep(wait).await;
-    admitted(&l, &who("a"), &t).await.expect("admitted after retry_after");
+    admitted(&l, &who("a"), &t)
+        .await
+        .expect("admitted after retry_after");
 }
 
 #[tokio::test]
@@ -132,9 +150,11 @@ async fn policy_overrides_replace_or_add_limits() {
         spec: LimitSpec::new(3, HOUR, 3).unwrap(),
     };
     for _ in 0..3 {
-        l.admit_with(&who("admin"), &t, std::slice::from_ref(&generous))
-            .await
-            .expect("the override's quota replaces the configured one");
+        drop(
+            l.admit_with(&who("admin"), &t, std::slice::from_ref(&generous))
+                .await
+                .expect("the override's quota replaces the configured one"),
+        );
     }
     assert!(l.admit_with(&who("admin"), &t, &[generous]).await.is_err());
 
@@ -143,9 +163,11 @@ async fn policy_overrides_replace_or_add_limits() {
         key: None,
         spec: LimitSpec::new(1, HOUR, 1).unwrap(),
     };
-    l.admit_with(&who("c"), &t, std::slice::from_ref(&rule_limit))
-        .await
-        .unwrap();
+    drop(
+        l.admit_with(&who("c"), &t, std::slice::from_ref(&rule_limit))
+            .await
+            .unwrap(),
+    );
     // The configured limit is also spent by now; a new identity shows the
     // policy limit refusing on its own.
     let refused = l
@@ -155,10 +177,16 @@ async fn policy_overrides_replace_or_add_limits() {
         .unwrap();
     assert_eq!(refused.limit(), "per-user");
     let (l, _) = limits(RateLimitConfig::default());
-    l.admit_with(&who("c"), &t, std::slice::from_ref(&rule_limit))
+    drop(
+        l.admit_with(&who("c"), &t, std::slice::from_ref(&rule_limit))
+            .await
+            .unwrap(),
+    );
+    let refused = l
+        .admit_with(&who("c"), &t, &[rule_limit])
         .await
+        .err()
         .unwrap();
-    let refused = l.admit_with(&who("c"), &t, &[rule_limit]).await.err().unwrap();
     assert_eq!(refused.limit(), "contractors");
     admitted(&l, &who("c"), &t)
         .await
@@ -205,7 +233,10 @@ async fn request_limits_are_per_identity() {
     });
     l.admit_request(&who("a")).await.unwrap();
     l.admit_request(&who("a")).await.unwrap();
-    assert_eq!(l.admit_request(&who("a")).await.unwrap_err().limit(), "http");
+    assert_eq!(
+        l.admit_request(&who("a")).await.unwrap_err().limit(),
+        "http"
+    );
     l.admit_request(&who("b")).await.unwrap();
     admitted(&l, &who("a"), &target("u", "t"))
         .await
@@ -217,13 +248,19 @@ async fn consume_spends_units_all_or_none() {
     let (l, _) = limits(RateLimitConfig::default());
     let tokens = LimitSpec::new(1000, HOUR, 1000).unwrap();
     l.consume("tokens", "alice", &tokens, 600).await.unwrap();
-    let refused = l.consume("tokens", "alice", &tokens, 600).await.unwrap_err();
+    let refused = l
+        .consume("tokens", "alice", &tokens, 600)
+        .await
+        .unwrap_err();
     assert!(matches!(refused, Refused::Rate { .. }));
     l.consume("tokens", "alice", &tokens, 400)
         .await
         .expect("the refused 600 spent nothing");
     l.consume("tokens", "bob", &tokens, 1000).await.unwrap();
-    let too_large = l.consume("tokens", "carol", &tokens, 1001).await.unwrap_err();
+    let too_large = l
+        .consume("tokens", "carol", &tokens, 1001)
+        .await
+        .unwrap_err();
     assert!(matches!(too_large, Refused::TooLarge { .. }), "{too_large}");
     assert_eq!(too_large.retry_after_ms(), None);
 }
@@ -271,7 +308,9 @@ async fn unreachable_redis_follows_on_error() {
         .contains("portcullis_ratelimit_backend_errors_total 5"));
 
     let (closed, metrics) = limits(redis_config(port, OnBackendError::Deny));
-    let refused = admitted(&closed, &who("a"), &target("u", "t")).await.unwrap_err();
+    let refused = admitted(&closed, &who("a"), &target("u", "t"))
+        .await
+        .unwrap_err();
     assert!(matches!(refused, Refused::Unavailable { .. }), "{refused}");
     assert_eq!(refused.limit(), "g");
     assert!(metrics
@@ -289,7 +328,14 @@ impl RedisServer {
     fn start() -> Option<RedisServer> {
         let port = closed_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn();
         let child = match child {
@@ -344,7 +390,9 @@ async fn redis_backend_shares_counts_and_matches_governor() {
         "one unit per 50 ms: {wait:?}"
     );
     tokio::time::sleep(wait).await;
-    admitted(&b, &who("x"), &t).await.expect("admitted after retry_after");
+    admitted(&b, &who("x"), &t)
+        .await
+        .expect("admitted after retry_after");
     tokio::time::sleep(Duration::from_millis(100)).await;
     // per-user is spent (3 of 3); all-or-nothing: the refusal spends no
     // `fast` unit, so another identity still gets the full burst.

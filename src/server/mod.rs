@@ -162,10 +162,7 @@ impl Router {
 /// the limit and exact wait in the body.
 fn too_many_requests(refused: &Refused) -> Response<Body> {
     let retry_ms = refused.retry_after_ms().unwrap_or(1000);
-    let mut resp = text(
-        StatusCode::TOO_MANY_REQUESTS,
-        &format!("{refused}\n"),
-    );
+    let mut resp = text(StatusCode::TOO_MANY_REQUESTS, &format!("{refused}\n"));
     let seconds = retry_ms.div_ceil(1000).max(1);
     resp.headers_mut()
         .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
