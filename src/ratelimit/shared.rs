@@ -78,9 +78,14 @@ impl Shared {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = redis::Client::open(config.url.as_str())
-            .and_then(|client| ConnectionManager::new_lazy_with_config(client, manager))
-            .map_err(|e| e.to_string());
+        // The manager spawns a task, which needs a Tokio runtime; without
+        // one every check is a backend error rather than a panic.
+        let conn = match tokio::runtime::Handle::try_current() {
+            Ok(_) => redis::Client::open(config.url.as_str())
+                .and_then(|client| ConnectionManager::new_lazy_with_config(client, manager))
+                .map_err(|e| e.to_string()),
+            Err(_) => Err("no Tokio runtime".to_owned()),
+        };
         Shared {
             conn,
             script: Script::new(GCRA),

@@ -318,6 +318,18 @@ async fn unreachable_redis_follows_on_error() {
         .contains(r#"portcullis_ratelimit_refusals_total{limit="g"} 1"#));
 }
 
+#[test]
+fn redis_backend_built_outside_a_runtime_is_a_backend_error() {
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let l = Limits::new(&redis_config(closed_port(), OnBackendError::Deny), metrics);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = rt.block_on(admitted(&l, &who("a"), &target("u", "t")));
+    assert!(matches!(refused, Err(Refused::Unavailable { .. })));
+}
+
 /// A `redis-server` on a free port, stopped on drop.
 struct RedisServer {
     child: Child,
