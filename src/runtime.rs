@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::registry::Registry;
@@ -21,6 +22,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Session handlers and event fan-out.
     pub gateway: Arc<Gateway>,
+    /// Establishes who is calling, for every HTTP request.
+    pub auth: Arc<Authenticator>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -58,9 +61,19 @@ impl Runtime {
             .collect();
         let registry = Arc::new(Registry::new(config.clone(), upstreams, metrics.clone()));
         let gateway = Gateway::new(config.clone(), registry, metrics, events_rx);
+        let auth = Arc::new(Authenticator::new(
+            &config.auth,
+            config
+                .auth
+                .jwt
+                .as_ref()
+                .and_then(|j| j.jwks_file.as_deref())
+                .map(|f| config.resolve_path(f)),
+        ));
         Runtime {
             config,
             gateway,
+            auth,
             shutdown,
             tasks,
         }

@@ -527,6 +527,20 @@ fn action_name(action: &ElicitationAction) -> String {
         .unwrap_or_else(|| format!("{action:?}").to_lowercase())
 }
 
+/// Tools defined by the JSON file named in `FIXTURE_EXTRA_TOOLS` (a list of
+/// MCP tool definitions), read on every listing so a test can change a
+/// definition under a running server. Calling one returns its name and
+/// arguments as JSON text.
+fn extra_tools() -> Vec<Tool> {
+    let Some(path) = std::env::var_os("FIXTURE_EXTRA_TOOLS") else {
+        return Vec::new();
+    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
 /// The tools this server offers, in listing order.
 fn tools() -> Vec<Tool> {
     vec![
@@ -679,6 +693,11 @@ fn tools() -> Vec<Tool> {
             "properties": { "sum": { "type": "number" } },
             "required": ["sum"]
         })))),
+        Tool::new(
+            "headers",
+            "Returns the HTTP request headers this call arrived with, as a JSON object",
+            no_args(),
+        ),
         Tool::new(
             "trigger_resource_update",
             "Sends notifications/resources/updated for `uri` (default test://watched-resource) \
@@ -1042,6 +1061,27 @@ impl Fixture {
                      properly reconnected after stream closure.",
                 )
             }
+            "headers" => {
+                let headers: serde_json::Map<String, Value> = cx
+                    .extensions
+                    .get::<http::request::Parts>()
+                    .map(|p| {
+                        p.headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.as_str().to_owned(),
+                                    Value::from(v.to_str().unwrap_or("<binary>")),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                text(&Value::Object(headers).to_string())
+            }
+            name if extra_tools().iter().any(|t| t.name == name) => {
+                text(&json!({ "tool": name, "arguments": args }).to_string())
+            }
             "echo" => match args.get("message").and_then(Value::as_str) {
                 Some(message) => text(message),
                 None => Ok(tool_error("argument `message` (string) is required")),
@@ -1159,11 +1199,16 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools()))
+        let mut all = tools();
+        all.extend(extra_tools());
+        Ok(ListToolsResult::with_all_items(all))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tools().into_iter().find(|t| t.name == name)
+        tools()
+            .into_iter()
+            .chain(extra_tools())
+            .find(|t| t.name == name)
     }
 
     async fn call_tool(

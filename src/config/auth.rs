@@ -75,6 +75,10 @@ pub struct JwtConfig {
     /// How long a fetched JWKS is trusted before refetching.
     #[serde(default = "default_jwks_ttl", with = "humantime_serde")]
     pub jwks_refresh: Duration,
+    /// Least time between two fetches caused by tokens with an unknown
+    /// `kid` (key rotation), so forged tokens cannot flood the IdP.
+    #[serde(default = "default_refetch_min", with = "humantime_serde")]
+    pub jwks_refetch_min: Duration,
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
@@ -90,6 +94,10 @@ fn default_groups_claim() -> String {
 
 fn default_jwks_ttl() -> Duration {
     Duration::from_secs(300)
+}
+
+fn default_refetch_min() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_leeway() -> Duration {

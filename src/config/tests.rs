@@ -96,3 +96,26 @@ fn empty_file_is_a_config_with_defaults() {
     assert_eq!(config.separator, "__");
     assert!(config.upstreams.is_empty());
 }
+
+#[test]
+fn auth_example_parses_and_bad_auth_is_named() {
+    let config = parse(
+        r#"
+auth:
+  api_keys:
+    - { id: ci-bot, sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", groups: [automation] }
+  jwt: { jwks_url: "https://idp.example/jwks.json", issuer: "https://idp.example", audience: portcullis }
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.auth.api_keys[0].groups, ["automation"]);
+    assert!(config.auth.enabled());
+    let (field, message) = field_error("auth: { api_keys: [ { id: x, sha256: abc } ] }\n");
+    assert_eq!(field, "auth.api_keys.0.sha256");
+    assert!(message.contains("SHA-256"), "{message}");
+    let (field, _) = field_error("auth: { jwt: { issuer: i, audience: a } }\n");
+    assert_eq!(field, "auth.jwt");
+    let (field, message) = field_error("policies: { dir: /nonexistent/policies }\n");
+    assert_eq!(field, "policies.dir");
+    assert!(message.contains("not a directory"), "{message}");
+}

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError, HttpUpstreamConfig, ToolFilterConfig, UpstreamConfig};
+use super::{
+    AuthConfig, Config, ConfigError, HttpUpstreamConfig, ToolFilterConfig, UpstreamConfig,
+};
 
 /// True when `s` uses only the MCP tool-name characters.
 pub(crate) fn is_name(s: &str) -> bool {
@@ -32,6 +34,17 @@ impl Config {
         }
         for (name, upstream) in &self.upstreams {
             validate_upstream(file, name, upstream)?;
+        }
+        validate_auth(file, &self.auth)?;
+        if let Some(p) = &self.policies {
+            let dir = self.resolve_path(&p.dir);
+            if !dir.is_dir() {
+                return Err(ConfigError::field(
+                    file,
+                    "policies.dir",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
         }
         for (name, vs) in &self.virtual_servers {
             let field = format!("virtual_servers.{name}");
@@ -152,4 +165,46 @@ fn check_glob(file: &Path, field: &str, glob: &str) -> Result<(), ConfigError> {
     globset::Glob::new(glob)
         .map(drop)
         .map_err(|e| ConfigError::field(file, field, format!("bad glob: {e}")))
+}
+
+fn validate_auth(file: &Path, auth: &AuthConfig) -> Result<(), ConfigError> {
+    for (i, key) in auth.api_keys.iter().enumerate() {
+        let field = format!("auth.api_keys.{i}");
+        if key.id.is_empty() {
+            return Err(ConfigError::field(
+                file,
+                format!("{field}.id"),
+                "must not be empty",
+            ));
+        }
+        if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ConfigError::field(
+                file,
+                format!("{field}.sha256"),
+                "must be the 64 hex digits of the key's SHA-256 (e.g. `printf %s KEY | sha256sum`)",
+            ));
+        }
+    }
+    if let Some(jwt) = &auth.jwt {
+        match (&jwt.jwks_url, &jwt.jwks_file) {
+            (Some(url), None) => {
+                if reqwest::Url::parse(url).is_err() {
+                    return Err(ConfigError::field(
+                        file,
+                        "auth.jwt.jwks_url",
+                        "not a valid URL",
+                    ));
+                }
+            }
+            (None, Some(_)) => {}
+            _ => {
+                return Err(ConfigError::field(
+                    file,
+                    "auth.jwt",
+                    "set exactly one of `jwks_url` and `jwks_file`",
+                ))
+            }
+        }
+    }
+    Ok(())
 }

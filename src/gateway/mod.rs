@@ -89,11 +89,6 @@ impl Gateway {
         &self.limits
     }
 
-    /// The identity of requests that carry none (stdio, or auth off).
-    pub fn default_identity(&self) -> &Arc<Identity> {
-        &self.default_identity
-    }
-
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

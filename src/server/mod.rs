@@ -7,6 +7,7 @@
 //! from `http:` in the config; each failure gets a clear HTTP error.
 
 mod admin;
+mod auth;
 mod health;
 
 use std::collections::HashMap;
@@ -24,7 +25,6 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio::net::TcpListener;
 use tower::Service;
 
-use crate::auth::Identity;
 use crate::config::Config;
 use crate::gateway::{Gateway, Session};
 use crate::ratelimit::Refused;
@@ -41,6 +41,7 @@ pub struct Router {
     gateway: Arc<Gateway>,
     /// Serve `/metrics` and `/admin` here (false when they have their own listener).
     admin: bool,
+    auth: auth::HttpAuth,
 }
 
 impl Router {
@@ -85,6 +86,7 @@ impl Router {
             mcp,
             gateway,
             admin,
+            auth: auth::HttpAuth::new(runtime.auth.clone(), config),
         }
     }
 
@@ -95,12 +97,16 @@ impl Router {
             mcp: HashMap::new(),
             gateway: runtime.gateway.clone(),
             admin: true,
+            auth: auth::HttpAuth::new(runtime.auth.clone(), &runtime.config),
         }
     }
 
     /// Routes one request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().trim_end_matches('/').to_owned();
+        if auth::HttpAuth::is_metadata(&path) {
+            return self.auth.metadata(&req, &path);
+        }
         match path.as_str() {
             "/healthz" => return text(StatusCode::OK, "ok\n"),
             "/readyz" => return health::ready(&self.gateway),
@@ -126,7 +132,12 @@ impl Router {
                 &format!("no MCP endpoint at {path}\n"),
             );
         };
-        if let Err(refused) = self.admit_request(&req).await {
+        let identity = match self.auth.admit(&mut req, &path).await {
+            Ok(identity) => identity,
+            Err(refusal) => return refusal,
+        };
+        // After auth, so each identity has its own request budget.
+        if let Err(refused) = self.gateway.limits().admit_request(&identity).await {
             return too_many_requests(&refused);
         }
         let is_delete = req.method() == http::Method::DELETE;
@@ -142,19 +153,8 @@ impl Router {
         if is_delete && resp.status() == StatusCode::ACCEPTED {
             *resp.status_mut() = StatusCode::OK;
         }
+        self.auth.bind(&resp, &identity);
         resp
-    }
-}
-
-impl Router {
-    /// `ratelimit.requests` for the request's identity (set by auth in the
-    /// request's extensions, else the gateway's default identity).
-    async fn admit_request(&self, req: &Request<Incoming>) -> Result<(), Refused> {
-        let identity = req
-            .extensions()
-            .get::<Arc<Identity>>()
-            .unwrap_or_else(|| self.gateway.default_identity());
-        self.gateway.limits().admit_request(identity).await
     }
 }
 
@@ -224,6 +224,21 @@ async fn parse_error(resp: Response<Body>) -> Response<Body> {
             .boxed(),
     );
     *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(value.to_string()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),

@@ -218,3 +218,18 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
 def run(coro):
     """Runs a coroutine with an overall bound so a hung test fails, not stalls."""
     return asyncio.run(asyncio.wait_for(coro, timeout=120))
+
+
+@contextlib.asynccontextmanager
+async def mcp_session(url: str, headers: dict[str, str] | None = None, **session_kwargs):
+    """An initialized `mcp` ClientSession over streamable HTTP that sends
+    `headers` with every request (credentials, trace context)."""
+    import httpx2
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with httpx2.AsyncClient(headers=headers or {}, timeout=60) as http:
+        async with streamable_http_client(url, http_client=http) as (read, write, *_):
+            async with ClientSession(read, write, **session_kwargs) as s:
+                await s.initialize()
+                yield s

@@ -1,15 +1,13 @@
 """Rate limits and concurrency caps, driven through the official Python
 client: refusals carry the documented JSON-RPC error, never reach the
 upstream, and recover; two gateways sharing a real redis-server admit the
-configured total; a stopped Redis follows `on_error`.
-
-Per-identity keys need two authenticated identities, which arrive with
-`auth`; until then they are tested at the unit level
-(`ratelimit::tests::per_identity_and_tool_keys_do_not_interfere`)."""
+configured total; a stopped Redis follows `on_error`. Identities are two
+API keys."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -22,7 +20,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from conftest import fixture_stdio, free_port, http_get, run, wait_for
+from conftest import fixture_stdio, free_port, http_get, mcp_session, run, wait_for
 
 RATE_LIMITED = -32029
 
@@ -121,6 +119,42 @@ def test_tool_and_upstream_keys_do_not_interfere(procs):
     assert forwarded_calls(gw, "a") == 5 and forwarded_calls(gw, "b") == 3
 
 
+KEYS = {"alice": "pk-alice-0123456789", "bob": "pk-bob-0123456789"}
+AUTH = {
+    "api_keys": [{"id": who, "sha256": hashlib.sha256(key.encode()).hexdigest()} for who, key in KEYS.items()]
+}
+
+
+def bearer(who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[who]}"}
+
+
+def test_identity_keys_do_not_interfere(procs):
+    gw = fixture_gateway(
+        procs,
+        {"limits": [{"id": "per-user-tool", "key": ["identity", "tool"], "rate": 2, "per": "1h"}]},
+        auth=AUTH,
+    )
+
+    async def go():
+        async with mcp_session(gw.url, bearer("alice")) as alice, mcp_session(gw.url, bearer("bob")) as bob:
+            for _ in range(2):
+                await alice.call_tool("fx__echo", {"message": "a"})
+            with pytest.raises(MCPError) as err:
+                await alice.call_tool("fx__echo", {"message": "a"})
+            assert err.value.error.code == RATE_LIMITED
+            assert err.value.error.data["limit"] == "per-user-tool"
+            for _ in range(2):
+                r = await bob.call_tool("fx__echo", {"message": "b"})
+                assert r.content[0].text == "b", "bob has his own budget"
+            await alice.call_tool("fx__add", {"a": 1, "b": 2})
+            with pytest.raises(MCPError):
+                await bob.call_tool("fx__echo", {"message": "b"})
+
+    run(go())
+    assert forwarded_calls(gw, "fx") == 5
+
+
 def test_concurrency_cap_with_slow_tool(procs):
     gw = fixture_gateway(
         procs, {"concurrency": [{"id": "slow-cap", "key": ["upstream"], "max": 2, "wait": "2s"}]}
@@ -151,7 +185,11 @@ def test_concurrency_cap_with_slow_tool(procs):
 
 
 def test_http_requests_over_the_limit_get_429(procs):
-    gw = fixture_gateway(procs, {"requests": [{"id": "http-per-identity", "key": ["identity"], "rate": 2, "per": "1h"}]})
+    gw = fixture_gateway(
+        procs,
+        {"requests": [{"id": "http-per-identity", "key": ["identity"], "rate": 2, "per": "1h"}]},
+        auth=AUTH,
+    )
     body = json.dumps(
         {
             "jsonrpc": "2.0",
@@ -161,12 +199,12 @@ def test_http_requests_over_the_limit_get_429(procs):
         }
     ).encode()
 
-    def post():
+    def post(who: str = "alice"):
         req = urllib.request.Request(
             gw.url,
             data=body,
             method="POST",
-            headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"},
+            headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream", **bearer(who)},
         )
         try:
             with urllib.request.urlopen(req, timeout=15) as resp:
@@ -179,6 +217,7 @@ def test_http_requests_over_the_limit_get_429(procs):
     assert status == 429
     assert int(headers["Retry-After"]) > 1000, "one request per 30 minutes"
     assert b"http-per-identity" in text
+    assert post("bob")[0] == 200, "another identity has its own request budget"
     assert http_get(gw.endpoint("/healthz"))[0] == 200, "health checks are not limited"
     assert metric(gw, "portcullis_ratelimit_refusals_total", limit="http-per-identity") == 1
 
