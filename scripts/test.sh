@@ -4,6 +4,17 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# Debian packages the tests run for real: Prometheus (promtool and a
+# scraping server) and Redis (shared rate limits across replicas).
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
 "$root/scripts/install-peers.sh"
 # redis-server for the shared rate-limit tests (Debian package; CI runs as root).
 if ! command -v redis-server >/dev/null 2>&1; then

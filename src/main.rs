@@ -34,11 +34,22 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file and exit.
+    /// Validate a config file (and its policies and pin lock file) and exit.
     Check {
         /// The YAML config file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Connect to the upstreams and write the pin lock file
+    /// (`policies.pinning.lockfile`) with each tool's definition hash,
+    /// approving the definitions as they are now.
+    Pin {
+        /// The YAML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Pin only these upstreams (default: all); other pins are kept.
+        #[arg(long)]
+        upstream: Vec<String>,
     },
 }
 
@@ -56,13 +67,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
             let config = Config::load(&config)?;
+            let mut rules = String::new();
+            if let Some(p) = &config.policies {
+                let dir = config.resolve_path(&p.dir);
+                let set = portcullis::policy::PolicySet::load_dir(&dir, p.default)?;
+                rules = format!(
+                    ", {} policy rules, {} guards",
+                    set.rule_count(),
+                    set.guard_count()
+                );
+                if let Some(lock) = &p.pinning.lockfile {
+                    let lock = portcullis::policy::pin::Lockfile::load(&config.resolve_path(lock))?;
+                    rules.push_str(&format!(", {} pinned tools", lock.tools.len()));
+                }
+            }
             println!(
-                "{}: ok ({} upstreams, {} virtual servers)",
+                "{}: ok ({} upstreams, {} virtual servers{rules})",
                 config.source.display(),
                 config.upstreams.len(),
                 config.virtual_servers.len()
             );
             Ok(())
+        }
+        Command::Pin { config, upstream } => {
+            runtime()?.block_on(pin(Config::load(&config)?, upstream))
         }
         Command::Serve { config } => runtime()?.block_on(serve(Config::load(&config)?)),
         Command::Stdio { config } => runtime()?.block_on(stdio(Config::load(&config)?)),
@@ -74,6 +102,93 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+async fn pin(mut config: Config, only: Vec<String>) -> anyhow::Result<()> {
+    use portcullis::policy::pin::{definition_hash, Lockfile};
+    let Some(path) = config
+        .policies
+        .as_ref()
+        .and_then(|p| p.pinning.lockfile.clone())
+    else {
+        anyhow::bail!(
+            "{}: field `policies.pinning.lockfile`: set it to say where pins are written",
+            config.source.display()
+        );
+    };
+    let path = config.resolve_path(&path);
+    for name in &only {
+        anyhow::ensure!(
+            config.upstreams.contains_key(name),
+            "no upstream named `{name}`"
+        );
+    }
+    // Pins are being (re)written: start without enforcing the old ones.
+    if let Some(p) = config.policies.as_mut() {
+        p.pinning.lockfile = None;
+    }
+    let telemetry = telemetry::init(&config.log, &config.telemetry)?;
+    let runtime = Runtime::start(config, Arc::new(Metrics::new()?), false)?;
+    let registry = runtime.gateway.registry().clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !registry.upstreams().values().all(|u| u.tried()) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "upstreams did not start within 120s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut lock = if path.exists() {
+        Lockfile::load(&path)?
+    } else {
+        Lockfile {
+            version: portcullis::policy::pin::LOCKFILE_VERSION,
+            ..Lockfile::default()
+        }
+    };
+    let mut failed = Vec::new();
+    for (name, up) in registry.upstreams() {
+        if !only.is_empty() && !only.iter().any(|o| **o == **name) {
+            continue;
+        }
+        if !up.is_up() {
+            failed.push(name.to_string());
+            continue;
+        }
+        let prefix = format!("{name}/");
+        let before = lock.tools.clone();
+        lock.tools.retain(|k, _| !k.starts_with(&prefix));
+        let tools = registry.upstream_tools(name).await;
+        let (mut added, mut changed) = (0, 0);
+        for tool in tools.iter() {
+            let key = Lockfile::key(name, &tool.name);
+            let hash = definition_hash(tool);
+            match before.get(&key) {
+                None => added += 1,
+                Some(old) if *old != hash => changed += 1,
+                Some(_) => {}
+            }
+            lock.tools.insert(key, hash);
+        }
+        let removed = before
+            .keys()
+            .filter(|k| k.starts_with(&prefix) && !lock.tools.contains_key(*k))
+            .count();
+        println!(
+            "{name}: {} tools pinned ({added} new, {changed} changed, {removed} removed)",
+            tools.len()
+        );
+    }
+    lock.save(&path)?;
+    println!("wrote {}", path.display());
+    runtime.stop().await;
+    telemetry.shutdown();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "not pinned (upstream down): {}",
+        failed.join(", ")
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -90,7 +205,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let runtime = Runtime::start(config, Arc::new(Metrics::new()?));
+    let runtime = Runtime::start(config, Arc::new(Metrics::new()?), false)?;
     let router = Arc::new(server::Router::new(&runtime, admin_listener.is_none()));
     // Tests and scripts read these lines to learn OS-chosen ports.
     println!("portcullis listening on http://{addr}");
@@ -121,7 +236,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn stdio(config: Config) -> anyhow::Result<()> {
     let telemetry = telemetry::init(&config.log, &config.telemetry)?;
-    let runtime = Runtime::start(config, Arc::new(Metrics::new()?));
+    let runtime = Runtime::start(config, Arc::new(Metrics::new()?), true)?;
     let session = runtime.gateway.session(Endpoint::Aggregate);
     let running = session
         .serve(rmcp::transport::stdio())

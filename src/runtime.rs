@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Guardrails, GuardrailsError};
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 use crate::upstream::{self, Upstream};
@@ -31,8 +31,18 @@ pub struct Runtime {
 impl Runtime {
     /// Starts every upstream's supervisor (each connects in the background,
     /// so a slow or dead upstream delays nothing) and the gateway.
-    pub fn start(config: Config, metrics: Arc<Metrics>) -> Runtime {
+    ///
+    /// `stdout_is_mcp` is true for `portcullis stdio`, whose stdout carries
+    /// MCP (audit lines then default to stderr). Fails when the policies or
+    /// the pin lock file are invalid: the gateway never runs without the
+    /// policy it was configured with.
+    pub fn start(
+        config: Config,
+        metrics: Arc<Metrics>,
+        stdout_is_mcp: bool,
+    ) -> Result<Runtime, GuardrailsError> {
         let config = Arc::new(config);
+        let guardrails = Guardrails::start(&config, metrics.clone(), stdout_is_mcp)?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -59,8 +69,16 @@ impl Runtime {
                 (Arc::from(name.as_str()), up)
             })
             .collect();
-        let registry = Arc::new(Registry::new(config.clone(), upstreams, metrics.clone()));
-        let gateway = Gateway::new(config.clone(), registry, metrics, events_rx);
+        let screen = guardrails
+            .clone()
+            .map(|g| g as Arc<dyn crate::registry::ToolScreen>);
+        let registry = Arc::new(Registry::new(
+            config.clone(),
+            upstreams,
+            metrics.clone(),
+            screen,
+        ));
+        let gateway = Gateway::new(config.clone(), registry, metrics, events_rx, guardrails);
         let auth = Arc::new(Authenticator::new(
             &config.auth,
             config
@@ -70,13 +88,13 @@ impl Runtime {
                 .and_then(|j| j.jwks_file.as_deref())
                 .map(|f| config.resolve_path(f)),
         ));
-        Runtime {
+        Ok(Runtime {
             config,
             gateway,
             auth,
             shutdown,
             tasks,
-        }
+        })
     }
 
     /// Cancelled when the gateway shuts down.

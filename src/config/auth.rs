@@ -133,6 +133,10 @@ pub struct PoliciesConfig {
     /// Where audit lines go.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// What to do with a tool whose definition (description, schemas)
+    /// carries prompt-injection text: `block` hides it, `flag` audits it.
+    #[serde(default)]
+    pub scan: PinAction,
     /// How long an approval request waits for the human.
     #[serde(default = "default_approval_timeout", with = "humantime_serde")]
     pub approval_timeout: Duration,

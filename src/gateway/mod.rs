@@ -3,6 +3,7 @@
 //! upstreams (forwarding). Also fans upstream events out to sessions.
 
 mod error;
+mod guardrails;
 mod observe;
 mod session;
 
@@ -22,6 +23,7 @@ use crate::telemetry::recent::RecentCalls;
 use crate::telemetry::Metrics;
 use crate::upstream::{log_level_passes, ListKind, UpstreamEvent};
 pub use error::{RATE_LIMITED, REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
+pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
 pub use session::Session;
 
 /// What the gateway knows about one live downstream session.
@@ -50,6 +52,8 @@ pub struct Gateway {
     recent: RecentCalls,
     /// Identity of requests that carry none (stdio, or auth off).
     default_identity: Arc<Identity>,
+    /// Policy enforcement; `None` when no policies are configured.
+    guardrails: Option<Arc<Guardrails>>,
     /// Rate limits and concurrency caps.
     limits: Arc<Limits>,
 }
@@ -62,6 +66,7 @@ impl Gateway {
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
         events: mpsc::UnboundedReceiver<UpstreamEvent>,
+        guardrails: Option<Arc<Guardrails>>,
     ) -> Arc<Gateway> {
         let default_identity = Identity::configured(&config.auth);
         let limits = Limits::new(&config.ratelimit, metrics.clone());
@@ -74,9 +79,21 @@ impl Gateway {
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             default_identity,
+            guardrails,
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw
+    }
+
+    /// The name a target has on the aggregate endpoint (before renames),
+    /// which policy `tool` globs match.
+    pub(crate) fn aggregate_name(&self, target: &crate::registry::Target) -> String {
+        format!(
+            "{}{}{}",
+            self.config.prefix_of(&target.upstream),
+            self.config.separator,
+            target.original
+        )
     }
 
     /// The registry.

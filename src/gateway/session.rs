@@ -10,9 +10,11 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::error::{refused_error, registry_error, unknown, upstream_error};
+use super::guardrails::{self, CallInfo, Guardrails};
 use super::observe::Observation;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
+use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
 use crate::registry::{self, Endpoint, Target};
 use crate::telemetry::trace;
 use crate::upstream::Caller;
@@ -64,13 +66,12 @@ impl Session {
     /// call never reaches the upstream.
     async fn admit(
         &self,
+        identity: &Identity,
         target: &Target,
-        ctx: &RequestContext<RoleServer>,
     ) -> Result<crate::ratelimit::Admission, ErrorData> {
-        let identity = self.identity(ctx);
         self.gw
             .limits
-            .admit(&identity, target)
+            .admit(identity, target)
             .await
             .map_err(refused_error)
     }
@@ -139,6 +140,67 @@ impl Session {
                     )
                 }),
         }
+    }
+
+    /// The policy step before a call is forwarded: decide, guard the
+    /// arguments (redacting in place), and ask the human when a rule says
+    /// so. Every outcome is audited by [`Guardrails`].
+    async fn enforce(
+        &self,
+        g: &Guardrails,
+        set: &PolicySet,
+        call: &CallInfo<'_>,
+        subject: &Subject<'_>,
+        arguments: &mut Option<JsonObject>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let decision = g.decide(set, call, subject, arguments.as_ref());
+        if decision.action == Action::Deny {
+            return Err(guardrails::denied(
+                &decision,
+                &format!("`{}`", subject.exposed),
+            ));
+        }
+        if let Some(args) = arguments.take() {
+            let mut value = serde_json::Value::Object(args);
+            g.guard(set, call, subject, Direction::Arguments, &mut value)?;
+            if let serde_json::Value::Object(args) = value {
+                *arguments = Some(args);
+            }
+        }
+        if decision.action == Action::Approve {
+            let rule = decision.rule.as_deref().unwrap_or("default");
+            let shown = arguments
+                .as_ref()
+                .map(|a| serde_json::Value::Object(a.clone()).to_string())
+                .unwrap_or_else(|| "{}".into());
+            let prompt = format!(
+                "{} Approve the call to `{}` on `{}` with arguments {shown}?",
+                decision
+                    .message
+                    .as_deref()
+                    .unwrap_or("This call needs your approval."),
+                subject.name,
+                subject.upstream,
+            );
+            let can_elicit = capabilities_of(ctx).elicitation.is_some();
+            let answer =
+                guardrails::ask_approval(&ctx.peer, can_elicit, prompt, g.approval_timeout()).await;
+            let approved = matches!(answer, Ok(true));
+            g.record_approval(call, subject, rule, approved);
+            if !approved {
+                let why = match answer {
+                    Ok(_) => "the call was not approved".to_owned(),
+                    Err(why) => why,
+                };
+                return Err(ErrorData::new(
+                    guardrails::POLICY_DENIED,
+                    format!("`{}` needs approval: {why}", subject.exposed),
+                    Some(serde_json::json!({ "rule": rule, "action": "approve" })),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn observe(&self, method: &'static str, ctx: &RequestContext<RoleServer>) -> Observation<'_> {
@@ -220,6 +282,85 @@ impl Session {
             .map_err(registry_error)
     }
 
+    /// `items` without those the caller may never use (policy `visible`);
+    /// borrowed unchanged when no policy is configured.
+    fn visible<'a, T: Clone>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        items: &'a [T],
+        kind: Kind,
+        route: impl Fn(&'a T) -> Option<(&'a Target, Option<&'a ToolAnnotations>)>,
+    ) -> std::borrow::Cow<'a, [T]> {
+        let Some(g) = &self.gw.guardrails else {
+            return std::borrow::Cow::Borrowed(items);
+        };
+        let set = g.policy();
+        let identity = self.identity(ctx);
+        std::borrow::Cow::Owned(
+            items
+                .iter()
+                .filter(|item| {
+                    let Some((target, annotations)) = route(item) else {
+                        return true;
+                    };
+                    let exposed = match kind {
+                        Kind::Resource => target.original.clone(),
+                        _ => self.gw.aggregate_name(target),
+                    };
+                    set.visible(
+                        &identity,
+                        &Subject {
+                            kind,
+                            upstream: &target.upstream,
+                            name: &target.original,
+                            exposed: &exposed,
+                            annotations,
+                        },
+                    )
+                })
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// The policy decision for a prompt or resource request (no guards on
+    /// arguments beyond the decision; results are guarded by the caller).
+    async fn authorize(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        obs: &Observation<'_>,
+        method: &'static str,
+        kind: Kind,
+        target: &Target,
+        arguments: &mut Option<JsonObject>,
+    ) -> Result<(), ErrorData> {
+        let Some(g) = &self.gw.guardrails else {
+            return Ok(());
+        };
+        let identity = self.identity(ctx);
+        let exposed = match kind {
+            Kind::Resource => target.original.clone(),
+            _ => self.gw.aggregate_name(target),
+        };
+        let subject = Subject {
+            kind,
+            upstream: &target.upstream,
+            name: &target.original,
+            exposed: &exposed,
+            annotations: None,
+        };
+        let call = CallInfo {
+            identity: &identity,
+            session: self.state.id,
+            method,
+            trace_id: trace::trace_id_of(&obs.span),
+        };
+        let set = g.policy();
+        self.enforce(g, &set, &call, &subject, arguments, ctx)
+            .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
+            .await
+    }
+
     async fn resource_target(&self, uri: &str) -> Result<Target, ErrorData> {
         let view = self.gw.registry.resources(self.endpoint()).await;
         view.route(uri, self.single()).ok_or_else(|| {
@@ -277,7 +418,12 @@ impl ServerHandler for Session {
         observed!(self, "tools/list", ctx, |obs| {
             self.remember(&ctx);
             let view = self.gw.registry.tools(self.endpoint()).await;
-            let (tools, next) = self.page(&view.items, params)?;
+            let visible = self.visible(&ctx, &view.items, Kind::Tool, |t| {
+                view.index
+                    .get(&*t.name)
+                    .map(|target| (target, t.annotations.as_ref()))
+            });
+            let (tools, next) = self.page(&visible, params)?;
             let mut result = ListToolsResult::with_all_items(tools);
             result.next_cursor = next;
             Ok(result)
@@ -300,25 +446,68 @@ impl ServerHandler for Session {
             if self.gw.config.telemetry.log_arguments {
                 obs.arguments(params.arguments.as_ref());
             }
+            let identity = self.identity(&ctx);
+            let exposed = self.gw.aggregate_name(&target);
+            let annotations = view
+                .items
+                .iter()
+                .find(|t| *t.name == *params.name)
+                .and_then(|t| t.annotations.clone());
+            let subject = Subject {
+                kind: Kind::Tool,
+                upstream: &target.upstream,
+                name: &target.original,
+                exposed: &exposed,
+                annotations: annotations.as_ref(),
+            };
+            let call = CallInfo {
+                identity: &identity,
+                session: self.state.id,
+                method: "tools/call",
+                trace_id: trace::trace_id_of(&obs.span),
+            };
+            let policy = match &self.gw.guardrails {
+                Some(g) => {
+                    let set = g.policy();
+                    self.enforce(g, &set, &call, &subject, &mut params.arguments, &ctx)
+                        .instrument(tracing::info_span!(
+                            "policy",
+                            otel.name = "policy tools/call"
+                        ))
+                        .await?;
+                    Some((g, set))
+                }
+                None => None,
+            };
             // Held until the call completes: it owns the concurrency slots.
-            let _admission = self.admit(&target, &ctx).await?;
+            let _admission = self.admit(&identity, &target).await?;
             params.name = target.original.clone().into();
             let request = ClientRequest::CallToolRequest(Request::new(params));
-            self.forward(
-                &target,
-                request,
-                &ctx,
-                |r| match r {
-                    ServerResult::CallToolResult(r) => {
-                        Ok(CallToolResponse::Complete(complete_call(r)))
-                    }
-                    ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
-                    ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
-                    other => Err(Box::new(other)),
-                },
-                |r| CallToolResponse::Complete(complete_call(r)),
-            )
-            .await
+            let response = self
+                .forward(
+                    &target,
+                    request,
+                    &ctx,
+                    |r| match r {
+                        ServerResult::CallToolResult(r) => {
+                            Ok(CallToolResponse::Complete(complete_call(r)))
+                        }
+                        ServerResult::InputRequiredResult(r) => {
+                            Ok(CallToolResponse::InputRequired(r))
+                        }
+                        ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+                        other => Err(Box::new(other)),
+                    },
+                    |r| CallToolResponse::Complete(complete_call(r)),
+                )
+                .await?;
+            match (policy, response) {
+                (Some((g, set)), CallToolResponse::Complete(result)) => {
+                    let guarded = guard_result(g, &set, &call, &subject, result)?;
+                    Ok(CallToolResponse::Complete(guarded))
+                }
+                (_, response) => Ok(response),
+            }
         })
     }
 
@@ -330,7 +519,10 @@ impl ServerHandler for Session {
         observed!(self, "prompts/list", ctx, |obs| {
             self.remember(&ctx);
             let view = self.gw.registry.prompts(self.endpoint()).await;
-            let (prompts, next) = self.page(&view.items, params)?;
+            let visible = self.visible(&ctx, &view.items, Kind::Prompt, |p| {
+                view.index.get(&p.name).map(|target| (target, None))
+            });
+            let (prompts, next) = self.page(&visible, params)?;
             let mut result = ListPromptsResult::with_all_items(prompts);
             result.next_cursor = next;
             Ok(result)
@@ -350,6 +542,15 @@ impl ServerHandler for Session {
                 .ok_or_else(|| unknown("prompt", &params.name))?
                 .clone();
             obs.routed(&target);
+            self.authorize(
+                &ctx,
+                &obs,
+                "prompts/get",
+                Kind::Prompt,
+                &target,
+                &mut params.arguments,
+            )
+            .await?;
             params.name = target.original.clone();
             let request = ClientRequest::GetPromptRequest(Request::new(params));
             self.forward(
@@ -378,7 +579,10 @@ impl ServerHandler for Session {
         observed!(self, "resources/list", ctx, |obs| {
             self.remember(&ctx);
             let view = self.gw.registry.resources(self.endpoint()).await;
-            let (resources, next) = self.page(&view.resources, params)?;
+            let visible = self.visible(&ctx, &view.resources, Kind::Resource, |r| {
+                view.uris.get(&r.uri).map(|target| (target, None))
+            });
+            let (resources, next) = self.page(&visible, params)?;
             let mut result = ListResourcesResult::with_all_items(resources);
             result.next_cursor = next;
             Ok(result)
@@ -409,6 +613,15 @@ impl ServerHandler for Session {
             let exposed = params.uri.clone();
             let target = self.resource_target(&params.uri).await?;
             obs.routed(&target);
+            self.authorize(
+                &ctx,
+                &obs,
+                "resources/read",
+                Kind::Resource,
+                &target,
+                &mut None,
+            )
+            .await?;
             params.uri = target.original.clone();
             let request = ClientRequest::ReadResourceRequest(Request::new(params));
             let mut response = self
@@ -549,6 +762,24 @@ impl ServerHandler for Session {
 
 /// Legacy upstreams omit `resultType`; 2026-07-28 clients require it. rmcp
 /// strips it again for legacy clients, so setting it is always right.
+/// Runs the result guards over a call's result: redacted in place, or
+/// withheld when a blocking guard fires.
+fn guard_result(
+    g: &Guardrails,
+    set: &PolicySet,
+    call: &CallInfo<'_>,
+    subject: &Subject<'_>,
+    result: CallToolResult,
+) -> Result<CallToolResult, ErrorData> {
+    let Some(mut value) = guardrails::result_to_value(&result) else {
+        return Ok(result);
+    };
+    g.guard(set, call, subject, Direction::Results, &mut value)?;
+    guardrails::value_to_result(value).ok_or_else(|| {
+        ErrorData::internal_error("result could not be re-read after redaction", None)
+    })
+}
+
 fn complete_call(mut r: CallToolResult) -> CallToolResult {
     r.result_type.get_or_insert(ResultType::COMPLETE);
     r

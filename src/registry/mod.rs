@@ -61,6 +61,14 @@ pub enum RegistryError {
 type ToolsView = Arc<NamedView<Tool>>;
 type PromptsView = Arc<NamedView<Prompt>>;
 
+/// Decides which of an upstream's tool definitions may be served at all
+/// (implemented by the gateway's guardrails: pins and poisoning scans).
+/// Runs when a view is built, not per call.
+pub trait ToolScreen: Send + Sync {
+    /// The tools of `upstream` that may be listed and called.
+    fn screen(&self, upstream: &str, tools: &[Tool]) -> Vec<Tool>;
+}
+
 /// The catalogue over every configured upstream.
 pub struct Registry {
     config: Arc<Config>,
@@ -69,6 +77,8 @@ pub struct Registry {
     filters: HashMap<String, ToolFilter>,
     virtual_globs: HashMap<String, globset::GlobSet>,
     tools: moka::future::Cache<Arc<str>, Arc<Vec<Tool>>>,
+    /// Drops tool definitions that must not be served (pins, poisoning).
+    screen: Option<Arc<dyn ToolScreen>>,
     prompts: moka::future::Cache<Arc<str>, Arc<Vec<Prompt>>>,
     resources: moka::future::Cache<Arc<str>, view::UpstreamResources>,
     tool_views: moka::future::Cache<Endpoint, ToolsView>,
@@ -82,6 +92,7 @@ impl Registry {
         config: Arc<Config>,
         upstreams: BTreeMap<Arc<str>, Arc<Upstream>>,
         metrics: Arc<crate::telemetry::Metrics>,
+        screen: Option<Arc<dyn ToolScreen>>,
     ) -> Registry {
         let filters = config
             .upstreams
@@ -95,6 +106,7 @@ impl Registry {
             .collect();
         Registry {
             metrics,
+            screen,
             filters,
             virtual_globs,
             upstreams,
@@ -174,7 +186,12 @@ impl Registry {
             let naming = self.naming(endpoint);
             let mut lists = Vec::new();
             for upstream in self.upstreams_of(endpoint) {
-                lists.push((upstream.clone(), self.upstream_tools(&upstream).await));
+                let tools = self.upstream_tools(&upstream).await;
+                let tools = match &self.screen {
+                    Some(screen) => Arc::new(screen.screen(&upstream, &tools)),
+                    None => tools,
+                };
+                lists.push((upstream.clone(), tools));
             }
             let mut built = view::named_view(naming, &lists, &|up, t| {
                 view::adjust_tool(&self.config, &self.filters, up, t)
@@ -251,7 +268,9 @@ impl Registry {
         }
     }
 
-    async fn upstream_tools(&self, upstream: &Arc<str>) -> Arc<Vec<Tool>> {
+    /// One upstream's tools exactly as it lists them (unscreened,
+    /// unrenamed); empty when it is down. For `portcullis pin`.
+    pub async fn upstream_tools(&self, upstream: &Arc<str>) -> Arc<Vec<Tool>> {
         self.upstream_list(
             &self.tools,
             upstream,

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub policy_decisions: IntCounterVec,
     /// Guardrail detector hits by detector type.
     pub guardrail_hits: IntCounterVec,
+    /// Policy reloads by outcome (`success` or `failure`).
+    pub policy_reloads: IntCounterVec,
+    /// Rules in the policy in force.
+    pub policy_rules: IntGauge,
     /// Calls refused by a rate or concurrency limit, by limit id.
     pub ratelimit_refusals: IntCounterVec,
     /// Shared rate-limit backend (Redis) failures; each is then admitted or
@@ -101,6 +105,9 @@ impl Metrics {
             "Rate-limit checks the shared backend (Redis) failed to answer.",
         )?;
         registry.register(Box::new(ratelimit_backend_errors.clone()))?;
+        let policy_rules =
+            IntGauge::new("portcullis_policy_rules", "Rules in the policy in force.")?;
+        registry.register(Box::new(policy_rules.clone()))?;
         Ok(Metrics {
             server_duration: histogram(
                 "mcp_server_operation_duration_seconds",
@@ -144,6 +151,12 @@ impl Metrics {
                 "Content guardrail detections, by detector type.",
                 &["detector_type"],
             )?,
+            policy_reloads: counter(
+                "portcullis_policy_reloads_total",
+                "Policy reloads, by outcome; a failed reload keeps the previous policy.",
+                &["outcome"],
+            )?,
+            policy_rules,
             ratelimit_refusals: counter(
                 "portcullis_ratelimit_refusals_total",
                 "Calls refused by a rate or concurrency limit.",

@@ -3,6 +3,7 @@
 //! Logs always go to stderr: in `stdio` mode stdout carries the MCP protocol
 //! and must hold nothing else.
 
+pub mod audit;
 pub mod metrics;
 pub mod recent;
 pub mod trace;

@@ -86,3 +86,9 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<(String, Option<String>)> 
         carrier.remove("tracestate").filter(|s| !s.is_empty()),
     ))
 }
+
+/// The trace id of `span` as 32 hex digits, `None` when tracing is off.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let id = span.context().span().span_context().trace_id();
+    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}

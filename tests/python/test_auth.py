@@ -263,33 +263,3 @@ def test_client_token_never_reaches_the_upstream_and_sessions_are_bound(procs, k
     except urllib.error.HTTPError as e:
         code = e.code
     assert code == 403
-
-
-def test_stdio_identity_comes_from_config(procs, tmp_path):
-    import yaml
-
-    from conftest import GATEWAY
-
-    config = tmp_path / "stdio.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "upstreams": {"fx": fixture_stdio()},
-                "auth": {"stdio": {"subject": "desktop-user", "groups": ["devs"]}},
-                "log": {"format": "json"},
-            }
-        )
-    )
-    from mcp import StdioServerParameters
-
-    async def go():
-        async with Client(
-            StdioServerParameters(command=str(GATEWAY), args=["stdio", "--config", str(config)]), mode="legacy"
-        ) as c:
-            for _ in range(400):
-                if "fx__echo" in {t.name for t in (await c.list_tools()).tools}:
-                    break
-                await asyncio.sleep(0.05)
-            return await c.call_tool("fx__echo", {"message": "x"})
-
-    assert run(go()).content[0].text == "x"
