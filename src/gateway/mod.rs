@@ -4,6 +4,7 @@
 
 mod error;
 mod guardrails;
+mod mrtr;
 mod observe;
 mod session;
 
@@ -54,6 +55,8 @@ pub struct Gateway {
     default_identity: Arc<Identity>,
     /// Policy enforcement; `None` when no policies are configured.
     guardrails: Option<Arc<Guardrails>>,
+    /// Multi-round calls of 2026-07-28 clients parked on input.
+    bridge: mrtr::Bridge,
     /// Rate limits and concurrency caps.
     limits: Arc<Limits>,
 }
@@ -80,6 +83,7 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             default_identity,
             guardrails,
+            bridge: mrtr::Bridge::new(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw

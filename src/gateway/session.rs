@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::error::{refused_error, registry_error, unknown, upstream_error};
 use super::guardrails::{self, CallInfo, Guardrails};
+use super::mrtr::{Flight, Round};
 use super::observe::Observation;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
@@ -85,6 +86,7 @@ impl Session {
             capabilities: capabilities_of(ctx),
             session: self.state.id,
             log_level: self.state.log_level.clone(),
+            input_bridge: None,
         }
     }
 
@@ -97,11 +99,31 @@ impl Session {
         pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
         complete: fn(C) -> T,
     ) -> Result<T, ErrorData> {
+        let result = self
+            .send(target, request, self.caller(ctx), ctx.ct.clone())?
+            .await?;
+        convert(target, result, pick, complete)
+    }
+
+    /// The upstream call for `request` as an owned future (so it can
+    /// outlive the downstream request, for multi-round calls), inside an
+    /// `mcp.client` span whose context travels in `_meta`.
+    fn send(
+        &self,
+        target: &Target,
+        request: ClientRequest,
+        caller: Caller,
+        ct: tokio_util::sync::CancellationToken,
+    ) -> Result<
+        impl std::future::Future<Output = Result<ServerResult, ErrorData>> + Send + 'static,
+        ErrorData,
+    > {
         let upstream = self
             .gw
             .registry
             .upstream(&target.upstream)
-            .ok_or_else(|| unknown("upstream", &target.upstream))?;
+            .ok_or_else(|| unknown("upstream", &target.upstream))?
+            .clone();
         let span = tracing::info_span!(
             "mcp.client",
             otel.name = %format_args!("{} {}", request_method(&request), target.original),
@@ -118,28 +140,13 @@ impl Session {
                 meta.set_tracestate(&state);
             }
         }
-        let result = upstream
-            .request(self.caller(ctx), request, &ctx.ct)
-            .instrument(span)
-            .await
-            .map_err(upstream_error)?;
-        match pick(result) {
-            Ok(t) => Ok(t),
-            // The untagged result enum may have matched another shape; the
-            // JSON is what the upstream sent, so read it as the expected type.
-            Err(other) => serde_json::to_value(other)
-                .and_then(serde_json::from_value::<C>)
-                .map(complete)
-                .map_err(|e| {
-                    ErrorData::internal_error(
-                        format!(
-                            "upstream `{}` sent a malformed result: {e}",
-                            target.upstream
-                        ),
-                        None,
-                    )
-                }),
-        }
+        Ok(async move {
+            upstream
+                .request(caller, request, &ct)
+                .instrument(span)
+                .await
+                .map_err(upstream_error)
+        })
     }
 
     /// The policy step before a call is forwarded: decide, guard the
@@ -466,41 +473,80 @@ impl ServerHandler for Session {
                 method: "tools/call",
                 trace_id: trace::trace_id_of(&obs.span),
             };
+            let modern = ctx
+                .protocol_version()
+                .is_some_and(|v| v == ProtocolVersion::V_2026_07_28);
+            // A retried multi-round call was decided in its first round.
+            let resuming = params.request_state.take().filter(|_| modern);
+            let input_responses = params.input_responses.take();
             let policy = match &self.gw.guardrails {
                 Some(g) => {
                     let set = g.policy();
-                    self.enforce(g, &set, &call, &subject, &mut params.arguments, &ctx)
-                        .instrument(tracing::info_span!(
-                            "policy",
-                            otel.name = "policy tools/call"
-                        ))
-                        .await?;
+                    if resuming.is_none() {
+                        self.enforce(g, &set, &call, &subject, &mut params.arguments, &ctx)
+                            .instrument(tracing::info_span!(
+                                "policy",
+                                otel.name = "policy tools/call"
+                            ))
+                            .await?;
+                    }
                     Some((g, set))
                 }
                 None => None,
             };
             // Held until the call completes: it owns the concurrency slots.
-            let _admission = self.admit(&identity, &target).await?;
+            // A resumed multi-round call was admitted in its first round.
+            let admission = match resuming {
+                Some(_) => None,
+                None => Some(self.admit(&identity, &target).await?),
+            };
             params.name = target.original.clone().into();
             let request = ClientRequest::CallToolRequest(Request::new(params));
-            let response = self
-                .forward(
-                    &target,
-                    request,
-                    &ctx,
-                    |r| match r {
-                        ServerResult::CallToolResult(r) => {
-                            Ok(CallToolResponse::Complete(complete_call(r)))
-                        }
-                        ServerResult::InputRequiredResult(r) => {
-                            Ok(CallToolResponse::InputRequired(r))
-                        }
-                        ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
-                        other => Err(Box::new(other)),
-                    },
-                    |r| CallToolResponse::Complete(complete_call(r)),
-                )
-                .await?;
+            let pick: fn(ServerResult) -> Result<CallToolResponse, Box<ServerResult>> = |r| match r
+            {
+                ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
+                ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+                ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+                other => Err(Box::new(other)),
+            };
+            let complete: fn(CallToolResult) -> CallToolResponse =
+                |r| CallToolResponse::Complete(complete_call(r));
+            let response = if modern {
+                let round = match resuming {
+                    Some(state) => {
+                        self.gw
+                            .bridge
+                            .resume(&identity.subject, &state, input_responses.as_ref(), &ctx.ct)
+                            .await?
+                    }
+                    None => {
+                        let (tx, inputs) = tokio::sync::mpsc::unbounded_channel();
+                        let mut caller = self.caller(&ctx);
+                        caller.input_bridge = Some(tx);
+                        let cancel = tokio_util::sync::CancellationToken::new();
+                        let call = self.send(&target, request, caller, cancel.clone())?;
+                        let flight = Flight {
+                            // The parked call keeps its slots across rounds.
+                            call: tokio::spawn(async move {
+                                let _admission = admission;
+                                call.await
+                            }),
+                            inputs,
+                            cancel: cancel.drop_guard(),
+                        };
+                        self.gw
+                            .bridge
+                            .drive(&identity.subject, flight, &ctx.ct)
+                            .await?
+                    }
+                };
+                match round {
+                    Round::Done(result) => convert(&target, *result, pick, complete)?,
+                    Round::InputRequired(r) => return Ok(CallToolResponse::InputRequired(r)),
+                }
+            } else {
+                self.forward(&target, request, &ctx, pick, complete).await?
+            };
             match (policy, response) {
                 (Some((g, set)), CallToolResponse::Complete(result)) => {
                     let guarded = guard_result(g, &set, &call, &subject, result)?;
@@ -760,8 +806,32 @@ impl ServerHandler for Session {
     }
 }
 
-/// Legacy upstreams omit `resultType`; 2026-07-28 clients require it. rmcp
-/// strips it again for legacy clients, so setting it is always right.
+/// Reads an upstream's answer as the result type the method expects.
+fn convert<T, C: DeserializeOwned>(
+    target: &Target,
+    result: ServerResult,
+    pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
+    complete: fn(C) -> T,
+) -> Result<T, ErrorData> {
+    match pick(result) {
+        Ok(t) => Ok(t),
+        // The untagged result enum may have matched another shape; the
+        // JSON is what the upstream sent, so read it as the expected type.
+        Err(other) => serde_json::to_value(other)
+            .and_then(serde_json::from_value::<C>)
+            .map(complete)
+            .map_err(|e| {
+                ErrorData::internal_error(
+                    format!(
+                        "upstream `{}` sent a malformed result: {e}",
+                        target.upstream
+                    ),
+                    None,
+                )
+            }),
+    }
+}
+
 /// Runs the result guards over a call's result: redacted in place, or
 /// withheld when a blocking guard fires.
 fn guard_result(
@@ -780,6 +850,8 @@ fn guard_result(
     })
 }
 
+/// Legacy upstreams omit `resultType`; 2026-07-28 clients require it. rmcp
+/// strips it again for legacy clients, so setting it is always right.
 fn complete_call(mut r: CallToolResult) -> CallToolResult {
     r.result_type.get_or_insert(ResultType::COMPLETE);
     r

@@ -136,6 +136,9 @@ pub(crate) struct RawArgCond {
     pub(crate) regex: Option<String>,
     #[serde(default)]
     pub(crate) range: Option<RawRange>,
+    /// The argument is present and the inner condition does not hold.
+    #[serde(default)]
+    pub(crate) not: Option<Box<RawArgCond>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,8 +158,10 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum OneOrMany<T> {
-    One(T),
+    // Tried first: for `OneOrMany<Value>` a list must be alternatives, not
+    // one list-valued alternative.
     Many(Vec<T>),
+    One(T),
 }
 
 impl<T> OneOrMany<T> {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::detect;
 use super::file::{self, PolicyFile, RawAction, RawDirection, RawGuardAction, RawMode};
 use super::guard::{self, Guard};
-use super::matcher::Matcher;
+use super::matcher::{Matcher, Quantifier};
 use super::{Action, Decision, Direction, GuardAction, GuardOutcome, PolicyError, Subject};
 use crate::auth::Identity;
 use crate::config::DefaultAction;
@@ -187,15 +187,22 @@ impl PolicySet {
         for (i, raw) in doc.rules.into_iter().enumerate() {
             let item = format!("rule {}", raw.id);
             check_id(name, &format!("rules[{i}]"), &raw.id, ids)?;
-            let matcher = Matcher::compile(raw.matcher)
+            let action = match raw.action {
+                RawAction::Allow => Action::Allow,
+                RawAction::Deny => Action::Deny,
+                RawAction::Approve => Action::Approve,
+            };
+            // Read `*` in argument pointers restrictively: a deny needs one
+            // bad element, an allow needs every element to qualify.
+            let quantifier = match action {
+                Action::Deny => Quantifier::Any,
+                Action::Allow | Action::Approve => Quantifier::All,
+            };
+            let matcher = Matcher::compile(raw.matcher, quantifier)
                 .map_err(|(f, p)| PolicyError::invalid(name, &item, f, p))?;
             self.rules.push(Rule {
                 id: raw.id,
-                action: match raw.action {
-                    RawAction::Allow => Action::Allow,
-                    RawAction::Deny => Action::Deny,
-                    RawAction::Approve => Action::Approve,
-                },
+                action,
                 audit: raw.mode == RawMode::Audit,
                 message: raw.message,
                 matcher,
@@ -243,7 +250,7 @@ impl PolicySet {
                     "lists no direction",
                 ));
             }
-            let matcher = Matcher::compile(raw.matcher)
+            let matcher = Matcher::compile(raw.matcher, Quantifier::All)
                 .map_err(|(f, p)| PolicyError::invalid(name, &item, f, p))?;
             if matcher.has_args() {
                 return Err(PolicyError::invalid(
