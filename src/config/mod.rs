@@ -10,6 +10,7 @@
 
 mod auth;
 mod interpolate;
+mod ratelimit;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 
 pub use auth::*;
 pub use interpolate::interpolate;
+pub use ratelimit::*;
 
 /// A configuration problem, always naming the file and, where there is one,
 /// the field.
@@ -96,6 +98,9 @@ pub struct Config {
     /// Org-wide tool policy; unset: every call is allowed and not audited.
     #[serde(default)]
     pub policies: Option<PoliciesConfig>,
+    /// Rate limits and concurrency caps; unset: nothing is limited.
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
     /// Where the config came from; set by [`Config::load`], used in errors.
     #[serde(skip)]
     pub source: PathBuf,

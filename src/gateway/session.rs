@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use tracing::Instrument;
 
-use super::error::{registry_error, unknown, upstream_error};
+use super::error::{refused_error, registry_error, unknown, upstream_error};
 use super::guardrails::{self, CallInfo, Guardrails};
 use super::mrtr::{Flight, Round};
 use super::observe::Observation;
@@ -61,6 +61,20 @@ impl Session {
             .and_then(|parts| parts.extensions.get::<Arc<Identity>>())
             .cloned()
             .unwrap_or_else(|| self.gw.default_identity.clone())
+    }
+
+    /// Rate limits and concurrency caps for a call of `target`; a refused
+    /// call never reaches the upstream.
+    async fn admit(
+        &self,
+        identity: &Identity,
+        target: &Target,
+    ) -> Result<crate::ratelimit::Admission, ErrorData> {
+        self.gw
+            .limits
+            .admit(identity, target)
+            .await
+            .map_err(refused_error)
     }
 
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
@@ -480,6 +494,12 @@ impl ServerHandler for Session {
                 }
                 None => None,
             };
+            // Held until the call completes: it owns the concurrency slots.
+            // A resumed multi-round call was admitted in its first round.
+            let admission = match resuming {
+                Some(_) => None,
+                None => Some(self.admit(&identity, &target).await?),
+            };
             params.name = target.original.clone().into();
             let request = ClientRequest::CallToolRequest(Request::new(params));
             let pick: fn(ServerResult) -> Result<CallToolResponse, Box<ServerResult>> = |r| match r
@@ -506,7 +526,11 @@ impl ServerHandler for Session {
                         let cancel = tokio_util::sync::CancellationToken::new();
                         let call = self.send(&target, request, caller, cancel.clone())?;
                         let flight = Flight {
-                            call: tokio::spawn(call),
+                            // The parked call keeps its slots across rounds.
+                            call: tokio::spawn(async move {
+                                let _admission = admission;
+                                call.await
+                            }),
                             inputs,
                             cancel: cancel.drop_guard(),
                         };
