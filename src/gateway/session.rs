@@ -16,6 +16,7 @@ use super::observe::Observation;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
 use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
+use crate::ratelimit::LimitOverride;
 use crate::registry::{self, Endpoint, Target};
 use crate::telemetry::trace;
 use crate::upstream::Caller;
@@ -69,10 +70,11 @@ impl Session {
         &self,
         identity: &Identity,
         target: &Target,
+        overrides: &[LimitOverride],
     ) -> Result<crate::ratelimit::Admission, ErrorData> {
         self.gw
             .limits
-            .admit(identity, target)
+            .admit_with(identity, target, overrides)
             .await
             .map_err(refused_error)
     }
@@ -160,7 +162,7 @@ impl Session {
         subject: &Subject<'_>,
         arguments: &mut Option<JsonObject>,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
+    ) -> Result<Vec<LimitOverride>, ErrorData> {
         let decision = g.decide(set, call, subject, arguments.as_ref());
         if decision.action == Action::Deny {
             return Err(guardrails::denied(
@@ -207,7 +209,7 @@ impl Session {
                 ));
             }
         }
-        Ok(())
+        Ok(decision.limits.iter().filter_map(limit_override).collect())
     }
 
     fn observe(&self, method: &'static str, ctx: &RequestContext<RoleServer>) -> Observation<'_> {
@@ -366,6 +368,7 @@ impl Session {
         self.enforce(g, &set, &call, &subject, arguments, ctx)
             .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
             .await
+            .map(|_| ())
     }
 
     async fn resource_target(&self, uri: &str) -> Result<Target, ErrorData> {
@@ -479,11 +482,13 @@ impl ServerHandler for Session {
             // A retried multi-round call was decided in its first round.
             let resuming = params.request_state.take().filter(|_| modern);
             let input_responses = params.input_responses.take();
+            let mut overrides = Vec::new();
             let policy = match &self.gw.guardrails {
                 Some(g) => {
                     let set = g.policy();
                     if resuming.is_none() {
-                        self.enforce(g, &set, &call, &subject, &mut params.arguments, &ctx)
+                        overrides = self
+                            .enforce(g, &set, &call, &subject, &mut params.arguments, &ctx)
                             .instrument(tracing::info_span!(
                                 "policy",
                                 otel.name = "policy tools/call"
@@ -498,7 +503,7 @@ impl ServerHandler for Session {
             // A resumed multi-round call was admitted in its first round.
             let admission = match resuming {
                 Some(_) => None,
-                None => Some(self.admit(&identity, &target).await?),
+                None => Some(self.admit(&identity, &target, &overrides).await?),
             };
             params.name = target.original.clone().into();
             let request = ClientRequest::CallToolRequest(Request::new(params));
@@ -804,6 +809,27 @@ impl ServerHandler for Session {
             Ok(())
         })
     }
+}
+
+/// A policy rule's limit as the rate limiter takes it.
+fn limit_override(l: &crate::policy::RuleLimit) -> Option<LimitOverride> {
+    use crate::config::KeyPart;
+    let key = l.key.as_ref().map(|parts| {
+        parts
+            .iter()
+            .map(|p| match p.as_str() {
+                "identity" => KeyPart::Identity,
+                "tool" => KeyPart::Tool,
+                "upstream" => KeyPart::Upstream,
+                _ => KeyPart::Global,
+            })
+            .collect()
+    });
+    Some(LimitOverride {
+        id: l.id.clone(),
+        key,
+        spec: crate::ratelimit::LimitSpec::new(l.rate, l.per, l.burst)?,
+    })
 }
 
 /// Reads an upstream's answer as the result type the method expects.

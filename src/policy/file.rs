@@ -19,6 +19,22 @@ pub(crate) struct PolicyFile {
     pub(crate) guards: Vec<RawGuard>,
 }
 
+/// `limit: { rate: 10, per: 1m, burst: 20, key: [identity, tool], replaces: per-user-tool }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    pub(crate) rate: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) per: std::time::Duration,
+    #[serde(default)]
+    pub(crate) burst: Option<u32>,
+    #[serde(default)]
+    pub(crate) key: Option<Vec<String>>,
+    /// The id of a configured limit whose quota this rule overrides.
+    #[serde(default)]
+    pub(crate) replaces: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
@@ -30,6 +46,9 @@ pub(crate) struct RawRule {
     pub(crate) mode: RawMode,
     #[serde(default)]
     pub(crate) message: Option<String>,
+    /// A rate limit on the calls this rule matches.
+    #[serde(default)]
+    pub(crate) limit: Option<RawLimit>,
     /// Free text for people reading the file; never used.
     #[serde(default)]
     #[allow(dead_code)]

@@ -124,6 +124,25 @@ pub struct Decision {
     /// Audit-mode rules that matched, with the action each would have
     /// taken; they never change `action`.
     pub audit_only: Vec<(String, Action)>,
+    /// Rate limits of every enforcing rule that matched (policy overrides
+    /// of the configured limits, applied by the rate limiter).
+    pub limits: Vec<RuleLimit>,
+}
+
+/// A rate limit set by a policy rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleLimit {
+    /// The configured limit this replaces (`replaces:`), else the rule id.
+    pub id: String,
+    /// Calls per `per`.
+    pub rate: u32,
+    /// The period.
+    pub per: std::time::Duration,
+    /// Burst (defaults to `rate`).
+    pub burst: u32,
+    /// Key parts (`identity`, `tool`, `upstream`, `global`); `None` keeps
+    /// the replaced limit's key, or `identity` for a limit of its own.
+    pub key: Option<Vec<String>>,
 }
 
 /// Which way content is flowing.

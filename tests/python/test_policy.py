@@ -530,3 +530,33 @@ def test_stdio_identity_is_what_policy_sees(procs, tmp_path):
 
     run(go())
     assert any(l["identity"] == "desktop-user" and l["rule"] == "desktop-echo" for l in setup.audit_lines())
+
+
+def test_policy_rule_sets_a_rate_limit(procs, tmp_path):
+    rules = {
+        "rules": [
+            {"id": "fx", "match": {"upstream": "fx"}, "action": "allow"},
+            {
+                "id": "bots-slow-echo",
+                "match": {"groups": ["automation"], "tool": "fx__echo"},
+                "action": "allow",
+                "limit": {"rate": 2, "per": "1m"},
+            },
+        ]
+    }
+    gw = Setup(procs, tmp_path, rules).start()
+
+    async def calls(who, n):
+        out = []
+        async with mcp_session(gw.url, headers(who)) as s:
+            for _ in range(n):
+                try:
+                    await s.call_tool("fx__echo", {"message": "x"})
+                    out.append("ok")
+                except MCPError as e:
+                    out.append((e.error.code, e.error.data.get("limit"), e.error.data.get("retry_after_ms", 0) > 0))
+        return out
+
+    assert run(calls("bot", 3)) == ["ok", "ok", (-32029, "bots-slow-echo", True)]
+    # Keyed by identity, and only for the group the rule matches.
+    assert run(calls("admin", 3)) == ["ok", "ok", "ok"]
