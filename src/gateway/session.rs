@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::error::{refused_error, registry_error, unknown, upstream_error};
-use super::guardrails::{self, CallInfo, Guardrails};
+use super::guardrails::{self, Asker, CallInfo, Guardrails};
 use super::mrtr::{Flight, Round};
 use super::observe::Observation;
 use super::{capabilities_of, Gateway, SessionState};
@@ -162,7 +162,8 @@ impl Session {
         subject: &Subject<'_>,
         arguments: &mut Option<JsonObject>,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<Vec<LimitOverride>, ErrorData> {
+        defer_approval: bool,
+    ) -> Result<Enforced, ErrorData> {
         let decision = g.decide(set, call, subject, arguments.as_ref());
         if decision.action == Action::Deny {
             return Err(guardrails::denied(
@@ -177,39 +178,36 @@ impl Session {
                 *arguments = Some(args);
             }
         }
-        if decision.action == Action::Approve {
-            let rule = decision.rule.as_deref().unwrap_or("default");
+        let approval = (decision.action == Action::Approve).then(|| {
             let shown = arguments
                 .as_ref()
                 .map(|a| serde_json::Value::Object(a.clone()).to_string())
                 .unwrap_or_else(|| "{}".into());
-            let prompt = format!(
-                "{} Approve the call to `{}` on `{}` with arguments {shown}?",
-                decision
-                    .message
-                    .as_deref()
-                    .unwrap_or("This call needs your approval."),
-                subject.name,
-                subject.upstream,
-            );
-            let can_elicit = capabilities_of(ctx).elicitation.is_some();
-            let answer =
-                guardrails::ask_approval(&ctx.peer, can_elicit, prompt, g.approval_timeout()).await;
-            let approved = matches!(answer, Ok(true));
-            g.record_approval(call, subject, rule, approved);
-            if !approved {
-                let why = match answer {
-                    Ok(_) => "the call was not approved".to_owned(),
-                    Err(why) => why,
-                };
-                return Err(ErrorData::new(
-                    guardrails::POLICY_DENIED,
-                    format!("`{}` needs approval: {why}", subject.exposed),
-                    Some(serde_json::json!({ "rule": rule, "action": "approve" })),
-                ));
+            Approval {
+                rule: decision.rule.clone().unwrap_or_else(|| "default".into()),
+                prompt: format!(
+                    "{} Approve the call to `{}` on `{}` with arguments {shown}?",
+                    decision
+                        .message
+                        .as_deref()
+                        .unwrap_or("This call needs your approval."),
+                    subject.name,
+                    subject.upstream,
+                ),
+                can_elicit: capabilities_of(ctx).elicitation.is_some(),
             }
-        }
-        Ok(decision.limits.iter().filter_map(limit_override).collect())
+        });
+        let limits = decision.limits.iter().filter_map(limit_override).collect();
+        let approval = match approval {
+            // A 2026-07-28 client is asked in a round of the call itself.
+            Some(a) if defer_approval => Some(a),
+            Some(a) => {
+                a.ask(g, Asker::Peer(&ctx.peer), call, subject).await?;
+                None
+            }
+            None => None,
+        };
+        Ok(Enforced { limits, approval })
     }
 
     fn observe(&self, method: &'static str, ctx: &RequestContext<RoleServer>) -> Observation<'_> {
@@ -365,7 +363,7 @@ impl Session {
             trace_id: trace::trace_id_of(&obs.span),
         };
         let set = g.policy();
-        self.enforce(g, &set, &call, &subject, arguments, ctx)
+        self.enforce(g, &set, &call, &subject, arguments, ctx, false)
             .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
             .await
             .map(|_| ())
@@ -483,17 +481,28 @@ impl ServerHandler for Session {
             let resuming = params.request_state.take().filter(|_| modern);
             let input_responses = params.input_responses.take();
             let mut overrides = Vec::new();
+            let mut approval = None;
             let policy = match &self.gw.guardrails {
                 Some(g) => {
                     let set = g.policy();
                     if resuming.is_none() {
-                        overrides = self
-                            .enforce(g, &set, &call, &subject, &mut params.arguments, &ctx)
+                        let enforced = self
+                            .enforce(
+                                g,
+                                &set,
+                                &call,
+                                &subject,
+                                &mut params.arguments,
+                                &ctx,
+                                modern,
+                            )
                             .instrument(tracing::info_span!(
                                 "policy",
                                 otel.name = "policy tools/call"
                             ))
                             .await?;
+                        overrides = enforced.limits;
+                        approval = enforced.approval;
                     }
                     Some((g, set))
                 }
@@ -527,13 +536,35 @@ impl ServerHandler for Session {
                     None => {
                         let (tx, inputs) = tokio::sync::mpsc::unbounded_channel();
                         let mut caller = self.caller(&ctx);
-                        caller.input_bridge = Some(tx);
+                        caller.input_bridge = Some(tx.clone());
                         let cancel = tokio_util::sync::CancellationToken::new();
                         let call = self.send(&target, request, caller, cancel.clone())?;
+                        // The approval question, if any, is the flight's
+                        // first round; the upstream call starts only after a yes.
+                        let ask = match (approval, &self.gw.guardrails) {
+                            (Some(a), Some(g)) => Some((
+                                a,
+                                g.clone(),
+                                identity.clone(),
+                                self.state.id,
+                                call_subject(&subject),
+                            )),
+                            _ => None,
+                        };
                         let flight = Flight {
                             // The parked call keeps its slots across rounds.
                             call: tokio::spawn(async move {
                                 let _admission = admission;
+                                if let Some((a, g, identity, session, owned)) = ask {
+                                    let info = CallInfo {
+                                        identity: &identity,
+                                        session,
+                                        method: "tools/call",
+                                        trace_id: None,
+                                    };
+                                    a.ask(&g, Asker::Bridge(tx), &info, &owned.subject())
+                                        .await?;
+                                }
                                 call.await
                             }),
                             inputs,
@@ -808,6 +839,80 @@ impl ServerHandler for Session {
             }
             Ok(())
         })
+    }
+}
+
+/// What the policy step decided beyond allow: limits to apply, and an
+/// approval still to ask (deferred for 2026-07-28 clients).
+struct Enforced {
+    limits: Vec<LimitOverride>,
+    approval: Option<Approval>,
+}
+
+/// A question for the human before a call proceeds.
+struct Approval {
+    rule: String,
+    prompt: String,
+    can_elicit: bool,
+}
+
+impl Approval {
+    /// Asks, records the answer, and refuses unless it was an explicit yes.
+    async fn ask(
+        self,
+        g: &Guardrails,
+        asker: Asker<'_>,
+        call: &CallInfo<'_>,
+        subject: &Subject<'_>,
+    ) -> Result<(), ErrorData> {
+        let answer =
+            guardrails::ask_approval(asker, self.can_elicit, self.prompt, g.approval_timeout())
+                .await;
+        let approved = matches!(answer, Ok(true));
+        g.record_approval(call, subject, &self.rule, approved);
+        if approved {
+            return Ok(());
+        }
+        let why = match answer {
+            Ok(_) => "the call was not approved".to_owned(),
+            Err(why) => why,
+        };
+        Err(ErrorData::new(
+            guardrails::POLICY_DENIED,
+            format!("`{}` needs approval: {why}", subject.exposed),
+            Some(serde_json::json!({ "rule": self.rule, "action": "approve" })),
+        ))
+    }
+}
+
+/// A [`Subject`] with owned strings, for work that outlives the request.
+struct OwnedSubject {
+    kind: Kind,
+    upstream: String,
+    name: String,
+    exposed: String,
+    annotations: Option<ToolAnnotations>,
+}
+
+impl OwnedSubject {
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            kind: self.kind,
+            upstream: &self.upstream,
+            name: &self.name,
+            exposed: &self.exposed,
+            annotations: self.annotations.as_ref(),
+        }
+    }
+}
+
+fn call_subject(s: &Subject<'_>) -> OwnedSubject {
+    OwnedSubject {
+        kind: s.kind,
+        upstream: s.upstream.to_owned(),
+        name: s.name.to_owned(),
+        exposed: s.exposed.to_owned(),
+        annotations: s.annotations.cloned(),
     }
 }
 
