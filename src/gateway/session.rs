@@ -156,8 +156,7 @@ impl Session {
     /// so. Every outcome is audited by [`Guardrails`].
     async fn enforce(
         &self,
-        g: &Guardrails,
-        set: &PolicySet,
+        (g, set): (&Guardrails, &PolicySet),
         call: &CallInfo<'_>,
         subject: &Subject<'_>,
         arguments: &mut Option<JsonObject>,
@@ -363,7 +362,7 @@ impl Session {
             trace_id: trace::trace_id_of(&obs.span),
         };
         let set = g.policy();
-        self.enforce(g, &set, &call, &subject, arguments, ctx, false)
+        self.enforce((g, &set), &call, &subject, arguments, ctx, false)
             .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
             .await
             .map(|_| ())
