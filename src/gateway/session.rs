@@ -487,8 +487,7 @@ impl ServerHandler for Session {
                     if resuming.is_none() {
                         let enforced = self
                             .enforce(
-                                g,
-                                &set,
+                                (g, &set),
                                 &call,
                                 &subject,
                                 &mut params.arguments,
