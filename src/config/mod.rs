@@ -11,6 +11,7 @@
 mod auth;
 mod interpolate;
 mod llm;
+mod ratelimit;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 pub use auth::*;
 pub use interpolate::interpolate;
 pub use llm::*;
+pub use ratelimit::*;
 
 /// A configuration problem, always naming the file and, where there is one,
 /// the field.
@@ -107,6 +109,9 @@ pub struct Config {
     /// Serve MCP sampling requests from upstreams through a model alias.
     #[serde(default)]
     pub sampling: Option<SamplingConfig>,
+    /// Rate limits and concurrency caps; unset: nothing is limited.
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
     /// Where the config came from; set by [`Config::load`], used in errors.
     #[serde(skip)]
     pub source: PathBuf,

@@ -4,6 +4,7 @@
 
 mod error;
 mod guardrails;
+mod mrtr;
 mod observe;
 mod session;
 
@@ -17,11 +18,12 @@ use tokio::sync::mpsc;
 
 use crate::auth::Identity;
 use crate::config::Config;
+use crate::ratelimit::Limits;
 use crate::registry::{Endpoint, Registry};
 use crate::telemetry::recent::RecentCalls;
 use crate::telemetry::Metrics;
 use crate::upstream::{log_level_passes, ListKind, UpstreamEvent};
-pub use error::{REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
+pub use error::{RATE_LIMITED, REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
 pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
 pub use session::Session;
 
@@ -53,6 +55,10 @@ pub struct Gateway {
     default_identity: Arc<Identity>,
     /// Policy enforcement; `None` when no policies are configured.
     guardrails: Option<Arc<Guardrails>>,
+    /// Multi-round calls of 2026-07-28 clients parked on input.
+    bridge: mrtr::Bridge,
+    /// Rate limits and concurrency caps.
+    limits: Arc<Limits>,
 }
 
 impl Gateway {
@@ -66,7 +72,9 @@ impl Gateway {
         guardrails: Option<Arc<Guardrails>>,
     ) -> Arc<Gateway> {
         let default_identity = Identity::configured(&config.auth);
+        let limits = Limits::new(&config.ratelimit, metrics.clone());
         let gw = Arc::new(Gateway {
+            limits,
             recent: RecentCalls::new(config.telemetry.recent_calls),
             metrics,
             config,
@@ -75,6 +83,7 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             default_identity,
             guardrails,
+            bridge: mrtr::Bridge::new(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw
@@ -94,6 +103,11 @@ impl Gateway {
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Rate limits and concurrency caps.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// The metrics.

@@ -28,6 +28,7 @@ use tower::Service;
 
 use crate::config::Config;
 use crate::gateway::{Gateway, Session};
+use crate::ratelimit::Refused;
 use crate::registry::Endpoint;
 use crate::runtime::Runtime;
 
@@ -153,6 +154,10 @@ impl Router {
             Ok(identity) => identity,
             Err(refusal) => return refusal,
         };
+        // After auth, so each identity has its own request budget.
+        if let Err(refused) = self.gateway.limits().admit_request(&identity).await {
+            return too_many_requests(&refused);
+        }
         let is_delete = req.method() == http::Method::DELETE;
         let mut resp = match service.call(req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
@@ -169,6 +174,17 @@ impl Router {
         self.auth.bind(&resp, &identity);
         resp
     }
+}
+
+/// 429 with `Retry-After` in whole seconds (rounded up, at least 1), and
+/// the limit and exact wait in the body.
+fn too_many_requests(refused: &Refused) -> Response<Body> {
+    let retry_ms = refused.retry_after_ms().unwrap_or(1000);
+    let mut resp = text(StatusCode::TOO_MANY_REQUESTS, &format!("{refused}\n"));
+    let seconds = retry_ms.div_ceil(1000).max(1);
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+    resp
 }
 
 fn mcp_config(

@@ -9,7 +9,8 @@
 //! `gen_ai_tool_name`).
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -55,6 +56,11 @@ pub struct Metrics {
     pub policy_rules: IntGauge,
     /// Calls refused by a rate or concurrency limit, by limit id.
     pub ratelimit_refusals: IntCounterVec,
+    /// Shared rate-limit backend (Redis) failures; each is then admitted or
+    /// refused as `ratelimit.redis.on_error` says.
+    pub ratelimit_backend_errors: IntCounter,
+    /// Calls holding a concurrency-limit slot, by limit id.
+    pub ratelimit_in_flight: IntGaugeVec,
     /// Server-to-client requests routed back to clients, by method and outcome.
     pub client_requests_routed: IntCounterVec,
     /// Model routing (`/v1/*` and sampling served by the router).
@@ -97,6 +103,11 @@ impl Metrics {
             "Downstream MCP sessions currently open.",
         )?;
         registry.register(Box::new(sessions_open.clone()))?;
+        let ratelimit_backend_errors = IntCounter::new(
+            "portcullis_ratelimit_backend_errors_total",
+            "Rate-limit checks the shared backend (Redis) failed to answer.",
+        )?;
+        registry.register(Box::new(ratelimit_backend_errors.clone()))?;
         let policy_rules =
             IntGauge::new("portcullis_policy_rules", "Rules in the policy in force.")?;
         registry.register(Box::new(policy_rules.clone()))?;
@@ -152,6 +163,12 @@ impl Metrics {
             ratelimit_refusals: counter(
                 "portcullis_ratelimit_refusals_total",
                 "Calls refused by a rate or concurrency limit.",
+                &["limit"],
+            )?,
+            ratelimit_backend_errors,
+            ratelimit_in_flight: gauge(
+                "portcullis_ratelimit_in_flight",
+                "Calls holding a slot of a concurrency limit.",
                 &["limit"],
             )?,
             client_requests_routed: counter(

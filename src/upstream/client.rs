@@ -173,6 +173,20 @@ impl Service<RoleClient> for UpstreamClient {
                 None,
             ));
         }
+        if let Some(bridge) = &caller.input_bridge {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            bridge
+                .send(crate::upstream::BridgedRequest { request, reply })
+                .map_err(|_| ErrorData::internal_error("downstream call ended", None))?;
+            return tokio::select! {
+                answer = answer => answer.unwrap_or_else(|_| {
+                    Err(ErrorData::internal_error("the client did not answer", None))
+                }),
+                () = context.ct.cancelled() => {
+                    Err(ErrorData::new(ErrorCode::INTERNAL_ERROR, "cancelled", None))
+                }
+            };
+        }
         let mut request = request;
         // Deliver on the originating call's response stream (SEP-2260);
         // the owner of a per-client connection is reached on its GET stream.

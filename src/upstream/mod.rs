@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{SessionMode, UpstreamConfig};
 pub(crate) use routes::log_level_passes;
-pub use routes::Caller;
 use routes::Routes;
+pub use routes::{BridgedRequest, Caller};
 
 /// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error
 /// in one place, `gateway::error`.
