@@ -85,12 +85,6 @@ impl Runtime {
             screen,
         ));
         let gateway = Gateway::new(config.clone(), registry, metrics, events_rx, guardrails);
-        // Token budgets are counted by the same limiter as tool calls.
-        if let Some(budgets) =
-            crate::ratelimit::TokenBudgets::new(gateway.limits().clone(), &config.models)
-        {
-            llm.set_admission(Arc::new(budgets));
-        }
         let auth = Arc::new(Authenticator::new(
             &config.auth,
             config

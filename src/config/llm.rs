@@ -100,25 +100,6 @@ pub struct ModelAliasConfig {
     /// sets none (Anthropic requires it).
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u64,
-    /// Tokens (input plus output) each identity may use on this alias per
-    /// period, counted by the rate limiter's backend; unset: unlimited.
-    #[serde(default)]
-    pub token_limit: Option<TokenLimitConfig>,
-}
-
-/// A per-identity token budget: `tokens` per `per`, with bursts up to
-/// `burst` (default `tokens`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenLimitConfig {
-    /// Tokens replenished per period.
-    pub tokens: u32,
-    /// The period.
-    #[serde(with = "humantime_serde")]
-    pub per: Duration,
-    /// Largest budget an idle identity accumulates.
-    #[serde(default)]
-    pub burst: Option<u32>,
 }
 
 fn default_max_tokens() -> u64 {
@@ -374,15 +355,6 @@ fn validate_alias(
             "must be at least 1",
         ));
     }
-    if let Some(t) = &alias.token_limit {
-        if t.tokens == 0 || t.per.is_zero() || t.burst == Some(0) {
-            return Err(ConfigError::field(
-                file,
-                format!("{field}.token_limit"),
-                "tokens, per and burst must be greater than 0",
-            ));
-        }
-    }
     if alias.default_max_tokens == 0 {
         return Err(ConfigError::field(
             file,
@@ -491,19 +463,6 @@ sampling: { model: smart }   # serve upstream sampling requests with this alias
         assert!(field_of(&text).starts_with("providers.claude"));
         let text = ISSUE_EXAMPLE.replace("input: 2.5", "input: -1");
         assert_eq!(field_of(&text), "models.smart.targets.0.price");
-    }
-
-    #[test]
-    fn token_limits_parse_and_must_be_positive() {
-        let text = ISSUE_EXAMPLE.replace(
-            "strategy: weighted",
-            "strategy: weighted\n    token_limit: { tokens: 1000, per: 1m }",
-        );
-        let c = parse(&text).unwrap();
-        let t = c.models["cheap"].token_limit.as_ref().unwrap();
-        assert_eq!((t.tokens, t.per.as_secs()), (1000, 60));
-        let text = text.replace("tokens: 1000", "tokens: 0");
-        assert_eq!(field_of(&text), "models.cheap.token_limit");
     }
 
     #[test]

@@ -20,7 +20,6 @@ mod local;
 mod scope;
 mod shared;
 mod spec;
-mod tokens;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -31,7 +30,6 @@ use local::Local;
 use scope::{Kind, Scope};
 use shared::{Shared, SharedError};
 pub use spec::{LimitOverride, LimitSpec, Refused};
-pub use tokens::TokenBudgets;
 
 use crate::auth::Identity;
 use crate::config::{KeyPart, OnBackendError, RateLimitBackend, RateLimitConfig, RateLimitRule};
