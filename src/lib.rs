@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod config;
 pub mod gateway;
+pub mod llm;
 pub mod policy;
 pub mod ratelimit;
 pub mod registry;

@@ -96,6 +96,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     rules.push_str(&format!(", {} pinned tools", lock.tools.len()));
                 }
             }
+            if !config.models.is_empty() {
+                rules.push_str(&format!(
+                    ", {} model aliases over {} providers",
+                    config.models.len(),
+                    config.providers.len()
+                ));
+            }
             println!(
                 "{}: ok ({} upstreams, {} virtual servers{rules})",
                 config.source.display(),

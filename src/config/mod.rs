@@ -10,6 +10,7 @@
 
 mod auth;
 mod interpolate;
+mod llm;
 mod ratelimit;
 mod validate;
 
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 pub use auth::*;
 pub use interpolate::interpolate;
+pub use llm::*;
 pub use ratelimit::*;
 
 /// A configuration problem, always naming the file and, where there is one,
@@ -101,6 +103,15 @@ pub struct Config {
     /// Rate limits and concurrency caps; unset: nothing is limited.
     #[serde(default)]
     pub ratelimit: RateLimitConfig,
+    /// Model providers by name (OpenAI-compatible or Anthropic endpoints).
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model aliases clients name on `/v1/*`, each routed to targets.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelAliasConfig>,
+    /// Serve MCP sampling requests from upstreams through a model alias.
+    #[serde(default)]
+    pub sampling: Option<SamplingConfig>,
     /// Where the config came from; set by [`Config::load`], used in errors.
     #[serde(skip)]
     pub source: PathBuf,

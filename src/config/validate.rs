@@ -60,7 +60,7 @@ impl Config {
             }
         }
         self.ratelimit.validate(file, &self.upstreams)?;
-        Ok(())
+        super::llm::validate_llm(file, &self.providers, &self.models, self.sampling.as_ref())
     }
 }
 

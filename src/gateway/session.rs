@@ -89,6 +89,7 @@ impl Session {
             session: self.state.id,
             log_level: self.state.log_level.clone(),
             input_bridge: None,
+            identity: self.identity(ctx),
         }
     }
 

@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod health;
+mod llm;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -41,6 +42,9 @@ pub struct Router {
     gateway: Arc<Gateway>,
     /// Serve `/metrics` and `/admin` here (false when they have their own listener).
     admin: bool,
+    /// The model API (`/v1/*`); `None` on the admin-only listener.
+    llm: Option<Arc<crate::llm::Llm>>,
+    llm_guard: llm::Guard,
     auth: auth::HttpAuth,
 }
 
@@ -86,6 +90,8 @@ impl Router {
             mcp,
             gateway,
             admin,
+            llm: Some(runtime.llm.clone()),
+            llm_guard: llm::Guard::new(&config.http),
             auth: auth::HttpAuth::new(runtime.auth.clone(), config),
         }
     }
@@ -97,6 +103,8 @@ impl Router {
             mcp: HashMap::new(),
             gateway: runtime.gateway.clone(),
             admin: true,
+            llm: None,
+            llm_guard: llm::Guard::new(&runtime.config.http),
             auth: auth::HttpAuth::new(runtime.auth.clone(), &runtime.config),
         }
     }
@@ -114,6 +122,16 @@ impl Router {
             "/admin" if self.admin => return admin::page(),
             "/admin/api/upstreams" if self.admin => return admin::upstreams(&self.gateway).await,
             "/admin/api/calls" if self.admin => return admin::calls(&self.gateway),
+            p if p.starts_with("/v1/") => {
+                if let Some(llm) = &self.llm {
+                    // The same authentication as `/mcp`: the identity lands
+                    // in the request's extensions for the router to account.
+                    if let Err(refusal) = self.auth.admit(&mut req, &path).await {
+                        return refusal;
+                    }
+                    return llm::route(llm, req, &self.llm_guard).await;
+                }
+            }
             _ => {}
         }
         let endpoint = match path.strip_prefix("/mcp") {

@@ -40,6 +40,8 @@ pub struct Caller {
     /// requests: the upstream's request is handed here instead, to be
     /// returned to the client as an `InputRequiredResult`.
     pub input_bridge: Option<tokio::sync::mpsc::UnboundedSender<BridgedRequest>>,
+    /// Who made the call (for sampling served by the model router).
+    pub identity: Arc<crate::auth::Identity>,
 }
 
 /// A server-to-client request from an upstream, waiting for the answer a
