@@ -94,6 +94,7 @@ impl Runtime {
                 .and_then(|j| j.jwks_file.as_deref())
                 .map(|f| config.resolve_path(f)),
         ));
+        llm.set_admission(Arc::new(gateway.model_admission()));
         Ok(Runtime {
             config,
             gateway,

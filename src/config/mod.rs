@@ -100,6 +100,9 @@ pub struct Config {
     /// Org-wide tool policy; unset: every call is allowed and not audited.
     #[serde(default)]
     pub policies: Option<PoliciesConfig>,
+    /// Rate limits and concurrency caps; unset: nothing is limited.
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
     /// Model providers by name (OpenAI-compatible or Anthropic endpoints).
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -109,9 +112,6 @@ pub struct Config {
     /// Serve MCP sampling requests from upstreams through a model alias.
     #[serde(default)]
     pub sampling: Option<SamplingConfig>,
-    /// Rate limits and concurrency caps; unset: nothing is limited.
-    #[serde(default)]
-    pub ratelimit: RateLimitConfig,
     /// Where the config came from; set by [`Config::load`], used in errors.
     #[serde(skip)]
     pub source: PathBuf,

@@ -32,6 +32,33 @@ pub struct RateLimitConfig {
     /// `identity` and `global`.
     #[serde(default)]
     pub requests: Vec<RateLimitRule>,
+    /// Token budgets on model traffic (`/v1/*` and sampling served by the
+    /// router): `rate` tokens (input + output) per `per`, keyed by
+    /// `identity` or `global`, optionally for aliases matching `model`.
+    #[serde(default)]
+    pub tokens: Vec<TokenLimitRule>,
+}
+
+/// A token budget on model traffic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimitRule {
+    /// Name in refusals and metrics.
+    pub id: String,
+    /// What the budget is keyed by; empty means `[global]`.
+    #[serde(default)]
+    pub key: Vec<KeyPart>,
+    /// Only aliases matching this glob.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Tokens per period.
+    pub rate: u32,
+    /// The period.
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// Tokens one request may use after a quiet spell; defaults to `rate`.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// Where rate-limit counters live.
@@ -204,6 +231,37 @@ impl RateLimitConfig {
                     format!("{field}.key"),
                     "request limits may be keyed only by `identity` or `global`",
                 ));
+            }
+        }
+        for (i, rule) in self.tokens.iter().enumerate() {
+            let field = format!("ratelimit.tokens.{i}");
+            unique(&field, &rule.id)?;
+            if rule.rate == 0 || rule.per.is_zero() || rule.burst == Some(0) {
+                return Err(ConfigError::field(
+                    file,
+                    field,
+                    "rate, per and burst must be greater than zero",
+                ));
+            }
+            if rule
+                .key
+                .iter()
+                .any(|k| matches!(k, KeyPart::Tool | KeyPart::Upstream))
+            {
+                return Err(ConfigError::field(
+                    file,
+                    format!("{field}.key"),
+                    "token limits may be keyed only by `identity` or `global`",
+                ));
+            }
+            if let Some(glob) = &rule.model {
+                if globset::Glob::new(glob).is_err() {
+                    return Err(ConfigError::field(
+                        file,
+                        format!("{field}.model"),
+                        "not a valid glob",
+                    ));
+                }
             }
         }
         for (i, rule) in self.concurrency.iter().enumerate() {

@@ -4,6 +4,7 @@
 
 mod error;
 mod guardrails;
+mod models;
 mod mrtr;
 mod observe;
 mod session;
@@ -25,6 +26,7 @@ use crate::telemetry::Metrics;
 use crate::upstream::{log_level_passes, ListKind, UpstreamEvent};
 pub use error::{RATE_LIMITED, REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
 pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
+pub use models::ModelAdmission;
 pub use session::Session;
 
 /// What the gateway knows about one live downstream session.
@@ -98,6 +100,14 @@ impl Gateway {
             self.config.separator,
             target.original
         )
+    }
+
+    /// The policy and token-budget hook for model traffic.
+    pub fn model_admission(&self) -> ModelAdmission {
+        ModelAdmission {
+            guardrails: self.guardrails.clone(),
+            limits: self.limits.clone(),
+        }
     }
 
     /// The registry.

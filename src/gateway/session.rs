@@ -88,8 +88,8 @@ impl Session {
             capabilities: capabilities_of(ctx),
             session: self.state.id,
             log_level: self.state.log_level.clone(),
-            identity: self.identity(ctx),
             input_bridge: None,
+            identity: self.identity(ctx),
         }
     }
 

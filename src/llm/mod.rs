@@ -39,7 +39,7 @@ use provider::{AttemptError, Provider, Reply};
 use route::{Admit, Candidate, Health};
 use sse::SseEvent;
 use stream::{StreamState, Wire};
-use usage::Usage;
+pub use usage::Usage;
 
 /// Which API a client called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -121,6 +121,9 @@ pub(crate) struct RawMatch {
     pub(crate) resource: Option<OneOrMany<String>>,
     #[serde(default)]
     pub(crate) prompt: Option<OneOrMany<String>>,
+    /// Model aliases on `/v1/*` (and MCP sampling served by the router).
+    #[serde(default)]
+    pub(crate) model: Option<OneOrMany<String>>,
     #[serde(default)]
     pub(crate) annotations: Option<RawAnnotations>,
     #[serde(default)]

@@ -66,13 +66,14 @@ impl Matcher {
             ("tool", Kind::Tool, raw.tool, false),
             ("resource", Kind::Resource, raw.resource, true),
             ("prompt", Kind::Prompt, raw.prompt, false),
+            ("model", Kind::Model, raw.model, false),
         ];
         for (key, kind, list, separator) in kinds {
             let Some(list) = list else { continue };
             if m.kind.is_some() {
                 return Err((
                     format!("match.{key}"),
-                    "a match names at most one of tool, resource, prompt".into(),
+                    "a match names at most one of tool, resource, prompt, model".into(),
                 ));
             }
             m.kind = Some(kind);

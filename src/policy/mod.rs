@@ -43,6 +43,8 @@ pub enum Kind {
     Resource,
     /// A prompt (`prompts/list`, `prompts/get`).
     Prompt,
+    /// A model alias (`/v1/*`, and sampling served by the model router).
+    Model,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Tool => "tool",
             Kind::Resource => "resource",
             Kind::Prompt => "prompt",
+            Kind::Model => "model",
         }
     }
 }

@@ -88,6 +88,7 @@ enum Backend {
 
 /// Every limit of a running gateway.
 pub struct Limits {
+    tokens: Vec<TokenRule>,
     calls: Vec<RateRule>,
     requests: Vec<RateRule>,
     caps: Vec<Cap>,
@@ -129,7 +130,12 @@ impl Limits {
         for cap in &caps {
             metrics.ratelimit_refusals.with_label_values(&[&cap.id]);
         }
+        let tokens: Vec<TokenRule> = config.tokens.iter().filter_map(TokenRule::new).collect();
+        for rule in &tokens {
+            metrics.ratelimit_refusals.with_label_values(&[&rule.id]);
+        }
         let limits = Arc::new(Limits {
+            tokens,
             calls,
             requests,
             caps,
@@ -182,6 +188,44 @@ impl Limits {
             })
             .collect();
         self.spend(checks).await
+    }
+
+    /// Admits a model request by `identity` for `alias` if every token
+    /// budget that applies has at least one token left (spending that one).
+    pub async fn admit_tokens(&self, identity: &Identity, alias: &str) -> Result<(), Refused> {
+        let checks: Vec<Check> = self
+            .tokens
+            .iter()
+            .filter(|r| r.applies(alias))
+            .map(|r| r.check(identity, 1))
+            .collect();
+        self.spend(checks).await
+    }
+
+    /// Charges what a finished model request used (less the token spent
+    /// at admission). A request may overdraw: the budget is then drained
+    /// to empty, and the next request waits for it to refill.
+    pub async fn spend_tokens(&self, identity: &Identity, alias: &str, tokens: u64) {
+        let owed = u32::try_from(tokens.saturating_sub(1)).unwrap_or(u32::MAX);
+        for rule in self.tokens.iter().filter(|r| r.applies(alias)) {
+            let mut chunk = owed.min(rule.spec.burst());
+            let mut left = owed;
+            // All-or-none spends: take what fits, halving on refusal.
+            while chunk > 0 && left > 0 {
+                let check = rule.check(identity, chunk.min(left));
+                let fits = match &self.backend {
+                    Backend::Local(local) => matches!(local.check(&[check]), Verdict::Admitted),
+                    Backend::Shared { redis, .. } => {
+                        matches!(redis.check(&[check]).await, Ok(Verdict::Admitted))
+                    }
+                };
+                if fits {
+                    left -= chunk.min(left);
+                } else {
+                    chunk /= 2;
+                }
+            }
+        }
     }
 
     /// Spends `units` of budget `id` for `key` under `spec`, all or none:
@@ -371,3 +415,43 @@ impl LogThrottle {
 
 #[cfg(test)]
 mod tests;
+
+/// A token budget, compiled.
+struct TokenRule {
+    id: Arc<str>,
+    per_identity: bool,
+    model: Option<globset::GlobMatcher>,
+    spec: LimitSpec,
+}
+
+impl TokenRule {
+    fn new(c: &crate::config::TokenLimitRule) -> Option<TokenRule> {
+        Some(TokenRule {
+            id: c.id.as_str().into(),
+            per_identity: c.key.contains(&KeyPart::Identity),
+            model: match &c.model {
+                Some(g) => Some(globset::Glob::new(g).ok()?.compile_matcher()),
+                None => None,
+            },
+            spec: LimitSpec::new(c.rate, c.per, c.burst.unwrap_or(c.rate))?,
+        })
+    }
+
+    fn applies(&self, alias: &str) -> bool {
+        self.model.as_ref().is_none_or(|m| m.is_match(alias))
+    }
+
+    fn check(&self, identity: &Identity, units: u32) -> Check {
+        let key = if self.per_identity {
+            identity.subject.as_str()
+        } else {
+            ""
+        };
+        Check {
+            limit: self.id.clone(),
+            key: scope::units_key(&self.id, key),
+            spec: self.spec,
+            units,
+        }
+    }
+}

@@ -36,12 +36,12 @@ pub struct Caller {
     pub session: u64,
     /// The session's minimum log level (`logging/setLevel`); `None` passes all.
     pub log_level: Arc<Mutex<Option<LoggingLevel>>>,
-    /// Who made the call (for sampling served by the model router).
-    pub identity: Arc<crate::auth::Identity>,
     /// Set for 2026-07-28 callers, which cannot receive server-to-client
     /// requests: the upstream's request is handed here instead, to be
     /// returned to the client as an `InputRequiredResult`.
     pub input_bridge: Option<tokio::sync::mpsc::UnboundedSender<BridgedRequest>>,
+    /// Who made the call (for sampling served by the model router).
+    pub identity: Arc<crate::auth::Identity>,
 }
 
 /// A server-to-client request from an upstream, waiting for the answer a

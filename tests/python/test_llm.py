@@ -696,3 +696,51 @@ def test_anthropic_beta_and_count_tokens(procs):
     assert a.requests()[-1]["path"] == "/v1/messages/count_tokens" and a.requests()[-1]["model"] == "claude-a"
     raw = ant(gw).messages.with_raw_response.count_tokens(model="gpt", messages=USER)
     assert raw.parse().input_tokens > 0 and raw.headers.get("x-portcullis-estimate") == "true"
+
+
+def test_policy_and_token_budgets_apply_to_model_requests(procs, tmp_path):
+    import hashlib
+
+    import yaml
+
+    a = start_fake(procs, "a")
+    keys = {"alice": "alice-key-123", "bob": "bob-key-456"}
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "models.yaml").write_text(yaml.safe_dump({"rules": [
+        {"id": "bob-no-smart", "match": {"subject": "bob", "model": "smart"}, "action": "deny",
+         "message": "bob may use only the cheap model"},
+    ]}))
+    gw = gateway(
+        procs,
+        {"a": provider(a)},
+        {"smart": {"targets": [target("a", "gpt-a")]}, "cheap": {"targets": [target("a", "gpt-b")]}},
+        auth={"api_keys": [{"id": who, "sha256": hashlib.sha256(k.encode()).hexdigest()} for who, k in keys.items()]},
+        policies={"dir": str(policies), "default": "allow", "audit": {"file": str(tmp_path / "audit.jsonl")}},
+        ratelimit={"tokens": [{"id": "tpm", "key": ["identity"], "model": "smart", "rate": 10, "per": "1m"}]},
+    )
+
+    def client(who):
+        return openai.OpenAI(base_url=gw.endpoint("/v1"), api_key=keys[who], max_retries=0, timeout=30)
+
+    # Policy: bob may not use `smart`, and the provider never sees the request.
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client("bob").chat.completions.create(model="smart", messages=USER)
+    assert "only the cheap model" in str(e.value)
+    assert a.calls("gpt-a") == 0
+    assert client("bob").chat.completions.create(model="cheap", messages=USER).usage.total_tokens == 7
+    # Token budget: 10 tokens a minute; each request uses 7. The second
+    # overdraws (admitted with budget left, then drains it), the third waits.
+    alice = client("alice")
+    alice.chat.completions.create(model="smart", messages=USER)
+    alice.chat.completions.create(model="smart", messages=USER)
+    with pytest.raises(openai.RateLimitError) as e:
+        alice.chat.completions.create(model="smart", messages=USER)
+    assert int(e.value.response.headers["retry-after"]) >= 1
+    assert "tpm" in str(e.value)
+    assert a.calls("gpt-a") == 2
+    # Other aliases and identities are not charged.
+    client("bob").chat.completions.create(model="cheap", messages=USER)
+    audit = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert any(l["identity"] == "bob" and l["rule"] == "bob-no-smart" and l["action"] == "deny" for l in audit)
+    assert metric(metrics(gw), "portcullis_ratelimit_refusals_total", limit="tpm") == 1
