@@ -511,7 +511,14 @@ impl ServerHandler for Session {
             // A resumed multi-round call was admitted in its first round.
             let admission = match resuming {
                 Some(_) => None,
-                None => Some(self.admit(&identity, &target, &overrides).await?),
+                None => Some(
+                    self.admit(&identity, &target, &overrides)
+                        .instrument(tracing::info_span!(
+                            "ratelimit",
+                            otel.name = "ratelimit tools/call"
+                        ))
+                        .await?,
+                ),
             };
             params.name = target.original.clone().into();
             let request = ClientRequest::CallToolRequest(Request::new(params));
