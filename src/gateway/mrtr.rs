@@ -59,9 +59,39 @@ enum Kind {
     Roots,
 }
 
+/// What a sealed `requestState` names.
 #[derive(Serialize, Deserialize)]
-struct State {
-    call: u64,
+#[serde(tag = "k")]
+enum State {
+    /// A call parked here, waiting for input a legacy upstream asked for.
+    #[serde(rename = "p")]
+    Parked { call: u64 },
+    /// An upstream's own multi-round call: its state, wrapped, and what the
+    /// retry must repeat (the same tool with the same arguments).
+    #[serde(rename = "u")]
+    Upstream {
+        upstream: String,
+        tool: String,
+        args: String,
+        inner: Option<String>,
+    },
+}
+
+/// An opened `requestState`.
+pub(super) enum Opened {
+    /// Resume the parked call with this id.
+    Parked(u64),
+    /// Forward the retry to the upstream with its own state.
+    Upstream {
+        /// Upstream that issued it.
+        upstream: String,
+        /// Its name for the tool.
+        tool: String,
+        /// Hash of the arguments of the first round.
+        args: String,
+        /// The upstream's state, as it issued it.
+        inner: Option<String>,
+    },
 }
 
 /// Parked multi-round calls, shared by every session.
@@ -145,7 +175,7 @@ impl Bridge {
         let state = self
             .codec
             .seal_json_with(
-                &State { call: id },
+                &State::Parked { call: id },
                 &SealOptions::new()
                     .associated_data(subject.as_bytes())
                     .ttl(PARK_TTL),
@@ -174,25 +204,69 @@ impl Bridge {
         Ok(Round::InputRequired(result))
     }
 
-    /// Delivers a retried request's answer to the parked call and drives it
-    /// on. Refuses a state that was altered, expired, issued to another
-    /// identity, or already answered.
-    pub(super) async fn resume(
-        &self,
-        subject: &str,
-        state: &str,
-        responses: Option<&InputResponses>,
-        downstream: &CancellationToken,
-    ) -> Result<Round, ErrorData> {
+    /// Opens a `requestState` the gateway issued to `subject`; refuses one
+    /// that was altered, expired, or issued to another identity.
+    pub(super) fn open(&self, subject: &str, state: &str) -> Result<Opened, ErrorData> {
         let opened: State = self
             .codec
             .open_json_with(state, subject.as_bytes())
             .map_err(|e| ErrorData::invalid_params(format!("requestState refused: {e}"), None))?;
+        Ok(match opened {
+            State::Parked { call } => Opened::Parked(call),
+            State::Upstream {
+                upstream,
+                tool,
+                args,
+                inner,
+            } => Opened::Upstream {
+                upstream,
+                tool,
+                args,
+                inner,
+            },
+        })
+    }
+
+    /// Wraps an upstream's `requestState` (or its absence) so the retry is
+    /// routed back to the same upstream and tool, by the same identity,
+    /// with the same arguments, whatever the client claims.
+    pub(super) fn wrap(
+        &self,
+        subject: &str,
+        upstream: &str,
+        tool: &str,
+        args: String,
+        inner: Option<String>,
+    ) -> Result<String, ErrorData> {
+        self.codec
+            .seal_json_with(
+                &State::Upstream {
+                    upstream: upstream.to_owned(),
+                    tool: tool.to_owned(),
+                    args,
+                    inner,
+                },
+                &SealOptions::new()
+                    .associated_data(subject.as_bytes())
+                    .ttl(PARK_TTL),
+            )
+            .map_err(|e| ErrorData::internal_error(format!("sealing requestState: {e}"), None))
+    }
+
+    /// Delivers a retried request's answer to the parked call `call` and
+    /// drives it on; refuses one already answered or expired.
+    pub(super) async fn resume(
+        &self,
+        subject: &str,
+        call: u64,
+        responses: Option<&InputResponses>,
+        downstream: &CancellationToken,
+    ) -> Result<Round, ErrorData> {
         let parked = self
             .parked
             .lock()
             .ok()
-            .and_then(|mut p| p.remove(&opened.call))
+            .and_then(|mut p| p.remove(&call))
             .ok_or_else(|| {
                 ErrorData::invalid_params(
                     "requestState names no waiting call (expired or already answered)",
@@ -235,5 +309,48 @@ impl Bridge {
             downstream,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_upstream_state_opens_only_for_its_identity_and_unaltered() {
+        let bridge = Bridge::new();
+        let sealed = bridge
+            .wrap(
+                "alice",
+                "fx",
+                "deploy",
+                "h1".into(),
+                Some("upstream-state".into()),
+            )
+            .unwrap();
+        match bridge.open("alice", &sealed).unwrap() {
+            Opened::Upstream {
+                upstream,
+                tool,
+                args,
+                inner,
+            } => {
+                assert_eq!(
+                    (upstream.as_str(), tool.as_str(), args.as_str()),
+                    ("fx", "deploy", "h1")
+                );
+                assert_eq!(inner.as_deref(), Some("upstream-state"));
+            }
+            Opened::Parked(_) => panic!("wrong kind"),
+        }
+        assert!(bridge.open("bob", &sealed).is_err());
+        let mut altered = sealed.clone().into_bytes();
+        let last = altered.len() - 3;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        assert!(bridge
+            .open("alice", &String::from_utf8(altered).unwrap())
+            .is_err());
+        // Another gateway process (another key) cannot open it either.
+        assert!(Bridge::new().open("alice", &sealed).is_err());
     }
 }

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::error::{refused_error, registry_error, unknown, upstream_error};
 use super::guardrails::{self, Asker, CallInfo, Guardrails};
-use super::mrtr::{Flight, Round};
+use super::mrtr::{Flight, Opened, Round};
 use super::observe::Observation;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
@@ -477,15 +477,48 @@ impl ServerHandler for Session {
             let modern = ctx
                 .protocol_version()
                 .is_some_and(|v| v == ProtocolVersion::V_2026_07_28);
-            // A retried multi-round call was decided in its first round.
-            let resuming = params.request_state.take().filter(|_| modern);
-            let input_responses = params.input_responses.take();
+            // A retry carries a requestState the gateway sealed: a call
+            // parked here, or an upstream's own round, which must repeat
+            // the first round's tool and arguments. Either was decided and
+            // admitted in its first round.
+            let args_hash = arguments_hash(params.arguments.as_ref());
+            let mut parked = None;
+            let resuming = match params.request_state.take().filter(|_| modern) {
+                Some(state) => {
+                    match self.gw.bridge.open(&identity.subject, &state)? {
+                        Opened::Parked(call) => parked = Some(call),
+                        Opened::Upstream {
+                            upstream,
+                            tool,
+                            args,
+                            inner,
+                        } => {
+                            if *upstream != *target.upstream
+                                || tool != target.original
+                                || args != args_hash
+                            {
+                                return Err(ErrorData::invalid_params(
+                                    "requestState was issued for another tool or other arguments",
+                                    None,
+                                ));
+                            }
+                            params.request_state = inner;
+                        }
+                    }
+                    true
+                }
+                None => false,
+            };
+            let input_responses = match parked {
+                Some(_) => params.input_responses.take(),
+                None => None,
+            };
             let mut overrides = Vec::new();
             let mut approval = None;
             let policy = match &self.gw.guardrails {
                 Some(g) => {
                     let set = g.policy();
-                    if resuming.is_none() {
+                    if !resuming {
                         let enforced = self
                             .enforce(
                                 (g, &set),
@@ -510,8 +543,8 @@ impl ServerHandler for Session {
             // Held until the call completes: it owns the concurrency slots.
             // A resumed multi-round call was admitted in its first round.
             let admission = match resuming {
-                Some(_) => None,
-                None => Some(
+                true => None,
+                false => Some(
                     self.admit(&identity, &target, &overrides)
                         .instrument(tracing::info_span!(
                             "ratelimit",
@@ -532,11 +565,11 @@ impl ServerHandler for Session {
             let complete: fn(CallToolResult) -> CallToolResponse =
                 |r| CallToolResponse::Complete(complete_call(r));
             let response = if modern {
-                let round = match resuming {
-                    Some(state) => {
+                let round = match parked {
+                    Some(call) => {
                         self.gw
                             .bridge
-                            .resume(&identity.subject, &state, input_responses.as_ref(), &ctx.ct)
+                            .resume(&identity.subject, call, input_responses.as_ref(), &ctx.ct)
                             .await?
                     }
                     None => {
@@ -583,7 +616,20 @@ impl ServerHandler for Session {
                     }
                 };
                 match round {
-                    Round::Done(result) => convert(&target, *result, pick, complete)?,
+                    Round::Done(result) => match convert(&target, *result, pick, complete)? {
+                        // The upstream's own round: its state goes out wrapped.
+                        CallToolResponse::InputRequired(mut r) => {
+                            r.request_state = Some(self.gw.bridge.wrap(
+                                &identity.subject,
+                                &target.upstream,
+                                &target.original,
+                                args_hash,
+                                r.request_state.take(),
+                            )?);
+                            return Ok(CallToolResponse::InputRequired(r));
+                        }
+                        other => other,
+                    },
                     Round::InputRequired(r) => return Ok(CallToolResponse::InputRequired(r)),
                 }
             } else {
@@ -792,10 +838,16 @@ impl ServerHandler for Session {
                 request,
                 &ctx,
                 |r| match r {
-                    ServerResult::CompleteResult(r) => Ok(r),
+                    ServerResult::CompleteResult(mut r) => {
+                        r.result_type.get_or_insert(ResultType::COMPLETE);
+                        Ok(r)
+                    }
                     other => Err(Box::new(other)),
                 },
-                |r: CompleteResult| r,
+                |mut r: CompleteResult| {
+                    r.result_type.get_or_insert(ResultType::COMPLETE);
+                    r
+                },
             )
             .await
         })
@@ -920,6 +972,17 @@ fn call_subject(s: &Subject<'_>) -> OwnedSubject {
         exposed: s.exposed.to_owned(),
         annotations: s.annotations.cloned(),
     }
+}
+
+/// SHA-256 of a call's arguments as JSON (serde_json keeps map order), to
+/// bind a multi-round call's later rounds to its first.
+fn arguments_hash(args: Option<&JsonObject>) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(&args).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A policy rule's limit as the rate limiter takes it.
