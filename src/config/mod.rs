@@ -180,6 +180,23 @@ fn default_page_size() -> usize {
     500
 }
 
+/// Protocol era spoken to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum UpstreamProtocol {
+    /// Probe with `server/discover`, fall back to `initialize`.
+    #[serde(rename = "auto")]
+    Auto,
+    /// The `initialize` handshake only. The default until resource
+    /// subscriptions and tasks are bridged: a dual-era server spoken to in
+    /// 2026-07-28 would lose them for legacy clients.
+    #[default]
+    #[serde(rename = "legacy")]
+    Legacy,
+    /// 2026-07-28 only.
+    #[serde(rename = "2026-07-28")]
+    Modern,
+}
+
 /// One upstream MCP server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +213,12 @@ pub struct UpstreamConfig {
     /// Whether downstream sessions share one upstream session.
     #[serde(default)]
     pub session: SessionMode,
+    /// Protocol era spoken to this upstream: `legacy` (the `initialize`
+    /// handshake, 2025-11-25 and older), `2026-07-28` (`server/discover`,
+    /// per-request metadata, multi round-trip requests), or `auto`
+    /// (discover, then fall back to legacy). Default: `legacy`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// Cap on live upstream sessions in `per-client` mode.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,

@@ -210,6 +210,58 @@ impl Session {
         Ok(Enforced { limits, approval })
     }
 
+    /// Answers an upstream's input requests by asking this (legacy)
+    /// client with server-to-client requests; refuses clearly when the
+    /// client did not declare the capability a request needs.
+    async fn answer_inputs(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        requests: InputRequests,
+    ) -> Result<InputResponses, ErrorData> {
+        let caps = capabilities_of(ctx);
+        let mut answers = InputResponses::new();
+        for (key, request) in requests {
+            let (method, declared, request) = match request {
+                InputRequest::Elicitation(r) => (
+                    "elicitation/create",
+                    caps.elicitation.is_some(),
+                    ServerRequest::ElicitRequest(r),
+                ),
+                InputRequest::CreateMessage(r) => (
+                    "sampling/createMessage",
+                    caps.sampling.is_some(),
+                    ServerRequest::CreateMessageRequest(r),
+                ),
+                InputRequest::ListRoots(r) => (
+                    "roots/list",
+                    caps.roots.is_some(),
+                    ServerRequest::ListRootsRequest(r),
+                ),
+                _ => {
+                    return Err(ErrorData::internal_error(
+                        "upstream asked for an input of an unknown kind",
+                        None,
+                    ))
+                }
+            };
+            if !declared {
+                return Err(ErrorData::new(
+                    MISSING_CLIENT_CAPABILITY,
+                    format!("the upstream needs {method}, which this client did not declare"),
+                    Some(serde_json::json!({ "method": method })),
+                ));
+            }
+            let answer =
+                ctx.peer.send_request(request).await.map_err(|e| {
+                    ErrorData::internal_error(format!("{method} failed: {e}"), None)
+                })?;
+            let value = serde_json::to_value(&answer)
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            answers.insert(key, value);
+        }
+        Ok(answers)
+    }
+
     fn observe(&self, method: &'static str, ctx: &RequestContext<RoleServer>) -> Observation<'_> {
         Observation::begin(
             &self.gw.metrics,
@@ -554,6 +606,7 @@ impl ServerHandler for Session {
                 ),
             };
             params.name = target.original.clone().into();
+            let retry = (!modern).then(|| params.clone());
             let request = ClientRequest::CallToolRequest(Request::new(params));
             let pick: fn(ServerResult) -> Result<CallToolResponse, Box<ServerResult>> = |r| match r
             {
@@ -633,7 +686,32 @@ impl ServerHandler for Session {
                     Round::InputRequired(r) => return Ok(CallToolResponse::InputRequired(r)),
                 }
             } else {
-                self.forward(&target, request, &ctx, pick, complete).await?
+                let mut response = self.forward(&target, request, &ctx, pick, complete).await?;
+                // A 2026-07-28 upstream asks for input in its result; a
+                // legacy client answers server-to-client requests. Ask it,
+                // then run the next round with the answers.
+                let mut rounds = 0;
+                while let (CallToolResponse::InputRequired(r), Some(first)) = (&response, &retry) {
+                    rounds += 1;
+                    if rounds > MAX_INPUT_ROUNDS {
+                        return Err(ErrorData::internal_error(
+                            format!(
+                                "upstream `{}` asked for input more than {MAX_INPUT_ROUNDS} times",
+                                target.upstream
+                            ),
+                            None,
+                        ));
+                    }
+                    let answers = self
+                        .answer_inputs(&ctx, r.input_requests.clone().unwrap_or_default())
+                        .await?;
+                    let mut next = first.clone();
+                    next.input_responses = Some(answers);
+                    next.request_state = r.request_state.clone();
+                    let request = ClientRequest::CallToolRequest(Request::new(next));
+                    response = self.forward(&target, request, &ctx, pick, complete).await?;
+                }
+                response
             };
             match (policy, response) {
                 (Some((g, set)), CallToolResponse::Complete(result)) => {
@@ -984,6 +1062,12 @@ fn arguments_hash(args: Option<&JsonObject>) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Rounds of input one call may ask a legacy client for.
+const MAX_INPUT_ROUNDS: usize = 8;
+
+/// Missing client capability (the 2026-07-28 code, used for both eras).
+const MISSING_CLIENT_CAPABILITY: ErrorCode = ErrorCode(-32021);
 
 /// A policy rule's limit as the rate limiter takes it.
 fn limit_override(l: &crate::policy::RuleLimit) -> Option<LimitOverride> {

@@ -160,3 +160,47 @@ def test_request_state_is_tamper_evident_and_bound_to_identity(procs):
     # A state is good for one answer only.
     err = post_2026(gw.url, elicit_call(state, answer, 5), alice)["error"]
     assert err["code"] == -32602
+
+
+@pytest.mark.parametrize("upstream_protocol", ["2026-07-28", "auto"])
+@pytest.mark.parametrize("mode", MODES)
+def test_modern_upstream_serves_every_client_era(procs, upstream_protocol, mode):
+    """The gateway speaks 2026-07-28 to the upstream (`protocol:`); the
+    upstream's own multi round-trip requests reach a 2026 client as a
+    wrapped InputRequiredResult and a legacy client as a server-to-client
+    request, whose answer becomes the next round."""
+    url = procs.fixture_http()
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": upstream_protocol}}})
+    gw.wait_up("fx")
+    asked: list[str] = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async def go():
+        async with Client(gateway_url := gw.url, mode=mode, elicitation_callback=elicit) as c:
+            assert "fx__echo" in {t.name for t in (await c.list_tools()).tools}
+            assert (await c.call_tool("fx__echo", {"message": "m"})).content[0].text == "m"
+            r = await c.call_tool("fx__test_input_required_result_elicitation", {})
+            assert r.content[0].text == "Hello, Ada!", gateway_url
+
+    run(go())
+    assert asked == ["What is your name?"]
+
+
+def test_modern_upstream_input_needs_the_client_capability(procs):
+    url = procs.fixture_http()
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": "2026-07-28"}}})
+    gw.wait_up("fx")
+
+    async def go():
+        async with Client(gw.url, mode="legacy") as c:  # no elicitation callback: capability not declared
+            try:
+                await c.call_tool("fx__test_input_required_result_elicitation", {})
+            except MCPError as e:
+                return e
+        return None
+
+    err = run(go())
+    assert err is not None and err.error.code == -32021 and "elicitation/create" in err.error.message
