@@ -148,6 +148,11 @@ pub struct HttpConfig {
     /// Items per page in list results the gateway returns.
     #[serde(default = "default_page_size")]
     pub page_size: usize,
+    /// How long a 2026-07-28 client may cache a list result (`ttlMs`). The
+    /// gateway's own lists change when an upstream says so; a client that
+    /// does not listen for that should look again after this long.
+    #[serde(default = "default_list_ttl", with = "humantime_serde")]
+    pub list_ttl: Duration,
 }
 
 impl Default for HttpConfig {
@@ -158,6 +163,7 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body(),
             session_idle_timeout: default_session_idle(),
             page_size: default_page_size(),
+            list_ttl: default_list_ttl(),
         }
     }
 }
@@ -174,6 +180,10 @@ fn default_max_body() -> usize {
 
 fn default_session_idle() -> Duration {
     Duration::from_secs(30 * 60)
+}
+
+fn default_list_ttl() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_page_size() -> usize {

@@ -341,6 +341,19 @@ impl Session {
             .map_err(registry_error)
     }
 
+    /// `ttlMs` and `cacheScope` for list results: the gateway's list TTL,
+    /// and `private` when policy filters lists by identity (one caller's
+    /// list must never be served to another).
+    fn cache_hints(&self) -> (Option<u64>, Option<CacheScope>) {
+        let ttl = u64::try_from(self.gw.config.http.list_ttl.as_millis()).unwrap_or(u64::MAX);
+        let scope = if self.gw.guardrails.is_some() {
+            CacheScope::Private
+        } else {
+            CacheScope::Public
+        };
+        (Some(ttl), Some(scope))
+    }
+
     /// `items` without those the caller may never use (policy `visible`);
     /// borrowed unchanged when no policy is configured.
     fn visible<'a, T: Clone>(
@@ -486,6 +499,7 @@ impl ServerHandler for Session {
             let (tools, next) = self.page(&visible, params)?;
             let mut result = ListToolsResult::with_all_items(tools);
             result.next_cursor = next;
+            (result.ttl_ms, result.cache_scope) = self.cache_hints();
             Ok(result)
         })
     }
@@ -737,6 +751,7 @@ impl ServerHandler for Session {
             let (prompts, next) = self.page(&visible, params)?;
             let mut result = ListPromptsResult::with_all_items(prompts);
             result.next_cursor = next;
+            (result.ttl_ms, result.cache_scope) = self.cache_hints();
             Ok(result)
         })
     }
@@ -797,6 +812,7 @@ impl ServerHandler for Session {
             let (resources, next) = self.page(&visible, params)?;
             let mut result = ListResourcesResult::with_all_items(resources);
             result.next_cursor = next;
+            (result.ttl_ms, result.cache_scope) = self.cache_hints();
             Ok(result)
         })
     }
@@ -812,6 +828,7 @@ impl ServerHandler for Session {
             let (templates, next) = self.page(&view.templates, params)?;
             let mut result = ListResourceTemplatesResult::with_all_items(templates);
             result.next_cursor = next;
+            (result.ttl_ms, result.cache_scope) = self.cache_hints();
             Ok(result)
         })
     }

@@ -95,7 +95,7 @@ def post_2026(url: str, body: dict, headers: dict[str, str] | None = None) -> di
             "accept": "application/json, text/event-stream",
             "mcp-protocol-version": "2026-07-28",
             "mcp-method": method,
-            "mcp-name": body["params"]["name"],
+            **({"mcp-name": body["params"]["name"]} if "name" in body["params"] else {}),
             **(headers or {}),
         },
     )
@@ -204,3 +204,30 @@ def test_modern_upstream_input_needs_the_client_capability(procs):
 
     err = run(go())
     assert err is not None and err.error.code == -32021 and "elicitation/create" in err.error.message
+
+
+def test_list_cache_hints_describe_the_gateways_cache(procs, tmp_path):
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    }
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
+    plain = procs.gateway({"upstreams": {"fx": fixture_stdio()}, "http": {"list_ttl": "45s"}}, name="plain")
+    plain.wait_up("fx")
+    result = post_2026(plain.url, listing)["result"]
+    assert (result["ttlMs"], result["cacheScope"]) == (45000, "public")
+    # With policy, what a caller sees depends on who it is: private.
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "r.yaml").write_text("rules: [{id: all, match: {upstream: fx}, action: allow}]\n")
+    filtered = procs.gateway(
+        {
+            "upstreams": {"fx": fixture_stdio()},
+            "policies": {"dir": str(tmp_path / "p"), "audit": {"file": str(tmp_path / "a.jsonl")}},
+        },
+        name="filtered",
+    )
+    filtered.wait_up("fx")
+    for method in ("tools/list", "prompts/list", "resources/list"):
+        result = post_2026(filtered.url, {**listing, "method": method})["result"]
+        assert (result["ttlMs"], result["cacheScope"]) == (30000, "private"), method
