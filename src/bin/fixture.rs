@@ -10,9 +10,12 @@
 //! Usage:
 //!
 //! ```text
-//! portcullis-fixture http --listen 127.0.0.1:0 [--allow-any-host] [--stateless] [--json-response]
-//! portcullis-fixture stdio
+//! portcullis-fixture http --listen 127.0.0.1:0 [--allow-any-host] [--stateless] [--json-response] [--no-sse-priming] [--tools N]
+//! portcullis-fixture stdio [--tools N]
 //! ```
+//!
+//! `--tools N` adds N generated tools, `tool_0` to `tool_{N-1}`, each with a
+//! small schema, for benchmarks of large catalogues.
 //!
 //! In HTTP mode the fixture serves streamable HTTP at `/mcp` and prints one
 //! line, `listening on http://ADDR/mcp`, to stdout once bound. Logs go to
@@ -28,6 +31,7 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,25 +114,45 @@ struct HttpOptions {
     /// In stateless mode, answer plain request/response calls with JSON
     /// instead of an SSE stream.
     json_response: bool,
+    /// Send no SSE priming events (SEP-1699), for clients that cannot parse
+    /// an event with empty data (mcp-gateway, in benchmarks).
+    no_priming: bool,
 }
 
 /// Usage text printed on a command-line error.
-const USAGE: &str = "usage: portcullis-fixture http --listen ADDR [--allow-any-host] [--stateless] [--json-response]\n       portcullis-fixture stdio";
+const USAGE: &str = "usage: portcullis-fixture http --listen ADDR [--allow-any-host] [--stateless] [--json-response] [--no-sse-priming] [--tools N]\n       portcullis-fixture stdio [--tools N]";
+
+/// How many generated tools (`--tools N`) every session lists; set once at start.
+static GENERATED_TOOLS: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads the value of `--tools`.
+fn parse_tools(value: Option<&String>) -> Result<usize, String> {
+    let value = value.ok_or("--tools needs a number")?;
+    value
+        .parse()
+        .map_err(|e| format!("bad --tools count {value:?}: {e}"))
+}
 
 /// Parses the command line (without the program name).
 fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
-        Some("stdio") => match it.next() {
-            None => Ok(Mode::Stdio),
-            Some(extra) => Err(format!("unexpected argument {extra:?}")),
-        },
+        Some("stdio") => {
+            while let Some(arg) = it.next() {
+                match arg.as_str() {
+                    "--tools" => GENERATED_TOOLS.store(parse_tools(it.next())?, Ordering::Relaxed),
+                    extra => return Err(format!("unexpected argument {extra:?}")),
+                }
+            }
+            Ok(Mode::Stdio)
+        }
         Some("http") => {
             let mut opts = HttpOptions {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 allow_any_host: false,
                 stateless: false,
                 json_response: false,
+                no_priming: false,
             };
             while let Some(arg) = it.next() {
                 match arg.as_str() {
@@ -141,6 +165,8 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                     "--allow-any-host" => opts.allow_any_host = true,
                     "--stateless" => opts.stateless = true,
                     "--json-response" => opts.json_response = true,
+                    "--no-sse-priming" => opts.no_priming = true,
+                    "--tools" => GENERATED_TOOLS.store(parse_tools(it.next())?, Ordering::Relaxed),
                     other => return Err(format!("unexpected argument {other:?}")),
                 }
             }
@@ -233,8 +259,9 @@ type HttpBody = BoxBody<Bytes, Infallible>;
 /// Serves streamable HTTP on `/mcp` until SIGINT/SIGTERM.
 async fn serve_http(opts: HttpOptions) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    let sse_retry = (!opts.no_priming).then_some(SSE_RETRY);
     let mut config = StreamableHttpServerConfig::default()
-        .with_sse_retry(Some(SSE_RETRY))
+        .with_sse_retry(sse_retry)
         .with_legacy_session_mode(!opts.stateless)
         .with_json_response(opts.json_response)
         .with_cancellation_token(shutdown.child_token());
@@ -243,7 +270,7 @@ async fn serve_http(opts: HttpOptions) -> anyhow::Result<()> {
     }
 
     let mut local = LocalSessionManager::default();
-    local.session_config.sse_retry = Some(SSE_RETRY);
+    local.session_config.sse_retry = sse_retry;
     let sessions = Arc::new(StreamTrackingSessions::new(local));
     let streams = sessions.clone();
     let mcp = StreamableHttpService::new(
@@ -285,6 +312,12 @@ async fn serve_http(opts: HttpOptions) -> anyhow::Result<()> {
             },
             () = &mut stop => break,
         };
+        // Responses are written in pieces (headers, SSE events, the last
+        // chunk); with Nagle's algorithm each would wait for the client's
+        // delayed ACK (~40 ms).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -539,6 +572,27 @@ fn extra_tools() -> Vec<Tool> {
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
+}
+
+/// The `--tools N` tools: `tool_{i}`, each taking one string and one integer.
+fn generated_tools() -> Vec<Tool> {
+    (0..GENERATED_TOOLS.load(Ordering::Relaxed))
+        .map(|i| {
+            let schema = object(json!({
+                "type": "object",
+                "properties": {
+                    "text": { "type": "string", "description": "Any text" },
+                    "count": { "type": "integer", "minimum": 0 },
+                },
+                "required": ["text"],
+            }));
+            Tool::new(
+                format!("tool_{i}"),
+                format!("Generated tool number {i} for benchmarks."),
+                schema,
+            )
+        })
+        .collect()
 }
 
 /// The tools this server offers, in listing order.
@@ -1085,6 +1139,13 @@ impl Fixture {
                     .unwrap_or_default();
                 text(&Value::Object(headers).to_string())
             }
+            name if name
+                .strip_prefix("tool_")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n < GENERATED_TOOLS.load(Ordering::Relaxed)) =>
+            {
+                text(&json!({ "tool": name, "arguments": args }).to_string())
+            }
             name if extra_tools().iter().any(|t| t.name == name) => {
                 text(&json!({ "tool": name, "arguments": args }).to_string())
             }
@@ -1206,6 +1267,7 @@ impl ServerHandler for Fixture {
         _cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let mut all = tools();
+        all.extend(generated_tools());
         all.extend(extra_tools());
         Ok(ListToolsResult::with_all_items(all))
     }
@@ -1213,6 +1275,7 @@ impl ServerHandler for Fixture {
     fn get_tool(&self, name: &str) -> Option<Tool> {
         tools()
             .into_iter()
+            .chain(generated_tools())
             .chain(extra_tools())
             .find(|t| t.name == name)
     }
@@ -1436,6 +1499,16 @@ mod tests {
         assert!(parse_args(&["stdio".to_string()]).is_ok());
         assert!(parse_args(&["bogus".to_string()]).is_err());
         assert!(parse_args(&["http".to_string(), "--listen".to_string()]).is_err());
+    }
+
+    #[test]
+    fn generated_tools_are_listed_and_callable_by_name() {
+        let args: Vec<String> = ["stdio", "--tools", "3"].iter().map(|s| s.to_string()).collect();
+        assert!(matches!(parse_args(&args), Ok(Mode::Stdio)));
+        let names: Vec<String> = generated_tools().iter().map(|t| t.name.to_string()).collect();
+        assert_eq!(names, ["tool_0", "tool_1", "tool_2"]);
+        let bad: Vec<String> = ["stdio", "--tools", "x"].iter().map(|s| s.to_string()).collect();
+        assert!(parse_args(&bad).is_err());
     }
 
     #[test]

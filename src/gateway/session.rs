@@ -447,12 +447,18 @@ impl Session {
 
 /// Runs a handler body inside the request's observation: span, metrics,
 /// recent-call record, finished explicitly on every path.
+///
+/// The body is boxed: rmcp spawns one task per request whose future is the
+/// union of every handler's, and each session's own task embeds it too, so
+/// inline bodies (registry, policy, upstream futures: ~40 KB) were copied on
+/// every request and held by every idle session. Boxed, the handler future
+/// is a few hundred bytes and the body is one allocation of its real size.
 macro_rules! observed {
     ($self:ident, $method:literal, $ctx:ident, |$obs:ident| $body:expr) => {{
         #[allow(unused_mut)] // only handlers that route need to record a target
         let mut $obs = $self.observe($method, &$ctx);
         let span = $obs.span.clone();
-        let result = async { $body }.instrument(span).await;
+        let result = Box::pin(async { $body }.instrument(span)).await;
         $obs.finish(result)
     }};
 }

@@ -182,7 +182,7 @@ impl Registry {
 
     /// The tools an endpoint shows.
     pub async fn tools(&self, endpoint: &Endpoint) -> ToolsView {
-        self.cached(&self.tool_views, "tools", endpoint, async {
+        self.cached(&self.tool_views, "tools", endpoint, || async {
             let naming = self.naming(endpoint);
             let mut lists = Vec::new();
             for upstream in self.upstreams_of(endpoint) {
@@ -209,7 +209,7 @@ impl Registry {
 
     /// The prompts an endpoint shows (virtual servers show none).
     pub async fn prompts(&self, endpoint: &Endpoint) -> PromptsView {
-        self.cached(&self.prompt_views, "prompts", endpoint, async {
+        self.cached(&self.prompt_views, "prompts", endpoint, || async {
             if matches!(endpoint, Endpoint::Virtual(_)) {
                 return Arc::new(NamedView::default());
             }
@@ -226,7 +226,7 @@ impl Registry {
 
     /// The resources and templates an endpoint shows (virtual servers show none).
     pub async fn resources(&self, endpoint: &Endpoint) -> Arc<ResourceView> {
-        self.cached(&self.resource_views, "resources", endpoint, async {
+        self.cached(&self.resource_views, "resources", endpoint, || async {
             if matches!(endpoint, Endpoint::Virtual(_)) {
                 return Arc::new(ResourceView::default());
             }
@@ -240,12 +240,18 @@ impl Registry {
     }
 
     /// A view from `cache`, built by `build` on a miss; counts hits and misses.
-    async fn cached<V: Send + Sync + 'static>(
+    ///
+    /// `build` is a closure and the miss path is boxed on purpose: the view
+    /// builder and moka's insertion future are tens of KB, and inline they
+    /// would make every request handler's future that large, which tokio
+    /// copies on each spawn and every session's task keeps (measured in
+    /// docs/benchmarks.md).
+    async fn cached<V: Send + Sync + 'static, F: std::future::Future<Output = Arc<V>>>(
         &self,
         cache: &moka::future::Cache<Endpoint, Arc<V>>,
         list: &str,
         endpoint: &Endpoint,
-        build: impl std::future::Future<Output = Arc<V>>,
+        build: impl FnOnce() -> F,
     ) -> Arc<V> {
         if let Some(view) = cache.get(endpoint).await {
             self.metrics
@@ -258,7 +264,7 @@ impl Registry {
             .list_cache
             .with_label_values(&[list, "miss"])
             .inc();
-        cache.get_with_by_ref(endpoint, build).await
+        Box::pin(cache.get_with_by_ref(endpoint, build())).await
     }
 
     fn naming(&self, endpoint: &Endpoint) -> Naming<'_> {

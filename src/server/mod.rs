@@ -302,6 +302,12 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => return,
         };
+        // Responses are written in pieces (headers, SSE events, the last
+        // chunk); with Nagle's algorithm each would wait for the client's
+        // delayed ACK (~40 ms per call).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
         let router = router.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {

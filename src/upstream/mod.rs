@@ -321,7 +321,9 @@ impl Upstream {
     ) -> Result<ServerResult, UpstreamError> {
         let conn = match self.config.session {
             SessionMode::Shared => self.shared.load_full().ok_or_else(|| self.unavailable())?,
-            SessionMode::PerClient => self.per_client_connection(&caller).await?,
+            // Boxed: opening a connection is a large future, and only
+            // per-client upstreams ever need it.
+            SessionMode::PerClient => Box::pin(self.per_client_connection(&caller)).await?,
         };
         self.send(&conn, request, Some(Arc::new(caller)), ct).await
     }

@@ -1,0 +1,423 @@
+#!/usr/bin/env bash
+# Benchmarks: what the gateway costs compared with a direct connection.
+#
+#   scripts/bench.sh [SCENARIO...]      # default: all scenarios
+#
+# Scenarios: echo policy list idle setup llm (see docs/benchmarks.md).
+# Builds release binaries, starts the fixture MCP server over HTTP and the
+# gateway in front of it (both on OS-chosen ports), and runs the same load
+# with portcullis-loadgen straight at the fixture, through portcullis and,
+# when installed, through mcp-gateway (crates.io), in the same run. Prints
+# each result, the ratios, each process's CPU time per call (/proc/PID/stat
+# over the measured window) and peak memory (VmHWM).
+#
+# Environment:
+#   BENCH_DURATION=10s BENCH_WARMUP=2s    measured time and warm-up per run
+#   BENCH_IDLE_SESSIONS=10000             sessions held open in `idle`
+#   BENCH_OUT=target/bench                configs, logs and results.jsonl
+#   BENCH_MCP_GATEWAY=auto|skip           auto: install mcp-gateway if missing
+#   PEERS_DIR=.peers                      where mcp-gateway is installed
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-2s}
+IDLE_SESSIONS=${BENCH_IDLE_SESSIONS:-10000}
+OUT=${BENCH_OUT:-$ROOT/target/bench}
+PEERS=${PEERS_DIR:-$ROOT/.peers}
+MCPGW_ROOT=$PEERS/mcp-gateway
+MCPGW=$MCPGW_ROOT/bin/mcp-gateway
+SCENARIOS=("$@")
+[ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(echo policy list idle setup llm)
+
+BIN=$ROOT/target/release
+RESULTS=$OUT/results.jsonl
+mkdir -p "$OUT"
+: >"$RESULTS"
+
+log() { printf '\n== %s\n' "$*" >&2; }
+want() { local s; for s in "${SCENARIOS[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+# --- processes --------------------------------------------------------------
+
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# start NAME CMD...: starts CMD in the background with output in $OUT/NAME.*;
+# sets STARTED_PID and STARTED_LINE (the first line it prints on stdout).
+start() {
+    local name=$1
+    shift
+    "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+    local i
+    for i in $(seq 1 600); do
+        if [ -s "$OUT/$name.out" ]; then
+            STARTED_LINE=$(head -n1 "$OUT/$name.out")
+            return 0
+        fi
+        if ! kill -0 "$STARTED_PID" 2>/dev/null; then
+            echo "$name exited early:" >&2
+            cat "$OUT/$name.err" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    echo "$name printed nothing within 60s" >&2
+    exit 1
+}
+
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# wait_http URL: polls until URL answers 2xx.
+wait_http() {
+    local i
+    for i in $(seq 1 600); do
+        curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "no answer from $1 within 60s" >&2
+    return 1
+}
+
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# note SCENARIO KEY VALUE...: an extra fact for the summary (memory etc.).
+note() {
+    python3 - "$@" >>"$RESULTS" <<'EOF'
+import json, sys
+_, scenario, target, *kv = sys.argv
+d = {"kind": "note", "scenario": scenario, "target": target}
+for i in range(0, len(kv), 2):
+    v = kv[i + 1]
+    try:
+        v = float(v)
+    except ValueError:
+        pass
+    d[kv[i]] = v
+print(json.dumps(d))
+EOF
+}
+
+# load SCENARIO TARGET URL CONCURRENCY [loadgen args...]: one measured run,
+# appended to results.jsonl; --watch-pid args choose whose CPU is reported.
+load() {
+    local scenario=$1 target=$2 url=$3 c=$4
+    shift 4
+    local line
+    line=$("$BIN/portcullis-loadgen" "$url" --json -c "$c" --duration "$DURATION" --warmup "$WARMUP" \
+        --label "$scenario|$target" "$@") || {
+        echo "loadgen failed for $scenario/$target" >&2
+        return 0
+    }
+    echo "$line" >>"$RESULTS"
+    python3 "$ROOT/scripts/bench_summary.py" --line "$line" >&2
+}
+
+# --- build ------------------------------------------------------------------
+
+log "building release binaries"
+if ! cargo build --release --bins >"$OUT/build.log" 2>&1; then
+    tail -n 30 "$OUT/build.log" >&2
+    echo "release build failed (log: $OUT/build.log)" >&2
+    exit 1
+fi
+
+# --- peers --------------------------------------------------------------------
+
+HAVE_MCPGW=0
+if [ "${BENCH_MCP_GATEWAY:-auto}" != skip ]; then
+    if [ ! -x "$MCPGW" ]; then
+        log "mcp-gateway not installed: cargo install mcp-gateway --root $MCPGW_ROOT (about 15 minutes on 2 cores)"
+        if ! cargo install mcp-gateway --root "$MCPGW_ROOT" >"$OUT/mcp-gateway-install.log" 2>&1; then
+            echo "mcp-gateway install failed (see $OUT/mcp-gateway-install.log); skipping it" >&2
+        fi
+    fi
+    if [ -x "$MCPGW" ]; then HAVE_MCPGW=1; fi
+fi
+if [ $HAVE_MCPGW = 0 ]; then echo "mcp-gateway: not available; its rows are skipped" >&2; fi
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_mcpgw NAME FIXTURE_URL: mcp-gateway with one streamable-HTTP backend `fx`,
+# configured for a fair proxy comparison (no response cache, no rate limit,
+# retry or circuit breaker). Sets MCPGW_PID and MCPGW_URL.
+start_mcpgw() {
+    local name=$1 upstream=$2 port
+    port=$(free_port)
+    cat >"$OUT/$name.yaml" <<EOF
+server: { host: 127.0.0.1, port: $port }
+meta_mcp: { enabled: true }
+capabilities: { enabled: false }
+cache: { enabled: false }
+failsafe:
+  rate_limit: { enabled: false }
+  circuit_breaker: { enabled: false }
+  retry: { enabled: false }
+backends:
+  fx: { http_url: "$upstream", streamable_http: true }
+EOF
+    # error, not warn: it logs two warnings per call without an attestation token.
+    RUST_LOG=error "$MCPGW" --config "$OUT/$name.yaml" >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    MCPGW_PID=$!
+    PIDS+=("$MCPGW_PID")
+    MCPGW_URL=http://127.0.0.1:$port/mcp
+    wait_http "http://127.0.0.1:$port/health"
+}
+
+# --- the fixture and the plain gateway -------------------------------------------
+
+# No SSE priming events: mcp-gateway's client cannot parse an event with
+# empty data, and every target must see the same upstream.
+start fixture "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --no-sse-priming
+FX_PID=$STARTED_PID
+FX_URL=$(awk '{print $3}' <<<"$STARTED_LINE")
+
+# gateway_config FILE [extra yaml]: one upstream `fx` over HTTP.
+gateway_config() {
+    cat >"$1" <<EOF
+listen: 127.0.0.1:0
+upstreams:
+  fx: { http: { url: "$FX_URL" } }
+log: { level: warn }
+${2:-}
+EOF
+}
+
+# start_gateway NAME CONFIG: sets GW_PID and GW_URL, waits for /readyz.
+start_gateway() {
+    start "$1" "$BIN/portcullis" serve -c "$2"
+    GW_PID=$STARTED_PID
+    local base
+    base=$(awk '{print $4}' <<<"$STARTED_LINE")
+    GW_URL=$base/mcp
+    wait_http "$base/readyz"
+}
+
+# --expect: mcp-gateway wraps upstream failures in a successful result.
+ECHO_ARGS=(--tool echo --args '{"message":"hello"}' --expect hello)
+GW_ECHO_ARGS=(--tool fx__echo --args '{"message":"hello"}' --expect hello)
+
+if want echo; then
+    log "echo: one upstream, tiny echo call"
+    gateway_config "$OUT/gateway.yaml"
+    start_gateway gateway "$OUT/gateway.yaml"
+    GW_DEFAULT_PID=$GW_PID GW_DEFAULT_URL=$GW_URL
+    # The same gateway with one tokio worker thread: at low load two workers
+    # wake each other several times per call (see docs/benchmarks.md).
+    TOKIO_WORKER_THREADS=1 start_gateway gateway-1w "$OUT/gateway.yaml"
+    GW1_PID=$GW_PID GW1_URL=$GW_URL
+    GW_PID=$GW_DEFAULT_PID GW_URL=$GW_DEFAULT_URL
+    if [ $HAVE_MCPGW = 1 ]; then start_mcpgw mcp-gateway "$FX_URL"; fi
+    for c in 1 32; do
+        load echo direct "$FX_URL" $c "${ECHO_ARGS[@]}" --watch-pid "$FX_PID"
+        load echo portcullis "$GW_URL" $c "${GW_ECHO_ARGS[@]}" --watch-pid "$GW_PID" --watch-pid "$FX_PID"
+        load echo "portcullis (1 worker)" "$GW1_URL" $c "${GW_ECHO_ARGS[@]}" --watch-pid "$GW1_PID" --watch-pid "$FX_PID"
+        if [ $HAVE_MCPGW = 1 ]; then
+            load echo mcp-gateway "$MCPGW_URL" $c "${ECHO_ARGS[@]}" \
+                --mcp-gateway-invoke fx --watch-pid "$MCPGW_PID" --watch-pid "$FX_PID"
+        fi
+    done
+    note echo portcullis peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
+    note echo direct peak_rss_kb "$(status_kb "$FX_PID" VmHWM)"
+    stop "$GW_PID"
+    stop "$GW1_PID"
+    if [ $HAVE_MCPGW = 1 ]; then
+        note echo mcp-gateway peak_rss_kb "$(status_kb "$MCPGW_PID" VmHWM)"
+        stop "$MCPGW_PID"
+    fi
+fi
+
+if want policy; then
+    log "policy: the echo call with ~20 policy rules, guards, rate limits and metrics"
+    mkdir -p "$OUT/policies"
+    cat >"$OUT/policies/bench.yaml" <<'EOF'
+# A realistic policy set: most rules are about other upstreams and tools
+# (they must still be evaluated), a few match the benchmark's calls.
+rules:
+  - { id: block-print-env, match: { tool: printEnv }, action: deny, message: "printEnv is disabled" }
+  - { id: block-shell, match: { upstream: shell }, action: deny, message: "no shell" }
+  - { id: readers-read-only, match: { groups: [readers], annotations: { readOnlyHint: false } }, action: deny }
+  - { id: contractors-no-write, match: { claims: { employment: contractor }, tool: "*write*" }, action: deny }
+  - { id: fs-confined, match: { tool: "fs__*", args: { /path: { glob: "/srv/shared/**" } } }, action: allow }
+  - id: fs-move-confined
+    match: { tool: fs__move_file, args: { /source: { glob: "/srv/shared/**" }, /destination: { glob: "/srv/shared/**" } } }
+    action: allow
+  - { id: fs-no-etc, match: { tool: "fs__*", args: { /path: { glob: "/etc/**" } } }, action: deny }
+  - { id: git-main-protected, match: { tool: "git__git_push", args: { /branch: { one_of: [main, master] } } }, action: deny }
+  - { id: deploy-prod-approve, match: { tool: "*__deploy", args: { /env: { equals: prod } } }, action: approve }
+  - { id: deploy-replicas, match: { tool: "*__deploy", args: { /replicas: { range: { max: 50 } } } }, action: allow }
+  - { id: ticket-format, match: { tool: "*__deploy", args: { /ticket: { regex: "^[A-Z]+-[0-9]+$" } } }, action: allow }
+  - { id: everything-destructive, match: { upstream: everything, annotations: { destructiveHint: true } }, action: approve }
+  - { id: time-allowed, match: { upstream: time }, action: allow }
+  - { id: search-allowed, match: { tool: "search__*" }, action: allow }
+  - { id: ops-everything, match: { groups: [ops], claims: { department: [platform, sre] } }, action: allow }
+  - { id: no-open-world-contractors, match: { claims: { employment: contractor }, annotations: { openWorldHint: true } }, action: deny, mode: audit }
+  - { id: fx-add-small, match: { tool: fx__add, args: { /a: { range: { min: 0, max: 1000 } } } }, action: allow }
+  - { id: fx-echo-text, match: { tool: "fx__*", args: { /message: { glob: "*" } } }, action: allow }
+  - { id: fx-echo-not-secret, match: { tool: fx__echo, args: { /message: { regex: "(?i)password" } } }, action: deny }
+  - { id: fx-slow-bounded, match: { tool: fx__slow, args: { /ms: { range: { max: 5000 } } } }, action: allow }
+guards:
+  - { id: no-secrets-upstream, detect: [secrets], on: [arguments], action: block, message: "remove the credential" }
+  - { id: no-secrets-out, detect: [secrets, pii], on: [results], action: redact }
+  - { id: flag-injection, detect: [injection], on: [results], action: flag }
+EOF
+    POLICY_YAML="policies: { dir: \"$OUT/policies\", default: allow, audit: { file: \"$OUT/audit.jsonl\" } }"
+    RL_YAML='ratelimit:
+  limits:
+    - { id: per-identity-tool, key: [identity, tool], rate: 1000000, per: 1s }
+    - { id: per-upstream, key: [upstream], upstream: fx, rate: 1000000, per: 1s }
+  concurrency:
+    - { id: fx-slots, key: [upstream], upstream: fx, max: 1000 }'
+    gateway_config "$OUT/gateway-policy.yaml" "$POLICY_YAML
+$RL_YAML"
+    if "$BIN/portcullis" check -c "$OUT/gateway-policy.yaml" >"$OUT/check.log" 2>&1; then
+        POLICY_TARGET=portcullis+policy+rl
+    else
+        echo "rate limits not in this build ($(tail -n1 "$OUT/check.log")); policy only" >&2
+        gateway_config "$OUT/gateway-policy.yaml" "$POLICY_YAML"
+        "$BIN/portcullis" check -c "$OUT/gateway-policy.yaml" >&2
+        POLICY_TARGET=portcullis+policy
+    fi
+    start_gateway gateway-policy "$OUT/gateway-policy.yaml"
+    for c in 1 32; do
+        load policy direct "$FX_URL" $c "${ECHO_ARGS[@]}" --watch-pid "$FX_PID"
+        load policy "$POLICY_TARGET" "$GW_URL" $c "${GW_ECHO_ARGS[@]}" --watch-pid "$GW_PID" --watch-pid "$FX_PID"
+    done
+    # Metrics were recorded for every call: make sure they are there.
+    curl -fsS "${GW_URL%/mcp}/metrics" | grep -c '^portcullis_mcp_requests_total' >/dev/null ||
+        echo "warning: no request metrics on /metrics" >&2
+    note policy "$POLICY_TARGET" peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
+    stop "$GW_PID"
+fi
+
+if want list; then
+    log "list: tools/list over 50 upstreams of 100 tools each"
+    start fixture-100 "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --tools 100
+    FX100_PID=$STARTED_PID
+    FX100_URL=$(awk '{print $3}' <<<"$STARTED_LINE")
+    {
+        echo "listen: 127.0.0.1:0"
+        echo "http: { page_size: 100000 }"
+        echo "log: { level: warn }"
+        echo "upstreams:"
+        for i in $(seq -w 0 49); do echo "  up$i: { http: { url: \"$FX100_URL\" } }"; done
+    } >"$OUT/gateway-list.yaml"
+    start_gateway gateway-list "$OUT/gateway-list.yaml"
+    tools=$(curl -fsS "${GW_URL%/mcp}/readyz" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for u in d["upstreams"].values()))')
+    echo "  gateway has $tools upstreams" >&2
+    for c in 1 32; do
+        load list "direct (1 upstream)" "$FX100_URL" $c --list --watch-pid "$FX100_PID"
+        load list "portcullis (50 upstreams)" "$GW_URL" $c --list --watch-pid "$GW_PID" --watch-pid "$FX100_PID"
+    done
+    note list "portcullis (50 upstreams)" peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
+    stop "$GW_PID"
+    stop "$FX100_PID"
+fi
+
+# idle_run TARGET PID URL: holds IDLE_SESSIONS sessions open and notes the
+# resident memory they cost the process at PID.
+idle_run() {
+    local target=$1 pid=$2 url=$3 before after fifo
+    before=$(status_kb "$pid" VmRSS)
+    fifo=$OUT/idle-$$.out
+    : >"$fifo"
+    "$BIN/portcullis-loadgen" "$url" --idle-sessions "$IDLE_SESSIONS" -c 32 --hold 600s >"$fifo" 2>"$OUT/idle.err" &
+    local lg=$!
+    local i
+    for i in $(seq 1 3000); do
+        grep -q '^ready' "$fifo" && break
+        kill -0 $lg 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q '^ready' "$fifo"; then
+        echo "  $target: sessions were not opened: $(tail -n2 "$OUT/idle.err")" >&2
+        kill $lg 2>/dev/null || true
+        wait $lg 2>/dev/null || true
+        return 0
+    fi
+    sleep 2 # let allocations settle (per-session tasks run their first poll)
+    after=$(status_kb "$pid" VmRSS)
+    local per=$(((after - before) * 1024 / IDLE_SESSIONS))
+    echo "  $target: $(cat "$fifo"); RSS $before KB -> $after KB = $per bytes per session" >&2
+    note idle "$target" sessions "$IDLE_SESSIONS" rss_before_kb "$before" rss_after_kb "$after" bytes_per_session "$per"
+    kill $lg 2>/dev/null || true
+    wait $lg 2>/dev/null || true
+}
+
+if want idle; then
+    log "idle: $IDLE_SESSIONS sessions held open (memory per session)"
+    gateway_config "$OUT/gateway-idle.yaml"
+    start_gateway gateway-idle "$OUT/gateway-idle.yaml"
+    idle_run portcullis "$GW_PID" "$GW_URL"
+    stop "$GW_PID"
+    # The fixture alone, for reference: rmcp's own per-session cost.
+    start fixture-idle "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --no-sse-priming
+    idle_run "direct (fixture)" "$STARTED_PID" "$(awk '{print $3}' <<<"$STARTED_LINE")"
+    stop "$STARTED_PID"
+    if [ $HAVE_MCPGW = 1 ]; then
+        start_mcpgw mcp-gateway-idle "$FX_URL"
+        idle_run mcp-gateway "$MCPGW_PID" "$MCPGW_URL"
+        stop "$MCPGW_PID"
+    fi
+fi
+
+if want setup; then
+    log "setup: sessions created per second (initialize + initialized + DELETE)"
+    gateway_config "$OUT/gateway-setup.yaml"
+    start_gateway gateway-setup "$OUT/gateway-setup.yaml"
+    if [ $HAVE_MCPGW = 1 ]; then start_mcpgw mcp-gateway-setup "$FX_URL"; fi
+    for c in 1 32; do
+        load setup direct "$FX_URL" $c --setup-rate --watch-pid "$FX_PID"
+        load setup portcullis "$GW_URL" $c --setup-rate --watch-pid "$GW_PID"
+        if [ $HAVE_MCPGW = 1 ]; then
+            load setup mcp-gateway "$MCPGW_URL" $c --setup-rate --watch-pid "$MCPGW_PID"
+        fi
+    done
+    stop "$GW_PID"
+    if [ $HAVE_MCPGW = 1 ]; then stop "$MCPGW_PID"; fi
+fi
+
+if want llm; then
+    log "llm: model traffic through the router against the fake provider"
+    if [ ! -x "$BIN/portcullis-fake-llm" ]; then
+        echo "  skipped: no portcullis-fake-llm in this build (model routing not merged yet)" >&2
+    else
+        start fake-llm "$BIN/portcullis-fake-llm" --port 0
+        LLM_PID=$STARTED_PID
+        LLM_BASE=$(awk '{print $3}' <<<"$STARTED_LINE")
+        gateway_config "$OUT/gateway-llm.yaml" "providers:
+  fake: { kind: openai, base_url: \"$LLM_BASE/v1\", api_key: bench }
+models:
+  bench: { targets: [ { provider: fake, model: fake-model } ] }"
+        start_gateway gateway-llm "$OUT/gateway-llm.yaml"
+        GW_BASE=${GW_URL%/mcp}
+        for c in 1 32; do
+            load llm direct "$LLM_BASE/v1/chat/completions" $c --chat fake-model --watch-pid "$LLM_PID"
+            load llm portcullis "$GW_BASE/v1/chat/completions" $c --chat bench --watch-pid "$GW_PID" --watch-pid "$LLM_PID"
+        done
+        load llm-stream direct "$LLM_BASE/v1/chat/completions" 1 --chat fake-model --stream --watch-pid "$LLM_PID"
+        load llm-stream portcullis "$GW_BASE/v1/chat/completions" 1 --chat bench --stream --watch-pid "$GW_PID" --watch-pid "$LLM_PID"
+        note llm portcullis peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
+        stop "$GW_PID"
+        stop "$LLM_PID"
+    fi
+fi
+
+stop "$FX_PID"
+
+# --- summary --------------------------------------------------------------------
+
+log "summary ($(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load average $(cut -d' ' -f1-3 /proc/loadavg))"
+python3 "$ROOT/scripts/bench_summary.py" "$RESULTS"
+echo "results: $RESULTS" >&2

@@ -1,0 +1,112 @@
+"""Prints the summary of a scripts/bench.sh run from its results.jsonl:
+each scenario's rows against the direct connection (ratios, added latency,
+CPU per request of the process under load and of its upstream), memory
+notes, and the targets from docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+TARGET_ADDED_P50_US = 100.0
+TARGET_BYTES_PER_SESSION = 20 * 1024
+
+
+def main(path: str) -> int:
+    runs: list[dict] = []
+    notes: list[dict] = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            d = json.loads(line)
+            if d.get("kind") == "note":
+                notes.append(d)
+            else:
+                d["scenario"], d["target"] = d["label"].split("|", 1)
+                runs.append(d)
+
+    by_scenario: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        by_scenario[r["scenario"]][r["concurrency"]].append(r)
+
+    header = (
+        f"{'scenario':<11}{'c':>3}  {'target':<26}{'req/s':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>10}"
+        f"{'x thr':>7}{'+p50':>8}{'cpu/req':>9}{'up cpu':>8}  err"
+    )
+    print(header)
+    print("-" * len(header))
+    for scenario, by_c in by_scenario.items():
+        for c in sorted(by_c):
+            rows = by_c[c]
+            base = next((r for r in rows if r["target"].startswith("direct")), None)
+            for r in rows:
+                l = r["latency_us"]
+                ratio = added = ""
+                if base is not None and r is not base and base["throughput"] > 0:
+                    ratio = f"{r['throughput'] / base['throughput']:.2f}"
+                    added = f"{l['p50'] - base['latency_us']['p50']:+.0f}"
+                cpu = r.get("cpu") or []
+                own = f"{cpu[0]['us_per_request']:.1f}" if cpu else ""
+                up = f"{cpu[1]['us_per_request']:.1f}" if len(cpu) > 1 else ""
+                print(
+                    f"{scenario:<11}{c:>3}  {r['target']:<26}{r['throughput']:>9.0f}{l['p50']:>9.1f}"
+                    f"{l['p90']:>9.1f}{l['p99']:>9.1f}{l['max']:>10.1f}{ratio:>7}{added:>8}{own:>9}{up:>8}"
+                    f"  {r['errors']}"
+                )
+    print("latencies in microseconds; x thr = throughput / direct; +p50 = added median latency;")
+    print("cpu/req = CPU of the process under load per request, up cpu = its upstream's (µs)")
+
+    if notes:
+        print()
+        for n in notes:
+            facts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in n.items() if k not in ("kind", "scenario", "target"))
+            print(f"{n['scenario']:<11}{n['target']:<28}{facts}")
+
+    print()
+    print("targets:")
+
+    def find(scenario: str, target: str, c: int) -> dict | None:
+        return next((r for r in by_scenario.get(scenario, {}).get(c, []) if r["target"] == target), None)
+
+    for target in ("portcullis", "portcullis (1 worker)"):
+        direct1, gw1 = find("echo", "direct", 1), find("echo", target, 1)
+        if direct1 and gw1:
+            added = gw1["latency_us"]["p50"] - direct1["latency_us"]["p50"]
+            verdict = "met" if added < TARGET_ADDED_P50_US else "MISSED"
+            print(f"  {target}: added median latency at c=1: {added:.1f} µs (target < {TARGET_ADDED_P50_US:.0f}): {verdict}")
+        for c in (1, 32):
+            d, g = find("echo", "direct", c), find("echo", target, c)
+            if d and g and d.get("cpu") and g.get("cpu"):
+                own, fx = g["cpu"][0]["us_per_request"], d["cpu"][0]["us_per_request"]
+                verdict = "met" if own <= fx else "MISSED"
+                print(f"  {target}: CPU per call at c={c}: {own:.1f} µs vs the fixture's own {fx:.1f} µs: {verdict}")
+    idle = next((n for n in notes if n["scenario"] == "idle" and n["target"] == "portcullis"), None)
+    if idle:
+        per = idle["bytes_per_session"]
+        verdict = "met" if per < TARGET_BYTES_PER_SESSION else "MISSED"
+        print(f"  memory per idle session: {per:.0f} bytes (target < 20 KB): {verdict}")
+    return 0
+
+
+def line(text: str) -> int:
+    """One run's report on one line, as the run ends."""
+    r = json.loads(text)
+    l = r["latency_us"]
+    cpu = "  ".join(f"cpu(pid {c['pid']}) {c['us_per_request']:.1f}us/req" for c in r["cpu"])
+    print(
+        f"  {r['label']:<34} c={r['concurrency']:<3} {r['throughput']:>9.0f}/s  p50 {l['p50']:>8.1f}"
+        f"  p90 {l['p90']:>8.1f}  p99 {l['p99']:>8.1f}  max {l['max']:>9.1f} us  err {r['errors']}  {cpu}"
+    )
+    for e in r["error_samples"]:
+        print("    error:", e)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--line":
+        sys.exit(line(sys.argv[2]))
+    sys.exit(main(sys.argv[1]))

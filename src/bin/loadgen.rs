@@ -1,0 +1,1222 @@
+//! `portcullis-loadgen`: a load generator that speaks MCP streamable HTTP
+//! itself, so the same load can be pointed at the gateway, straight at an
+//! upstream, or at another gateway, and the results compared.
+//!
+//! Every worker owns one HTTP/1.1 connection (hyper's low-level client, no
+//! pool) and a session: `initialize` (remembering `Mcp-Session-Id` and the
+//! negotiated protocol version), `notifications/initialized`, then requests.
+//! Responses may be JSON or an SSE stream; both are read until the JSON-RPC
+//! response with the request's id arrives.
+//!
+//! Modes:
+//!
+//! ```text
+//! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list]
+//!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--json]
+//! portcullis-loadgen URL --idle-sessions N [--hold 30s]   # open and hold N sessions
+//! portcullis-loadgen URL --setup-rate [--duration 10s]    # initialize+initialized+DELETE per second
+//! portcullis-loadgen http://HOST/v1/chat/completions --chat MODEL [--stream]
+//! ```
+//!
+//! `--chat` drives an OpenAI-compatible Chat Completions endpoint instead of
+//! MCP (for the gateway's model router): latency is the whole response, or
+//! with `--stream` the time to the first content delta.
+//!
+//! With `--rate` the load is open-loop: request k is due at `start + k/R`
+//! and its latency is measured from when it was due, so a server that falls
+//! behind is charged for the queue it causes (no coordinated omission).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Protocol version sent in `initialize`; the server's answer decides.
+const DEFAULT_PROTOCOL: &str = "2025-11-25";
+
+/// How long to wait for the rest of a response stream after its answer.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Distinct error messages kept for the report.
+const MAX_ERROR_SAMPLES: usize = 5;
+
+/// Load generator for MCP servers over streamable HTTP.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "portcullis-loadgen", version, about)]
+struct Cli {
+    /// The MCP endpoint, e.g. `http://127.0.0.1:8080/mcp`.
+    url: String,
+    /// Tool to call with `tools/call`.
+    #[arg(long, default_value = "echo")]
+    tool: String,
+    /// Tool arguments, a JSON object.
+    #[arg(long, default_value = r#"{"message":"hello"}"#)]
+    args: String,
+    /// Count a response as an error unless its JSON contains this text
+    /// (catches errors a server wraps in a successful result).
+    #[arg(long)]
+    expect: Option<String>,
+    /// Send `tools/list` instead of `tools/call`.
+    #[arg(long)]
+    list: bool,
+    /// Wrap each call in mcp-gateway's meta-tool: `gateway_invoke` with
+    /// `{server: SERVER, tool, arguments}`.
+    #[arg(long, value_name = "SERVER")]
+    mcp_gateway_invoke: Option<String>,
+    /// Requests in flight at once (closed loop), or the most in flight
+    /// with `--rate`.
+    #[arg(long, short, default_value_t = 1)]
+    concurrency: usize,
+    /// MCP sessions to spread the workers over (default: one per worker).
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Fixed request rate per second (open loop) instead of closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured time.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before it (connections, caches, JIT-free but warm).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Extra request header, `Name: value` (repeatable), e.g. authorization.
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Protocol version to ask for in `initialize`.
+    #[arg(long, default_value = DEFAULT_PROTOCOL)]
+    protocol_version: String,
+    /// Open this many sessions, print `ready`, and hold them.
+    #[arg(long, value_name = "N")]
+    idle_sessions: Option<usize>,
+    /// With `--idle-sessions`: exit after this long (default: until SIGTERM or Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    hold: Option<Duration>,
+    /// Measure session setup: initialize + initialized + DELETE per second.
+    #[arg(long)]
+    setup_rate: bool,
+    /// Send OpenAI Chat Completions for this model instead of MCP requests.
+    #[arg(long, value_name = "MODEL")]
+    chat: Option<String>,
+    /// With `--chat`: stream the answer and measure time to first token.
+    #[arg(long)]
+    stream: bool,
+    /// Report the CPU time (user + system, from `/proc/PID/stat`) this
+    /// process spent during the measured window, and per request (repeatable).
+    #[arg(long = "watch-pid", value_name = "PID")]
+    watch_pids: Vec<u32>,
+    /// A name for the run, echoed in the report.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+// ---------------------------------------------------------------------------
+// HTTP and MCP
+// ---------------------------------------------------------------------------
+
+/// Where requests go, parsed once.
+#[derive(Debug)]
+struct Endpoint {
+    addr: SocketAddr,
+    authority: HeaderValue,
+    path: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Endpoint {
+    fn parse(url: &str, headers: &[String]) -> anyhow::Result<Endpoint> {
+        let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("only http:// URLs are supported: {url}");
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow!("URL has no host: {url}"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .with_context(|| format!("resolving {host}"))?
+            .next()
+            .ok_or_else(|| anyhow!("{host} resolves to nothing"))?;
+        let path = uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into());
+        let headers = headers
+            .iter()
+            .map(|h| {
+                let (name, value) = h
+                    .split_once(':')
+                    .ok_or_else(|| anyhow!("header {h:?} is not `Name: value`"))?;
+                Ok((
+                    HeaderName::try_from(name.trim())?,
+                    HeaderValue::try_from(value.trim())?,
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Endpoint {
+            addr,
+            authority: HeaderValue::try_from(authority.as_str())?,
+            path,
+            headers,
+        })
+    }
+}
+
+/// An MCP session as the client sees it.
+#[derive(Debug, Clone)]
+struct Session {
+    /// `Mcp-Session-Id`; `None` for a stateless server.
+    id: Option<HeaderValue>,
+    /// Negotiated protocol version, sent as `MCP-Protocol-Version`.
+    protocol: HeaderValue,
+}
+
+/// What a JSON-RPC response said, as far as the report cares.
+#[derive(Debug, Default)]
+struct Reply {
+    /// A JSON-RPC error (its message).
+    error: Option<String>,
+    /// A tool result with `isError: true`.
+    tool_error: bool,
+    /// The result object, kept only when asked for (initialize).
+    result: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    result: Option<ResultProbe>,
+    #[serde(default)]
+    error: Option<ErrorProbe>,
+}
+
+#[derive(Deserialize)]
+struct ResultProbe {
+    #[serde(rename = "isError", default)]
+    is_error: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ErrorProbe {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+/// Reads `bytes` as a JSON-RPC message; `Some` when it is the response to `id`.
+fn match_response(bytes: &[u8], id: u64, keep_result: bool) -> Option<Reply> {
+    let env: Envelope = serde_json::from_slice(bytes).ok()?;
+    if env.id.as_ref().and_then(Value::as_u64) != Some(id) {
+        return None;
+    }
+    if let Some(e) = env.error {
+        return Some(Reply {
+            error: Some(format!("JSON-RPC error {}: {}", e.code, e.message)),
+            ..Reply::default()
+        });
+    }
+    let probe = env.result?;
+    let result = if keep_result {
+        serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|mut v| v.get_mut("result").map(Value::take))
+    } else {
+        None
+    };
+    Some(Reply {
+        error: None,
+        tool_error: probe.is_error == Some(true),
+        result,
+    })
+}
+
+/// Finds the end of the first SSE event in `buf` (index past the blank line).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The `data` of one SSE event (lines joined with `\n`).
+fn event_data(event: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for line in event.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(rest) = line.strip_prefix(b"data:") {
+            if !data.is_empty() {
+                data.push(b'\n');
+            }
+            data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+        }
+    }
+    data
+}
+
+/// Whether `haystack` contains `needle`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Applies `--expect` to a matched response.
+fn check_expected(mut reply: Reply, raw: &[u8], expect: Option<&str>) -> Reply {
+    if let Some(e) = expect {
+        if reply.error.is_none() && !contains(raw, e.as_bytes()) {
+            let shown = String::from_utf8_lossy(&raw[..raw.len().min(300)]).into_owned();
+            reply.error = Some(format!("response lacks {e:?}: {shown}"));
+        }
+    }
+    reply
+}
+
+/// One HTTP/1.1 connection, re-opened after a failure.
+struct Conn {
+    ep: Arc<Endpoint>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+    /// `--expect`: text every response must contain.
+    expect: Option<Arc<str>>,
+}
+
+impl Conn {
+    fn new(ep: Arc<Endpoint>) -> Conn {
+        Conn {
+            ep,
+            sender: None,
+            expect: None,
+        }
+    }
+
+    async fn sender(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
+        if self.sender.as_ref().is_some_and(|s| s.is_closed()) {
+            self.sender = None;
+        }
+        if self.sender.is_none() {
+            let stream = tokio::net::TcpStream::connect(self.ep.addr)
+                .await
+                .with_context(|| format!("connecting to {}", self.ep.addr))?;
+            stream.set_nodelay(true)?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.sender = Some(sender);
+        }
+        match self.sender.as_mut() {
+            Some(s) => {
+                s.ready().await?;
+                Ok(s)
+            }
+            None => bail!("no connection"),
+        }
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        session: Option<&Session>,
+        body: Bytes,
+    ) -> anyhow::Result<Request<Full<Bytes>>> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&self.ep.path)
+            .header(http::header::HOST, self.ep.authority.clone())
+            .header(http::header::ACCEPT, "application/json, text/event-stream")
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(s) = session {
+            if let Some(id) = &s.id {
+                req = req.header("mcp-session-id", id.clone());
+            }
+            req = req.header("mcp-protocol-version", s.protocol.clone());
+        }
+        for (name, value) in &self.ep.headers {
+            req = req.header(name, value.clone());
+        }
+        Ok(req.body(Full::new(body))?)
+    }
+
+    /// Sends a JSON-RPC request and waits for its response. Returns the
+    /// reply and the response's `Mcp-Session-Id`, if any.
+    async fn call(
+        &mut self,
+        session: Option<&Session>,
+        id: u64,
+        body: Bytes,
+        keep_result: bool,
+    ) -> anyhow::Result<(Reply, Option<HeaderValue>)> {
+        let result = self.call_inner(session, id, body, keep_result).await;
+        if result.is_err() {
+            // The connection may be mid-response: start over next time.
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn call_inner(
+        &mut self,
+        session: Option<&Session>,
+        id: u64,
+        body: Bytes,
+        keep_result: bool,
+    ) -> anyhow::Result<(Reply, Option<HeaderValue>)> {
+        let req = self.request(Method::POST, session, body)?;
+        let resp = self.sender().await?.send_request(req).await?;
+        let status = resp.status();
+        let session_id = resp.headers().get("mcp-session-id").cloned();
+        let sse = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            bail!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            );
+        }
+        if !sse {
+            let bytes = body.collect().await?.to_bytes();
+            return match_response(&bytes, id, keep_result)
+                .map(|r| (check_expected(r, &bytes, self.expect.as_deref()), session_id))
+                .ok_or_else(|| anyhow!("response is not the answer to request {id}"));
+        }
+        let mut buf = BytesMut::new();
+        let reply = loop {
+            let Some(frame) = body.frame().await else {
+                bail!("SSE stream ended without the answer to request {id}");
+            };
+            if let Ok(data) = frame?.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            let mut found = None;
+            while let Some(end) = event_end(&buf) {
+                let event = buf.split_to(end);
+                let data = event_data(&event);
+                if !data.is_empty() {
+                    if let Some(r) = match_response(&data, id, keep_result) {
+                        found = Some(check_expected(r, &data, self.expect.as_deref()));
+                        break;
+                    }
+                }
+            }
+            if let Some(r) = found {
+                break r;
+            }
+        };
+        // The stream should end right after the answer; if it does not,
+        // this connection cannot carry the next request.
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        if !matches!(drained, Ok(true)) {
+            self.sender = None;
+        }
+        Ok((reply, session_id))
+    }
+
+    /// Sends a notification; the server answers 202 (or 200) with no body.
+    async fn notify(&mut self, session: &Session, body: Bytes) -> anyhow::Result<()> {
+        let req = self.request(Method::POST, Some(session), body)?;
+        let result = self.send_expecting_success(req).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    /// Ends a session with DELETE.
+    async fn delete(&mut self, session: &Session) -> anyhow::Result<()> {
+        if session.id.is_none() {
+            return Ok(());
+        }
+        let req = self.request(Method::DELETE, Some(session), Bytes::new())?;
+        let result = self.send_expecting_success(req).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn send_expecting_success(&mut self, req: Request<Full<Bytes>>) -> anyhow::Result<()> {
+        let resp = self.sender().await?.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() && status != StatusCode::METHOD_NOT_ALLOWED {
+            bail!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends one chat completion; returns when the answer (or, streamed,
+    /// its first content delta) arrived. The stream is read to its end.
+    async fn chat(&mut self, body: Bytes, stream: bool) -> anyhow::Result<Instant> {
+        let result = self.chat_inner(body, stream).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn chat_inner(&mut self, body: Bytes, stream: bool) -> anyhow::Result<Instant> {
+        let req = self.request(Method::POST, None, body)?;
+        let resp = self.sender().await?.send_request(req).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !stream || !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            let done = Instant::now();
+            if !status.is_success() {
+                bail!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                );
+            }
+            let answer: Value = serde_json::from_slice(&bytes).context("chat answer")?;
+            if answer.pointer("/choices/0/message").is_none() {
+                bail!("chat answer has no choices[0].message");
+            }
+            return Ok(done);
+        }
+        let mut buf = BytesMut::new();
+        let mut first = None;
+        let mut finished = false;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            while let Some(end) = event_end(&buf) {
+                let event = buf.split_to(end);
+                let data = event_data(&event);
+                if data == b"[DONE]" {
+                    finished = true;
+                } else if first.is_none() {
+                    let delta: Value = serde_json::from_slice(&data).unwrap_or_default();
+                    let content = delta.pointer("/choices/0/delta/content");
+                    if content.and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
+                        first = Some(Instant::now());
+                    }
+                }
+            }
+        }
+        if !finished {
+            bail!("chat stream ended without [DONE]");
+        }
+        first.ok_or_else(|| anyhow!("chat stream carried no content"))
+    }
+
+    /// `initialize` then `notifications/initialized`.
+    async fn open_session(&mut self, protocol: &str) -> anyhow::Result<Session> {
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": protocol,
+                "capabilities": {},
+                "clientInfo": { "name": "portcullis-loadgen", "version": env!("CARGO_PKG_VERSION") },
+            },
+        });
+        let (reply, session_id) = self
+            .call(None, 0, Bytes::from(body.to_string()), true)
+            .await
+            .context("initialize")?;
+        if let Some(e) = reply.error {
+            bail!("initialize refused: {e}");
+        }
+        let negotiated = reply
+            .result
+            .as_ref()
+            .and_then(|r| r.get("protocolVersion"))
+            .and_then(Value::as_str)
+            .unwrap_or(protocol);
+        let session = Session {
+            id: session_id,
+            protocol: HeaderValue::try_from(negotiated)?,
+        };
+        let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        self.notify(&session, Bytes::from(initialized.to_string()))
+            .await
+            .context("notifications/initialized")?;
+        Ok(session)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Measurement
+// ---------------------------------------------------------------------------
+
+/// What one worker saw in the measured window.
+#[derive(Default)]
+struct Tally {
+    /// Latency of each successful request, in nanoseconds.
+    latencies: Vec<u64>,
+    errors: u64,
+    tool_errors: u64,
+    /// Requests that started later than due by more than 1 ms (rate mode).
+    late: u64,
+    samples: Vec<String>,
+}
+
+impl Tally {
+    fn error(&mut self, message: String) {
+        self.errors += 1;
+        if self.samples.len() < MAX_ERROR_SAMPLES && !self.samples.contains(&message) {
+            self.samples.push(message);
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        self.tool_errors += other.tool_errors;
+        self.late += other.late;
+        for s in other.samples {
+            if self.samples.len() < MAX_ERROR_SAMPLES && !self.samples.contains(&s) {
+                self.samples.push(s);
+            }
+        }
+    }
+}
+
+/// Latency percentiles, in microseconds.
+#[derive(serde::Serialize)]
+struct Percentiles {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    mean: f64,
+}
+
+fn percentiles(sorted: &[u64]) -> Percentiles {
+    let at = |q: f64| -> f64 {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        // Nearest rank: the smallest value with at least q of the samples at or below it.
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1] as f64 / 1000.0
+    };
+    let mean = if sorted.is_empty() {
+        0.0
+    } else {
+        sorted.iter().map(|&n| n as f64).sum::<f64>() / sorted.len() as f64 / 1000.0
+    };
+    Percentiles {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: sorted.last().map(|&n| n as f64 / 1000.0).unwrap_or(0.0),
+        mean,
+    }
+}
+
+/// Linux reports process CPU time in clock ticks of 1/USER_HZ s, which is
+/// 100 on every mainstream architecture.
+const USER_HZ: f64 = 100.0;
+
+/// User + system CPU seconds of a process (all threads) so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line; index 0 here is field 3 (state).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
+}
+
+/// CPU a watched process used in the measured window.
+#[derive(serde::Serialize)]
+struct CpuUse {
+    pid: u32,
+    cpu_s: f64,
+    /// CPU microseconds per successful request.
+    us_per_request: f64,
+}
+
+/// Samples the watched processes' CPU at the window's start and end.
+fn watch_cpu(
+    pids: Vec<u32>,
+    from: Instant,
+    end: Instant,
+) -> tokio::task::JoinHandle<Vec<(u32, Option<f64>)>> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(from.into()).await;
+        let before: Vec<Option<f64>> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+        tokio::time::sleep_until(end.into()).await;
+        pids.iter()
+            .zip(before)
+            .map(|(p, b)| (*p, b.zip(cpu_seconds(*p)).map(|(b, a)| a - b)))
+            .collect()
+    })
+}
+
+fn cpu_report(samples: Vec<(u32, Option<f64>)>, ok: u64) -> Vec<CpuUse> {
+    samples
+        .into_iter()
+        .filter_map(|(pid, cpu)| {
+            cpu.map(|cpu_s| CpuUse {
+                pid,
+                cpu_s,
+                us_per_request: if ok == 0 { 0.0 } else { cpu_s * 1e6 / ok as f64 },
+            })
+        })
+        .collect()
+}
+
+/// The report of a run.
+#[derive(serde::Serialize)]
+struct Report {
+    label: String,
+    url: String,
+    mode: String,
+    concurrency: usize,
+    sessions: usize,
+    rate: Option<f64>,
+    duration_s: f64,
+    /// Successful requests (or session setups) in the measured window.
+    ok: u64,
+    errors: u64,
+    tool_errors: u64,
+    late: u64,
+    throughput: f64,
+    latency_us: Percentiles,
+    error_samples: Vec<String>,
+    /// CPU of the `--watch-pid` processes in the measured window.
+    cpu: Vec<CpuUse>,
+}
+
+impl Report {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let l = &self.latency_us;
+        let _ = writeln!(
+            out,
+            "{}{} c={} sessions={}{}: {} ok in {:.1}s = {:.0}/s, errors {}, tool errors {}",
+            if self.label.is_empty() {
+                String::new()
+            } else {
+                format!("[{}] ", self.label)
+            },
+            self.mode,
+            self.concurrency,
+            self.sessions,
+            self.rate.map(|r| format!(" rate={r}/s")).unwrap_or_default(),
+            self.ok,
+            self.duration_s,
+            self.throughput,
+            self.errors,
+            self.tool_errors,
+        );
+        let _ = writeln!(
+            out,
+            "  latency us: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}  mean {:.1}",
+            l.p50, l.p90, l.p99, l.max, l.mean
+        );
+        if self.late > 0 {
+            let _ = writeln!(
+                out,
+                "  {} requests started >1ms after they were due (the generator or server fell behind)",
+                self.late
+            );
+        }
+        for c in &self.cpu {
+            let _ = writeln!(
+                out,
+                "  pid {}: {:.2}s CPU = {:.1} us per request",
+                c.pid, c.cpu_s, c.us_per_request
+            );
+        }
+        for s in &self.error_samples {
+            let _ = writeln!(out, "  error: {s}");
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Modes
+// ---------------------------------------------------------------------------
+
+/// The body of request `id`, with the id spliced into a prepared template.
+struct Payload {
+    head: String,
+    tail: String,
+}
+
+impl Payload {
+    fn new(cli: &Cli) -> anyhow::Result<Payload> {
+        let arguments: Value =
+            serde_json::from_str(&cli.args).context("--args is not valid JSON")?;
+        if !arguments.is_object() {
+            bail!("--args must be a JSON object");
+        }
+        let (method, params) = if cli.list {
+            ("tools/list", json!({}))
+        } else if let Some(server) = &cli.mcp_gateway_invoke {
+            (
+                "tools/call",
+                json!({
+                    "name": "gateway_invoke",
+                    "arguments": { "server": server, "tool": cli.tool, "arguments": arguments },
+                }),
+            )
+        } else {
+            (
+                "tools/call",
+                json!({ "name": cli.tool, "arguments": arguments }),
+            )
+        };
+        let tail = json!({ "method": method, "params": params }).to_string();
+        Ok(Payload {
+            head: r#"{"jsonrpc":"2.0","id":"#.into(),
+            // `{"method":...}` becomes `,"method":...}` after the id.
+            tail: format!(",{}", &tail[1..]),
+        })
+    }
+
+    fn body(&self, id: u64) -> Bytes {
+        let mut s = String::with_capacity(self.head.len() + self.tail.len() + 20);
+        s.push_str(&self.head);
+        let _ = write!(s, "{id}");
+        s.push_str(&self.tail);
+        Bytes::from(s)
+    }
+
+    fn describe(cli: &Cli) -> String {
+        if let Some(model) = &cli.chat {
+            let how = if cli.stream {
+                "streamed, latency = time to first token"
+            } else {
+                "not streamed"
+            };
+            format!("chat/completions {model} ({how})")
+        } else if cli.list {
+            "tools/list".into()
+        } else if let Some(server) = &cli.mcp_gateway_invoke {
+            format!("tools/call gateway_invoke({server}/{})", cli.tool)
+        } else {
+            format!("tools/call {}", cli.tool)
+        }
+    }
+}
+
+/// Opens `n` sessions with `parallel` connections.
+async fn open_sessions(
+    ep: &Arc<Endpoint>,
+    protocol: &str,
+    n: usize,
+    parallel: usize,
+) -> anyhow::Result<Vec<Session>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..parallel.clamp(1, n.max(1)) {
+        let ep = ep.clone();
+        let next = next.clone();
+        let protocol = protocol.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new(ep);
+            let mut out = Vec::new();
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < n {
+                out.push(conn.open_session(&protocol).await?);
+            }
+            Ok::<_, anyhow::Error>(out)
+        }));
+    }
+    let mut sessions = Vec::with_capacity(n);
+    for t in tasks {
+        sessions.extend(t.await??);
+    }
+    Ok(sessions)
+}
+
+async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
+    let concurrency = cli.concurrency.max(1);
+    let n_sessions = cli.sessions.unwrap_or(concurrency).max(1);
+    let sessions = match &cli.chat {
+        Some(_) => Vec::new(),
+        None => open_sessions(&ep, &cli.protocol_version, n_sessions, concurrency.min(32)).await?,
+    };
+    let sessions = Arc::new(sessions);
+    let payload = Arc::new(Payload::new(cli)?);
+    let chat = cli.chat.as_ref().map(|model| {
+        Bytes::from(
+            json!({
+                "model": model,
+                "messages": [{ "role": "user", "content": "Say hello to the benchmark" }],
+                "stream": cli.stream,
+            })
+            .to_string(),
+        )
+    });
+    let stream = cli.stream;
+    let expect: Option<Arc<str>> = cli.expect.as_deref().map(Arc::from);
+    let start = Instant::now();
+    let measure_from = start + cli.warmup;
+    let end = measure_from + cli.duration;
+    let interval = cli
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let tickets = Arc::new(AtomicU64::new(0));
+    let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
+    let mut workers = Vec::with_capacity(concurrency);
+    for w in 0..concurrency {
+        let ep = ep.clone();
+        let sessions = sessions.clone();
+        let payload = payload.clone();
+        let tickets = tickets.clone();
+        let chat = chat.clone();
+        let expect = expect.clone();
+        workers.push(tokio::spawn(async move {
+            let session = (!sessions.is_empty()).then(|| &sessions[w % sessions.len()]);
+            let mut conn = Conn::new(ep);
+            conn.expect = expect;
+            let mut tally = Tally::default();
+            let mut id = 1u64;
+            loop {
+                let due = match interval {
+                    Some(iv) => {
+                        let k = tickets.fetch_add(1, Ordering::Relaxed);
+                        let due = start + iv.mul_f64(k as f64);
+                        if due >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => {
+                        let now = Instant::now();
+                        if now >= end {
+                            break;
+                        }
+                        now
+                    }
+                };
+                let measured = due >= measure_from;
+                if measured && interval.is_some() && due.elapsed() > Duration::from_millis(1) {
+                    tally.late += 1;
+                }
+                id += 1;
+                let result = match (&chat, session) {
+                    (Some(body), _) => conn.chat(body.clone(), stream).await.map(|t| (None, false, t)),
+                    (None, session) => conn
+                        .call(session, id, payload.body(id), false)
+                        .await
+                        .map(|(r, _)| (r.error, r.tool_error, Instant::now())),
+                };
+                if !measured {
+                    continue;
+                }
+                match result {
+                    Ok((Some(e), _, _)) => tally.error(e),
+                    Ok((None, tool_error, done)) => {
+                        if tool_error {
+                            tally.tool_errors += 1;
+                        }
+                        tally.latencies.push((done - due).as_nanos() as u64);
+                    }
+                    Err(e) => {
+                        tally.error(format!("{e:#}"));
+                        // Do not spin on a dead server.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::default();
+    for w in workers {
+        total.merge(w.await?);
+    }
+    let cpu = watcher.await?;
+    // Requests started in the window count, even if they end just after it.
+    let elapsed = cli.duration.as_secs_f64();
+    // Sessions are ended so a long benchmark does not pile them up.
+    let mut conn = Conn::new(ep.clone());
+    for s in sessions.iter() {
+        let _ = conn.delete(s).await;
+    }
+    total.latencies.sort_unstable();
+    Ok(Report {
+        label: cli.label.clone(),
+        url: cli.url.clone(),
+        mode: Payload::describe(cli),
+        concurrency,
+        sessions: sessions.len(),
+        rate: cli.rate,
+        duration_s: elapsed,
+        ok: total.latencies.len() as u64,
+        errors: total.errors,
+        tool_errors: total.tool_errors,
+        late: total.late,
+        throughput: total.latencies.len() as f64 / elapsed,
+        latency_us: percentiles(&total.latencies),
+        error_samples: total.samples,
+        cpu: cpu_report(cpu, total.latencies.len() as u64),
+    })
+}
+
+async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
+    let concurrency = cli.concurrency.max(1);
+    let start = Instant::now();
+    let measure_from = start + cli.warmup;
+    let end = measure_from + cli.duration;
+    let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let ep = ep.clone();
+        let protocol = cli.protocol_version.clone();
+        workers.push(tokio::spawn(async move {
+            let mut conn = Conn::new(ep);
+            let mut tally = Tally::default();
+            loop {
+                let begun = Instant::now();
+                if begun >= end {
+                    break;
+                }
+                let result = async {
+                    let session = conn.open_session(&protocol).await?;
+                    conn.delete(&session).await.context("DELETE")
+                }
+                .await;
+                if begun < measure_from {
+                    continue;
+                }
+                match result {
+                    Ok(()) => tally.latencies.push(begun.elapsed().as_nanos() as u64),
+                    Err(e) => {
+                        tally.error(format!("{e:#}"));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::default();
+    for w in workers {
+        total.merge(w.await?);
+    }
+    let cpu = watcher.await?;
+    let elapsed = cli.duration.as_secs_f64();
+    total.latencies.sort_unstable();
+    Ok(Report {
+        label: cli.label.clone(),
+        url: cli.url.clone(),
+        mode: "session setup (initialize+initialized+DELETE)".into(),
+        concurrency,
+        sessions: 0,
+        rate: None,
+        duration_s: elapsed,
+        ok: total.latencies.len() as u64,
+        errors: total.errors,
+        tool_errors: 0,
+        late: 0,
+        throughput: total.latencies.len() as f64 / elapsed,
+        latency_us: percentiles(&total.latencies),
+        error_samples: total.samples,
+        cpu: cpu_report(cpu, total.latencies.len() as u64),
+    })
+}
+
+async fn run_idle(cli: &Cli, ep: Arc<Endpoint>, n: usize) -> anyhow::Result<()> {
+    let begun = Instant::now();
+    let parallel = cli.concurrency.max(16);
+    let sessions = open_sessions(&ep, &cli.protocol_version, n, parallel).await?;
+    let took = begun.elapsed().as_secs_f64();
+    if cli.json {
+        println!(
+            "{}",
+            json!({ "ready": sessions.len(), "seconds": took, "label": cli.label })
+        );
+    } else {
+        println!("ready: {} sessions open in {took:.2}s", sessions.len());
+    }
+    std::io::stdout().flush()?;
+    match cli.hold {
+        Some(d) => tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            () = stop_signal() => {}
+        },
+        None => stop_signal().await,
+    }
+    // End the sessions so the server can be measured again afterwards.
+    let sessions = Arc::new(Mutex::new(sessions));
+    let mut tasks = Vec::new();
+    for _ in 0..parallel {
+        let ep = ep.clone();
+        let sessions = sessions.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new(ep);
+            loop {
+                let next = sessions.lock().ok().and_then(|mut s| s.pop());
+                let Some(s) = next else { break };
+                let _ = conn.delete(&s).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ep = Arc::new(Endpoint::parse(&cli.url, &cli.headers)?);
+    if let Some(n) = cli.idle_sessions {
+        return run_idle(&cli, ep, n).await;
+    }
+    let report = if cli.setup_rate {
+        run_setup_rate(&cli, ep).await?
+    } else {
+        run_load(&cli, ep).await?
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis-loadgen: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_split_and_joined() {
+        let buf = b"id: 1\nretry: 500\ndata:\n\ndata: {\"a\":\ndata: 1}\n\n";
+        let first = event_end(buf).unwrap_or_default();
+        assert_eq!(event_data(&buf[..first]), b"");
+        let rest = &buf[first..];
+        let second = event_end(rest).unwrap_or_default();
+        assert_eq!(event_data(&rest[..second]), b"{\"a\":\n1}");
+        assert_eq!(event_end(b"data: x\r\n\r\n"), Some(11));
+        assert_eq!(event_end(b"data: x\n"), None);
+    }
+
+    #[test]
+    fn responses_match_by_id_and_report_errors() {
+        let ok = br#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":true}}"#;
+        let r = match_response(ok, 7, false).unwrap_or_default();
+        assert!(r.tool_error && r.error.is_none());
+        assert!(match_response(ok, 8, false).is_none());
+        let err = br#"{"jsonrpc":"2.0","id":7,"error":{"code":-32602,"message":"no"}}"#;
+        let r = match_response(err, 7, false).unwrap_or_default();
+        assert_eq!(r.error.as_deref(), Some("JSON-RPC error -32602: no"));
+        let note = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
+        assert!(match_response(note, 7, false).is_none());
+    }
+
+    #[test]
+    fn expected_text_is_checked() {
+        let raw = br#"{"id":1,"result":{"content":[{"type":"text","text":"hello"}]}}"#;
+        let ok = check_expected(Reply::default(), raw, Some("hello"));
+        assert!(ok.error.is_none());
+        let bad = check_expected(Reply::default(), raw, Some("goodbye"));
+        assert!(bad.error.is_some_and(|e| e.contains("lacks")));
+    }
+
+    #[test]
+    fn payload_splices_the_id() {
+        let cli = Cli::parse_from([
+            "loadgen",
+            "http://127.0.0.1:1/mcp",
+            "--mcp-gateway-invoke",
+            "fx",
+            "--args",
+            r#"{"message":"m"}"#,
+        ]);
+        let body = Payload::new(&cli).map(|p| p.body(42)).unwrap_or_default();
+        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(v["id"], 42);
+        assert_eq!(v["params"]["name"], "gateway_invoke");
+        assert_eq!(v["params"]["arguments"]["server"], "fx");
+        assert_eq!(v["params"]["arguments"]["arguments"]["message"], "m");
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        let pid = std::process::id();
+        assert!(cpu_seconds(pid).is_some_and(|s| s >= 0.0));
+        assert!(cpu_seconds(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<u64> = (1..=100).map(|n| n * 1000).collect();
+        let p = percentiles(&v);
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (50.0, 90.0, 99.0, 100.0));
+        assert_eq!(percentiles(&[]).p50, 0.0);
+    }
+}
