@@ -101,7 +101,11 @@ fn routing(c: &mut Criterion) {
         )
     });
     g.bench_function("named_view/50x100", |b| {
-        b.iter(|| named_view(Naming::Prefixed(&config), &lists, &|_, t| Some(t.name.to_string())))
+        b.iter(|| {
+            named_view(Naming::Prefixed(&config), &lists, &|_, t| {
+                Some(t.name.to_string())
+            })
+        })
     });
     g.throughput(Throughput::Elements(1));
     let view = named_view(Naming::Prefixed(&config), &lists, &|_, t| {

@@ -82,11 +82,11 @@ stop() {
 # wait_http URL: polls until URL answers 2xx.
 wait_http() {
     local i
-    for i in $(seq 1 600); do
+    for i in $(seq 1 1200); do
         curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
         sleep 0.1
     done
-    echo "no answer from $1 within 60s" >&2
+    echo "no answer from $1 within 120s: $(curl -sS "$1" 2>&1 | head -c 300)" >&2
     return 1
 }
 

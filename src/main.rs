@@ -12,12 +12,6 @@ use portcullis::telemetry::Metrics;
 use portcullis::{server, telemetry};
 use rmcp::ServiceExt;
 
-/// mimalloc instead of the system allocator: a proxied call makes hundreds
-/// of small allocations (rmcp, hyper, serde), which cost ~18% of the
-/// gateway's instructions with glibc malloc (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// An MCP gateway: one endpoint for many MCP servers.
 #[derive(Parser)]
 #[command(name = "portcullis", version, about)]

@@ -1503,11 +1503,20 @@ mod tests {
 
     #[test]
     fn generated_tools_are_listed_and_callable_by_name() {
-        let args: Vec<String> = ["stdio", "--tools", "3"].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = ["stdio", "--tools", "3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert!(matches!(parse_args(&args), Ok(Mode::Stdio)));
-        let names: Vec<String> = generated_tools().iter().map(|t| t.name.to_string()).collect();
+        let names: Vec<String> = generated_tools()
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
         assert_eq!(names, ["tool_0", "tool_1", "tool_2"]);
-        let bad: Vec<String> = ["stdio", "--tools", "x"].iter().map(|s| s.to_string()).collect();
+        let bad: Vec<String> = ["stdio", "--tools", "x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert!(parse_args(&bad).is_err());
     }
 

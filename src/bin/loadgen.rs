@@ -147,7 +147,10 @@ impl Endpoint {
             .authority()
             .ok_or_else(|| anyhow!("URL has no host: {url}"))?;
         let port = authority.port_u16().unwrap_or(80);
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
             .with_context(|| format!("resolving {host}"))?
             .next()
@@ -315,7 +318,8 @@ impl Conn {
                 .await
                 .with_context(|| format!("connecting to {}", self.ep.addr))?;
             stream.set_nodelay(true)?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -389,7 +393,11 @@ impl Conn {
             .is_some_and(|v| v.starts_with("text/event-stream"));
         let mut body = resp.into_body();
         if !status.is_success() {
-            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             bail!(
                 "HTTP {status}: {}",
                 String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
@@ -398,7 +406,12 @@ impl Conn {
         if !sse {
             let bytes = body.collect().await?.to_bytes();
             return match_response(&bytes, id, keep_result)
-                .map(|r| (check_expected(r, &bytes, self.expect.as_deref()), session_id))
+                .map(|r| {
+                    (
+                        check_expected(r, &bytes, self.expect.as_deref()),
+                        session_id,
+                    )
+                })
                 .ok_or_else(|| anyhow!("response is not the answer to request {id}"));
         }
         let mut buf = BytesMut::new();
@@ -522,7 +535,10 @@ impl Conn {
                 } else if first.is_none() {
                     let delta: Value = serde_json::from_slice(&data).unwrap_or_default();
                     let content = delta.pointer("/choices/0/delta/content");
-                    if content.and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
+                    if content
+                        .and_then(Value::as_str)
+                        .is_some_and(|c| !c.is_empty())
+                    {
                         first = Some(Instant::now());
                     }
                 }
@@ -690,7 +706,11 @@ fn cpu_report(samples: Vec<(u32, Option<f64>)>, ok: u64) -> Vec<CpuUse> {
             cpu.map(|cpu_s| CpuUse {
                 pid,
                 cpu_s,
-                us_per_request: if ok == 0 { 0.0 } else { cpu_s * 1e6 / ok as f64 },
+                us_per_request: if ok == 0 {
+                    0.0
+                } else {
+                    cpu_s * 1e6 / ok as f64
+                },
             })
         })
         .collect()
@@ -733,7 +753,9 @@ impl Report {
             self.mode,
             self.concurrency,
             self.sessions,
-            self.rate.map(|r| format!(" rate={r}/s")).unwrap_or_default(),
+            self.rate
+                .map(|r| format!(" rate={r}/s"))
+                .unwrap_or_default(),
             self.ok,
             self.duration_s,
             self.throughput,
@@ -931,7 +953,10 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
                 }
                 id += 1;
                 let result = match (&chat, session) {
-                    (Some(body), _) => conn.chat(body.clone(), stream).await.map(|t| (None, false, t)),
+                    (Some(body), _) => conn
+                        .chat(body.clone(), stream)
+                        .await
+                        .map(|t| (None, false, t)),
                     (None, session) => conn
                         .call(session, id, payload.body(id), false)
                         .await
