@@ -30,10 +30,10 @@ if [ ! -d "$peers/conformance-alpha/node_modules/@modelcontextprotocol/conforman
 fi
 
 # Python SDK 2.x plus the reference servers, in one venv.
-if [ ! -x "$peers/venv/bin/python" ] || ! "$peers/venv/bin/python" -c 'import mcp, mcp_server_time, httpx2, yaml, pytest_timeout, opentelemetry.proto' 2>/dev/null; then
+if [ ! -x "$peers/venv/bin/python" ] || ! "$peers/venv/bin/python" -c 'import mcp, mcp_server_time, httpx2, yaml, pytest_timeout, opentelemetry.proto, openai, anthropic' 2>/dev/null; then
   log "creating Python venv with mcp, mcp-server-time"
   python3 -m venv "$peers/venv"
   "$peers/venv/bin/pip" install --quiet --disable-pip-version-check \
-    'mcp>=2,<3' mcp-server-time httpx2 pytest pytest-timeout pyyaml opentelemetry-proto >&2
+    'mcp>=2,<3' mcp-server-time httpx2 pytest pytest-timeout pyyaml opentelemetry-proto openai anthropic >&2
 fi
 log "peers ready in $peers"

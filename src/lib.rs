@@ -4,6 +4,7 @@
 //! A request flows one way: [`server`] (HTTP listener and routing) →
 //! [`gateway`] (the downstream MCP session) → [`registry`] (which upstream
 //! owns a name) → [`upstream`] (the connection that forwards it), and back.
+//! [`ratelimit`] admits each call before it is forwarded.
 //! [`config`] and [`telemetry`] serve every layer; [`runtime`] assembles
 //! them. See `ARCHITECTURE.md` for the map and its invariants.
 
@@ -15,7 +16,9 @@
 pub mod auth;
 pub mod config;
 pub mod gateway;
+pub mod llm;
 pub mod policy;
+pub mod ratelimit;
 pub mod registry;
 pub mod runtime;
 pub mod server;

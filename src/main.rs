@@ -1,4 +1,4 @@
-//! The `portcullis` command: `serve`, `stdio`, `check`.
+//! The `portcullis` command: `serve`, `stdio`, `check`, `policy test`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +51,21 @@ enum Command {
         #[arg(long)]
         upstream: Vec<String>,
     },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run table-driven policy test files; exits 1 if any case fails.
+    Test {
+        /// Test files (see docs/policy.md for the format).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +96,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     rules.push_str(&format!(", {} pinned tools", lock.tools.len()));
                 }
             }
+            if !config.models.is_empty() {
+                rules.push_str(&format!(
+                    ", {} model aliases over {} providers",
+                    config.models.len(),
+                    config.providers.len()
+                ));
+            }
             println!(
                 "{}: ok ({} upstreams, {} virtual servers{rules})",
                 config.source.display(),
@@ -89,12 +111,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Policy {
+            command: PolicyCommand::Test { files },
+        } => policy_test(&files),
         Command::Pin { config, upstream } => {
             runtime()?.block_on(pin(Config::load(&config)?, upstream))
         }
         Command::Serve { config } => runtime()?.block_on(serve(Config::load(&config)?)),
         Command::Stdio { config } => runtime()?.block_on(stdio(Config::load(&config)?)),
     }
+}
+
+fn policy_test(files: &[PathBuf]) -> anyhow::Result<()> {
+    let (mut passed, mut failed) = (0, 0);
+    for file in files {
+        let report = portcullis::policy::testrun::run_file(file)?;
+        println!("{}", file.display());
+        for case in &report.cases {
+            match &case.failure {
+                None => println!("  ok    {}", case.name),
+                Some(why) => println!("  FAIL  {}: {why}", case.name),
+            }
+        }
+        passed += report.passed;
+        failed += report.failed.len();
+    }
+    println!("policy tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        anyhow::bail!("{failed} policy test case(s) failed");
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::gateway::{Gateway, Guardrails, GuardrailsError};
+use crate::llm::Llm;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 use crate::upstream::{self, Upstream};
@@ -22,6 +23,8 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Session handlers and event fan-out.
     pub gateway: Arc<Gateway>,
+    /// The model router behind `/v1/*`.
+    pub llm: Arc<Llm>,
     /// Establishes who is calling, for every HTTP request.
     pub auth: Arc<Authenticator>,
     shutdown: CancellationToken,
@@ -50,6 +53,8 @@ impl Runtime {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
+        let llm = Arc::new(Llm::new(&config, metrics.clone()));
+        let sampler = crate::llm::sampling::Sampler::new(llm.clone(), config.sampling.as_ref());
         let upstreams: BTreeMap<Arc<str>, Arc<Upstream>> = config
             .upstreams
             .iter()
@@ -64,6 +69,7 @@ impl Runtime {
                         metrics: metrics.clone(),
                         shutdown: shutdown.clone(),
                         tasks: tasks.clone(),
+                        sampler: sampler.clone(),
                     },
                 );
                 (Arc::from(name.as_str()), up)
@@ -88,9 +94,11 @@ impl Runtime {
                 .and_then(|j| j.jwks_file.as_deref())
                 .map(|f| config.resolve_path(f)),
         ));
+        llm.set_admission(Arc::new(gateway.model_admission()));
         Ok(Runtime {
             config,
             gateway,
+            llm,
             auth,
             shutdown,
             tasks,

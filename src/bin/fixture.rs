@@ -597,6 +597,12 @@ fn generated_tools() -> Vec<Tool> {
 
 /// The tools this server offers, in listing order.
 fn tools() -> Vec<Tool> {
+    let mut all = tools_of_2025();
+    all.extend(mrtr::tools());
+    all
+}
+
+fn tools_of_2025() -> Vec<Tool> {
     vec![
         Tool::new(
             "test_simple_text",
@@ -1279,6 +1285,9 @@ impl ServerHandler for Fixture {
         request: CallToolRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if let Some(round) = mrtr::call(&request) {
+            return round;
+        }
         let args = request.arguments.unwrap_or_default();
         self.run_tool(&request.name, &args, &cx)
             .await
@@ -1551,5 +1560,172 @@ mod tests {
                 tool.name
             );
         }
+    }
+}
+
+/// Tools that answer in 2026-07-28 style, with an `InputRequiredResult`
+/// (multi round-trip requests) instead of a server-to-client request, for
+/// the conformance suite's `input-required-result-*` scenarios.
+mod mrtr {
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+        InputRequest, InputRequests, InputRequiredResult, Tool,
+    };
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    const KEY: &str = "fixture-request-state-key";
+
+    pub(super) fn tools() -> Vec<Tool> {
+        [
+            (
+                "test_input_required_result_elicitation",
+                "Asks for the user's name by InputRequiredResult",
+            ),
+            (
+                "test_input_required_result_sampling",
+                "Asks the client to sample by InputRequiredResult",
+            ),
+            (
+                "test_input_required_result_list_roots",
+                "Asks for the client's roots by InputRequiredResult",
+            ),
+            (
+                "test_input_required_result_request_state",
+                "InputRequiredResult with requestState",
+            ),
+            (
+                "test_input_required_result_tampered_state",
+                "InputRequiredResult with integrity-protected requestState",
+            ),
+        ]
+        .into_iter()
+        .map(|(name, description)| Tool::new(name, description, super::no_args()))
+        .collect()
+    }
+
+    fn input(method: &str, params: Value) -> Option<InputRequest> {
+        serde_json::from_value(json!({ "method": method, "params": params })).ok()
+    }
+
+    fn ask(key: &str, input: Option<InputRequest>, state: Option<String>) -> CallToolResponse {
+        let mut requests = InputRequests::new();
+        if let Some(input) = input {
+            requests.insert(key.to_owned(), input);
+        }
+        let mut r = match state {
+            Some(s) => InputRequiredResult::from_request_state(s),
+            None => InputRequiredResult::from_request_state(String::new()),
+        };
+        if r.request_state.as_deref() == Some("") {
+            r.request_state = None;
+        }
+        r.input_requests = Some(requests);
+        CallToolResponse::InputRequired(r)
+    }
+
+    fn text(t: String) -> CallToolResponse {
+        CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::text(t)]))
+    }
+
+    fn sign(payload: &str) -> String {
+        let mac: String = Sha256::digest(format!("{KEY}.{payload}").as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{payload}.{mac}")
+    }
+
+    fn verify(state: &str) -> bool {
+        state
+            .rsplit_once('.')
+            .is_some_and(|(payload, _)| sign(payload) == state)
+    }
+
+    fn elicitation(message: &str, schema: Value) -> Option<InputRequest> {
+        input(
+            "elicitation/create",
+            json!({ "mode": "form", "message": message, "requestedSchema": schema }),
+        )
+    }
+
+    /// The tool's answer, or `None` when `request` is not one of these tools.
+    pub(super) fn call(
+        request: &CallToolRequestParams,
+    ) -> Option<Result<CallToolResponse, ErrorData>> {
+        let answer = |key: &str| request.input_responses.as_ref().and_then(|r| r.get(key));
+        let name_schema = json!({
+            "type": "object", "properties": { "name": { "type": "string" } }, "required": ["name"]
+        });
+        Some(Ok(match &*request.name {
+            "test_input_required_result_elicitation" => match answer("user_name") {
+                Some(Value::Object(a)) => {
+                    let name = a
+                        .get("content")
+                        .and_then(|c| c.get("name"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("stranger");
+                    text(format!("Hello, {name}!"))
+                }
+                Some(_) => {
+                    return Some(Err(ErrorData::invalid_params(
+                        "inputResponses.user_name must be an ElicitResult object",
+                        None,
+                    )))
+                }
+                None => ask(
+                    "user_name",
+                    elicitation("What is your name?", name_schema),
+                    None,
+                ),
+            },
+            "test_input_required_result_sampling" => match answer("capital_question") {
+                Some(a) => text(format!(
+                    "Sampling said: {}",
+                    a.pointer("/content/text")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                )),
+                None => ask(
+                    "capital_question",
+                    input(
+                        "sampling/createMessage",
+                        json!({
+                            "messages": [{ "role": "user", "content": { "type": "text", "text": "What is the capital of France?" } }],
+                            "maxTokens": 100
+                        }),
+                    ),
+                    None,
+                ),
+            },
+            "test_input_required_result_list_roots" => match answer("client_roots") {
+                Some(a) => text(format!(
+                    "Roots: {}",
+                    a.get("roots").map(Value::to_string).unwrap_or_default()
+                )),
+                None => ask("client_roots", input("roots/list", json!({})), None),
+            },
+            "test_input_required_result_request_state"
+            | "test_input_required_result_tampered_state" => {
+                let confirm = json!({
+                    "type": "object", "properties": { "ok": { "type": "boolean" } }, "required": ["ok"]
+                });
+                match (&request.request_state, answer("confirm")) {
+                    (Some(state), Some(_)) if verify(state) => text("state-ok: confirmed".into()),
+                    (Some(_), _) => {
+                        return Some(Err(ErrorData::invalid_params(
+                            "requestState failed its integrity check",
+                            None,
+                        )))
+                    }
+                    (None, _) => ask(
+                        "confirm",
+                        elicitation("Please confirm", confirm),
+                        Some(sign("round-1")),
+                    ),
+                }
+            }
+            _ => return None,
+        }))
     }
 }

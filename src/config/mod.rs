@@ -10,6 +10,8 @@
 
 mod auth;
 mod interpolate;
+mod llm;
+mod ratelimit;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -21,6 +23,8 @@ use serde::Deserialize;
 
 pub use auth::*;
 pub use interpolate::interpolate;
+pub use llm::*;
+pub use ratelimit::*;
 
 /// A configuration problem, always naming the file and, where there is one,
 /// the field.
@@ -96,6 +100,18 @@ pub struct Config {
     /// Org-wide tool policy; unset: every call is allowed and not audited.
     #[serde(default)]
     pub policies: Option<PoliciesConfig>,
+    /// Rate limits and concurrency caps; unset: nothing is limited.
+    #[serde(default)]
+    pub ratelimit: RateLimitConfig,
+    /// Model providers by name (OpenAI-compatible or Anthropic endpoints).
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model aliases clients name on `/v1/*`, each routed to targets.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelAliasConfig>,
+    /// Serve MCP sampling requests from upstreams through a model alias.
+    #[serde(default)]
+    pub sampling: Option<SamplingConfig>,
     /// Where the config came from; set by [`Config::load`], used in errors.
     #[serde(skip)]
     pub source: PathBuf,
@@ -132,6 +148,11 @@ pub struct HttpConfig {
     /// Items per page in list results the gateway returns.
     #[serde(default = "default_page_size")]
     pub page_size: usize,
+    /// How long a 2026-07-28 client may cache a list result (`ttlMs`). The
+    /// gateway's own lists change when an upstream says so; a client that
+    /// does not listen for that should look again after this long.
+    #[serde(default = "default_list_ttl", with = "humantime_serde")]
+    pub list_ttl: Duration,
 }
 
 impl Default for HttpConfig {
@@ -142,6 +163,7 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body(),
             session_idle_timeout: default_session_idle(),
             page_size: default_page_size(),
+            list_ttl: default_list_ttl(),
         }
     }
 }
@@ -160,8 +182,29 @@ fn default_session_idle() -> Duration {
     Duration::from_secs(30 * 60)
 }
 
+fn default_list_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn default_page_size() -> usize {
     500
+}
+
+/// Protocol era spoken to an upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum UpstreamProtocol {
+    /// Probe with `server/discover`, fall back to `initialize`.
+    #[serde(rename = "auto")]
+    Auto,
+    /// The `initialize` handshake only. The default until resource
+    /// subscriptions and tasks are bridged: a dual-era server spoken to in
+    /// 2026-07-28 would lose them for legacy clients.
+    #[default]
+    #[serde(rename = "legacy")]
+    Legacy,
+    /// 2026-07-28 only.
+    #[serde(rename = "2026-07-28")]
+    Modern,
 }
 
 /// One upstream MCP server.
@@ -180,6 +223,12 @@ pub struct UpstreamConfig {
     /// Whether downstream sessions share one upstream session.
     #[serde(default)]
     pub session: SessionMode,
+    /// Protocol era spoken to this upstream: `legacy` (the `initialize`
+    /// handshake, 2025-11-25 and older), `2026-07-28` (`server/discover`,
+    /// per-request metadata, multi round-trip requests), or `auto`
+    /// (discover, then fall back to legacy). Default: `legacy`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
     /// Cap on live upstream sessions in `per-client` mode.
     #[serde(default = "default_max_sessions")]
     pub max_sessions: usize,

@@ -59,7 +59,8 @@ impl Config {
                 check_glob(file, &format!("{field}.tools.{i}"), glob)?;
             }
         }
-        Ok(())
+        self.ratelimit.validate(file, &self.upstreams)?;
+        super::llm::validate_llm(file, &self.providers, &self.models, self.sampling.as_ref())
     }
 }
 

@@ -3,6 +3,7 @@
 use rmcp::model::{ErrorCode, ErrorData};
 use serde_json::json;
 
+use crate::ratelimit::Refused;
 use crate::registry::RegistryError;
 use crate::upstream::UpstreamError;
 
@@ -10,6 +11,9 @@ use crate::upstream::UpstreamError;
 pub const REQUEST_TIMEOUT: ErrorCode = ErrorCode(-32001);
 /// Code for an upstream that cannot be reached (implementation-defined range).
 pub const UPSTREAM_UNAVAILABLE: ErrorCode = ErrorCode(-32002);
+/// Code for a call refused by a rate or concurrency limit
+/// (implementation-defined range); `data` holds `limit` and `retry_after_ms`.
+pub const RATE_LIMITED: ErrorCode = ErrorCode(-32029);
 /// Code for a request the client cancelled.
 pub const REQUEST_CANCELLED: ErrorCode = ErrorCode(-32800);
 
@@ -52,5 +56,15 @@ pub(super) fn unknown(kind: &str, name: &str) -> ErrorData {
     ErrorData::invalid_params(
         format!("unknown {kind}: `{name}`"),
         Some(json!({ kind: name })),
+    )
+}
+
+/// Maps a limit's refusal: the message names the limit, `data` says which
+/// and when to retry (`null` when retrying cannot help).
+pub(super) fn refused_error(r: Refused) -> ErrorData {
+    ErrorData::new(
+        RATE_LIMITED,
+        r.to_string(),
+        Some(json!({ "limit": r.limit(), "retry_after_ms": r.retry_after_ms() })),
     )
 }

@@ -409,11 +409,20 @@ pub(super) fn denied(decision: &Decision, what: &str) -> ErrorData {
     )
 }
 
+/// How to reach the human: the session's peer (server-to-client request),
+/// or, for a 2026-07-28 client, a round of the call's MRTR flight.
+pub(super) enum Asker<'a> {
+    /// Send `elicitation/create` to the client.
+    Peer(&'a Peer<RoleServer>),
+    /// Hand the request to the flight's input bridge.
+    Bridge(tokio::sync::mpsc::UnboundedSender<crate::upstream::BridgedRequest>),
+}
+
 /// Asks the human, through the calling client, to approve a call. Any
 /// answer but an explicit yes (decline, cancel, timeout, no elicitation
 /// capability, an error) is a no.
 pub(super) async fn ask_approval(
-    peer: &Peer<RoleServer>,
+    asker: Asker<'_>,
     can_elicit: bool,
     prompt: String,
     timeout: Duration,
@@ -437,10 +446,23 @@ pub(super) async fn ask_approval(
         message: prompt,
         requested_schema: schema,
     });
-    let answer = tokio::time::timeout(
-        timeout,
-        peer.send_request(ServerRequest::ElicitRequest(request)),
-    )
+    let request = ServerRequest::ElicitRequest(request);
+    let answer = tokio::time::timeout(timeout, async {
+        match asker {
+            Asker::Peer(peer) => peer.send_request(request).await.map_err(|e| e.to_string()),
+            Asker::Bridge(bridge) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                bridge
+                    .send(crate::upstream::BridgedRequest { request, reply })
+                    .map_err(|_| "the call ended".to_owned())?;
+                match answer.await {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(e.message.to_string()),
+                    Err(_) => Err("the client did not answer".to_owned()),
+                }
+            }
+        }
+    })
     .await;
     match answer {
         Ok(Ok(rmcp::model::ClientResult::ElicitResult(r))) => Ok(r.action

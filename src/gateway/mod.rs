@@ -4,6 +4,8 @@
 
 mod error;
 mod guardrails;
+mod models;
+mod mrtr;
 mod observe;
 mod session;
 
@@ -17,12 +19,14 @@ use tokio::sync::mpsc;
 
 use crate::auth::Identity;
 use crate::config::Config;
+use crate::ratelimit::Limits;
 use crate::registry::{Endpoint, Registry};
 use crate::telemetry::recent::RecentCalls;
 use crate::telemetry::Metrics;
 use crate::upstream::{log_level_passes, ListKind, UpstreamEvent};
-pub use error::{REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
+pub use error::{RATE_LIMITED, REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
 pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
+pub use models::ModelAdmission;
 pub use session::Session;
 
 /// What the gateway knows about one live downstream session.
@@ -53,6 +57,10 @@ pub struct Gateway {
     default_identity: Arc<Identity>,
     /// Policy enforcement; `None` when no policies are configured.
     guardrails: Option<Arc<Guardrails>>,
+    /// Multi-round calls of 2026-07-28 clients parked on input.
+    bridge: mrtr::Bridge,
+    /// Rate limits and concurrency caps.
+    limits: Arc<Limits>,
 }
 
 impl Gateway {
@@ -66,7 +74,9 @@ impl Gateway {
         guardrails: Option<Arc<Guardrails>>,
     ) -> Arc<Gateway> {
         let default_identity = Identity::configured(&config.auth);
+        let limits = Limits::new(&config.ratelimit, metrics.clone());
         let gw = Arc::new(Gateway {
+            limits,
             recent: RecentCalls::new(config.telemetry.recent_calls),
             metrics,
             config,
@@ -75,6 +85,7 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             default_identity,
             guardrails,
+            bridge: mrtr::Bridge::new(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw
@@ -91,9 +102,22 @@ impl Gateway {
         )
     }
 
+    /// The policy and token-budget hook for model traffic.
+    pub fn model_admission(&self) -> ModelAdmission {
+        ModelAdmission {
+            guardrails: self.guardrails.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Rate limits and concurrency caps.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// The metrics.

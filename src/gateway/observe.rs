@@ -9,7 +9,7 @@ use rmcp::service::{RequestContext, RoleServer};
 use tracing::field::Empty;
 use tracing::Span;
 
-use super::error::{REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
+use super::error::{RATE_LIMITED, REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
 use crate::registry::Target;
 use crate::telemetry::metrics::{Metrics, NONE, UNKNOWN};
 use crate::telemetry::recent::{RecentCall, RecentCalls};
@@ -185,6 +185,7 @@ fn error_outcome(e: &ErrorData) -> &'static str {
         REQUEST_TIMEOUT => "timeout",
         UPSTREAM_UNAVAILABLE => "unavailable",
         REQUEST_CANCELLED => "cancelled",
+        RATE_LIMITED => "rate_limited",
         ErrorCode::INVALID_PARAMS => "invalid_params",
         ErrorCode::METHOD_NOT_FOUND => "method_not_found",
         _ => "error",

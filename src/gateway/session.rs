@@ -9,12 +9,14 @@ use serde::de::DeserializeOwned;
 
 use tracing::Instrument;
 
-use super::error::{registry_error, unknown, upstream_error};
-use super::guardrails::{self, CallInfo, Guardrails};
+use super::error::{refused_error, registry_error, unknown, upstream_error};
+use super::guardrails::{self, Asker, CallInfo, Guardrails};
+use super::mrtr::{Flight, Opened, Round};
 use super::observe::Observation;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
 use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
+use crate::ratelimit::LimitOverride;
 use crate::registry::{self, Endpoint, Target};
 use crate::telemetry::trace;
 use crate::upstream::Caller;
@@ -62,6 +64,21 @@ impl Session {
             .unwrap_or_else(|| self.gw.default_identity.clone())
     }
 
+    /// Rate limits and concurrency caps for a call of `target`; a refused
+    /// call never reaches the upstream.
+    async fn admit(
+        &self,
+        identity: &Identity,
+        target: &Target,
+        overrides: &[LimitOverride],
+    ) -> Result<crate::ratelimit::Admission, ErrorData> {
+        self.gw
+            .limits
+            .admit_with(identity, target, overrides)
+            .await
+            .map_err(refused_error)
+    }
+
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
         self.remember(ctx);
         Caller {
@@ -71,6 +88,8 @@ impl Session {
             capabilities: capabilities_of(ctx),
             session: self.state.id,
             log_level: self.state.log_level.clone(),
+            input_bridge: None,
+            identity: self.identity(ctx),
         }
     }
 
@@ -83,11 +102,31 @@ impl Session {
         pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
         complete: fn(C) -> T,
     ) -> Result<T, ErrorData> {
+        let result = self
+            .send(target, request, self.caller(ctx), ctx.ct.clone())?
+            .await?;
+        convert(target, result, pick, complete)
+    }
+
+    /// The upstream call for `request` as an owned future (so it can
+    /// outlive the downstream request, for multi-round calls), inside an
+    /// `mcp.client` span whose context travels in `_meta`.
+    fn send(
+        &self,
+        target: &Target,
+        request: ClientRequest,
+        caller: Caller,
+        ct: tokio_util::sync::CancellationToken,
+    ) -> Result<
+        impl std::future::Future<Output = Result<ServerResult, ErrorData>> + Send + 'static,
+        ErrorData,
+    > {
         let upstream = self
             .gw
             .registry
             .upstream(&target.upstream)
-            .ok_or_else(|| unknown("upstream", &target.upstream))?;
+            .ok_or_else(|| unknown("upstream", &target.upstream))?
+            .clone();
         let span = tracing::info_span!(
             "mcp.client",
             otel.name = %format_args!("{} {}", request_method(&request), target.original),
@@ -104,28 +143,13 @@ impl Session {
                 meta.set_tracestate(&state);
             }
         }
-        let result = upstream
-            .request(self.caller(ctx), request, &ctx.ct)
-            .instrument(span)
-            .await
-            .map_err(upstream_error)?;
-        match pick(result) {
-            Ok(t) => Ok(t),
-            // The untagged result enum may have matched another shape; the
-            // JSON is what the upstream sent, so read it as the expected type.
-            Err(other) => serde_json::to_value(other)
-                .and_then(serde_json::from_value::<C>)
-                .map(complete)
-                .map_err(|e| {
-                    ErrorData::internal_error(
-                        format!(
-                            "upstream `{}` sent a malformed result: {e}",
-                            target.upstream
-                        ),
-                        None,
-                    )
-                }),
-        }
+        Ok(async move {
+            upstream
+                .request(caller, request, &ct)
+                .instrument(span)
+                .await
+                .map_err(upstream_error)
+        })
     }
 
     /// The policy step before a call is forwarded: decide, guard the
@@ -133,13 +157,13 @@ impl Session {
     /// so. Every outcome is audited by [`Guardrails`].
     async fn enforce(
         &self,
-        g: &Guardrails,
-        set: &PolicySet,
+        (g, set): (&Guardrails, &PolicySet),
         call: &CallInfo<'_>,
         subject: &Subject<'_>,
         arguments: &mut Option<JsonObject>,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(), ErrorData> {
+        defer_approval: bool,
+    ) -> Result<Enforced, ErrorData> {
         let decision = g.decide(set, call, subject, arguments.as_ref());
         if decision.action == Action::Deny {
             return Err(guardrails::denied(
@@ -154,39 +178,88 @@ impl Session {
                 *arguments = Some(args);
             }
         }
-        if decision.action == Action::Approve {
-            let rule = decision.rule.as_deref().unwrap_or("default");
+        let approval = (decision.action == Action::Approve).then(|| {
             let shown = arguments
                 .as_ref()
                 .map(|a| serde_json::Value::Object(a.clone()).to_string())
                 .unwrap_or_else(|| "{}".into());
-            let prompt = format!(
-                "{} Approve the call to `{}` on `{}` with arguments {shown}?",
-                decision
-                    .message
-                    .as_deref()
-                    .unwrap_or("This call needs your approval."),
-                subject.name,
-                subject.upstream,
-            );
-            let can_elicit = capabilities_of(ctx).elicitation.is_some();
-            let answer =
-                guardrails::ask_approval(&ctx.peer, can_elicit, prompt, g.approval_timeout()).await;
-            let approved = matches!(answer, Ok(true));
-            g.record_approval(call, subject, rule, approved);
-            if !approved {
-                let why = match answer {
-                    Ok(_) => "the call was not approved".to_owned(),
-                    Err(why) => why,
-                };
+            Approval {
+                rule: decision.rule.clone().unwrap_or_else(|| "default".into()),
+                prompt: format!(
+                    "{} Approve the call to `{}` on `{}` with arguments {shown}?",
+                    decision
+                        .message
+                        .as_deref()
+                        .unwrap_or("This call needs your approval."),
+                    subject.name,
+                    subject.upstream,
+                ),
+                can_elicit: capabilities_of(ctx).elicitation.is_some(),
+            }
+        });
+        let limits = decision.limits.iter().filter_map(limit_override).collect();
+        let approval = match approval {
+            // A 2026-07-28 client is asked in a round of the call itself.
+            Some(a) if defer_approval => Some(a),
+            Some(a) => {
+                a.ask(g, Asker::Peer(&ctx.peer), call, subject).await?;
+                None
+            }
+            None => None,
+        };
+        Ok(Enforced { limits, approval })
+    }
+
+    /// Answers an upstream's input requests by asking this (legacy)
+    /// client with server-to-client requests; refuses clearly when the
+    /// client did not declare the capability a request needs.
+    async fn answer_inputs(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        requests: InputRequests,
+    ) -> Result<InputResponses, ErrorData> {
+        let caps = capabilities_of(ctx);
+        let mut answers = InputResponses::new();
+        for (key, request) in requests {
+            let (method, declared, request) = match request {
+                InputRequest::Elicitation(r) => (
+                    "elicitation/create",
+                    caps.elicitation.is_some(),
+                    ServerRequest::ElicitRequest(r),
+                ),
+                InputRequest::CreateMessage(r) => (
+                    "sampling/createMessage",
+                    caps.sampling.is_some(),
+                    ServerRequest::CreateMessageRequest(r),
+                ),
+                InputRequest::ListRoots(r) => (
+                    "roots/list",
+                    caps.roots.is_some(),
+                    ServerRequest::ListRootsRequest(r),
+                ),
+                _ => {
+                    return Err(ErrorData::internal_error(
+                        "upstream asked for an input of an unknown kind",
+                        None,
+                    ))
+                }
+            };
+            if !declared {
                 return Err(ErrorData::new(
-                    guardrails::POLICY_DENIED,
-                    format!("`{}` needs approval: {why}", subject.exposed),
-                    Some(serde_json::json!({ "rule": rule, "action": "approve" })),
+                    MISSING_CLIENT_CAPABILITY,
+                    format!("the upstream needs {method}, which this client did not declare"),
+                    Some(serde_json::json!({ "method": method })),
                 ));
             }
+            let answer =
+                ctx.peer.send_request(request).await.map_err(|e| {
+                    ErrorData::internal_error(format!("{method} failed: {e}"), None)
+                })?;
+            let value = serde_json::to_value(&answer)
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            answers.insert(key, value);
         }
-        Ok(())
+        Ok(answers)
     }
 
     fn observe(&self, method: &'static str, ctx: &RequestContext<RoleServer>) -> Observation<'_> {
@@ -268,6 +341,19 @@ impl Session {
             .map_err(registry_error)
     }
 
+    /// `ttlMs` and `cacheScope` for list results: the gateway's list TTL,
+    /// and `private` when policy filters lists by identity (one caller's
+    /// list must never be served to another).
+    fn cache_hints(&self) -> (Option<u64>, Option<CacheScope>) {
+        let ttl = u64::try_from(self.gw.config.http.list_ttl.as_millis()).unwrap_or(u64::MAX);
+        let scope = if self.gw.guardrails.is_some() {
+            CacheScope::Private
+        } else {
+            CacheScope::Public
+        };
+        (Some(ttl), Some(scope))
+    }
+
     /// `items` without those the caller may never use (policy `visible`);
     /// borrowed unchanged when no policy is configured.
     fn visible<'a, T: Clone>(
@@ -342,9 +428,10 @@ impl Session {
             trace_id: trace::trace_id_of(&obs.span),
         };
         let set = g.policy();
-        self.enforce(g, &set, &call, &subject, arguments, ctx)
+        self.enforce((g, &set), &call, &subject, arguments, ctx, false)
             .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
             .await
+            .map(|_| ())
     }
 
     async fn resource_target(&self, uri: &str) -> Result<Target, ErrorData> {
@@ -418,6 +505,7 @@ impl ServerHandler for Session {
             let (tools, next) = self.page(&visible, params)?;
             let mut result = ListToolsResult::with_all_items(tools);
             result.next_cursor = next;
+            (result.ttl_ms, result.cache_scope) = self.cache_hints();
             Ok(result)
         })
     }
@@ -454,39 +542,193 @@ impl ServerHandler for Session {
                 method: "tools/call",
                 trace_id: trace::trace_id_of(&obs.span),
             };
+            let modern = ctx
+                .protocol_version()
+                .is_some_and(|v| v == ProtocolVersion::V_2026_07_28);
+            // A retry carries a requestState the gateway sealed: a call
+            // parked here, or an upstream's own round, which must repeat
+            // the first round's tool and arguments. Either was decided and
+            // admitted in its first round.
+            let args_hash = arguments_hash(params.arguments.as_ref());
+            let mut parked = None;
+            let resuming = match params.request_state.take().filter(|_| modern) {
+                Some(state) => {
+                    match self.gw.bridge.open(&identity.subject, &state)? {
+                        Opened::Parked(call) => parked = Some(call),
+                        Opened::Upstream {
+                            upstream,
+                            tool,
+                            args,
+                            inner,
+                        } => {
+                            if *upstream != *target.upstream
+                                || tool != target.original
+                                || args != args_hash
+                            {
+                                return Err(ErrorData::invalid_params(
+                                    "requestState was issued for another tool or other arguments",
+                                    None,
+                                ));
+                            }
+                            params.request_state = inner;
+                        }
+                    }
+                    true
+                }
+                None => false,
+            };
+            let input_responses = match parked {
+                Some(_) => params.input_responses.take(),
+                None => None,
+            };
+            let mut overrides = Vec::new();
+            let mut approval = None;
             let policy = match &self.gw.guardrails {
                 Some(g) => {
                     let set = g.policy();
-                    self.enforce(g, &set, &call, &subject, &mut params.arguments, &ctx)
-                        .instrument(tracing::info_span!(
-                            "policy",
-                            otel.name = "policy tools/call"
-                        ))
-                        .await?;
+                    if !resuming {
+                        let enforced = self
+                            .enforce(
+                                (g, &set),
+                                &call,
+                                &subject,
+                                &mut params.arguments,
+                                &ctx,
+                                modern,
+                            )
+                            .instrument(tracing::info_span!(
+                                "policy",
+                                otel.name = "policy tools/call"
+                            ))
+                            .await?;
+                        overrides = enforced.limits;
+                        approval = enforced.approval;
+                    }
                     Some((g, set))
                 }
                 None => None,
             };
+            // Held until the call completes: it owns the concurrency slots.
+            // A resumed multi-round call was admitted in its first round.
+            let admission = match resuming {
+                true => None,
+                false => Some(
+                    self.admit(&identity, &target, &overrides)
+                        .instrument(tracing::info_span!(
+                            "ratelimit",
+                            otel.name = "ratelimit tools/call"
+                        ))
+                        .await?,
+                ),
+            };
             params.name = target.original.clone().into();
+            let retry = (!modern).then(|| params.clone());
             let request = ClientRequest::CallToolRequest(Request::new(params));
-            let response = self
-                .forward(
-                    &target,
-                    request,
-                    &ctx,
-                    |r| match r {
-                        ServerResult::CallToolResult(r) => {
-                            Ok(CallToolResponse::Complete(complete_call(r)))
+            let pick: fn(ServerResult) -> Result<CallToolResponse, Box<ServerResult>> = |r| match r
+            {
+                ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
+                ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+                ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+                other => Err(Box::new(other)),
+            };
+            let complete: fn(CallToolResult) -> CallToolResponse =
+                |r| CallToolResponse::Complete(complete_call(r));
+            let response = if modern {
+                let round = match parked {
+                    Some(call) => {
+                        self.gw
+                            .bridge
+                            .resume(&identity.subject, call, input_responses.as_ref(), &ctx.ct)
+                            .await?
+                    }
+                    None => {
+                        let (tx, inputs) = tokio::sync::mpsc::unbounded_channel();
+                        let mut caller = self.caller(&ctx);
+                        caller.input_bridge = Some(tx.clone());
+                        let cancel = tokio_util::sync::CancellationToken::new();
+                        let call = self.send(&target, request, caller, cancel.clone())?;
+                        // The approval question, if any, is the flight's
+                        // first round; the upstream call starts only after a yes.
+                        let ask = match (approval, &self.gw.guardrails) {
+                            (Some(a), Some(g)) => Some((
+                                a,
+                                g.clone(),
+                                identity.clone(),
+                                self.state.id,
+                                call_subject(&subject),
+                            )),
+                            _ => None,
+                        };
+                        let flight = Flight {
+                            // The parked call keeps its slots across rounds.
+                            call: tokio::spawn(async move {
+                                let _admission = admission;
+                                if let Some((a, g, identity, session, owned)) = ask {
+                                    let info = CallInfo {
+                                        identity: &identity,
+                                        session,
+                                        method: "tools/call",
+                                        trace_id: None,
+                                    };
+                                    a.ask(&g, Asker::Bridge(tx), &info, &owned.subject())
+                                        .await?;
+                                }
+                                call.await
+                            }),
+                            inputs,
+                            cancel: cancel.drop_guard(),
+                        };
+                        self.gw
+                            .bridge
+                            .drive(&identity.subject, flight, &ctx.ct)
+                            .await?
+                    }
+                };
+                match round {
+                    Round::Done(result) => match convert(&target, *result, pick, complete)? {
+                        // The upstream's own round: its state goes out wrapped.
+                        CallToolResponse::InputRequired(mut r) => {
+                            r.request_state = Some(self.gw.bridge.wrap(
+                                &identity.subject,
+                                &target.upstream,
+                                &target.original,
+                                args_hash,
+                                r.request_state.take(),
+                            )?);
+                            return Ok(CallToolResponse::InputRequired(r));
                         }
-                        ServerResult::InputRequiredResult(r) => {
-                            Ok(CallToolResponse::InputRequired(r))
-                        }
-                        ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
-                        other => Err(Box::new(other)),
+                        other => other,
                     },
-                    |r| CallToolResponse::Complete(complete_call(r)),
-                )
-                .await?;
+                    Round::InputRequired(r) => return Ok(CallToolResponse::InputRequired(r)),
+                }
+            } else {
+                let mut response = self.forward(&target, request, &ctx, pick, complete).await?;
+                // A 2026-07-28 upstream asks for input in its result; a
+                // legacy client answers server-to-client requests. Ask it,
+                // then run the next round with the answers.
+                let mut rounds = 0;
+                while let (CallToolResponse::InputRequired(r), Some(first)) = (&response, &retry) {
+                    rounds += 1;
+                    if rounds > MAX_INPUT_ROUNDS {
+                        return Err(ErrorData::internal_error(
+                            format!(
+                                "upstream `{}` asked for input more than {MAX_INPUT_ROUNDS} times",
+                                target.upstream
+                            ),
+                            None,
+                        ));
+                    }
+                    let answers = self
+                        .answer_inputs(&ctx, r.input_requests.clone().unwrap_or_default())
+                        .await?;
+                    let mut next = first.clone();
+                    next.input_responses = Some(answers);
+                    next.request_state = r.request_state.clone();
+                    let request = ClientRequest::CallToolRequest(Request::new(next));
+                    response = self.forward(&target, request, &ctx, pick, complete).await?;
+                }
+                response
+            };
             match (policy, response) {
                 (Some((g, set)), CallToolResponse::Complete(result)) => {
                     let guarded = guard_result(g, &set, &call, &subject, result)?;
@@ -511,6 +753,7 @@ impl ServerHandler for Session {
             let (prompts, next) = self.page(&visible, params)?;
             let mut result = ListPromptsResult::with_all_items(prompts);
             result.next_cursor = next;
+            (result.ttl_ms, result.cache_scope) = self.cache_hints();
             Ok(result)
         })
     }
@@ -571,6 +814,7 @@ impl ServerHandler for Session {
             let (resources, next) = self.page(&visible, params)?;
             let mut result = ListResourcesResult::with_all_items(resources);
             result.next_cursor = next;
+            (result.ttl_ms, result.cache_scope) = self.cache_hints();
             Ok(result)
         })
     }
@@ -586,6 +830,7 @@ impl ServerHandler for Session {
             let (templates, next) = self.page(&view.templates, params)?;
             let mut result = ListResourceTemplatesResult::with_all_items(templates);
             result.next_cursor = next;
+            (result.ttl_ms, result.cache_scope) = self.cache_hints();
             Ok(result)
         })
     }
@@ -690,10 +935,16 @@ impl ServerHandler for Session {
                 request,
                 &ctx,
                 |r| match r {
-                    ServerResult::CompleteResult(r) => Ok(r),
+                    ServerResult::CompleteResult(mut r) => {
+                        r.result_type.get_or_insert(ResultType::COMPLETE);
+                        Ok(r)
+                    }
                     other => Err(Box::new(other)),
                 },
-                |r: CompleteResult| r,
+                |mut r: CompleteResult| {
+                    r.result_type.get_or_insert(ResultType::COMPLETE);
+                    r
+                },
             )
             .await
         })
@@ -746,8 +997,144 @@ impl ServerHandler for Session {
     }
 }
 
-/// Legacy upstreams omit `resultType`; 2026-07-28 clients require it. rmcp
-/// strips it again for legacy clients, so setting it is always right.
+/// What the policy step decided beyond allow: limits to apply, and an
+/// approval still to ask (deferred for 2026-07-28 clients).
+struct Enforced {
+    limits: Vec<LimitOverride>,
+    approval: Option<Approval>,
+}
+
+/// A question for the human before a call proceeds.
+struct Approval {
+    rule: String,
+    prompt: String,
+    can_elicit: bool,
+}
+
+impl Approval {
+    /// Asks, records the answer, and refuses unless it was an explicit yes.
+    async fn ask(
+        self,
+        g: &Guardrails,
+        asker: Asker<'_>,
+        call: &CallInfo<'_>,
+        subject: &Subject<'_>,
+    ) -> Result<(), ErrorData> {
+        let answer =
+            guardrails::ask_approval(asker, self.can_elicit, self.prompt, g.approval_timeout())
+                .await;
+        let approved = matches!(answer, Ok(true));
+        g.record_approval(call, subject, &self.rule, approved);
+        if approved {
+            return Ok(());
+        }
+        let why = match answer {
+            Ok(_) => "the call was not approved".to_owned(),
+            Err(why) => why,
+        };
+        Err(ErrorData::new(
+            guardrails::POLICY_DENIED,
+            format!("`{}` needs approval: {why}", subject.exposed),
+            Some(serde_json::json!({ "rule": self.rule, "action": "approve" })),
+        ))
+    }
+}
+
+/// A [`Subject`] with owned strings, for work that outlives the request.
+struct OwnedSubject {
+    kind: Kind,
+    upstream: String,
+    name: String,
+    exposed: String,
+    annotations: Option<ToolAnnotations>,
+}
+
+impl OwnedSubject {
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            kind: self.kind,
+            upstream: &self.upstream,
+            name: &self.name,
+            exposed: &self.exposed,
+            annotations: self.annotations.as_ref(),
+        }
+    }
+}
+
+fn call_subject(s: &Subject<'_>) -> OwnedSubject {
+    OwnedSubject {
+        kind: s.kind,
+        upstream: s.upstream.to_owned(),
+        name: s.name.to_owned(),
+        exposed: s.exposed.to_owned(),
+        annotations: s.annotations.cloned(),
+    }
+}
+
+/// SHA-256 of a call's arguments as JSON (serde_json keeps map order), to
+/// bind a multi-round call's later rounds to its first.
+fn arguments_hash(args: Option<&JsonObject>) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(&args).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Rounds of input one call may ask a legacy client for.
+const MAX_INPUT_ROUNDS: usize = 8;
+
+/// Missing client capability (the 2026-07-28 code, used for both eras).
+const MISSING_CLIENT_CAPABILITY: ErrorCode = ErrorCode(-32021);
+
+/// A policy rule's limit as the rate limiter takes it.
+fn limit_override(l: &crate::policy::RuleLimit) -> Option<LimitOverride> {
+    use crate::config::KeyPart;
+    let key = l.key.as_ref().map(|parts| {
+        parts
+            .iter()
+            .map(|p| match p.as_str() {
+                "identity" => KeyPart::Identity,
+                "tool" => KeyPart::Tool,
+                "upstream" => KeyPart::Upstream,
+                _ => KeyPart::Global,
+            })
+            .collect()
+    });
+    Some(LimitOverride {
+        id: l.id.clone(),
+        key,
+        spec: crate::ratelimit::LimitSpec::new(l.rate, l.per, l.burst)?,
+    })
+}
+
+/// Reads an upstream's answer as the result type the method expects.
+fn convert<T, C: DeserializeOwned>(
+    target: &Target,
+    result: ServerResult,
+    pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
+    complete: fn(C) -> T,
+) -> Result<T, ErrorData> {
+    match pick(result) {
+        Ok(t) => Ok(t),
+        // The untagged result enum may have matched another shape; the
+        // JSON is what the upstream sent, so read it as the expected type.
+        Err(other) => serde_json::to_value(other)
+            .and_then(serde_json::from_value::<C>)
+            .map(complete)
+            .map_err(|e| {
+                ErrorData::internal_error(
+                    format!(
+                        "upstream `{}` sent a malformed result: {e}",
+                        target.upstream
+                    ),
+                    None,
+                )
+            }),
+    }
+}
+
 /// Runs the result guards over a call's result: redacted in place, or
 /// withheld when a blocking guard fires.
 fn guard_result(
@@ -766,6 +1153,8 @@ fn guard_result(
     })
 }
 
+/// Legacy upstreams omit `resultType`; 2026-07-28 clients require it. rmcp
+/// strips it again for legacy clients, so setting it is always right.
 fn complete_call(mut r: CallToolResult) -> CallToolResult {
     r.result_type.get_or_insert(ResultType::COMPLETE);
     r

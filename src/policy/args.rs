@@ -11,8 +11,21 @@ use super::file::RawArgCond;
 /// One compiled `pointer: {test}` entry.
 #[derive(Debug, Clone)]
 pub(crate) struct ArgCheck {
-    pointer: String,
+    /// Unescaped reference tokens; `None` is a `*` (every array element).
+    segments: Vec<Option<String>>,
     test: ArgTest,
+}
+
+/// How a `*` segment combines the elements it expands to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Quantifier {
+    /// Every element must pass (allow and approve rules: admitting a call
+    /// needs all of it to qualify).
+    #[default]
+    All,
+    /// One passing element is enough (deny rules: refusing a call needs
+    /// only one bad element).
+    Any,
 }
 
 #[derive(Debug, Clone)]
@@ -22,6 +35,7 @@ enum ArgTest {
     Glob(GlobMatcher),
     Regex(Regex),
     Range { min: Option<f64>, max: Option<f64> },
+    Not(Box<ArgTest>),
 }
 
 impl ArgCheck {
@@ -34,12 +48,76 @@ impl ArgCheck {
                 "an argument is named by a JSON pointer starting with `/`, e.g. `/path`".into(),
             ));
         }
+        let segments = pointer[1..]
+            .split('/')
+            .map(|t| (t != "*").then(|| t.replace("~1", "/").replace("~0", "~")))
+            .collect();
+        Ok(ArgCheck {
+            segments,
+            test: ArgTest::compile(pointer, raw)?,
+        })
+    }
+
+    /// True when the argument exists and passes the test. Where a `*`
+    /// expands to array elements, `q` says whether all or any must pass; an
+    /// empty array, or an element without the rest of the path, never
+    /// passes.
+    pub(crate) fn matches(&self, args: &Map<String, Value>, q: Quantifier) -> bool {
+        let Some((first, rest)) = self.segments.split_first() else {
+            return false;
+        };
+        let Some(Some(v)) = first.as_ref().map(|k| args.get(k)) else {
+            return false;
+        };
+        let mut found = Vec::new();
+        resolve(v, rest, &mut found);
+        if found.is_empty() {
+            return false;
+        }
+        let pass = |v: &Option<&Value>| v.is_some_and(|v| self.test.matches(v));
+        match q {
+            Quantifier::All => found.iter().all(pass),
+            Quantifier::Any => found.iter().any(pass),
+        }
+    }
+}
+
+/// Follows `segments` from `v`, expanding `*` over array elements; pushes
+/// `None` for each branch where the path does not exist.
+fn resolve<'a>(v: &'a Value, segments: &[Option<String>], out: &mut Vec<Option<&'a Value>>) {
+    let Some((seg, rest)) = segments.split_first() else {
+        out.push(Some(v));
+        return;
+    };
+    match (seg, v) {
+        (None, Value::Array(items)) => {
+            for item in items {
+                resolve(item, rest, out);
+            }
+        }
+        (Some(key), Value::Object(map)) => match map.get(key) {
+            Some(next) => resolve(next, rest, out),
+            None => out.push(None),
+        },
+        (Some(index), Value::Array(items)) => {
+            match index.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                Some(next) => resolve(next, rest, out),
+                None => out.push(None),
+            }
+        }
+        _ => out.push(None),
+    }
+}
+
+impl ArgTest {
+    fn compile(pointer: &str, raw: RawArgCond) -> Result<ArgTest, (String, String)> {
         let set = [
             raw.equals.is_some(),
             raw.one_of.is_some(),
             raw.glob.is_some(),
             raw.regex.is_some(),
             raw.range.is_some(),
+            raw.not.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -47,7 +125,7 @@ impl ArgCheck {
         if set != 1 {
             return Err((
                 pointer.to_owned(),
-                "needs exactly one of equals, one_of, glob, regex, range".into(),
+                "needs exactly one of equals, one_of, glob, regex, range, not".into(),
             ));
         }
         let field = |k: &str| format!("{pointer}.{k}");
@@ -79,24 +157,20 @@ impl ArgCheck {
                 min: r.min,
                 max: r.max,
             }
+        } else if let Some(inner) = raw.not {
+            let inner = ArgTest::compile(&field("not"), *inner)?;
+            ArgTest::Not(Box::new(inner))
         } else {
             return Err((
                 pointer.to_owned(),
                 "needs exactly one of equals, one_of, glob, regex, range".into(),
             ));
         };
-        Ok(ArgCheck {
-            pointer: pointer.to_owned(),
-            test,
-        })
+        Ok(test)
     }
 
-    /// True when the argument exists and passes the test.
-    pub(crate) fn matches(&self, args: &Map<String, Value>) -> bool {
-        let Some(v) = lookup(args, &self.pointer) else {
-            return false;
-        };
-        match &self.test {
+    fn matches(&self, v: &Value) -> bool {
+        match self {
             ArgTest::Equals(want) => json_eq(v, want),
             ArgTest::OneOf(list) => list.iter().any(|w| json_eq(v, w)),
             ArgTest::Glob(g) => v.as_str().is_some_and(|s| g.is_match(normalize_path(s))),
@@ -104,6 +178,7 @@ impl ArgCheck {
             ArgTest::Range { min, max } => v
                 .as_f64()
                 .is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m)),
+            ArgTest::Not(inner) => !inner.matches(v),
         }
     }
 }
@@ -115,22 +190,6 @@ pub(crate) fn path_glob(pattern: &str) -> Result<GlobMatcher, String> {
         .build()
         .map(|g| g.compile_matcher())
         .map_err(|e| e.to_string())
-}
-
-/// Resolves a JSON pointer (RFC 6901) inside an arguments object.
-fn lookup<'a>(args: &'a Map<String, Value>, pointer: &str) -> Option<&'a Value> {
-    let rest = pointer.strip_prefix('/')?;
-    let (first, tail) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let first = first.replace("~1", "/").replace("~0", "~");
-    let v = args.get(&first)?;
-    if tail.is_empty() {
-        Some(v)
-    } else {
-        v.pointer(tail)
-    }
 }
 
 /// Equality that treats `1` and `1.0` as the same number.
@@ -198,13 +257,26 @@ mod tests {
         ArgCheck::compile(pointer, raw).unwrap()
     }
 
+    impl ArgCheck {
+        fn matches_all(&self, args: &Map<String, Value>) -> bool {
+            self.matches(args, Quantifier::All)
+        }
+    }
+
     fn args(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
     }
 
     #[test]
     fn normalizes_dot_segments_and_slashes() {
-        assert_eq!(normalize_path("/srv/shared/../etc/passwd"), "/etc/passwd");
+        assert_eq!(
+            normalize_path("/srv/shared/../etc/passwd"),
+            "/srv/etc/passwd"
+        );
+        assert_eq!(
+            normalize_path("/srv/shared/../../etc/passwd"),
+            "/etc/passwd"
+        );
         assert_eq!(normalize_path("/srv/shared//../../etc"), "/etc");
         assert_eq!(normalize_path("/srv/./shared/a"), "/srv/shared/a");
         assert_eq!(normalize_path("/../../etc"), "/etc");
@@ -217,62 +289,98 @@ mod tests {
     #[test]
     fn glob_confines_paths_after_normalizing() {
         let c = check("/path", json!({"glob": "/srv/shared/**"}));
-        assert!(c.matches(&args(json!({"path": "/srv/shared/a/b.txt"}))));
-        assert!(c.matches(&args(json!({"path": "/srv/shared/x/../y"}))));
-        assert!(!c.matches(&args(json!({"path": "/srv/shared/../etc/passwd"}))));
-        assert!(!c.matches(&args(json!({"path": "/srv/sharedevil/x"}))));
-        assert!(!c.matches(&args(json!({"path": 7}))));
-        assert!(!c.matches(&args(json!({"other": "/srv/shared/a"}))));
+        assert!(c.matches_all(&args(json!({"path": "/srv/shared/a/b.txt"}))));
+        assert!(c.matches_all(&args(json!({"path": "/srv/shared/x/../y"}))));
+        assert!(!c.matches_all(&args(json!({"path": "/srv/shared/../etc/passwd"}))));
+        assert!(!c.matches_all(&args(json!({"path": "/srv/sharedevil/x"}))));
+        assert!(!c.matches_all(&args(json!({"path": 7}))));
+        assert!(!c.matches_all(&args(json!({"other": "/srv/shared/a"}))));
     }
 
     #[test]
     fn single_star_stays_in_one_segment() {
         let c = check("/path", json!({"glob": "/tmp/*.txt"}));
-        assert!(c.matches(&args(json!({"path": "/tmp/a.txt"}))));
-        assert!(!c.matches(&args(json!({"path": "/tmp/a/b.txt"}))));
+        assert!(c.matches_all(&args(json!({"path": "/tmp/a.txt"}))));
+        assert!(!c.matches_all(&args(json!({"path": "/tmp/a/b.txt"}))));
     }
 
     #[test]
     fn equals_and_one_of_compare_json_values() {
         let c = check("/mode", json!({"equals": "ro"}));
-        assert!(c.matches(&args(json!({"mode": "ro"}))));
-        assert!(!c.matches(&args(json!({"mode": "rw"}))));
+        assert!(c.matches_all(&args(json!({"mode": "ro"}))));
+        assert!(!c.matches_all(&args(json!({"mode": "rw"}))));
         let n = check("/n", json!({"equals": 1}));
-        assert!(n.matches(&args(json!({"n": 1.0}))));
+        assert!(n.matches_all(&args(json!({"n": 1.0}))));
         let null = check("/x", json!({"equals": null}));
-        assert!(null.matches(&args(json!({"x": null}))));
-        assert!(!null.matches(&args(json!({}))));
+        assert!(null.matches_all(&args(json!({"x": null}))));
+        assert!(!null.matches_all(&args(json!({}))));
         let o = check("/db", json!({"one_of": ["a", "b"]}));
-        assert!(o.matches(&args(json!({"db": "b"}))));
-        assert!(!o.matches(&args(json!({"db": "c"}))));
+        assert!(o.matches_all(&args(json!({"db": "b"}))));
+        assert!(!o.matches_all(&args(json!({"db": "c"}))));
     }
 
     #[test]
     fn regex_is_anchored() {
         let c = check("/q", json!({"regex": "SELECT .*"}));
-        assert!(c.matches(&args(json!({"q": "SELECT * FROM t"}))));
-        assert!(!c.matches(&args(json!({"q": "x; SELECT 1"}))));
+        assert!(c.matches_all(&args(json!({"q": "SELECT * FROM t"}))));
+        assert!(!c.matches_all(&args(json!({"q": "x; SELECT 1"}))));
     }
 
     #[test]
     fn range_is_inclusive_and_numeric_only() {
         let c = check("/n", json!({"range": {"min": 1, "max": 10}}));
-        assert!(c.matches(&args(json!({"n": 1}))));
-        assert!(c.matches(&args(json!({"n": 10.0}))));
-        assert!(!c.matches(&args(json!({"n": 11}))));
-        assert!(!c.matches(&args(json!({"n": "5"}))));
+        assert!(c.matches_all(&args(json!({"n": 1}))));
+        assert!(c.matches_all(&args(json!({"n": 10.0}))));
+        assert!(!c.matches_all(&args(json!({"n": 11}))));
+        assert!(!c.matches_all(&args(json!({"n": "5"}))));
         let open = check("/n", json!({"range": {"max": 0}}));
-        assert!(open.matches(&args(json!({"n": -3}))));
+        assert!(open.matches_all(&args(json!({"n": -3}))));
+    }
+
+    #[test]
+    fn not_negates_but_a_missing_argument_still_fails() {
+        let c = check("/path", json!({"not": {"glob": "/srv/shared/**"}}));
+        assert!(c.matches_all(&args(json!({"path": "/etc/passwd"}))));
+        assert!(c.matches_all(&args(json!({"path": "/srv/shared/../../etc/passwd"}))));
+        assert!(!c.matches_all(&args(json!({"path": "/srv/shared/a"}))));
+        assert!(!c.matches_all(&args(json!({}))));
+        let raw: RawArgCond = serde_json::from_value(json!({"not": {}})).unwrap();
+        assert_eq!(ArgCheck::compile("/p", raw).unwrap_err().0, "/p.not");
     }
 
     #[test]
     fn nested_pointers_and_escapes() {
         let c = check("/opts/mode", json!({"equals": "x"}));
-        assert!(c.matches(&args(json!({"opts": {"mode": "x"}}))));
+        assert!(c.matches_all(&args(json!({"opts": {"mode": "x"}}))));
         let e = check("/a~1b", json!({"equals": 1}));
-        assert!(e.matches(&args(json!({"a/b": 1}))));
+        assert!(e.matches_all(&args(json!({"a/b": 1}))));
         let i = check("/list/1", json!({"equals": 2}));
-        assert!(i.matches(&args(json!({"list": [1, 2]}))));
+        assert!(i.matches_all(&args(json!({"list": [1, 2]}))));
+    }
+
+    #[test]
+    fn star_expands_arrays_all_for_allow_any_for_deny() {
+        let c = check("/paths/*", json!({"glob": "/srv/shared/**"}));
+        let inside = args(json!({"paths": ["/srv/shared/a", "/srv/shared/b"]}));
+        let mixed = args(json!({"paths": ["/srv/shared/a", "/etc/passwd"]}));
+        let empty = args(json!({"paths": []}));
+        assert!(c.matches(&inside, Quantifier::All));
+        assert!(!c.matches(&mixed, Quantifier::All));
+        assert!(c.matches(&mixed, Quantifier::Any));
+        assert!(!c.matches(&empty, Quantifier::All));
+        assert!(!c.matches(&empty, Quantifier::Any));
+        let nested = check("/edits/*/path", json!({"glob": "/srv/**"}));
+        assert!(nested.matches(
+            &args(json!({"edits": [{"path": "/srv/a"}, {"path": "/srv/b"}]})),
+            Quantifier::All
+        ));
+        // An element without the path fails "all".
+        assert!(!nested.matches(
+            &args(json!({"edits": [{"path": "/srv/a"}, {"to": "/x"}]})),
+            Quantifier::All
+        ));
+        // A `*` over something that is not an array matches nothing.
+        assert!(!c.matches(&args(json!({"paths": "/srv/shared/a"})), Quantifier::Any));
     }
 
     #[test]

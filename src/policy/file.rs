@@ -19,6 +19,22 @@ pub(crate) struct PolicyFile {
     pub(crate) guards: Vec<RawGuard>,
 }
 
+/// `limit: { rate: 10, per: 1m, burst: 20, key: [identity, tool], replaces: per-user-tool }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    pub(crate) rate: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) per: std::time::Duration,
+    #[serde(default)]
+    pub(crate) burst: Option<u32>,
+    #[serde(default)]
+    pub(crate) key: Option<Vec<String>>,
+    /// The id of a configured limit whose quota this rule overrides.
+    #[serde(default)]
+    pub(crate) replaces: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRule {
@@ -30,6 +46,9 @@ pub(crate) struct RawRule {
     pub(crate) mode: RawMode,
     #[serde(default)]
     pub(crate) message: Option<String>,
+    /// A rate limit on the calls this rule matches.
+    #[serde(default)]
+    pub(crate) limit: Option<RawLimit>,
     /// Free text for people reading the file; never used.
     #[serde(default)]
     #[allow(dead_code)]
@@ -102,6 +121,9 @@ pub(crate) struct RawMatch {
     pub(crate) resource: Option<OneOrMany<String>>,
     #[serde(default)]
     pub(crate) prompt: Option<OneOrMany<String>>,
+    /// Model aliases on `/v1/*` (and MCP sampling served by the router).
+    #[serde(default)]
+    pub(crate) model: Option<OneOrMany<String>>,
     #[serde(default)]
     pub(crate) annotations: Option<RawAnnotations>,
     #[serde(default)]
@@ -136,6 +158,9 @@ pub(crate) struct RawArgCond {
     pub(crate) regex: Option<String>,
     #[serde(default)]
     pub(crate) range: Option<RawRange>,
+    /// The argument is present and the inner condition does not hold.
+    #[serde(default)]
+    pub(crate) not: Option<Box<RawArgCond>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,8 +180,10 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum OneOrMany<T> {
-    One(T),
+    // Tried first: for `OneOrMany<Value>` a list must be alternatives, not
+    // one list-valued alternative.
     Many(Vec<T>),
+    One(T),
 }
 
 impl<T> OneOrMany<T> {

@@ -5,6 +5,7 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use rmcp::model::ToolAnnotations;
 use serde_json::{Map, Value};
 
+pub(crate) use super::args::Quantifier;
 use super::args::{normalize_path, ArgCheck};
 use super::file::{OneOrMany, RawMatch};
 use super::{Kind, Subject};
@@ -21,6 +22,7 @@ pub(crate) struct Matcher {
     names: Option<GlobSet>,
     annotations: Hints,
     args: Vec<ArgCheck>,
+    quantifier: Quantifier,
 }
 
 /// Required values of the tool hints; `None` = not constrained.
@@ -37,8 +39,9 @@ type Problem = (String, String);
 impl Matcher {
     /// Compiles a raw block; errors are `(field, problem)` relative to the
     /// item (e.g. `match.tool`).
-    pub(crate) fn compile(raw: RawMatch) -> Result<Matcher, Problem> {
+    pub(crate) fn compile(raw: RawMatch, quantifier: Quantifier) -> Result<Matcher, Problem> {
         let mut m = Matcher {
+            quantifier,
             subject: names_glob("match.subject", raw.subject, false)?,
             upstream: names_glob("match.upstream", raw.upstream, false)?,
             ..Matcher::default()
@@ -63,13 +66,14 @@ impl Matcher {
             ("tool", Kind::Tool, raw.tool, false),
             ("resource", Kind::Resource, raw.resource, true),
             ("prompt", Kind::Prompt, raw.prompt, false),
+            ("model", Kind::Model, raw.model, false),
         ];
         for (key, kind, list, separator) in kinds {
             let Some(list) = list else { continue };
             if m.kind.is_some() {
                 return Err((
                     format!("match.{key}"),
-                    "a match names at most one of tool, resource, prompt".into(),
+                    "a match names at most one of tool, resource, prompt, model".into(),
                 ));
             }
             m.kind = Some(kind);
@@ -125,7 +129,7 @@ impl Matcher {
             return true;
         }
         let Some(args) = args else { return false };
-        self.args.iter().all(|c| c.matches(args))
+        self.args.iter().all(|c| c.matches(args, self.quantifier))
     }
 
     fn matches_identity(&self, who: &Identity) -> bool {
@@ -187,8 +191,7 @@ impl Matcher {
 /// A claim by name, or by JSON pointer when the name starts with `/`
 /// (nested claims such as `/realm_access/roles`).
 fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    if name.starts_with('/') {
-        let rest = &name[1..];
+    if let Some(rest) = name.strip_prefix('/') {
         let (first, tail) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -250,7 +253,7 @@ mod tests {
 
     fn matcher(v: Value) -> Matcher {
         let raw: RawMatch = serde_json::from_value(v).unwrap();
-        Matcher::compile(raw).unwrap()
+        Matcher::compile(raw, Quantifier::All).unwrap()
     }
 
     fn who(subject: &str, groups: &[&str], claims: Value) -> Identity {
@@ -386,14 +389,26 @@ mod tests {
     #[test]
     fn invalid_blocks_name_the_field() {
         let raw: RawMatch = serde_json::from_value(json!({"tool": "a", "prompt": "b"})).unwrap();
-        assert_eq!(Matcher::compile(raw).unwrap_err().0, "match.prompt");
+        assert_eq!(
+            Matcher::compile(raw, Quantifier::All).unwrap_err().0,
+            "match.prompt"
+        );
         let raw: RawMatch = serde_json::from_value(json!({"tool": "a[", })).unwrap();
-        assert_eq!(Matcher::compile(raw).unwrap_err().0, "match.tool");
+        assert_eq!(
+            Matcher::compile(raw, Quantifier::All).unwrap_err().0,
+            "match.tool"
+        );
         let raw: RawMatch =
             serde_json::from_value(json!({"resource": "x", "annotations": {"readOnlyHint": true}}))
                 .unwrap();
-        assert_eq!(Matcher::compile(raw).unwrap_err().0, "match.annotations");
+        assert_eq!(
+            Matcher::compile(raw, Quantifier::All).unwrap_err().0,
+            "match.annotations"
+        );
         let raw: RawMatch = serde_json::from_value(json!({"groups": []})).unwrap();
-        assert_eq!(Matcher::compile(raw).unwrap_err().0, "match.groups");
+        assert_eq!(
+            Matcher::compile(raw, Quantifier::All).unwrap_err().0,
+            "match.groups"
+        );
     }
 }

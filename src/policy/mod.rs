@@ -43,6 +43,20 @@ pub enum Kind {
     Resource,
     /// A prompt (`prompts/list`, `prompts/get`).
     Prompt,
+    /// A model alias (`/v1/*`, and sampling served by the model router).
+    Model,
+}
+
+impl Kind {
+    /// The lower-case name used in logs and audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tool => "tool",
+            Kind::Resource => "resource",
+            Kind::Prompt => "prompt",
+            Kind::Model => "model",
+        }
+    }
 }
 
 /// The thing a rule is asked about: one tool, resource or prompt of one
@@ -113,6 +127,25 @@ pub struct Decision {
     /// Audit-mode rules that matched, with the action each would have
     /// taken; they never change `action`.
     pub audit_only: Vec<(String, Action)>,
+    /// Rate limits of every enforcing rule that matched (policy overrides
+    /// of the configured limits, applied by the rate limiter).
+    pub limits: Vec<RuleLimit>,
+}
+
+/// A rate limit set by a policy rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleLimit {
+    /// The configured limit this replaces (`replaces:`), else the rule id.
+    pub id: String,
+    /// Calls per `per`.
+    pub rate: u32,
+    /// The period.
+    pub per: std::time::Duration,
+    /// Burst (defaults to `rate`).
+    pub burst: u32,
+    /// Key parts (`identity`, `tool`, `upstream`, `global`); `None` keeps
+    /// the replaced limit's key, or `identity` for a limit of its own.
+    pub key: Option<Vec<String>>,
 }
 
 /// Which way content is flowing.
@@ -123,6 +156,16 @@ pub enum Direction {
     Arguments,
     /// Results, before the client sees them.
     Results,
+}
+
+impl Direction {
+    /// The lower-case name used in files, logs and audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Arguments => "arguments",
+            Direction::Results => "results",
+        }
+    }
 }
 
 /// What a guard does with content its detectors find.

@@ -82,7 +82,7 @@ fn write_canonical(v: &Value, out: &mut String) {
 
 /// The approved definition hashes, by `upstream/tool` (the upstream's own
 /// tool name).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Lockfile {
     /// Format version; must be [`LOCKFILE_VERSION`].
@@ -95,6 +95,15 @@ pub struct Lockfile {
 
 fn version() -> u32 {
     LOCKFILE_VERSION
+}
+
+impl Default for Lockfile {
+    fn default() -> Self {
+        Lockfile {
+            version: LOCKFILE_VERSION,
+            tools: BTreeMap::new(),
+        }
+    }
 }
 
 impl Lockfile {

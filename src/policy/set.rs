@@ -9,8 +9,10 @@ use serde_json::{Map, Value};
 use super::detect;
 use super::file::{self, PolicyFile, RawAction, RawDirection, RawGuardAction, RawMode};
 use super::guard::{self, Guard};
-use super::matcher::Matcher;
-use super::{Action, Decision, Direction, GuardAction, GuardOutcome, PolicyError, Subject};
+use super::matcher::{Matcher, Quantifier};
+use super::{
+    Action, Decision, Direction, GuardAction, GuardOutcome, PolicyError, RuleLimit, Subject,
+};
 use crate::auth::Identity;
 use crate::config::DefaultAction;
 
@@ -22,6 +24,7 @@ struct Rule {
     audit: bool,
     message: Option<String>,
     matcher: Matcher,
+    limit: Option<RuleLimit>,
 }
 
 /// An immutable, compiled policy. Cheap to query from many threads; a new
@@ -128,13 +131,19 @@ impl PolicySet {
     ) -> Decision {
         let mut winner: Option<&Rule> = None;
         let mut audit_only = Vec::new();
+        let mut limits = Vec::new();
         for r in &self.rules {
             if !r.matcher.matches(who, s, args) {
                 continue;
             }
             if r.audit {
                 audit_only.push((r.id.clone(), r.action));
-            } else if winner.is_none_or(|w| r.action.strength() > w.action.strength()) {
+                continue;
+            }
+            if let Some(limit) = &r.limit {
+                limits.push(limit.clone());
+            }
+            if winner.is_none_or(|w| r.action.strength() > w.action.strength()) {
                 winner = Some(r);
             }
         }
@@ -144,6 +153,7 @@ impl PolicySet {
                 rule: Some(r.id.clone()),
                 message: r.message.clone(),
                 audit_only,
+                limits,
             },
             None => Decision {
                 action: match self.default {
@@ -153,6 +163,7 @@ impl PolicySet {
                 rule: None,
                 message: None,
                 audit_only,
+                limits,
             },
         }
     }
@@ -187,18 +198,33 @@ impl PolicySet {
         for (i, raw) in doc.rules.into_iter().enumerate() {
             let item = format!("rule {}", raw.id);
             check_id(name, &format!("rules[{i}]"), &raw.id, ids)?;
-            let matcher = Matcher::compile(raw.matcher)
+            let action = match raw.action {
+                RawAction::Allow => Action::Allow,
+                RawAction::Deny => Action::Deny,
+                RawAction::Approve => Action::Approve,
+            };
+            // Read `*` in argument pointers restrictively: a deny needs one
+            // bad element, an allow needs every element to qualify.
+            let quantifier = match action {
+                Action::Deny => Quantifier::Any,
+                Action::Allow | Action::Approve => Quantifier::All,
+            };
+            let matcher = Matcher::compile(raw.matcher, quantifier)
                 .map_err(|(f, p)| PolicyError::invalid(name, &item, f, p))?;
+            let limit = match raw.limit {
+                Some(l) => Some(
+                    compile_limit(&raw.id, l)
+                        .map_err(|(f, p)| PolicyError::invalid(name, &item, f, p))?,
+                ),
+                None => None,
+            };
             self.rules.push(Rule {
                 id: raw.id,
-                action: match raw.action {
-                    RawAction::Allow => Action::Allow,
-                    RawAction::Deny => Action::Deny,
-                    RawAction::Approve => Action::Approve,
-                },
+                action,
                 audit: raw.mode == RawMode::Audit,
                 message: raw.message,
                 matcher,
+                limit,
             });
         }
         for (i, raw) in doc.guards.into_iter().enumerate() {
@@ -243,7 +269,7 @@ impl PolicySet {
                     "lists no direction",
                 ));
             }
-            let matcher = Matcher::compile(raw.matcher)
+            let matcher = Matcher::compile(raw.matcher, Quantifier::All)
                 .map_err(|(f, p)| PolicyError::invalid(name, &item, f, p))?;
             if matcher.has_args() {
                 return Err(PolicyError::invalid(
@@ -307,3 +333,33 @@ fn check_id(
 #[cfg(test)]
 #[path = "set_tests.rs"]
 mod tests;
+
+/// Checks a rule's `limit` and names it: the configured limit it replaces,
+/// or the rule's own id.
+fn compile_limit(rule: &str, raw: super::file::RawLimit) -> Result<RuleLimit, (String, String)> {
+    if raw.rate == 0 || raw.per.is_zero() {
+        return Err((
+            "limit".into(),
+            "rate and per must be greater than zero".into(),
+        ));
+    }
+    const KEYS: [&str; 4] = ["identity", "tool", "upstream", "global"];
+    if let Some(bad) = raw
+        .key
+        .iter()
+        .flatten()
+        .find(|k| !KEYS.contains(&k.as_str()))
+    {
+        return Err((
+            "limit.key".into(),
+            format!("unknown key part `{bad}`; use {}", KEYS.join(", ")),
+        ));
+    }
+    Ok(RuleLimit {
+        id: raw.replaces.unwrap_or_else(|| rule.to_owned()),
+        rate: raw.rate,
+        per: raw.per,
+        burst: raw.burst.unwrap_or(raw.rate),
+        key: raw.key,
+    })
+}

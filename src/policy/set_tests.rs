@@ -313,3 +313,27 @@ fn load_dir_reads_yaml_files_in_order_and_names_the_bad_one() {
     let missing = PolicySet::load_dir(&dir.path().join("nope"), DefaultAction::Deny);
     assert!(matches!(missing, Err(PolicyError::Io { .. })));
 }
+
+#[test]
+fn star_in_argument_pointers_is_read_restrictively() {
+    let yaml = r#"
+rules:
+  - { id: no-etc, match: { args: { /paths/*: { glob: "/etc/**" } } }, action: deny }
+  - { id: shared, match: { args: { /paths/*: { glob: "/srv/**" } } }, action: allow }
+"#;
+    let p = set(yaml, DefaultAction::Deny);
+    let me = who("u", &[]);
+    let t = tool("fs", "read_multiple_files", "fs__read_multiple_files", None);
+    let decide = |v: Value| p.decide(&me, &t, Some(&obj(v))).rule;
+    assert_eq!(
+        decide(json!({"paths": ["/srv/a", "/srv/b"]})).as_deref(),
+        Some("shared")
+    );
+    // One bad element is enough for the deny...
+    assert_eq!(
+        decide(json!({"paths": ["/srv/a", "/etc/shadow"]})).as_deref(),
+        Some("no-etc")
+    );
+    // ...and spoils the allow.
+    assert_eq!(decide(json!({"paths": ["/srv/a", "/home/x"]})), None);
+}

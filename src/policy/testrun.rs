@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::file::OneOrMany;
+use super::file::{OneOrMany, RawAnnotations};
 use super::{Action, Direction, Kind, PolicyError, PolicySet, Subject};
 use crate::auth::Identity;
 use crate::config::DefaultAction;
@@ -60,7 +60,7 @@ struct Case {
     #[serde(default)]
     exposed: Option<String>,
     #[serde(default)]
-    annotations: Option<rmcp::model::ToolAnnotations>,
+    annotations: Option<RawAnnotations>,
     #[serde(default)]
     args: Option<Map<String, Value>>,
     #[serde(default)]
@@ -165,12 +165,20 @@ fn run_case(set: &PolicySet, case: &Case) -> Result<(), String> {
         (None, Kind::Resource) => name.to_owned(),
         (None, _) => format!("{upstream}__{name}"),
     };
+    let annotations = case.annotations.as_ref().map(|a| {
+        let mut t = rmcp::model::ToolAnnotations::new();
+        t.read_only_hint = a.read_only_hint;
+        t.destructive_hint = a.destructive_hint;
+        t.idempotent_hint = a.idempotent_hint;
+        t.open_world_hint = a.open_world_hint;
+        t
+    });
     let subject = Subject {
         kind,
         upstream,
         name,
         exposed: &exposed,
-        annotations: case.annotations.as_ref(),
+        annotations: annotations.as_ref(),
     };
     let mut checked = false;
     if case.expect.is_some() || case.rule.is_some() || case.expect_audit.is_some() {

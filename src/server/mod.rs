@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod health;
+mod llm;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,6 +28,7 @@ use tower::Service;
 
 use crate::config::Config;
 use crate::gateway::{Gateway, Session};
+use crate::ratelimit::Refused;
 use crate::registry::Endpoint;
 use crate::runtime::Runtime;
 
@@ -40,6 +42,9 @@ pub struct Router {
     gateway: Arc<Gateway>,
     /// Serve `/metrics` and `/admin` here (false when they have their own listener).
     admin: bool,
+    /// The model API (`/v1/*`); `None` on the admin-only listener.
+    llm: Option<Arc<crate::llm::Llm>>,
+    llm_guard: llm::Guard,
     auth: auth::HttpAuth,
 }
 
@@ -85,6 +90,8 @@ impl Router {
             mcp,
             gateway,
             admin,
+            llm: Some(runtime.llm.clone()),
+            llm_guard: llm::Guard::new(&config.http),
             auth: auth::HttpAuth::new(runtime.auth.clone(), config),
         }
     }
@@ -96,6 +103,8 @@ impl Router {
             mcp: HashMap::new(),
             gateway: runtime.gateway.clone(),
             admin: true,
+            llm: None,
+            llm_guard: llm::Guard::new(&runtime.config.http),
             auth: auth::HttpAuth::new(runtime.auth.clone(), &runtime.config),
         }
     }
@@ -113,6 +122,16 @@ impl Router {
             "/admin" if self.admin => return admin::page(),
             "/admin/api/upstreams" if self.admin => return admin::upstreams(&self.gateway).await,
             "/admin/api/calls" if self.admin => return admin::calls(&self.gateway),
+            p if p.starts_with("/v1/") => {
+                if let Some(llm) = &self.llm {
+                    // The same authentication as `/mcp`: the identity lands
+                    // in the request's extensions for the router to account.
+                    if let Err(refusal) = self.auth.admit(&mut req, &path).await {
+                        return refusal;
+                    }
+                    return llm::route(llm, req, &self.llm_guard).await;
+                }
+            }
             _ => {}
         }
         let endpoint = match path.strip_prefix("/mcp") {
@@ -135,6 +154,10 @@ impl Router {
             Ok(identity) => identity,
             Err(refusal) => return refusal,
         };
+        // After auth, so each identity has its own request budget.
+        if let Err(refused) = self.gateway.limits().admit_request(&identity).await {
+            return too_many_requests(&refused);
+        }
         let is_delete = req.method() == http::Method::DELETE;
         let mut resp = match service.call(req).await {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
@@ -151,6 +174,17 @@ impl Router {
         self.auth.bind(&resp, &identity);
         resp
     }
+}
+
+/// 429 with `Retry-After` in whole seconds (rounded up, at least 1), and
+/// the limit and exact wait in the body.
+fn too_many_requests(refused: &Refused) -> Response<Body> {
+    let retry_ms = refused.retry_after_ms().unwrap_or(1000);
+    let mut resp = text(StatusCode::TOO_MANY_REQUESTS, &format!("{refused}\n"));
+    let seconds = retry_ms.div_ceil(1000).max(1);
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+    resp
 }
 
 fn mcp_config(

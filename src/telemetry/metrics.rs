@@ -9,8 +9,8 @@
 //! `gen_ai_tool_name`).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Label value for anything outside the bounded set (a tool not in the
@@ -55,8 +55,15 @@ pub struct Metrics {
     pub policy_rules: IntGauge,
     /// Calls refused by a rate or concurrency limit, by limit id.
     pub ratelimit_refusals: IntCounterVec,
+    /// Shared rate-limit backend (Redis) failures; each is then admitted or
+    /// refused as `ratelimit.redis.on_error` says.
+    pub ratelimit_backend_errors: IntCounter,
+    /// Calls holding a concurrency-limit slot, by limit id.
+    pub ratelimit_in_flight: IntGaugeVec,
     /// Server-to-client requests routed back to clients, by method and outcome.
     pub client_requests_routed: IntCounterVec,
+    /// Model routing (`/v1/*` and sampling served by the router).
+    pub llm: LlmMetrics,
 }
 
 /// A metric could not be registered (a duplicate or invalid name: a bug).
@@ -95,6 +102,11 @@ impl Metrics {
             "Downstream MCP sessions currently open.",
         )?;
         registry.register(Box::new(sessions_open.clone()))?;
+        let ratelimit_backend_errors = IntCounter::new(
+            "portcullis_ratelimit_backend_errors_total",
+            "Rate-limit checks the shared backend (Redis) failed to answer.",
+        )?;
+        registry.register(Box::new(ratelimit_backend_errors.clone()))?;
         let policy_rules =
             IntGauge::new("portcullis_policy_rules", "Rules in the policy in force.")?;
         registry.register(Box::new(policy_rules.clone()))?;
@@ -152,11 +164,18 @@ impl Metrics {
                 "Calls refused by a rate or concurrency limit.",
                 &["limit"],
             )?,
+            ratelimit_backend_errors,
+            ratelimit_in_flight: gauge(
+                "portcullis_ratelimit_in_flight",
+                "Calls holding a slot of a concurrency limit.",
+                &["limit"],
+            )?,
             client_requests_routed: counter(
                 "portcullis_server_to_client_requests_total",
                 "Requests from upstreams (elicitation, sampling, roots) routed to downstream clients.",
                 &["mcp_method_name", "outcome"],
             )?,
+            llm: LlmMetrics::new(&registry)?,
             registry,
         })
     }
@@ -239,6 +258,150 @@ pub fn method_label(method: &str) -> &'static str {
         .find(|m| **m == method)
         .copied()
         .unwrap_or(UNKNOWN)
+}
+
+/// Token counts per request, as the GenAI semantic conventions bucket them.
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+/// Model request durations (GenAI semantic conventions' buckets).
+const GENAI_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+/// Time to first token (GenAI semantic conventions' buckets).
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Distinct identities labelled before the rest share `other`: subjects
+/// come from authenticated callers, but a JWT issuer could mint many.
+const MAX_IDENTITY_LABELS: usize = 1000;
+
+/// Metrics of the model router. `alias` is a configured model alias,
+/// `provider` a configured provider name and `model` the target's model, so
+/// every label but `identity` is bounded by the config; `identity` is
+/// capped at [`MAX_IDENTITY_LABELS`] values.
+pub struct LlmMetrics {
+    /// Client requests by alias, serving target and outcome.
+    pub requests: IntCounterVec,
+    /// Attempts at targets by outcome (ok, rate_limited, server_error, ...).
+    pub attempts: IntCounterVec,
+    /// Tokens by identity, alias, provider, model and type (input, output, cached).
+    pub tokens: IntCounterVec,
+    /// Cost in US dollars from the price table.
+    pub cost: CounterVec,
+    /// `gen_ai.client.token.usage`: tokens per request.
+    pub token_usage: HistogramVec,
+    /// `gen_ai.client.operation.duration`: whole request, retries included.
+    pub duration: HistogramVec,
+    /// Time to the provider's first streamed event (or response headers).
+    pub time_to_first_token: HistogramVec,
+    /// Time spent in the gateway itself: parsing, routing, translating.
+    pub overhead: HistogramVec,
+    /// 1 while a target's circuit breaker keeps it out.
+    pub cooling_down: IntGaugeVec,
+    identities: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl LlmMetrics {
+    fn new(registry: &Registry) -> Result<LlmMetrics, MetricsError> {
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok::<_, MetricsError>(h)
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, MetricsError>(c)
+        };
+        let cost = CounterVec::new(
+            Opts::new(
+                "portcullis_llm_cost_usd_total",
+                "Model cost in US dollars, from the configured prices.",
+            ),
+            &["identity", "alias", "provider", "model"],
+        )?;
+        registry.register(Box::new(cost.clone()))?;
+        let cooling_down = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_llm_target_cooling_down",
+                "1 while a target's circuit breaker keeps it out.",
+            ),
+            &["alias", "provider", "model"],
+        )?;
+        registry.register(Box::new(cooling_down.clone()))?;
+        let genai = &[
+            "gen_ai_operation_name",
+            "gen_ai_provider_name",
+            "gen_ai_request_model",
+            "gen_ai_response_model",
+        ];
+        Ok(LlmMetrics {
+            requests: counter(
+                "portcullis_llm_requests_total",
+                "Model requests from clients, by alias, serving target and outcome.",
+                &["alias", "provider", "model", "outcome"],
+            )?,
+            attempts: counter(
+                "portcullis_llm_attempts_total",
+                "Attempts at model targets (retries and fallbacks included), by outcome.",
+                &["alias", "provider", "model", "outcome"],
+            )?,
+            tokens: counter(
+                "portcullis_llm_tokens_total",
+                "Model tokens by identity, alias, provider, model and type (input, output, cached).",
+                &["identity", "alias", "provider", "model", "type"],
+            )?,
+            cost,
+            token_usage: histogram(
+                "gen_ai_client_token_usage",
+                "Tokens per model request (input or output).",
+                &[genai[0], genai[1], genai[2], genai[3], "gen_ai_token_type"],
+                TOKEN_BUCKETS,
+            )?,
+            duration: histogram(
+                "gen_ai_client_operation_duration_seconds",
+                "Duration of model requests through the gateway, retries and fallbacks included.",
+                &[genai[0], genai[1], genai[2], "outcome"],
+                GENAI_DURATION_BUCKETS,
+            )?,
+            time_to_first_token: histogram(
+                "portcullis_llm_time_to_first_token_seconds",
+                "Time from sending a request to the provider's first streamed event (or its response headers).",
+                &["alias", "provider", "model"],
+                TTFT_BUCKETS,
+            )?,
+            overhead: histogram(
+                "portcullis_llm_gateway_overhead_seconds",
+                "Time a model request spent in the gateway itself, provider waits and backoff excluded.",
+                &[genai[0]],
+                DURATION_BUCKETS,
+            )?,
+            cooling_down,
+            identities: Default::default(),
+        })
+    }
+
+    /// The `identity` label for a subject: itself, or `other` once
+    /// [`MAX_IDENTITY_LABELS`] subjects have been seen.
+    pub fn identity_label(&self, subject: &str) -> String {
+        let mut seen = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(subject) {
+            return subject.to_owned();
+        }
+        if seen.len() < MAX_IDENTITY_LABELS {
+            seen.insert(subject.to_owned());
+            return subject.to_owned();
+        }
+        "other".to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -30,18 +30,28 @@ pub(crate) struct UpstreamClient {
     /// Per-client connections: the one session this connection serves, for
     /// messages no in-flight call explains.
     pub(crate) owner: Option<Arc<Caller>>,
+    /// Serves sampling through the model router, when configured.
+    pub(crate) sampler: Option<Arc<crate::llm::sampling::Sampler>>,
+    pub(crate) metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// The capabilities a gateway connection declares to an upstream. A shared
 /// connection declares what the gateway can route to callers (each request
 /// is then checked against the calling client's own capabilities); a
-/// per-client connection declares exactly what its one client declared.
-pub(crate) fn advertised(downstream: Option<&ClientCapabilities>) -> ClientCapabilities {
+/// per-client connection declares exactly what its one client declared,
+/// plus sampling when the model router can serve it (`router_samples`).
+pub(crate) fn advertised(
+    downstream: Option<&ClientCapabilities>,
+    router_samples: bool,
+) -> ClientCapabilities {
     match downstream {
         Some(caps) => {
             let mut mine = ClientCapabilities::default();
             mine.elicitation = caps.elicitation.clone();
             mine.sampling = caps.sampling.clone();
+            if router_samples && mine.sampling.is_none() {
+                mine.sampling = Some(Default::default());
+            }
             mine.roots = caps.roots.clone();
             mine
         }
@@ -64,6 +74,33 @@ impl UpstreamClient {
             // stdio and SSE cannot say which call a message belongs to.
             None => self.routes.latest().or_else(|| self.owner.clone()),
         }
+    }
+
+    /// Answers `sampling/createMessage` through the model router.
+    async fn sample(
+        &self,
+        sampler: &crate::llm::sampling::Sampler,
+        params: &rmcp::model::CreateMessageRequestParams,
+        identity: Arc<crate::auth::Identity>,
+    ) -> Result<ClientResult, ErrorData> {
+        let routed = &self.metrics.client_requests_routed;
+        let params = serde_json::to_value(params)
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let result = match sampler.create_message(params, identity).await {
+            Ok(v) => v,
+            Err(e) => {
+                routed
+                    .with_label_values(&["sampling/createMessage", "router_error"])
+                    .inc();
+                return Err(ErrorData::internal_error(format!("portcullis: {e}"), None));
+            }
+        };
+        routed
+            .with_label_values(&["sampling/createMessage", "router"])
+            .inc();
+        serde_json::from_value(result)
+            .map(ClientResult::CreateMessageResult)
+            .map_err(|e| ErrorData::internal_error(format!("portcullis: {e}"), None))
     }
 
     fn refuse(&self, what: &str) -> ErrorData {
@@ -108,7 +145,20 @@ impl Service<RoleClient> for UpstreamClient {
         }
         let what = method_name(&request);
         let origin = request.extensions().get::<InboundStreamOrigin>().cloned();
-        let Some(caller) = self.caller_for(origin.as_ref()).await else {
+        let caller = self.caller_for(origin.as_ref()).await;
+        if let (ServerRequest::CreateMessageRequest(r), Some(sampler)) = (&request, &self.sampler) {
+            let can_sample = caller
+                .as_ref()
+                .is_some_and(|c| c.capabilities.sampling.is_some());
+            if sampler.serves(can_sample) {
+                let identity = caller
+                    .as_ref()
+                    .map(|c| c.identity.clone())
+                    .unwrap_or_else(crate::auth::Identity::anonymous);
+                return self.sample(sampler, &r.params, identity).await;
+            }
+        }
+        let Some(caller) = caller else {
             // A shared connection serves many clients with different roots;
             // outside a call it can only honestly say it has none of its own.
             if matches!(request, ServerRequest::ListRootsRequest(_)) {
@@ -122,6 +172,20 @@ impl Service<RoleClient> for UpstreamClient {
                 format!("portcullis: the calling client did not declare support for {what}"),
                 None,
             ));
+        }
+        if let Some(bridge) = &caller.input_bridge {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            bridge
+                .send(crate::upstream::BridgedRequest { request, reply })
+                .map_err(|_| ErrorData::internal_error("downstream call ended", None))?;
+            return tokio::select! {
+                answer = answer => answer.unwrap_or_else(|_| {
+                    Err(ErrorData::internal_error("the client did not answer", None))
+                }),
+                () = context.ct.cancelled() => {
+                    Err(ErrorData::new(ErrorCode::INTERNAL_ERROR, "cancelled", None))
+                }
+            };
         }
         let mut request = request;
         // Deliver on the originating call's response stream (SEP-2260);

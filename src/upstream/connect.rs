@@ -15,7 +15,10 @@ use super::http::TracingClient;
 use super::ordered::InOrder;
 use super::sse::SseClientTransport;
 use super::UpstreamError;
+use crate::config::UpstreamProtocol;
 use crate::config::{HttpUpstreamConfig, StdioConfig, Transport, UpstreamConfig};
+use rmcp::model::ProtocolVersion;
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
 
 /// In-flight POSTs on one streamable HTTP connection (rmcp's default is 16,
 /// far below what one shared connection carries).
@@ -40,13 +43,14 @@ pub(crate) async fn connect(
         .ok_or_else(|| fail("no transport configured".into()))?;
     let routes = client.routes.clone();
     let upstream = client.upstream.clone();
+    let lifecycle = lifecycle(config.protocol);
     let handshake = async {
         match transport {
             Transport::Stdio(stdio) => {
                 let child = spawn_child(name, &stdio)
                     .map_err(|e| fail(format!("spawn `{}`: {e}", stdio.command)))?;
                 client
-                    .serve(InOrder::new(child, upstream, routes))
+                    .serve_with_lifecycle(InOrder::new(child, upstream, routes), lifecycle)
                     .await
                     .map_err(|e| fail(e.to_string()))
             }
@@ -63,7 +67,7 @@ pub(crate) async fn connect(
                     routes,
                 );
                 client
-                    .serve(transport)
+                    .serve_with_lifecycle(transport, lifecycle)
                     .await
                     .map_err(|e| fail(e.to_string()))
             }
@@ -88,6 +92,22 @@ pub(crate) async fn connect(
     tokio::time::timeout(config.connect_timeout, handshake)
         .await
         .map_err(|_| fail(format!("no handshake within {:?}", config.connect_timeout)))?
+}
+
+/// The rmcp lifecycle for a configured protocol era. The legacy HTTP+SSE
+/// transport predates 2026-07-28 and always uses `initialize`.
+fn lifecycle(protocol: UpstreamProtocol) -> ClientLifecycleMode {
+    let modern = vec![ProtocolVersion::V_2026_07_28];
+    match protocol {
+        UpstreamProtocol::Legacy => ClientLifecycleMode::Initialize,
+        UpstreamProtocol::Modern => ClientLifecycleMode::Discover {
+            preferred_versions: modern,
+        },
+        UpstreamProtocol::Auto => ClientLifecycleMode::Auto {
+            preferred_versions: modern,
+            legacy_version: None,
+        },
+    }
 }
 
 fn headers(h: &HttpUpstreamConfig) -> Result<HashMap<http::HeaderName, http::HeaderValue>, String> {

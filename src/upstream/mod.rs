@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{SessionMode, UpstreamConfig};
 pub(crate) use routes::log_level_passes;
-pub use routes::Caller;
 use routes::Routes;
+pub use routes::{BridgedRequest, Caller};
 
 /// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error
 /// in one place, `gateway::error`.
@@ -186,6 +186,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Tracks every task an upstream spawns, so shutdown can wait for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Serves `sampling/createMessage` through the model router, when
+    /// configured.
+    pub sampler: Option<Arc<crate::llm::sampling::Sampler>>,
 }
 
 /// One configured upstream server and its supervisor.
@@ -203,6 +206,7 @@ pub struct Upstream {
     shutdown: CancellationToken,
     /// Woken when a call fails in a way that suggests a dead connection.
     suspect: tokio::sync::Notify,
+    sampler: Option<Arc<crate::llm::sampling::Sampler>>,
 }
 
 impl Upstream {
@@ -215,6 +219,7 @@ impl Upstream {
             metrics,
             shutdown,
             tasks,
+            sampler,
         } = shared;
         let upstream = Arc::new(Upstream {
             name: name.into(),
@@ -229,6 +234,7 @@ impl Upstream {
             tried: AtomicBool::new(false),
             shutdown,
             suspect: tokio::sync::Notify::new(),
+            sampler,
         });
         tasks.spawn(supervise(upstream.clone()));
         if upstream.config.session == SessionMode::PerClient {
@@ -415,8 +421,13 @@ impl Upstream {
             upstream: self.name.clone(),
             routes,
             events: self.events.clone(),
-            capabilities: client::advertised(owner.as_ref().map(|o| &o.capabilities)),
+            capabilities: client::advertised(
+                owner.as_ref().map(|o| &o.capabilities),
+                self.sampler.is_some(),
+            ),
             owner,
+            sampler: self.sampler.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

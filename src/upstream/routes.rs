@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::model::{
-    ClientCapabilities, LoggingLevel, ProgressNotificationParam, ProgressToken, RequestId,
+    ClientCapabilities, ErrorData, LoggingLevel, ProgressNotificationParam, ProgressToken,
+    RequestId,
 };
 use rmcp::service::{Peer, RoleServer};
 use tokio::sync::Notify;
@@ -35,6 +36,21 @@ pub struct Caller {
     pub session: u64,
     /// The session's minimum log level (`logging/setLevel`); `None` passes all.
     pub log_level: Arc<Mutex<Option<LoggingLevel>>>,
+    /// Set for 2026-07-28 callers, which cannot receive server-to-client
+    /// requests: the upstream's request is handed here instead, to be
+    /// returned to the client as an `InputRequiredResult`.
+    pub input_bridge: Option<tokio::sync::mpsc::UnboundedSender<BridgedRequest>>,
+    /// Who made the call (for sampling served by the model router).
+    pub identity: Arc<crate::auth::Identity>,
+}
+
+/// A server-to-client request from an upstream, waiting for the answer a
+/// 2026-07-28 client sends in its retried request.
+pub struct BridgedRequest {
+    /// The upstream's request (elicitation, sampling or roots).
+    pub request: rmcp::model::ServerRequest,
+    /// Where the client's answer goes.
+    pub reply: tokio::sync::oneshot::Sender<Result<rmcp::model::ClientResult, ErrorData>>,
 }
 
 impl Caller {

@@ -136,13 +136,17 @@ def attrs(span) -> dict[str, str]:
     return out
 
 
-def test_traces_continue_the_clients_trace(procs):
+def test_traces_continue_the_clients_trace(procs, tmp_path):
     receiver = OtlpReceiver()
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text("rules: [{id: time-ok, match: {upstream: time}, action: allow}]\n")
     gw = procs.gateway(
         {
             "upstreams": {"time": time_stdio()},
             "telemetry": {"otlp_endpoint": receiver.url},
             "log": {"format": "json"},
+            "policies": {"dir": str(tmp_path / "policies"), "audit": {"file": str(tmp_path / "audit.jsonl")}},
+            "ratelimit": {"limits": [{"id": "per-user", "key": ["identity"], "rate": 100, "per": "1s"}]},
         }
     )
     gw.wait_up("time")
@@ -161,6 +165,12 @@ def test_traces_continue_the_clients_trace(procs):
     clients = [s for s in receiver.find("tools/call") if s.kind == 3]  # SPAN_KIND_CLIENT
     assert clients and clients[0].parent_span_id == server.span_id
     assert clients[0].trace_id == server.trace_id
+    # Policy evaluation and rate limiting are child spans of the call.
+    for step in ("policy tools/call", "ratelimit tools/call"):
+        spans = receiver.find(step)
+        assert spans and spans[0].parent_span_id == server.span_id, (step, [s.name for s in receiver.spans])
+    audit = [json.loads(l) for l in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert audit[0]["trace_id"] == TRACE_ID, "audit lines join traces"
 
     access = [
         json.loads(line)

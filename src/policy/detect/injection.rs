@@ -32,7 +32,7 @@ pub(super) fn zero_width(text: &str, r: Range<usize>) -> Option<Range<usize>> {
 }
 
 fn emoji_part(c: char) -> bool {
-    matches!(u32::from(c), 0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0xFE0F | 0x2640 | 0x2642 | 0x2695 | 0x2708)
+    matches!(u32::from(c), 0x1F000..=0x1FAFF | 0x2600..=0x27BF | 0x2B00..=0x2BFF | 0xFE0F)
 }
 
 #[cfg(test)]

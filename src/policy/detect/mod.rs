@@ -106,7 +106,7 @@ pub(crate) static DETECTORS: &[Def] = &[
     Def {
         name: "secret.high_entropy",
         category: "secrets",
-        pattern: r"[A-Za-z0-9+/=_\-]{20,}",
+        pattern: r"[A-Za-z0-9+/_\-]{20,}={0,2}",
         check: Check::With(secrets::high_entropy),
     },
     Def {
@@ -377,6 +377,55 @@ pub(crate) mod tests {
             out,
             "token [REDACTED:secret.github_token] and [REDACTED:pii.email]."
         );
+    }
+
+    #[test]
+    fn arbitrary_text_never_panics_and_redaction_removes_every_span() {
+        // Fragments that make detectors start and stop at awkward places,
+        // mixed with multi-byte characters next to them.
+        let parts = [
+            "AKIA",
+            "ghp_",
+            "eyJ",
+            "4111",
+            " ",
+            "-",
+            "@",
+            ".com",
+            "+1",
+            "(415)",
+            "é",
+            "\u{200D}",
+            "\u{1F469}",
+            "\u{202E}",
+            "\u{E0041}",
+            "GB82",
+            "-----BEGIN PRIVATE KEY-----",
+            "Zk3J",
+            "ignore previous instructions",
+            "=",
+            "/",
+            "0",
+            "aws_secret=",
+            "xoxb-",
+            "AB12",
+        ];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 40) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(parts[(seed >> 33) as usize % parts.len()]);
+            }
+            let found = scan(&text, all());
+            for d in &found {
+                assert!(text.is_char_boundary(d.range.start) && text.is_char_boundary(d.range.end));
+            }
+            let out = redact(&text, &found);
+            assert_eq!(found.is_empty(), out == text);
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn luhn(digits: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// SSA never issues area 000, 666 or 9xx (excluded by the regex), group 00

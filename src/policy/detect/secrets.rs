@@ -7,7 +7,10 @@
 //! that lack upper case, lower case or digits are never flagged, which by
 //! design leaves hex digests, UUIDs, lower-case slugs and numbers alone.
 //! Tokens longer than 256 characters are left alone too: those are
-//! embedded data (base64 images), not credentials.
+//! embedded data (base64 images), not credentials. Identifiers made of
+//! words (`TF2_IsPlayerInCondition`, `BSD-3-Clause-No-Military-License`)
+//! pass both tests, so a token in which over a third of the characters sit
+//! in runs of three or more lower-case letters is treated as words.
 
 use std::ops::Range;
 
@@ -22,6 +25,9 @@ const ENTROPY_RATIO: f64 = 0.8;
 /// Fraction of adjacent characters whose class (upper, lower, digit,
 /// symbol) differs. Random tokens: ~0.6; camelCase and paths: 0.25–0.4.
 const CLASS_CHANGES: f64 = 0.45;
+/// Fraction of characters in lower-case runs of 3+ above which a token
+/// reads as words. Random base62 tokens: ~0.1–0.2; identifiers: 0.4–0.8.
+const WORDY: f64 = 0.35;
 
 pub(super) fn high_entropy(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let token = text[r.clone()].trim_end_matches('=');
@@ -55,7 +61,21 @@ pub(super) fn high_entropy(text: &str, r: Range<usize>) -> Option<Range<usize>> 
         _ => 3,
     };
     let changes = b.windows(2).filter(|w| class(w[0]) != class(w[1])).count() as f64 / (len - 1.0);
-    (entropy / max >= ENTROPY_RATIO && changes >= CLASS_CHANGES).then_some(r.start..r.start + n)
+    let mut in_words = 0;
+    let mut run = 0;
+    for &c in b.iter().chain(std::iter::once(&b' ')) {
+        if c.is_ascii_lowercase() {
+            run += 1;
+        } else {
+            if run >= 3 {
+                in_words += run;
+            }
+            run = 0;
+        }
+    }
+    let wordy = f64::from(in_words) / len;
+    (entropy / max >= ENTROPY_RATIO && changes >= CLASS_CHANGES && wordy <= WORDY)
+        .then_some(r.start..r.start + n)
 }
 
 #[cfg(test)]
@@ -223,6 +243,12 @@ mod tests {
             "550e8400-e29b-41d4-a716-446655440000",
             "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
             "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "BSD-3-Clause-No-Military-License",
+            "TF2_IsPlayerInCondition",
+            "SetVariantPosVector3D",
+            "SQL2DBinaryWaveToTextWave",
+            "MCC_SetSlowCompTauX20Enable",
+            "PolyForm-Small-Business-1.0.0",
         ] {
             assert!(!fires("secret.high_entropy", s), "{s}");
         }

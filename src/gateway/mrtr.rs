@@ -1,0 +1,356 @@
+//! Multi round-trip requests (MRTR, 2026-07-28) bridged to legacy
+//! upstreams: when an upstream sends a server-to-client request
+//! (elicitation, sampling, roots) during a call from a 2026-07-28 client,
+//! which has no channel for such requests, the call is parked, the request
+//! goes back to the client as an `InputRequiredResult`, and the client's
+//! retry (carrying `inputResponses` and the `requestState` we issued)
+//! delivers the answer to the upstream call that is still waiting for it.
+//!
+//! `requestState` is sealed by rmcp's `RequestStateCodec` (HMAC, expiry)
+//! with the caller's subject as associated data: a client cannot alter it,
+//! and a state issued to one identity is useless to another. It only names
+//! a parked call; routing never trusts anything else the client sends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{
+    ClientResult, CreateMessageResult, ElicitResult, ErrorData, InputRequest, InputRequests,
+    InputRequiredResult, InputResponses, ListRootsResult, ServerRequest, ServerResult,
+};
+use rmcp::model::{RequestStateCodec, SealOptions};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::upstream::BridgedRequest;
+
+/// A parked call answers within this long or is cancelled.
+const PARK_TTL: Duration = Duration::from_secs(600);
+
+/// What a round ended with.
+pub(super) enum Round {
+    /// The upstream answered.
+    Done(Box<ServerResult>),
+    /// The client must answer these first.
+    InputRequired(InputRequiredResult),
+}
+
+/// An upstream call waiting for a client's input.
+struct Parked {
+    subject: String,
+    call: JoinHandle<Result<ServerResult, ErrorData>>,
+    inputs: mpsc::UnboundedReceiver<BridgedRequest>,
+    reply: oneshot::Sender<Result<ClientResult, ErrorData>>,
+    key: String,
+    kind: Kind,
+    since: Instant,
+    /// Cancels the upstream call when the parked entry is dropped unanswered.
+    _cancel: DropGuard,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Elicitation,
+    Sampling,
+    Roots,
+}
+
+/// What a sealed `requestState` names.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "k")]
+enum State {
+    /// A call parked here, waiting for input a legacy upstream asked for.
+    #[serde(rename = "p")]
+    Parked { call: u64 },
+    /// An upstream's own multi-round call: its state, wrapped, and what the
+    /// retry must repeat (the same tool with the same arguments).
+    #[serde(rename = "u")]
+    Upstream {
+        upstream: String,
+        tool: String,
+        args: String,
+        inner: Option<String>,
+    },
+}
+
+/// An opened `requestState`.
+pub(super) enum Opened {
+    /// Resume the parked call with this id.
+    Parked(u64),
+    /// Forward the retry to the upstream with its own state.
+    Upstream {
+        /// Upstream that issued it.
+        upstream: String,
+        /// Its name for the tool.
+        tool: String,
+        /// Hash of the arguments of the first round.
+        args: String,
+        /// The upstream's state, as it issued it.
+        inner: Option<String>,
+    },
+}
+
+/// Parked multi-round calls, shared by every session.
+pub(super) struct Bridge {
+    codec: RequestStateCodec,
+    parked: Mutex<HashMap<u64, Parked>>,
+    next: AtomicU64,
+}
+
+/// A call in flight: the upstream future, the channel its server-to-client
+/// requests arrive on, and its cancellation.
+pub(super) struct Flight {
+    pub(super) call: JoinHandle<Result<ServerResult, ErrorData>>,
+    pub(super) inputs: mpsc::UnboundedReceiver<BridgedRequest>,
+    pub(super) cancel: DropGuard,
+}
+
+impl Bridge {
+    /// A bridge with a fresh random sealing key (states do not survive a
+    /// restart, and neither do the parked calls they name).
+    pub(super) fn new() -> Bridge {
+        let mut key = [0u8; 32];
+        if getrandom::fill(&mut key).is_err() {
+            // No OS randomness: refuse every state rather than use a
+            // guessable key.
+            tracing::error!("no OS randomness; multi-round calls will be refused");
+        }
+        Bridge {
+            codec: RequestStateCodec::new_unchecked(key.to_vec()),
+            parked: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// Runs a call until it finishes or needs input. If the downstream
+    /// request ends first (the client closed the stream: cancellation in
+    /// 2026-07-28), the flight is dropped and the upstream call cancelled.
+    pub(super) async fn drive(
+        &self,
+        subject: &str,
+        mut flight: Flight,
+        downstream: &CancellationToken,
+    ) -> Result<Round, ErrorData> {
+        tokio::select! {
+            () = downstream.cancelled() => Err(ErrorData::new(
+                crate::gateway::REQUEST_CANCELLED,
+                "request cancelled",
+                None,
+            )),
+            done = &mut flight.call => done
+                .map_err(|e| ErrorData::internal_error(format!("upstream call failed: {e}"), None))?
+                .map(|r| Round::Done(Box::new(r))),
+            Some(asked) = flight.inputs.recv() => self.park(subject, flight, asked),
+        }
+    }
+
+    fn park(
+        &self,
+        subject: &str,
+        flight: Flight,
+        asked: BridgedRequest,
+    ) -> Result<Round, ErrorData> {
+        let (kind, request) = match asked.request {
+            ServerRequest::ElicitRequest(r) => (Kind::Elicitation, InputRequest::Elicitation(r)),
+            ServerRequest::CreateMessageRequest(r) => {
+                (Kind::Sampling, InputRequest::CreateMessage(r))
+            }
+            ServerRequest::ListRootsRequest(r) => (Kind::Roots, InputRequest::ListRoots(r)),
+            _ => {
+                let _ = asked.reply.send(Err(ErrorData::method_not_found::<
+                    rmcp::model::CallToolRequestMethod,
+                >()));
+                return Err(ErrorData::internal_error(
+                    "the upstream sent a request a 2026-07-28 client cannot answer",
+                    None,
+                ));
+            }
+        };
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let key = format!("portcullis-{id}");
+        let state = self
+            .codec
+            .seal_json_with(
+                &State::Parked { call: id },
+                &SealOptions::new()
+                    .associated_data(subject.as_bytes())
+                    .ttl(PARK_TTL),
+            )
+            .map_err(|e| ErrorData::internal_error(format!("sealing requestState: {e}"), None))?;
+        if let Ok(mut parked) = self.parked.lock() {
+            parked.retain(|_, p| p.since.elapsed() < PARK_TTL);
+            parked.insert(
+                id,
+                Parked {
+                    subject: subject.to_owned(),
+                    call: flight.call,
+                    inputs: flight.inputs,
+                    reply: asked.reply,
+                    key: key.clone(),
+                    kind,
+                    since: Instant::now(),
+                    _cancel: flight.cancel,
+                },
+            );
+        }
+        let mut requests = InputRequests::new();
+        requests.insert(key, request);
+        let mut result = InputRequiredResult::from_request_state(state);
+        result.input_requests = Some(requests);
+        Ok(Round::InputRequired(result))
+    }
+
+    /// Opens a `requestState` the gateway issued to `subject`; refuses one
+    /// that was altered, expired, or issued to another identity.
+    pub(super) fn open(&self, subject: &str, state: &str) -> Result<Opened, ErrorData> {
+        let opened: State = self
+            .codec
+            .open_json_with(state, subject.as_bytes())
+            .map_err(|e| ErrorData::invalid_params(format!("requestState refused: {e}"), None))?;
+        Ok(match opened {
+            State::Parked { call } => Opened::Parked(call),
+            State::Upstream {
+                upstream,
+                tool,
+                args,
+                inner,
+            } => Opened::Upstream {
+                upstream,
+                tool,
+                args,
+                inner,
+            },
+        })
+    }
+
+    /// Wraps an upstream's `requestState` (or its absence) so the retry is
+    /// routed back to the same upstream and tool, by the same identity,
+    /// with the same arguments, whatever the client claims.
+    pub(super) fn wrap(
+        &self,
+        subject: &str,
+        upstream: &str,
+        tool: &str,
+        args: String,
+        inner: Option<String>,
+    ) -> Result<String, ErrorData> {
+        self.codec
+            .seal_json_with(
+                &State::Upstream {
+                    upstream: upstream.to_owned(),
+                    tool: tool.to_owned(),
+                    args,
+                    inner,
+                },
+                &SealOptions::new()
+                    .associated_data(subject.as_bytes())
+                    .ttl(PARK_TTL),
+            )
+            .map_err(|e| ErrorData::internal_error(format!("sealing requestState: {e}"), None))
+    }
+
+    /// Delivers a retried request's answer to the parked call `call` and
+    /// drives it on; refuses one already answered or expired.
+    pub(super) async fn resume(
+        &self,
+        subject: &str,
+        call: u64,
+        responses: Option<&InputResponses>,
+        downstream: &CancellationToken,
+    ) -> Result<Round, ErrorData> {
+        let parked = self
+            .parked
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&call))
+            .ok_or_else(|| {
+                ErrorData::invalid_params(
+                    "requestState names no waiting call (expired or already answered)",
+                    None,
+                )
+            })?;
+        if parked.subject != subject {
+            return Err(ErrorData::invalid_params("requestState refused", None));
+        }
+        let answer = responses
+            .and_then(|r| r.get(&parked.key))
+            .ok_or_else(|| {
+                ErrorData::invalid_params(
+                    format!("inputResponses must answer `{}`", parked.key),
+                    None,
+                )
+            })?
+            .clone();
+        let result = match parked.kind {
+            Kind::Elicitation => {
+                serde_json::from_value::<ElicitResult>(answer).map(ClientResult::ElicitResult)
+            }
+            Kind::Sampling => serde_json::from_value::<CreateMessageResult>(answer)
+                .map(|r| ClientResult::CreateMessageResult(Box::new(r))),
+            Kind::Roots => {
+                serde_json::from_value::<ListRootsResult>(answer).map(ClientResult::ListRootsResult)
+            }
+        }
+        .map_err(|e| {
+            ErrorData::invalid_params(format!("inputResponses.{}: {e}", parked.key), None)
+        })?;
+        let _ = parked.reply.send(Ok(result));
+        self.drive(
+            subject,
+            Flight {
+                call: parked.call,
+                inputs: parked.inputs,
+                cancel: parked._cancel,
+            },
+            downstream,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_upstream_state_opens_only_for_its_identity_and_unaltered() {
+        let bridge = Bridge::new();
+        let sealed = bridge
+            .wrap(
+                "alice",
+                "fx",
+                "deploy",
+                "h1".into(),
+                Some("upstream-state".into()),
+            )
+            .unwrap();
+        match bridge.open("alice", &sealed).unwrap() {
+            Opened::Upstream {
+                upstream,
+                tool,
+                args,
+                inner,
+            } => {
+                assert_eq!(
+                    (upstream.as_str(), tool.as_str(), args.as_str()),
+                    ("fx", "deploy", "h1")
+                );
+                assert_eq!(inner.as_deref(), Some("upstream-state"));
+            }
+            Opened::Parked(_) => panic!("wrong kind"),
+        }
+        assert!(bridge.open("bob", &sealed).is_err());
+        let mut altered = sealed.clone().into_bytes();
+        let last = altered.len() - 3;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        assert!(bridge
+            .open("alice", &String::from_utf8(altered).unwrap())
+            .is_err());
+        // Another gateway process (another key) cannot open it either.
+        assert!(Bridge::new().open("alice", &sealed).is_err());
+    }
+}

@@ -1,0 +1,233 @@
+"""Clients of both protocol eras through the gateway: the Python SDK in
+`mode="2026-07-28"`, `"auto"` and `"legacy"` against `/mcp` and
+`/mcp/{upstream}` over legacy upstreams, and multi round-trip requests
+(MRTR) bridged for 2026-07-28 clients: an upstream's elicitation or
+sampling request reaches the client as an `InputRequiredResult`, and the
+retried call's answer goes back to the upstream call still waiting for it.
+The `requestState` the gateway hands out is sealed: altered, or presented
+by another identity, it is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+
+import mcp.types as types
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from conftest import everything_stdio, fixture_stdio, run
+
+MODES = ["2026-07-28", "auto", "legacy"]
+
+
+@pytest.fixture
+def gateway(procs):
+    gw = procs.gateway({"upstreams": {"fx": fixture_stdio(), "ev": everything_stdio()}})
+    gw.wait_up("fx", "ev")
+    return gw
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_era_lists_calls_and_gets_progress(gateway, mode):
+    progress: list[float] = []
+
+    async def on_progress(p, total, message):
+        progress.append(p)
+
+    async def go():
+        async with Client(gateway.url, mode=mode) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"fx__echo", "ev__echo"} <= names
+            assert (await c.call_tool("fx__echo", {"message": "m"})).content[0].text == "m"
+            r = await c.call_tool("fx__add", {"a": 2, "b": 3})
+            assert r.structured_content == {"sum": 5}
+            await c.call_tool(
+                "ev__trigger-long-running-operation", {"duration": 1, "steps": 3}, progress_callback=on_progress
+            )
+            text = await c.read_resource("test://static-text")
+            assert text.contents
+            prompt = await c.get_prompt("fx__test_simple_prompt")
+            assert prompt.messages
+        async with Client(gateway.endpoint("/mcp/fx"), mode=mode) as c:
+            assert "echo" in {t.name for t in (await c.list_tools()).tools}
+            assert (await c.call_tool("echo", {"message": "single"})).content[0].text == "single"
+
+    run(go())
+    assert progress[-1] == 3.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_upstream_elicitation_and_sampling_reach_every_era(gateway, mode):
+    asked: list[str] = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"username": "ada", "email": "ada@example.com"})
+
+    async def sample(context, params):
+        asked.append("sampling")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="sampled reply"), model="m"
+        )
+
+    async def go():
+        async with Client(gateway.url, mode=mode, elicitation_callback=elicit, sampling_callback=sample) as c:
+            r = await c.call_tool("fx__test_elicitation", {"message": "Who are you?"})
+            assert "action=accept" in r.content[0].text and "ada" in r.content[0].text
+            r = await c.call_tool("ev__trigger-sampling-request", {"prompt": "hi", "maxTokens": 10})
+            assert "sampled reply" in json.dumps([b.model_dump() for b in r.content])
+
+    run(go())
+    assert asked == ["Who are you?", "sampling"]
+
+
+def post_2026(url: str, body: dict, headers: dict[str, str] | None = None) -> dict:
+    method = body["method"]
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": method,
+            **({"mcp-name": body["params"]["name"]} if "name" in body["params"] else {}),
+            **(headers or {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read().decode()
+    except urllib.error.HTTPError as e:
+        raw = e.read().decode()
+    for line in raw.splitlines():
+        if line.startswith("data:"):
+            raw = line[5:]
+    return json.loads(raw)
+
+
+def elicit_call(request_state=None, responses=None, rid=1):
+    params = {
+        "name": "fx__test_elicitation",
+        "arguments": {"message": "Name?"},
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+    if request_state is not None:
+        params["requestState"] = request_state
+        params["inputResponses"] = responses or {}
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+
+
+def test_request_state_is_tamper_evident_and_bound_to_identity(procs):
+    keys = {"alice": "key-alice-0001", "bob": "key-bob-0002"}
+    gw = procs.gateway(
+        {
+            "upstreams": {"fx": fixture_stdio()},
+            "auth": {
+                "api_keys": [{"id": who, "sha256": hashlib.sha256(k.encode()).hexdigest()} for who, k in keys.items()]
+            },
+        }
+    )
+    gw.wait_up("fx")
+    alice = {"authorization": f"Bearer {keys['alice']}"}
+    bob = {"authorization": f"Bearer {keys['bob']}"}
+
+    first = post_2026(gw.url, elicit_call(), alice)["result"]
+    assert first["resultType"] == "input_required"
+    (key, request), = first["inputRequests"].items()
+    assert request["method"] == "elicitation/create" and request["params"]["message"] == "Name?"
+    state = first["requestState"]
+    answer = {key: {"action": "accept", "content": {"username": "a", "email": "a@example.com"}}}
+
+    # Altered by one character: refused.
+    flipped = state[:-2] + ("A" if state[-2] != "A" else "B") + state[-1]
+    err = post_2026(gw.url, elicit_call(flipped, answer, 2), alice)["error"]
+    assert err["code"] == -32602 and "requestState" in err["message"]
+    # Presented by another identity: refused.
+    err = post_2026(gw.url, elicit_call(state, answer, 3), bob)["error"]
+    assert err["code"] == -32602 and "requestState" in err["message"]
+    # The rightful retry completes the waiting upstream call.
+    done = post_2026(gw.url, elicit_call(state, answer, 4), alice)["result"]
+    assert "action=accept" in done["content"][0]["text"] and "a@example.com" in done["content"][0]["text"]
+    # A state is good for one answer only.
+    err = post_2026(gw.url, elicit_call(state, answer, 5), alice)["error"]
+    assert err["code"] == -32602
+
+
+@pytest.mark.parametrize("upstream_protocol", ["2026-07-28", "auto"])
+@pytest.mark.parametrize("mode", MODES)
+def test_modern_upstream_serves_every_client_era(procs, upstream_protocol, mode):
+    """The gateway speaks 2026-07-28 to the upstream (`protocol:`); the
+    upstream's own multi round-trip requests reach a 2026 client as a
+    wrapped InputRequiredResult and a legacy client as a server-to-client
+    request, whose answer becomes the next round."""
+    url = procs.fixture_http()
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": upstream_protocol}}})
+    gw.wait_up("fx")
+    asked: list[str] = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async def go():
+        async with Client(gateway_url := gw.url, mode=mode, elicitation_callback=elicit) as c:
+            assert "fx__echo" in {t.name for t in (await c.list_tools()).tools}
+            assert (await c.call_tool("fx__echo", {"message": "m"})).content[0].text == "m"
+            r = await c.call_tool("fx__test_input_required_result_elicitation", {})
+            assert r.content[0].text == "Hello, Ada!", gateway_url
+
+    run(go())
+    assert asked == ["What is your name?"]
+
+
+def test_modern_upstream_input_needs_the_client_capability(procs):
+    url = procs.fixture_http()
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": "2026-07-28"}}})
+    gw.wait_up("fx")
+
+    async def go():
+        async with Client(gw.url, mode="legacy") as c:  # no elicitation callback: capability not declared
+            try:
+                await c.call_tool("fx__test_input_required_result_elicitation", {})
+            except MCPError as e:
+                return e
+        return None
+
+    err = run(go())
+    assert err is not None and err.error.code == -32021 and "elicitation/create" in err.error.message
+
+
+def test_list_cache_hints_describe_the_gateways_cache(procs, tmp_path):
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    }
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
+    plain = procs.gateway({"upstreams": {"fx": fixture_stdio()}, "http": {"list_ttl": "45s"}}, name="plain")
+    plain.wait_up("fx")
+    result = post_2026(plain.url, listing)["result"]
+    assert (result["ttlMs"], result["cacheScope"]) == (45000, "public")
+    # With policy, what a caller sees depends on who it is: private.
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "r.yaml").write_text("rules: [{id: all, match: {upstream: fx}, action: allow}]\n")
+    filtered = procs.gateway(
+        {
+            "upstreams": {"fx": fixture_stdio()},
+            "policies": {"dir": str(tmp_path / "p"), "audit": {"file": str(tmp_path / "a.jsonl")}},
+        },
+        name="filtered",
+    )
+    filtered.wait_up("fx")
+    for method in ("tools/list", "prompts/list", "resources/list"):
+        result = post_2026(filtered.url, {**listing, "method": method})["result"]
+        assert (result["ttlMs"], result["cacheScope"]) == (30000, "private"), method
