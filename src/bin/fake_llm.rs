@@ -215,6 +215,10 @@ async fn serve(addr: SocketAddr, fake: Arc<Fake>) -> std::io::Result<()> {
     out.flush()?;
     loop {
         let (stream, _) = listener.accept().await?;
+        // Streamed answers are written event by event; with Nagle's
+        // algorithm each small write after the first waits for the client's
+        // delayed ACK (~40 ms to the first token).
+        let _ = stream.set_nodelay(true);
         let fake = fake.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
