@@ -549,7 +549,12 @@ impl ServerHandler for Session {
             // parked here, or an upstream's own round, which must repeat
             // the first round's tool and arguments. Either was decided and
             // admitted in its first round.
-            let args_hash = arguments_hash(params.arguments.as_ref());
+            // Only 2026-07-28 rounds are bound to their arguments.
+            let args_hash = if modern {
+                arguments_hash(params.arguments.as_ref())
+            } else {
+                String::new()
+            };
             let mut parked = None;
             let resuming = match params.request_state.take().filter(|_| modern) {
                 Some(state) => {
@@ -622,7 +627,15 @@ impl ServerHandler for Session {
                 ),
             };
             params.name = target.original.clone().into();
-            let retry = (!modern).then(|| params.clone());
+            // Kept for a further round only where one can happen: a legacy
+            // client of an upstream that may answer `InputRequiredResult`.
+            let may_ask = self
+                .gw
+                .config
+                .upstreams
+                .get(&*target.upstream)
+                .is_some_and(|u| u.protocol != crate::config::UpstreamProtocol::Legacy);
+            let retry = (!modern && may_ask).then(|| params.clone());
             let request = ClientRequest::CallToolRequest(Request::new(params));
             let pick: fn(ServerResult) -> Result<CallToolResponse, Box<ServerResult>> = |r| match r
             {
@@ -1144,6 +1157,10 @@ fn guard_result(
     subject: &Subject<'_>,
     result: CallToolResult,
 ) -> Result<CallToolResult, ErrorData> {
+    // Without guards there is nothing to scan: skip the JSON round trip.
+    if set.guard_count() == 0 {
+        return Ok(result);
+    }
     let Some(mut value) = guardrails::result_to_value(&result) else {
         return Ok(result);
     };

@@ -236,17 +236,7 @@ async fn parse_error(resp: Response<Body>) -> Response<Body> {
         "id": null,
         "error": { "code": -32700, "message": format!("Parse error: {message}") },
     });
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|e| match e {})
-            .boxed(),
-    );
-    *resp.status_mut() = StatusCode::BAD_REQUEST;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
+    json(StatusCode::BAD_REQUEST, &body)
 }
 
 /// A JSON response.
