@@ -7,7 +7,11 @@ mod guardrails;
 mod models;
 mod mrtr;
 mod observe;
+mod seal;
 mod session;
+// Used by the task handlers built on it (issue 10).
+#[allow(dead_code)]
+mod tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +65,8 @@ pub struct Gateway {
     bridge: mrtr::Bridge,
     /// Rate limits and concurrency caps.
     limits: Arc<Limits>,
+    /// The task ids handed to clients.
+    task_ids: tasks::TaskIds,
 }
 
 impl Gateway {
@@ -86,6 +92,7 @@ impl Gateway {
             default_identity,
             guardrails,
             bridge: mrtr::Bridge::new(),
+            task_ids: tasks::TaskIds::new(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw

@@ -20,12 +20,12 @@ use rmcp::model::{
     ClientResult, CreateMessageResult, ElicitResult, ErrorData, InputRequest, InputRequests,
     InputRequiredResult, InputResponses, ListRootsResult, ServerRequest, ServerResult,
 };
-use rmcp::model::{RequestStateCodec, SealOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::seal::Sealer;
 use crate::upstream::BridgedRequest;
 
 /// A parked call answers within this long or is cancelled.
@@ -96,7 +96,7 @@ pub(super) enum Opened {
 
 /// Parked multi-round calls, shared by every session.
 pub(super) struct Bridge {
-    codec: RequestStateCodec,
+    sealer: Sealer,
     parked: Mutex<HashMap<u64, Parked>>,
     next: AtomicU64,
 }
@@ -113,14 +113,8 @@ impl Bridge {
     /// A bridge with a fresh random sealing key (states do not survive a
     /// restart, and neither do the parked calls they name).
     pub(super) fn new() -> Bridge {
-        let mut key = [0u8; 32];
-        if getrandom::fill(&mut key).is_err() {
-            // No OS randomness: refuse every state rather than use a
-            // guessable key.
-            tracing::error!("no OS randomness; multi-round calls will be refused");
-        }
         Bridge {
-            codec: RequestStateCodec::new_unchecked(key.to_vec()),
+            sealer: Sealer::new(),
             parked: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
         }
@@ -173,13 +167,8 @@ impl Bridge {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let key = format!("portcullis-{id}");
         let state = self
-            .codec
-            .seal_json_with(
-                &State::Parked { call: id },
-                &SealOptions::new()
-                    .associated_data(subject.as_bytes())
-                    .ttl(PARK_TTL),
-            )
+            .sealer
+            .seal(&State::Parked { call: id }, subject, Some(PARK_TTL))
             .map_err(|e| ErrorData::internal_error(format!("sealing requestState: {e}"), None))?;
         if let Ok(mut parked) = self.parked.lock() {
             parked.retain(|_, p| p.since.elapsed() < PARK_TTL);
@@ -208,8 +197,8 @@ impl Bridge {
     /// that was altered, expired, or issued to another identity.
     pub(super) fn open(&self, subject: &str, state: &str) -> Result<Opened, ErrorData> {
         let opened: State = self
-            .codec
-            .open_json_with(state, subject.as_bytes())
+            .sealer
+            .open(state, subject)
             .map_err(|e| ErrorData::invalid_params(format!("requestState refused: {e}"), None))?;
         Ok(match opened {
             State::Parked { call } => Opened::Parked(call),
@@ -238,17 +227,16 @@ impl Bridge {
         args: String,
         inner: Option<String>,
     ) -> Result<String, ErrorData> {
-        self.codec
-            .seal_json_with(
+        self.sealer
+            .seal(
                 &State::Upstream {
                     upstream: upstream.to_owned(),
                     tool: tool.to_owned(),
                     args,
                     inner,
                 },
-                &SealOptions::new()
-                    .associated_data(subject.as_bytes())
-                    .ttl(PARK_TTL),
+                subject,
+                Some(PARK_TTL),
             )
             .map_err(|e| ErrorData::internal_error(format!("sealing requestState: {e}"), None))
     }
