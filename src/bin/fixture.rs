@@ -599,6 +599,7 @@ fn generated_tools() -> Vec<Tool> {
 fn tools() -> Vec<Tool> {
     let mut all = tools_of_2025();
     all.extend(mrtr::tools());
+    all.extend(listening::tools());
     all
 }
 
@@ -1209,8 +1210,11 @@ impl Fixture {
                     .lock()
                     .map(|s| s.contains(&uri))
                     .unwrap_or(false);
+                let listeners = listening::resource_updated(&uri).await;
                 if !subscribed {
-                    return text(&format!("not subscribed to {uri}"));
+                    return text(&format!(
+                        "sent update for {uri} to {listeners} listener(s); this session is not subscribed"
+                    ));
                 }
                 match cx
                     .peer
@@ -1252,7 +1256,9 @@ impl ServerHandler for Fixture {
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_subscribe()
+                .enable_tool_list_changed()
                 .enable_prompts()
+                .enable_prompts_list_changed()
                 .enable_logging()
                 .enable_completions()
                 .build(),
@@ -1287,6 +1293,9 @@ impl ServerHandler for Fixture {
     ) -> Result<CallToolResponse, ErrorData> {
         if let Some(round) = mrtr::call(&request) {
             return round;
+        }
+        if let Some(result) = listening::call(&request, &cx).await {
+            return Ok(result.into());
         }
         let args = request.arguments.unwrap_or_default();
         self.run_tool(&request.name, &args, &cx)
@@ -1348,6 +1357,17 @@ impl ServerHandler for Fixture {
             },
         };
         Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        Some(listening::accepted(requested))
+    }
+
+    async fn listen(&self, cx: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        listening::listen(cx).await
     }
 
     async fn subscribe(
@@ -1727,5 +1747,119 @@ mod mrtr {
             }
             _ => return None,
         }))
+    }
+}
+
+/// `subscriptions/listen` (2026-07-28): the open listen streams of every
+/// client (requests are stateless, so the registry is process-wide), and
+/// the conformance suite's hooks that change lists. Kept in its own module
+/// so other fixture additions merge cleanly.
+mod listening {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{LazyLock, Mutex};
+
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, ProtocolVersion,
+        SubscriptionFilter, Tool,
+    };
+    use rmcp::service::{RequestContext, SubscriptionContext, SubscriptionSink};
+    use rmcp::RoleServer;
+
+    static STREAMS: LazyLock<Mutex<Vec<(u64, SubscriptionSink)>>> =
+        LazyLock::new(|| Mutex::new(Vec::new()));
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
+    fn sinks() -> Vec<SubscriptionSink> {
+        STREAMS
+            .lock()
+            .map(|s| s.iter().map(|(_, sink)| sink.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every category the fixture can send: lists and any resource URI.
+    pub(super) fn accepted(requested: &SubscriptionFilter) -> SubscriptionFilter {
+        requested.clone()
+    }
+
+    /// Holds a stream open until the client closes it.
+    pub(super) async fn listen(cx: SubscriptionContext) -> Result<(), ErrorData> {
+        let key = NEXT.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut s) = STREAMS.lock() {
+            s.push((key, cx.sink().clone()));
+        }
+        cx.cancelled().await;
+        if let Ok(mut s) = STREAMS.lock() {
+            s.retain(|(k, _)| *k != key);
+        }
+        Ok(())
+    }
+
+    /// Sends `notifications/resources/updated` to the streams listening to
+    /// `uri`; returns how many got it.
+    pub(super) async fn resource_updated(uri: &str) -> usize {
+        let mut sent = 0;
+        for sink in sinks() {
+            if sink.notify_resource_updated(uri).await.is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    pub(super) fn tools() -> Vec<Tool> {
+        [
+            (
+                "test_trigger_tool_change",
+                "Announces a tools/list change (listen streams and legacy sessions)",
+            ),
+            (
+                "test_trigger_prompt_change",
+                "Announces a prompts/list change (listen streams and legacy sessions)",
+            ),
+        ]
+        .into_iter()
+        .map(|(name, description)| Tool::new(name, description, super::no_args()))
+        .collect()
+    }
+
+    /// The tool's answer, or `None` when `request` is not one of these tools.
+    pub(super) async fn call(
+        request: &CallToolRequestParams,
+        cx: &RequestContext<RoleServer>,
+    ) -> Option<CallToolResult> {
+        let tools = match &*request.name {
+            "test_trigger_tool_change" => true,
+            "test_trigger_prompt_change" => false,
+            _ => return None,
+        };
+        let mut sent = 0;
+        for sink in sinks() {
+            let r = if tools {
+                sink.notify_tool_list_changed().await
+            } else {
+                sink.notify_prompt_list_changed().await
+            };
+            if r.is_ok() {
+                sent += 1;
+            }
+        }
+        // A legacy session hears it on its own connection; a 2026 request's
+        // stream carries only its own answer.
+        let legacy = cx
+            .protocol_version()
+            .is_none_or(|v| v < ProtocolVersion::V_2026_07_28);
+        if legacy {
+            let r = if tools {
+                cx.peer.notify_tool_list_changed().await
+            } else {
+                cx.peer.notify_prompt_list_changed().await
+            };
+            if r.is_ok() {
+                sent += 1;
+            }
+        }
+        Some(CallToolResult::success(vec![ContentBlock::text(format!(
+            "notified {sent} listener(s)"
+        ))]))
     }
 }

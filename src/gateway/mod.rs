@@ -4,6 +4,7 @@
 
 mod error;
 mod guardrails;
+mod listen;
 mod models;
 mod mrtr;
 mod observe;
@@ -39,8 +40,10 @@ pub struct SessionState {
     endpoint: Endpoint,
     peer: Mutex<Option<Peer<RoleServer>>>,
     log_level: Arc<Mutex<Option<LoggingLevel>>>,
-    /// Exposed URIs this session subscribed to.
-    subscriptions: Mutex<std::collections::HashSet<String>>,
+    /// Exposed URIs this session subscribed to, with the upstream watch
+    /// that keeps the subscription (none where it was forwarded on a
+    /// per-client connection).
+    subscriptions: Mutex<HashMap<String, Option<crate::upstream::Watch>>>,
 }
 
 impl SessionState {
@@ -67,6 +70,8 @@ pub struct Gateway {
     limits: Arc<Limits>,
     /// The task ids handed to clients.
     task_ids: tasks::TaskIds,
+    /// Open `subscriptions/listen` streams of 2026-07-28 clients.
+    listeners: listen::Listeners,
 }
 
 impl Gateway {
@@ -93,6 +98,7 @@ impl Gateway {
             guardrails,
             bridge: mrtr::Bridge::new(),
             task_ids: tasks::TaskIds::new(),
+            listeners: Default::default(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw
@@ -154,6 +160,11 @@ impl Gateway {
         Session::new(self.clone(), state)
     }
 
+    /// Number of open `subscriptions/listen` streams.
+    pub fn listen_count(&self) -> usize {
+        self.listeners.len()
+    }
+
     /// Number of live downstream sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.read().map(|m| m.len()).unwrap_or(0)
@@ -205,6 +216,14 @@ impl Gateway {
                 upstream,
                 mut params,
             } => {
+                for l in self.listeners.showing(self, &upstream) {
+                    let key = (upstream.clone(), params.uri.clone());
+                    if let Some(exposed) = l.uris.get(&key) {
+                        if let Err(e) = l.sink.notify_resource_updated(exposed.clone()).await {
+                            tracing::debug!(error = %e, "resources/updated not delivered to a listener");
+                        }
+                    }
+                }
                 for s in self.sessions_showing(&upstream) {
                     let view = self.registry.resources(&s.endpoint).await;
                     let exposed = view
@@ -215,7 +234,7 @@ impl Gateway {
                     let subscribed = s
                         .subscriptions
                         .lock()
-                        .map(|set| set.contains(&exposed))
+                        .map(|subs| subs.contains_key(&exposed))
                         .unwrap_or(false);
                     if let (true, Some(peer)) = (subscribed, s.peer()) {
                         params.uri = exposed;
@@ -249,6 +268,18 @@ impl Gateway {
     }
 
     async fn notify_lists(&self, upstream: &str, kinds: &[ListKind]) {
+        for l in self.listeners.showing(self, upstream) {
+            for kind in kinds.iter().filter(|k| l.wants_list(**k)) {
+                let sent = match kind {
+                    ListKind::Tools => l.sink.notify_tool_list_changed().await,
+                    ListKind::Prompts => l.sink.notify_prompt_list_changed().await,
+                    ListKind::Resources => l.sink.notify_resource_list_changed().await,
+                };
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "list_changed not delivered to a listener");
+                }
+            }
+        }
         for s in self.sessions_showing(upstream) {
             let Some(peer) = s.peer() else { continue };
             for kind in kinds {

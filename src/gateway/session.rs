@@ -44,8 +44,14 @@ impl Session {
     }
 
     /// Remembers the session's peer the first time it is seen, for
-    /// notifications that are not replies (list_changed, logging).
+    /// notifications that are not replies (list_changed, logging). Not for
+    /// 2026-07-28 requests: their peer is one request's response stream,
+    /// which must carry only what that request asked for (change
+    /// notifications travel on `subscriptions/listen` instead).
     fn remember(&self, ctx: &RequestContext<RoleServer>) {
+        if is_modern(ctx) {
+            return;
+        }
         if let Ok(mut peer) = self.state.peer.lock() {
             if peer.is_none() {
                 *peer = Some(ctx.peer.clone());
@@ -432,6 +438,33 @@ impl Session {
             .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
             .await
             .map(|_| ())
+    }
+
+    /// The shared upstream whose watches serve a resource subscription, or
+    /// `None` where subscriptions belong to the session's own (per-client)
+    /// connection.
+    fn watchable(&self, target: &Target) -> Option<&Arc<crate::upstream::Upstream>> {
+        self.gw
+            .registry
+            .upstream(&target.upstream)
+            .filter(|up| up.config().session == crate::config::SessionMode::Shared)
+    }
+
+    /// Whether policy lets the caller see a resource at all.
+    fn may_see_resource(&self, ctx: &RequestContext<RoleServer>, target: &Target) -> bool {
+        let Some(g) = &self.gw.guardrails else {
+            return true;
+        };
+        g.policy().visible(
+            &self.identity(ctx),
+            &Subject {
+                kind: Kind::Resource,
+                upstream: &target.upstream,
+                name: &target.original,
+                exposed: &target.original,
+                annotations: None,
+            },
+        )
     }
 
     async fn resource_target(&self, uri: &str) -> Result<Target, ErrorData> {
@@ -904,14 +937,23 @@ impl ServerHandler for Session {
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         observed!(self, "resources/subscribe", ctx, |obs| {
+            self.remember(&ctx);
             let exposed = params.uri.clone();
             let target = self.resource_target(&params.uri).await?;
             obs.routed(&target);
-            params.uri = target.original.clone();
-            let request = ClientRequest::SubscribeRequest(Request::new(params));
-            self.forward_empty(&target, request, &ctx).await?;
+            let watch = match self.watchable(&target) {
+                // A shared connection serves many sessions: one upstream
+                // subscription per URI, counted, in the upstream's era.
+                Some(up) => Some(up.watch(&target.original).await.map_err(upstream_error)?),
+                None => {
+                    params.uri = target.original.clone();
+                    let request = ClientRequest::SubscribeRequest(Request::new(params));
+                    self.forward_empty(&target, request, &ctx).await?;
+                    None
+                }
+            };
             if let Ok(mut subs) = self.state.subscriptions.lock() {
-                subs.insert(exposed);
+                subs.insert(exposed, watch);
             }
             Ok(())
         })
@@ -923,15 +965,70 @@ impl ServerHandler for Session {
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         observed!(self, "resources/unsubscribe", ctx, |obs| {
-            if let Ok(mut subs) = self.state.subscriptions.lock() {
-                subs.remove(&params.uri);
-            }
+            let removed = self
+                .state
+                .subscriptions
+                .lock()
+                .ok()
+                .and_then(|mut subs| subs.remove(&params.uri));
             let target = self.resource_target(&params.uri).await?;
             obs.routed(&target);
+            // Dropping the watch ends the upstream subscription with the last watcher.
+            if let Some(Some(_watch)) = removed {
+                return Ok(());
+            }
+            if self.watchable(&target).is_some() {
+                return Ok(());
+            }
             params.uri = target.original.clone();
             let request = ClientRequest::UnsubscribeRequest(Request::new(params));
             self.forward_empty(&target, request, &ctx).await
         })
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        Some(super::listen::accepted(requested))
+    }
+
+    async fn listen(&self, cx: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let ctx = cx.request_context();
+        let obs = self.observe("subscriptions/listen", ctx);
+        let mut uris = std::collections::HashMap::new();
+        let mut watches = Vec::new();
+        if let Some(wanted) = &cx.accepted().resource_subscriptions {
+            let view = self.gw.registry.resources(self.endpoint()).await;
+            for exposed in wanted {
+                let Some(target) = view.route(exposed, self.single()) else {
+                    continue;
+                };
+                if !self.may_see_resource(ctx, &target) {
+                    continue;
+                }
+                let Some(up) = self.gw.registry.upstream(&target.upstream) else {
+                    continue;
+                };
+                match up.watch(&target.original).await {
+                    Ok(w) => watches.push(w),
+                    // The stream is open already; an upstream that refuses
+                    // the URI just never reports it.
+                    Err(e) => tracing::debug!(uri = %exposed, error = %e, "resource not watched upstream"),
+                }
+                uris.insert((target.upstream.clone(), target.original.clone()), exposed.clone());
+            }
+        }
+        let listener = super::listen::Listener {
+            endpoint: self.endpoint().clone(),
+            sink: cx.sink().clone(),
+            uris,
+        };
+        // Answered with the open stream: the call itself is measured as done.
+        let _ = obs.finish(Ok(()));
+        let _registered = super::listen::register(&self.gw, listener, watches);
+        cx.cancelled().await;
+        Ok(())
     }
 
     async fn complete(
@@ -1093,6 +1190,12 @@ fn arguments_hash(args: Option<&JsonObject>) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Whether a request was made in 2026-07-28 or later.
+fn is_modern(ctx: &RequestContext<RoleServer>) -> bool {
+    ctx.protocol_version()
+        .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28)
 }
 
 /// Rounds of input one call may ask a legacy client for.

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub list_cache: IntCounterVec,
     /// Downstream sessions currently open.
     pub sessions_open: IntGauge,
+    /// `subscriptions/listen` streams currently open downstream.
+    pub listen_streams: IntGauge,
     /// Policy decisions by action and rule.
     pub policy_decisions: IntCounterVec,
     /// Guardrail detector hits by detector type.
@@ -102,6 +104,11 @@ impl Metrics {
             "Downstream MCP sessions currently open.",
         )?;
         registry.register(Box::new(sessions_open.clone()))?;
+        let listen_streams = IntGauge::new(
+            "portcullis_listen_streams_open",
+            "Downstream subscriptions/listen streams currently open.",
+        )?;
+        registry.register(Box::new(listen_streams.clone()))?;
         let ratelimit_backend_errors = IntCounter::new(
             "portcullis_ratelimit_backend_errors_total",
             "Rate-limit checks the shared backend (Redis) failed to answer.",
@@ -143,6 +150,7 @@ impl Metrics {
                 &["list", "result"],
             )?,
             sessions_open,
+            listen_streams,
             policy_decisions: counter(
                 "portcullis_policy_decisions_total",
                 "Policy decisions, by action and deciding rule.",

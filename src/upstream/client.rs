@@ -15,7 +15,7 @@ use rmcp::service::{
 };
 
 use super::routes::{Caller, Routes};
-use super::{EventSink, ListKind, UpstreamEvent};
+use super::EventSink;
 
 /// How long a server-to-client request waits for its originating call to be
 /// registered (the registration races the upstream's reply by microseconds).
@@ -219,38 +219,23 @@ impl Service<RoleClient> for UpstreamClient {
         notification: ServerNotification,
         _context: NotificationContext<RoleClient>,
     ) -> Result<(), ErrorData> {
-        let upstream = self.upstream.clone();
         let event = match notification {
             // Forwarded by the transport, in order (see `ordered`).
             ServerNotification::ProgressNotification(_) => return Ok(()),
-            ServerNotification::ToolListChangedNotification(_) => UpstreamEvent::ListChanged {
-                upstream,
-                kind: ListKind::Tools,
-            },
-            ServerNotification::PromptListChangedNotification(_) => UpstreamEvent::ListChanged {
-                upstream,
-                kind: ListKind::Prompts,
-            },
-            ServerNotification::ResourceListChangedNotification(_) => UpstreamEvent::ListChanged {
-                upstream,
-                kind: ListKind::Resources,
-            },
-            ServerNotification::ResourceUpdatedNotification(n) => UpstreamEvent::ResourceUpdated {
-                upstream,
-                params: n.params,
-            },
             // A call's own log lines were delivered by the transport (see
             // `ordered`); what is left belongs to the connection: its one
             // session for a per-client connection, else every session.
-            ServerNotification::LoggingMessageNotification(n) => UpstreamEvent::Log {
-                upstream,
-                session: self.owner.as_ref().map(|o| o.session),
-                params: n.params,
+            other => match super::watching::event_of(
+                &self.upstream,
+                other,
+                self.owner.as_ref().map(|o| o.session),
+            ) {
+                Some(event) => event,
+                None => {
+                    tracing::debug!(upstream = %self.upstream, "notification not forwarded");
+                    return Ok(());
+                }
             },
-            other => {
-                tracing::debug!(upstream = %self.upstream, ?other, "notification not forwarded");
-                return Ok(());
-            }
         };
         // The receiver lives as long as the gateway; a send error means it
         // is shutting down and the event no longer matters.

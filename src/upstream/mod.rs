@@ -14,6 +14,7 @@ mod ordered;
 mod pool;
 mod routes;
 mod sse;
+mod watching;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::config::{SessionMode, UpstreamConfig};
 pub(crate) use routes::log_level_passes;
 use routes::Routes;
 pub use routes::{BridgedRequest, Caller};
+pub use watching::Watch;
 
 /// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error
 /// in one place, `gateway::error`.
@@ -157,6 +159,10 @@ pub(crate) struct Connection {
     routes: Arc<Routes>,
     closed: CancellationToken,
     last_used: std::sync::Mutex<Instant>,
+    /// Negotiated at 2026-07-28 or later (no session, listen streams).
+    modern: bool,
+    /// Resource URIs this (legacy) connection `resources/subscribe`d.
+    subscribed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Connection {
@@ -207,6 +213,8 @@ pub struct Upstream {
     /// Woken when a call fails in a way that suggests a dead connection.
     suspect: tokio::sync::Notify,
     sampler: Option<Arc<crate::llm::sampling::Sampler>>,
+    /// Resource URIs downstream clients watch (see `watch`).
+    watched: watching::Watched,
 }
 
 impl Upstream {
@@ -235,6 +243,7 @@ impl Upstream {
             shutdown,
             suspect: tokio::sync::Notify::new(),
             sampler,
+            watched: Default::default(),
         });
         tasks.spawn(supervise(upstream.clone()));
         if upstream.config.session == SessionMode::PerClient {
@@ -446,10 +455,12 @@ impl Upstream {
         )
         .await?;
         let conn = Arc::new(Connection {
+            modern: watching::is_modern(service.peer()),
             peer: service.peer().clone(),
             routes,
             closed: CancellationToken::new(),
             last_used: std::sync::Mutex::new(Instant::now()),
+            subscribed: Default::default(),
         });
         Ok((conn, service))
     }
@@ -518,6 +529,8 @@ async fn supervise(up: Arc<Upstream>) {
                 let _ = up.events.send(UpstreamEvent::StateChanged {
                     upstream: up.name.clone(),
                 });
+                up.tasks
+                    .spawn(watching::keep_watching(up.clone(), conn.clone()));
                 let cancel = service.cancellation_token();
                 let shutdown = up.shutdown.clone();
                 let mut waiter = tokio::spawn(service.waiting());
