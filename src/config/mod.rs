@@ -193,13 +193,13 @@ fn default_page_size() -> usize {
 /// Protocol era spoken to an upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum UpstreamProtocol {
-    /// Probe with `server/discover`, fall back to `initialize`.
+    /// Probe with `server/discover`, fall back to `initialize`; a server
+    /// that speaks both eras also gets a legacy connection for legacy
+    /// clients (see `upstream::eras`). The default.
+    #[default]
     #[serde(rename = "auto")]
     Auto,
-    /// The `initialize` handshake only. The default until resource
-    /// subscriptions and tasks are bridged: a dual-era server spoken to in
-    /// 2026-07-28 would lose them for legacy clients.
-    #[default]
+    /// The `initialize` handshake only.
     #[serde(rename = "legacy")]
     Legacy,
     /// 2026-07-28 only.
@@ -226,7 +226,7 @@ pub struct UpstreamConfig {
     /// Protocol era spoken to this upstream: `legacy` (the `initialize`
     /// handshake, 2025-11-25 and older), `2026-07-28` (`server/discover`,
     /// per-request metadata, multi round-trip requests), or `auto`
-    /// (discover, then fall back to legacy). Default: `legacy`.
+    /// (discover, then fall back to legacy). Default: `auto`.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// Cap on live upstream sessions in `per-client` mode.

@@ -96,6 +96,7 @@ impl Session {
             log_level: self.state.log_level.clone(),
             input_bridge: None,
             identity: self.identity(ctx),
+            legacy: !is_modern(ctx),
         }
     }
 

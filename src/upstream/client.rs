@@ -33,6 +33,9 @@ pub(crate) struct UpstreamClient {
     /// Serves sampling through the model router, when configured.
     pub(crate) sampler: Option<Arc<crate::llm::sampling::Sampler>>,
     pub(crate) metrics: Arc<crate::telemetry::Metrics>,
+    /// A second connection to a server the shared one already hears (see
+    /// `eras`): its list changes and resource updates are not republished.
+    pub(crate) secondary: bool,
 }
 
 /// The capabilities a gateway connection declares to an upstream. A shared
@@ -225,6 +228,14 @@ impl Service<RoleClient> for UpstreamClient {
             // A call's own log lines were delivered by the transport (see
             // `ordered`); what is left belongs to the connection: its one
             // session for a per-client connection, else every session.
+            ServerNotification::ToolListChangedNotification(_)
+            | ServerNotification::PromptListChangedNotification(_)
+            | ServerNotification::ResourceListChangedNotification(_)
+            | ServerNotification::ResourceUpdatedNotification(_)
+                if self.secondary =>
+            {
+                return Ok(())
+            }
             other => match super::watching::event_of(
                 &self.upstream,
                 other,

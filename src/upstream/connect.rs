@@ -31,6 +31,7 @@ pub(crate) type Service = RunningService<RoleClient, UpstreamClient>;
 pub(crate) async fn connect(
     name: &str,
     config: &UpstreamConfig,
+    protocol: UpstreamProtocol,
     client: UpstreamClient,
     http: &reqwest::Client,
 ) -> Result<Service, UpstreamError> {
@@ -43,7 +44,7 @@ pub(crate) async fn connect(
         .ok_or_else(|| fail("no transport configured".into()))?;
     let routes = client.routes.clone();
     let upstream = client.upstream.clone();
-    let lifecycle = lifecycle(config.protocol);
+    let lifecycle = lifecycle(protocol);
     let handshake = async {
         match transport {
             Transport::Stdio(stdio) => {

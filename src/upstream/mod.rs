@@ -15,6 +15,7 @@ mod pool;
 mod routes;
 mod sse;
 mod watching;
+mod eras;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -215,6 +216,9 @@ pub struct Upstream {
     sampler: Option<Arc<crate::llm::sampling::Sampler>>,
     /// Resource URIs downstream clients watch (see `watch`).
     watched: watching::Watched,
+    /// `protocol: auto` and a shared connection in 2026-07-28: the legacy
+    /// connection that serves legacy clients (see `eras`).
+    legacy: eras::LegacyConnection,
 }
 
 impl Upstream {
@@ -244,6 +248,7 @@ impl Upstream {
             suspect: tokio::sync::Notify::new(),
             sampler,
             watched: Default::default(),
+            legacy: Default::default(),
         });
         tasks.spawn(supervise(upstream.clone()));
         if upstream.config.session == SessionMode::PerClient {
@@ -329,7 +334,14 @@ impl Upstream {
         ct: &CancellationToken,
     ) -> Result<ServerResult, UpstreamError> {
         let conn = match self.config.session {
-            SessionMode::Shared => self.shared.load_full().ok_or_else(|| self.unavailable())?,
+            SessionMode::Shared => {
+                let conn = self.shared.load_full().ok_or_else(|| self.unavailable())?;
+                // Boxed like the per-client open below: rarely taken.
+                match caller.legacy && conn.modern {
+                    true => Box::pin(self.legacy_for(conn)).await,
+                    false => conn,
+                }
+            }
             // Boxed: opening a connection is a large future, and only
             // per-client upstreams ever need it.
             SessionMode::PerClient => Box::pin(self.per_client_connection(&caller)).await?,
@@ -425,8 +437,14 @@ impl Upstream {
         }
     }
 
-    fn client(&self, routes: Arc<Routes>, owner: Option<Arc<Caller>>) -> client::UpstreamClient {
+    fn client(
+        &self,
+        routes: Arc<Routes>,
+        owner: Option<Arc<Caller>>,
+        secondary: bool,
+    ) -> client::UpstreamClient {
         client::UpstreamClient {
+            secondary,
             upstream: self.name.clone(),
             routes,
             events: self.events.clone(),
@@ -446,11 +464,24 @@ impl Upstream {
         &self,
         owner: Option<Arc<Caller>>,
     ) -> Result<(Arc<Connection>, connect::Service), UpstreamError> {
+        self.open_as(owner, self.config.protocol).await
+    }
+
+    /// Opens a connection in the given protocol era.
+    async fn open_as(
+        &self,
+        owner: Option<Arc<Caller>>,
+        protocol: crate::config::UpstreamProtocol,
+    ) -> Result<(Arc<Connection>, connect::Service), UpstreamError> {
         let routes = Arc::new(Routes::default());
+        // The legacy connection of an `auto` upstream duplicates what the
+        // shared one reports (list changes).
+        let secondary = owner.is_none() && protocol != self.config.protocol;
         let service = connect::connect(
             &self.name,
             &self.config,
-            self.client(routes.clone(), owner),
+            protocol,
+            self.client(routes.clone(), owner, secondary),
             &self.http,
         )
         .await?;

@@ -74,7 +74,21 @@ impl Upstream {
                 max: self.per_client.max,
             });
         }
-        let (conn, service) = self.open(Some(Arc::new(caller.clone()))).await?;
+        // A legacy client meets an `auto` server in its own era, as directly.
+        let protocol = match self.config.protocol {
+            crate::config::UpstreamProtocol::Auto if caller.legacy => {
+                crate::config::UpstreamProtocol::Legacy
+            }
+            configured => configured,
+        };
+        let owner = Arc::new(caller.clone());
+        let (conn, service) = match self.open_as(Some(owner.clone()), protocol).await {
+            // A 2026-07-28-only server: the legacy client is bridged.
+            Err(_) if protocol != self.config.protocol => {
+                self.open_as(Some(owner), self.config.protocol).await?
+            }
+            opened => opened?,
+        };
         let stop = CancellationToken::new();
         self.per_client.lock().insert(
             caller.session,

@@ -42,6 +42,9 @@ pub struct Caller {
     pub input_bridge: Option<tokio::sync::mpsc::UnboundedSender<BridgedRequest>>,
     /// Who made the call (for sampling served by the model router).
     pub identity: Arc<crate::auth::Identity>,
+    /// The downstream client speaks a protocol before 2026-07-28 (it has a
+    /// session and answers server-to-client requests).
+    pub legacy: bool,
 }
 
 /// A server-to-client request from an upstream, waiting for the answer a

@@ -4,8 +4,11 @@ must pass through the gateway, check by check.
 
 Both suite versions run: `latest` (0.1.x, protocol 2025-03-26 to 2025-11-25,
 `--suite all`) and the pinned 0.2.0 alpha with `--requirements 2025-11-25`
-and with `--requirements 2026-07-28` (for that one the gateway speaks
-2026-07-28 to the fixture too: upstream `protocol: 2026-07-28`).
+and with `--requirements 2026-07-28`. The fixture upstream has the default
+`protocol: auto`, and the fixture speaks both eras: the gateway speaks
+2026-07-28 to it for 2026-07-28 clients and opens a legacy connection for
+the legacy clients of the 2025 suites (`upstream::eras`), so each suite
+meets the fixture in its own era.
 
 A scenario can pass for the wrong reason, so results are compared per check
 (`checks.json`), not by exit code.
@@ -98,8 +101,6 @@ def test_conformance_through_gateway(procs, tmp_path, suite, transport):
     assert set(direct_failures) <= EXPECTED_DIRECT_FAILURES[suite], f"fixture fails directly: {direct_failures}"
 
     upstream = {"http": {"url": fixture_url}} if transport == "http" else fixture_stdio()
-    if suite == "alpha-2026":
-        upstream["protocol"] = "2026-07-28"
     gw = procs.gateway({"upstreams": {"fixture": upstream}})
     gw.wait_up("fixture")
     through = run_suite(suite, f"{gw.base}/mcp/fixture", tmp_path / "gateway")
