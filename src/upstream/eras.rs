@@ -12,7 +12,10 @@
 
 use std::sync::{Arc, Weak};
 
-use super::{Connection, Upstream};
+use rmcp::model::{ClientRequest, ErrorCode, ServerResult};
+use tokio_util::sync::CancellationToken;
+
+use super::{Caller, Connection, Upstream, UpstreamError};
 use crate::config::UpstreamProtocol;
 
 /// The legacy connection opened for one 2026-07-28 shared connection.
@@ -31,9 +34,36 @@ pub(crate) struct LegacyConnection {
 }
 
 impl Upstream {
+    /// Sends a legacy client's request on the legacy connection of a
+    /// dual-era server. A tool written for 2026-07-28 answers a legacy
+    /// session with an error instead of its `InputRequiredResult`; such a
+    /// request is sent again on the 2026-07-28 connection, whose input
+    /// requests the gateway bridges to the client (re-sending a request
+    /// that asked for input is how multi round-trip requests work anyway).
+    pub(super) async fn request_legacy(
+        &self,
+        primary: Arc<Connection>,
+        caller: Caller,
+        request: ClientRequest,
+        ct: &CancellationToken,
+    ) -> Result<ServerResult, UpstreamError> {
+        let caller = Arc::new(caller);
+        let conn = self.legacy_for(primary.clone()).await;
+        if Arc::ptr_eq(&conn, &primary) {
+            return self.send(&conn, request, Some(caller), ct).await;
+        }
+        let again = matches!(request, ClientRequest::CallToolRequest(_)).then(|| request.clone());
+        match (self.send(&conn, request, Some(caller.clone()), ct).await, again) {
+            (Err(UpstreamError::Remote(e)), Some(request)) if needs_modern(&e) => {
+                self.send(&primary, request, Some(caller), ct).await
+            }
+            (result, _) => result,
+        }
+    }
+
     /// The connection a legacy client's request goes on, given the shared
     /// connection `primary` (which speaks 2026-07-28).
-    pub(super) async fn legacy_for(&self, primary: Arc<Connection>) -> Arc<Connection> {
+    async fn legacy_for(&self, primary: Arc<Connection>) -> Arc<Connection> {
         if self.config.protocol != UpstreamProtocol::Auto {
             return primary;
         }
@@ -102,4 +132,30 @@ async fn run_secondary(
     }
     conn.closed.cancel();
     tracing::debug!(upstream = %upstream, "legacy connection closed");
+}
+
+/// Whether a server refused a legacy session a result only 2026-07-28 can
+/// carry (rmcp says so with -32600 naming `InputRequiredResult`).
+fn needs_modern(e: &rmcp::model::ErrorData) -> bool {
+    e.code == ErrorCode::INVALID_REQUEST && e.message.contains("InputRequiredResult")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::ErrorData;
+
+    #[test]
+    fn only_a_refused_input_required_result_goes_to_the_modern_connection() {
+        let refused = ErrorData::invalid_request(
+            "InputRequiredResult requires negotiated protocol version 2026-07-28 or newer",
+            None,
+        );
+        assert!(needs_modern(&refused));
+        assert!(!needs_modern(&ErrorData::invalid_request("bad", None)));
+        assert!(!needs_modern(&ErrorData::invalid_params(
+            "InputRequiredResult",
+            None
+        )));
+    }
 }

@@ -336,11 +336,11 @@ impl Upstream {
         let conn = match self.config.session {
             SessionMode::Shared => {
                 let conn = self.shared.load_full().ok_or_else(|| self.unavailable())?;
-                // Boxed like the per-client open below: rarely taken.
-                match caller.legacy && conn.modern {
-                    true => Box::pin(self.legacy_for(conn)).await,
-                    false => conn,
+                if caller.legacy && conn.modern {
+                    // Boxed like the per-client open below: rarely taken.
+                    return Box::pin(self.request_legacy(conn, caller, request, ct)).await;
                 }
+                conn
             }
             // Boxed: opening a connection is a large future, and only
             // per-client upstreams ever need it.

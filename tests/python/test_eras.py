@@ -25,7 +25,11 @@ MODES = ["2026-07-28", "auto", "legacy"]
 
 @pytest.fixture
 def gateway(procs):
-    gw = procs.gateway({"upstreams": {"fx": fixture_stdio(), "ev": everything_stdio()}})
+    # The fixture speaks both eras; `legacy` makes it the legacy upstream
+    # whose server-to-client requests these tests bridge (with the default
+    # `auto`, 2026-07-28 clients would meet it in 2026-07-28, as directly).
+    fx = {**fixture_stdio(), "protocol": "legacy"}
+    gw = procs.gateway({"upstreams": {"fx": fx, "ev": everything_stdio()}})
     gw.wait_up("fx", "ev")
     return gw
 
@@ -130,7 +134,7 @@ def test_request_state_is_tamper_evident_and_bound_to_identity(procs):
     keys = {"alice": "key-alice-0001", "bob": "key-bob-0002"}
     gw = procs.gateway(
         {
-            "upstreams": {"fx": fixture_stdio()},
+            "upstreams": {"fx": {**fixture_stdio(), "protocol": "legacy"}},
             "auth": {
                 "api_keys": [{"id": who, "sha256": hashlib.sha256(k.encode()).hexdigest()} for who, k in keys.items()]
             },
@@ -231,3 +235,33 @@ def test_list_cache_hints_describe_the_gateways_cache(procs, tmp_path):
     for method in ("tools/list", "prompts/list", "resources/list"):
         result = post_2026(filtered.url, {**listing, "method": method})["result"]
         assert (result["ttlMs"], result["cacheScope"]) == (30000, "private"), method
+
+
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+def test_auto_upstream_meets_each_client_in_its_own_era(procs, transport):
+    """With the default `protocol: auto`, a dual-era server is spoken to in
+    2026-07-28, and legacy clients get a legacy connection of their own: a
+    tool that sends elicitation mid-call (legacy style) reaches a legacy
+    client as it would directly, and a 2026-07-28-style tool still reaches
+    it, bridged."""
+    upstream = {"http": {"url": procs.fixture_http()}} if transport == "http" else fixture_stdio()
+    gw = procs.gateway({"upstreams": {"fx": upstream}})
+    gw.wait_up("fx")
+    asked: list[str] = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"username": "ada", "email": "ada@example.com", "name": "Ada"})
+
+    async def go():
+        async with Client(gw.url, mode="legacy", elicitation_callback=elicit) as c:
+            r = await c.call_tool("fx__test_elicitation", {"message": "Who are you?"})
+            assert "action=accept" in r.content[0].text and "ada" in r.content[0].text
+            r = await c.call_tool("fx__test_input_required_result_elicitation", {})
+            assert r.content[0].text == "Hello, Ada!"
+        async with Client(gw.url, mode="2026-07-28", elicitation_callback=elicit) as c:
+            r = await c.call_tool("fx__test_input_required_result_elicitation", {})
+            assert r.content[0].text == "Hello, Ada!"
+
+    run(go())
+    assert asked == ["Who are you?", "What is your name?", "What is your name?"]
