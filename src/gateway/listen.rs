@@ -61,6 +61,13 @@ impl Listeners {
             .unwrap_or_default()
     }
 
+    /// Whether any listener's endpoint passes `test`.
+    pub(super) fn any_on(&self, test: impl Fn(&Endpoint) -> bool) -> bool {
+        self.map
+            .read()
+            .is_ok_and(|m| m.values().any(|l| test(&l.endpoint)))
+    }
+
     /// Number of open listen streams.
     pub(super) fn len(&self) -> usize {
         self.map.read().map(|m| m.len()).unwrap_or(0)

@@ -204,13 +204,17 @@ impl Gateway {
     async fn on_event(&self, event: UpstreamEvent) {
         match event {
             UpstreamEvent::ListChanged { upstream, kind } => {
+                let mut virtuals = self.virtual_showing(&upstream).await;
                 self.registry.invalidate(&upstream, Some(kind)).await;
-                self.notify_lists(&upstream, &[kind]).await;
+                virtuals.extend(self.virtual_showing(&upstream).await);
+                self.notify_lists(&upstream, &[kind], &virtuals).await;
             }
             UpstreamEvent::StateChanged { upstream } => {
+                let mut virtuals = self.virtual_showing(&upstream).await;
                 self.registry.invalidate(&upstream, None).await;
+                virtuals.extend(self.virtual_showing(&upstream).await);
                 let all = [ListKind::Tools, ListKind::Resources, ListKind::Prompts];
-                self.notify_lists(&upstream, &all).await;
+                self.notify_lists(&upstream, &all, &virtuals).await;
             }
             UpstreamEvent::ResourceUpdated {
                 upstream,
@@ -267,9 +271,46 @@ impl Gateway {
         }
     }
 
-    async fn notify_lists(&self, upstream: &str, kinds: &[ListKind]) {
+    /// Virtual servers whose tool list holds tools of `upstream` (asked
+    /// before and after a change, so a change that adds or removes them
+    /// counts). Only when a session or listener is on a virtual server.
+    async fn virtual_showing(&self, upstream: &str) -> std::collections::HashSet<Arc<str>> {
+        let mut shown = std::collections::HashSet::new();
+        if !self.anyone_on_virtual() {
+            return shown;
+        }
+        for name in self.config.virtual_servers.keys() {
+            let name: Arc<str> = name.as_str().into();
+            let view = self.registry.tools(&Endpoint::Virtual(name.clone())).await;
+            if view.index.values().any(|t| &*t.upstream == upstream) {
+                shown.insert(name);
+            }
+        }
+        shown
+    }
+
+    fn anyone_on_virtual(&self) -> bool {
+        let virtual_ep = |e: &Endpoint| matches!(e, Endpoint::Virtual(_));
+        self.sessions
+            .read()
+            .is_ok_and(|m| m.values().any(|s| virtual_ep(&s.endpoint)))
+            || self.listeners.any_on(virtual_ep)
+    }
+
+    async fn notify_lists(
+        &self,
+        upstream: &str,
+        kinds: &[ListKind],
+        virtuals: &std::collections::HashSet<Arc<str>>,
+    ) {
+        // A virtual server shows tools only, and only some upstreams' tools.
+        let shows = |endpoint: &Endpoint, kind: ListKind| match endpoint {
+            Endpoint::Virtual(name) => kind == ListKind::Tools && virtuals.contains(name),
+            _ => true,
+        };
         for l in self.listeners.showing(self, upstream) {
-            for kind in kinds.iter().filter(|k| l.wants_list(**k)) {
+            let wanted = |k: &&ListKind| l.wants_list(**k) && shows(&l.endpoint, **k);
+            for kind in kinds.iter().filter(wanted) {
                 let sent = match kind {
                     ListKind::Tools => l.sink.notify_tool_list_changed().await,
                     ListKind::Prompts => l.sink.notify_prompt_list_changed().await,
@@ -282,7 +323,7 @@ impl Gateway {
         }
         for s in self.sessions_showing(upstream) {
             let Some(peer) = s.peer() else { continue };
-            for kind in kinds {
+            for kind in kinds.iter().filter(|k| shows(&s.endpoint, **k)) {
                 let sent = match kind {
                     ListKind::Tools => peer.notify_tool_list_changed().await,
                     ListKind::Prompts => peer.notify_prompt_list_changed().await,

@@ -34,7 +34,8 @@ def two_fixtures(procs, protocol: str):
             "upstreams": {
                 "fx": {"http": {"url": procs.fixture_http()}, "protocol": protocol},
                 "fy": {"http": {"url": procs.fixture_http()}, "protocol": protocol},
-            }
+            },
+            "virtual_servers": {"vx": {"tools": ["fx__*"]}},
         }
     )
     gw.wait_up("fx", "fy")
@@ -72,6 +73,8 @@ def test_list_changes_reach_listeners_of_endpoints_that_show_the_upstream(procs,
             c = await stack.enter_async_context(Client(gw.url, mode="2026-07-28"))
             fx = await stack.enter_async_context(Client(gw.endpoint("/mcp/fx"), mode="2026-07-28"))
             fy = await stack.enter_async_context(Client(gw.endpoint("/mcp/fy"), mode="2026-07-28"))
+            vx = await stack.enter_async_context(Client(gw.endpoint("/mcp/v/vx"), mode="2026-07-28"))
+            on_vx = await stack.enter_async_context(vx.listen(tools_list_changed=True, prompts_list_changed=True))
             everything = await stack.enter_async_context(
                 c.listen(tools_list_changed=True, prompts_list_changed=True)
             )
@@ -81,17 +84,23 @@ def test_list_changes_reach_listeners_of_endpoints_that_show_the_upstream(procs,
                 fy.listen(tools_list_changed=True, prompts_list_changed=True)
             )
             assert everything.honored.tools_list_changed and everything.honored.prompts_list_changed
-            await registered(gw, 4)
+            await registered(gw, 5)
 
             await c.call_tool("fx__test_trigger_tool_change", {})
             assert await next_event(everything) == ToolsListChanged()
             assert await next_event(on_fx) == ToolsListChanged()
+            assert await next_event(on_vx) == ToolsListChanged()
 
             # The sentinel: a prompt change of fy, after fx's tool change was fanned out.
             await c.call_tool("fy__test_trigger_prompt_change", {})
             assert await next_event(on_fy) == PromptsListChanged()  # not fx's tool change
             assert await next_event(prompts_only) == PromptsListChanged()  # not a tool change
             assert await next_event(everything) == PromptsListChanged()
+
+            # A virtual server shows some upstreams' tools and no prompts:
+            # fy's prompt change is not its business (sentinel: fx's next tool change).
+            await c.call_tool("fx__test_trigger_tool_change", {})
+            assert await next_event(on_vx) == ToolsListChanged()
 
             # The listener's view is current after the event.
             assert "fx__echo" in {t.name for t in (await c.list_tools()).tools}
