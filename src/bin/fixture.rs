@@ -600,6 +600,7 @@ fn tools() -> Vec<Tool> {
     let mut all = tools_of_2025();
     all.extend(mrtr::tools());
     all.extend(listening::tools());
+    all.extend(mrtr_rounds::tools());
     all
 }
 
@@ -1297,6 +1298,9 @@ impl ServerHandler for Fixture {
         if let Some(result) = listening::call(&request, &cx).await {
             return Ok(result.into());
         }
+        if let Some(round) = mrtr_rounds::call(&request, cx.client_capabilities().as_ref()) {
+            return round;
+        }
         let args = request.arguments.unwrap_or_default();
         self.run_tool(&request.name, &args, &cx)
             .await
@@ -1397,7 +1401,9 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _cx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, ErrorData> {
-        Ok(ListPromptsResult::with_all_items(prompts()))
+        let mut all = prompts();
+        all.extend(mrtr_rounds::prompts());
+        Ok(ListPromptsResult::with_all_items(all))
     }
 
     async fn get_prompt(
@@ -1405,6 +1411,9 @@ impl ServerHandler for Fixture {
         request: GetPromptRequestParams,
         _cx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
+        if let Some(round) = mrtr_rounds::prompt(&request) {
+            return round;
+        }
         let args = request.arguments.unwrap_or_default();
         let arg = |name: &str| -> Result<String, ErrorData> {
             args.get(name)
@@ -1624,11 +1633,11 @@ mod mrtr {
         .collect()
     }
 
-    fn input(method: &str, params: Value) -> Option<InputRequest> {
+    pub(super) fn input(method: &str, params: Value) -> Option<InputRequest> {
         serde_json::from_value(json!({ "method": method, "params": params })).ok()
     }
 
-    fn ask(key: &str, input: Option<InputRequest>, state: Option<String>) -> CallToolResponse {
+    pub(super) fn ask(key: &str, input: Option<InputRequest>, state: Option<String>) -> CallToolResponse {
         let mut requests = InputRequests::new();
         if let Some(input) = input {
             requests.insert(key.to_owned(), input);
@@ -1644,11 +1653,11 @@ mod mrtr {
         CallToolResponse::InputRequired(r)
     }
 
-    fn text(t: String) -> CallToolResponse {
+    pub(super) fn text(t: String) -> CallToolResponse {
         CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::text(t)]))
     }
 
-    fn sign(payload: &str) -> String {
+    pub(super) fn sign(payload: &str) -> String {
         let mac: String = Sha256::digest(format!("{KEY}.{payload}").as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -1656,13 +1665,13 @@ mod mrtr {
         format!("{payload}.{mac}")
     }
 
-    fn verify(state: &str) -> bool {
+    pub(super) fn verify(state: &str) -> bool {
         state
             .rsplit_once('.')
             .is_some_and(|(payload, _)| sign(payload) == state)
     }
 
-    fn elicitation(message: &str, schema: Value) -> Option<InputRequest> {
+    pub(super) fn elicitation(message: &str, schema: Value) -> Option<InputRequest> {
         input(
             "elicitation/create",
             json!({ "mode": "form", "message": message, "requestedSchema": schema }),
@@ -1861,5 +1870,204 @@ mod listening {
         Some(CallToolResult::success(vec![ContentBlock::text(format!(
             "notified {sent} listener(s)"
         ))]))
+    }
+}
+
+/// More multi round-trip shapes the 2026-07-28 conformance suite calls:
+/// several rounds with an evolving `requestState`, several input requests
+/// in one round, requests limited to the client's declared capabilities,
+/// and an `InputRequiredResult` from `prompts/get`. A separate module so
+/// other fixture additions merge cleanly.
+mod mrtr_rounds {
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResponse, ClientCapabilities, ErrorData,
+        GetPromptRequestParams, GetPromptResponse, GetPromptResult, InputRequest, InputRequests,
+        InputRequiredResult, Prompt, PromptMessage, Role, Tool,
+    };
+    use serde_json::{json, Value};
+
+    use super::mrtr::{ask, elicitation, input, sign, text, verify};
+
+    const PROMPT: &str = "test_input_required_result_prompt";
+
+    pub(super) fn tools() -> Vec<Tool> {
+        [
+            (
+                "test_input_required_result_multi_round",
+                "Asks twice, with a requestState that changes between rounds",
+            ),
+            (
+                "test_input_required_result_multiple_inputs",
+                "Asks for elicitation, sampling and roots in one round",
+            ),
+            (
+                "test_input_required_result_capabilities",
+                "Asks only for inputs the client declared it can give",
+            ),
+        ]
+        .into_iter()
+        .map(|(name, description)| Tool::new(name, description, super::no_args()))
+        .collect()
+    }
+
+    pub(super) fn prompts() -> Vec<Prompt> {
+        vec![Prompt::new(
+            PROMPT,
+            Some("A prompt that asks the user for context first"),
+            None,
+        )]
+    }
+
+    fn schema(field: &str) -> Value {
+        json!({
+            "type": "object", "properties": { field: { "type": "string" } }, "required": [field]
+        })
+    }
+
+    fn sampling(text: &str) -> Option<InputRequest> {
+        input(
+            "sampling/createMessage",
+            json!({
+                "messages": [{ "role": "user", "content": { "type": "text", "text": text } }],
+                "maxTokens": 50
+            }),
+        )
+    }
+
+    /// An `InputRequiredResult` with every request in `requests`.
+    fn ask_all(requests: Vec<(&str, Option<InputRequest>)>, state: String) -> CallToolResponse {
+        let mut all = InputRequests::new();
+        for (key, request) in requests {
+            if let Some(request) = request {
+                all.insert(key.to_owned(), request);
+            }
+        }
+        let mut r = InputRequiredResult::from_request_state(state);
+        r.input_requests = Some(all);
+        CallToolResponse::InputRequired(r)
+    }
+
+    fn bad_state() -> Result<CallToolResponse, ErrorData> {
+        Err(ErrorData::invalid_params(
+            "requestState failed its integrity check",
+            None,
+        ))
+    }
+
+    /// The tool's answer, or `None` when `request` is not one of these tools.
+    pub(super) fn call(
+        request: &CallToolRequestParams,
+        caps: Option<&ClientCapabilities>,
+    ) -> Option<Result<CallToolResponse, ErrorData>> {
+        let answer = |key: &str| request.input_responses.as_ref().and_then(|r| r.get(key));
+        let state = request.request_state.as_deref();
+        Some(Ok(match &*request.name {
+            "test_input_required_result_multi_round" => match state {
+                None => ask(
+                    "step1",
+                    elicitation("Step 1: What is your name?", schema("name")),
+                    Some(sign("multi-round-1")),
+                ),
+                Some(s) if s == sign("multi-round-1") && answer("step1").is_some() => ask(
+                    "step2",
+                    elicitation("Step 2: What is your favorite color?", schema("color")),
+                    Some(sign("multi-round-2")),
+                ),
+                Some(s) if s == sign("multi-round-2") && answer("step2").is_some() => {
+                    text("Both steps answered".into())
+                }
+                Some(_) => return Some(bad_state()),
+            },
+            "test_input_required_result_multiple_inputs" => match state {
+                None => ask_all(
+                    vec![
+                        (
+                            "user_name",
+                            elicitation("What is your name?", schema("name")),
+                        ),
+                        ("greeting", sampling("Generate a greeting")),
+                        ("client_roots", input("roots/list", json!({}))),
+                    ],
+                    sign("multiple-inputs"),
+                ),
+                Some(s) if verify(s) => {
+                    let keys = ["user_name", "greeting", "client_roots"];
+                    if keys.iter().all(|k| answer(k).is_some()) {
+                        text("All three inputs answered".into())
+                    } else {
+                        return Some(Err(ErrorData::invalid_params(
+                            "inputResponses must answer user_name, greeting and client_roots",
+                            None,
+                        )));
+                    }
+                }
+                Some(_) => return Some(bad_state()),
+            },
+            "test_input_required_result_capabilities" => {
+                let caps = caps.cloned().unwrap_or_default();
+                match state {
+                    None => {
+                        let mut wanted = Vec::new();
+                        if caps.elicitation.is_some() {
+                            wanted.push((
+                                "user_name",
+                                elicitation("What is your name?", schema("name")),
+                            ));
+                        }
+                        if caps.sampling.is_some() {
+                            wanted.push(("greeting", sampling("Generate a greeting")));
+                        }
+                        if caps.roots.is_some() {
+                            wanted.push(("client_roots", input("roots/list", json!({}))));
+                        }
+                        if wanted.is_empty() {
+                            text("No input the client can give".into())
+                        } else {
+                            ask_all(wanted, sign("capabilities"))
+                        }
+                    }
+                    Some(s) if verify(s) => text("Declared inputs answered".into()),
+                    Some(_) => return Some(bad_state()),
+                }
+            }
+            _ => return None,
+        }))
+    }
+
+    /// The prompt's answer, or `None` when `request` is not this prompt.
+    pub(super) fn prompt(
+        request: &GetPromptRequestParams,
+    ) -> Option<Result<GetPromptResponse, ErrorData>> {
+        if request.name != PROMPT {
+            return None;
+        }
+        let context = request
+            .input_responses
+            .as_ref()
+            .and_then(|r| r.get("user_context"))
+            .map(|a| {
+                a.pointer("/content/context")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            });
+        Some(Ok(match context {
+            Some(context) => GetPromptResponse::Complete(GetPromptResult::new(vec![
+                PromptMessage::new_text(Role::User, format!("Use this context: {context}")),
+            ])),
+            None => {
+                let mut requests = InputRequests::new();
+                if let Some(r) = elicitation(
+                    "What context should the prompt use?",
+                    schema("context"),
+                ) {
+                    requests.insert("user_context".to_owned(), r);
+                }
+                let mut r = InputRequiredResult::from_request_state(String::new());
+                r.request_state = None;
+                r.input_requests = Some(requests);
+                GetPromptResponse::InputRequired(r)
+            }
+        }))
     }
 }

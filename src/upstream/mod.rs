@@ -381,7 +381,17 @@ impl Upstream {
         caller: Option<Arc<Caller>>,
         ct: &CancellationToken,
     ) -> Result<ServerResult, UpstreamError> {
-        let options = PeerRequestOptions::with_timeout(self.config.timeout);
+        let mut options = PeerRequestOptions::with_timeout(self.config.timeout);
+        if let (true, Some(caller)) = (conn.modern, &caller) {
+            // A 2026-07-28 server reads what the client can answer from each
+            // request's `_meta`: the calling client's, not every client's.
+            let mut meta = rmcp::model::RequestMetaObject::default();
+            meta.set_client_capabilities(client::advertised(
+                Some(&caller.capabilities),
+                self.sampler.is_some(),
+            ));
+            options = options.with_meta(meta);
+        }
         let handle = conn
             .peer
             .send_request_with_option(request, options)
