@@ -601,6 +601,7 @@ fn tools() -> Vec<Tool> {
     all.extend(mrtr::tools());
     all.extend(listening::tools());
     all.extend(mrtr_rounds::tools());
+    all.extend(stateless::tools());
     all
 }
 
@@ -1300,6 +1301,9 @@ impl ServerHandler for Fixture {
         }
         if let Some(round) = mrtr_rounds::call(&request, cx.client_capabilities().as_ref()) {
             return round;
+        }
+        if let Some(answer) = stateless::call(&request, &cx).await {
+            return answer;
         }
         let args = request.arguments.unwrap_or_default();
         self.run_tool(&request.name, &args, &cx)
@@ -2069,5 +2073,100 @@ mod mrtr_rounds {
                 GetPromptResponse::InputRequired(r)
             }
         }))
+    }
+}
+
+/// Diagnostic tools of the 2026-07-28 `server-stateless` scenario: a tool
+/// that needs a capability the client must declare in `_meta`, one that
+/// asks for input mid-call (by `InputRequiredResult`, never a request on
+/// the response stream), and one that logs only at the `_meta` log level.
+/// A separate module so other fixture additions merge cleanly.
+mod stateless {
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
+        ErrorData, LoggingLevel, LoggingMessageNotificationParam, Tool,
+    };
+    use rmcp::service::RequestContext;
+    use rmcp::RoleServer;
+    use serde_json::json;
+
+    use super::mrtr::{ask, elicitation};
+
+    pub(super) fn tools() -> Vec<Tool> {
+        [
+            (
+                "test_missing_capability",
+                "Needs the sampling capability, declared in the request's _meta",
+            ),
+            (
+                "test_streaming_elicitation",
+                "Asks for the user's name mid-call, by InputRequiredResult",
+            ),
+            (
+                "test_logging_tool",
+                "Logs at every level, only at or above the request's _meta log level",
+            ),
+        ]
+        .into_iter()
+        .map(|(name, description)| Tool::new(name, description, super::no_args()))
+        .collect()
+    }
+
+    fn text(t: &str) -> CallToolResponse {
+        CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::text(t)]))
+    }
+
+    /// The tool's answer, or `None` when `request` is not one of these tools.
+    pub(super) async fn call(
+        request: &CallToolRequestParams,
+        cx: &RequestContext<RoleServer>,
+    ) -> Option<Result<CallToolResponse, ErrorData>> {
+        let caps = cx.client_capabilities().unwrap_or_default();
+        Some(match &*request.name {
+            "test_missing_capability" => match caps.sampling {
+                Some(_) => Ok(text("sampling is declared")),
+                None => Err(ErrorData::new(
+                    ErrorCode(-32021),
+                    "test_missing_capability needs the sampling capability",
+                    Some(json!({ "requiredCapabilities": { "sampling": {} } })),
+                )),
+            },
+            "test_streaming_elicitation" => {
+                let answered = request
+                    .input_responses
+                    .as_ref()
+                    .is_some_and(|r| r.contains_key("user_name"));
+                Ok(match (answered, caps.elicitation.is_some()) {
+                    (true, _) => text("answered"),
+                    (false, false) => text("elicitation not declared; nothing asked"),
+                    (false, true) => ask(
+                        "user_name",
+                        elicitation(
+                            "What is your name?",
+                            json!({ "type": "object", "properties": { "name": { "type": "string" } } }),
+                        ),
+                        None,
+                    ),
+                })
+            }
+            "test_logging_tool" => {
+                let wanted = cx.meta.log_level();
+                let mut sent = 0;
+                if let Some(min) = wanted {
+                    for level in [LoggingLevel::Debug, LoggingLevel::Info, LoggingLevel::Error] {
+                        if super::severity(level) < super::severity(min) {
+                            continue;
+                        }
+                        let param = LoggingMessageNotificationParam::new(level, json!("a log line"))
+                            .with_logger(super::LOGGER);
+                        if cx.peer.notify_logging_message(param).await.is_ok() {
+                            sent += 1;
+                        }
+                    }
+                }
+                Ok(text(&format!("sent {sent} log line(s)")))
+            }
+            _ => return None,
+        })
     }
 }

@@ -93,7 +93,11 @@ impl Session {
             progress_token: ctx.meta.get_progress_token(),
             capabilities: capabilities_of(ctx),
             session: self.state.id,
-            log_level: self.state.log_level.clone(),
+            // A 2026-07-28 request carries its own level (none: no log lines).
+            log_level: match is_modern(ctx) {
+                true => Arc::new(std::sync::Mutex::new(ctx.meta.log_level())),
+                false => self.state.log_level.clone(),
+            },
             input_bridge: None,
             identity: self.identity(ctx),
             legacy: !is_modern(ctx),

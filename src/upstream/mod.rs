@@ -390,6 +390,9 @@ impl Upstream {
                 Some(&caller.capabilities),
                 self.sampler.is_some(),
             ));
+            if let Some(level) = caller.log_level.lock().ok().and_then(|l| *l) {
+                meta.set_log_level(level);
+            }
             options = options.with_meta(meta);
         }
         let handle = conn

@@ -63,12 +63,18 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
                 ServerNotification::LoggingMessageNotification(log) => {
                     // Only a log line that arrived on a call's own stream
                     // belongs to that call; the rest go to every session.
-                    let Some(InboundStreamOrigin::OutboundRequest(id)) =
-                        log.extensions.get::<InboundStreamOrigin>()
-                    else {
-                        return Some(message);
+                    // Where the transport cannot say (stdio, and rmcp's HTTP
+                    // client), a 2026-07-28 caller has no session to get
+                    // them: the latest call gets it if it is such a caller
+                    // (as for server-to-client requests).
+                    let caller = match log.extensions.get::<InboundStreamOrigin>() {
+                        Some(InboundStreamOrigin::OutboundRequest(id)) => {
+                            self.routes.caller_of(id, Duration::ZERO).await
+                        }
+                        Some(InboundStreamOrigin::Unassociated) => None,
+                        None => self.routes.latest().filter(|c| !c.legacy),
                     };
-                    let Some(caller) = self.routes.caller_of(id, Duration::ZERO).await else {
+                    let Some(caller) = caller else {
                         return Some(message);
                     };
                     if caller.wants_log(log.params.level) {

@@ -60,6 +60,10 @@ impl Caller {
     /// Whether the session wants a log message at `level`.
     pub(crate) fn wants_log(&self, level: LoggingLevel) -> bool {
         let min = self.log_level.lock().ok().and_then(|l| *l);
+        // A 2026-07-28 request that set no log level gets no log lines.
+        if !self.legacy && min.is_none() {
+            return false;
+        }
         log_level_passes(min, level)
     }
 }

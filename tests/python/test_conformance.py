@@ -40,17 +40,12 @@ SUITES = {
 # Scenarios that fail straight against the fixture, per suite. A scenario
 # listed here is still run, and must not fail through the gateway in a way
 # it does not fail directly. The 2026-07-28 ones are what the fixture does
-# not implement yet (tasks, custom headers, some MRTR variants).
+# not implement yet (tasks, custom headers).
 EXPECTED_DIRECT_FAILURES: dict[str, set[str]] = {
     "latest": set(),
     "alpha": set(),
     "alpha-2026": {
         "http-custom-header-server-validation",
-        "input-required-result-capability-check",
-        "input-required-result-multi-round",
-        "input-required-result-multiple-input-requests",
-        "input-required-result-non-tool-request",
-        "server-stateless",
         "tasks-capability-negotiation",
         "tasks-dispatch-and-envelope",
         "tasks-lifecycle",

@@ -265,3 +265,50 @@ def test_auto_upstream_meets_each_client_in_its_own_era(procs, transport):
 
     run(go())
     assert asked == ["Who are you?", "What is your name?", "What is your name?"]
+
+
+def post_2026_frames(url: str, body: dict) -> list[dict]:
+    """Every JSON-RPC message of a 2026-07-28 POST's response stream."""
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": body["method"],
+            "mcp-name": body["params"]["name"],
+        },
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        raw = r.read().decode()
+    frames = [json.loads(line[5:]) for line in raw.splitlines() if line.startswith("data:") and line[5:].strip()]
+    return frames or [json.loads(raw)]
+
+
+@pytest.mark.parametrize("protocol", ["legacy", "2026-07-28"])
+def test_log_lines_reach_a_2026_client_only_at_its_request_level(procs, protocol):
+    """A 2026-07-28 request gets log lines at or above the `_meta` log level
+    it set, and none without one, whatever era the upstream speaks."""
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": procs.fixture_http()}, "protocol": protocol}}})
+    gw.wait_up("fx")
+    # The legacy upstream logs at its session's level (`test_tool_with_logging`: three
+    # info lines), so the gateway filters; the 2026 one reads the forwarded `_meta` level.
+    tool, args = ("test_tool_with_logging", {}) if protocol == "legacy" else ("test_logging_tool", {})
+
+    def call(level: str | None) -> list[dict]:
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+            **({"io.modelcontextprotocol/logLevel": level} if level else {}),
+        }
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": args, "_meta": meta}}
+        return post_2026_frames(gw.endpoint("/mcp/fx"), body)
+
+    def logs(frames):
+        return [f["params"]["level"] for f in frames if f.get("method") == "notifications/message"]
+
+    assert logs(call(None)) == []
+    assert logs(call("debug"))
+    assert "debug" not in logs(call("error")) and "info" not in logs(call("error"))
