@@ -602,6 +602,7 @@ fn tools() -> Vec<Tool> {
     all.extend(listening::tools());
     all.extend(mrtr_rounds::tools());
     all.extend(stateless::tools());
+    all.extend(custom_header::tools());
     all
 }
 
@@ -1304,6 +1305,9 @@ impl ServerHandler for Fixture {
         }
         if let Some(answer) = stateless::call(&request, &cx).await {
             return answer;
+        }
+        if let Some(answer) = custom_header::call(&request) {
+            return Ok(answer.into());
         }
         let args = request.arguments.unwrap_or_default();
         self.run_tool(&request.name, &args, &cx)
@@ -2168,5 +2172,45 @@ mod stateless {
             }
             _ => return None,
         })
+    }
+}
+
+/// A tool with an `x-mcp-header` parameter (SEP-2243): clients mirror
+/// `region` into an `Mcp-Param-Region` header, which rmcp checks against
+/// the body before the call is handled. A separate module so other fixture
+/// additions merge cleanly.
+mod custom_header {
+    use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, Tool};
+    use serde_json::{json, Value};
+
+    const NAME: &str = "test_custom_header";
+
+    pub(super) fn tools() -> Vec<Tool> {
+        vec![Tool::new(
+            NAME,
+            "Echoes `region`, which clients also send as the Mcp-Param-Region header",
+            super::object(json!({
+                "type": "object",
+                "properties": {
+                    "region": { "type": "string", "x-mcp-header": "Region" }
+                },
+                "required": ["region"]
+            })),
+        )]
+    }
+
+    pub(super) fn call(request: &CallToolRequestParams) -> Option<CallToolResult> {
+        if request.name != NAME {
+            return None;
+        }
+        let region = request
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("region"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        Some(CallToolResult::success(vec![ContentBlock::text(format!(
+            "region={region}"
+        ))]))
     }
 }

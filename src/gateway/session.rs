@@ -527,6 +527,13 @@ impl ServerHandler for Session {
         info
     }
 
+    /// The tool's definition as this endpoint shows it, so rmcp can check
+    /// `Mcp-Param-*` headers against its `x-mcp-header` parameters before
+    /// the call is handled (the definition the client listed).
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.gw.registry.tool_now(self.endpoint(), name)
+    }
+
     async fn list_tools(
         &self,
         params: Option<PaginatedRequestParams>,

@@ -84,6 +84,9 @@ pub struct Registry {
     tool_views: moka::future::Cache<Endpoint, ToolsView>,
     prompt_views: moka::future::Cache<Endpoint, PromptsView>,
     resource_views: moka::future::Cache<Endpoint, Arc<ResourceView>>,
+    /// The tool view last built or served per endpoint, for synchronous
+    /// lookups (HTTP header validation runs before any handler).
+    last_tools: std::sync::RwLock<HashMap<Endpoint, ToolsView>>,
 }
 
 impl Registry {
@@ -117,6 +120,7 @@ impl Registry {
             tool_views: moka::future::Cache::new(1024),
             prompt_views: moka::future::Cache::new(1024),
             resource_views: moka::future::Cache::new(1024),
+            last_tools: Default::default(),
         }
     }
 
@@ -180,8 +184,31 @@ impl Registry {
         }
     }
 
+    /// The tool an endpoint showed under `name` when its tools were last
+    /// listed or called (without waiting for a list to be fetched).
+    pub fn tool_now(&self, endpoint: &Endpoint, name: &str) -> Option<Tool> {
+        let views = self.last_tools.read().ok()?;
+        views.get(endpoint)?.item(name).cloned()
+    }
+
     /// The tools an endpoint shows.
     pub async fn tools(&self, endpoint: &Endpoint) -> ToolsView {
+        let view = self.tools_view(endpoint).await;
+        // On the call path: a read lock, and a write only when rebuilt.
+        let stale = self.last_tools.read().is_ok_and(|views| {
+            views
+                .get(endpoint)
+                .is_none_or(|last| !Arc::ptr_eq(last, &view))
+        });
+        if stale {
+            if let Ok(mut views) = self.last_tools.write() {
+                views.insert(endpoint.clone(), view.clone());
+            }
+        }
+        view
+    }
+
+    async fn tools_view(&self, endpoint: &Endpoint) -> ToolsView {
         self.cached(&self.tool_views, "tools", endpoint, || async {
             let naming = self.naming(endpoint);
             let mut lists = Vec::new();

@@ -40,12 +40,11 @@ SUITES = {
 # Scenarios that fail straight against the fixture, per suite. A scenario
 # listed here is still run, and must not fail through the gateway in a way
 # it does not fail directly. The 2026-07-28 ones are what the fixture does
-# not implement yet (tasks, custom headers).
+# not implement yet (tasks).
 EXPECTED_DIRECT_FAILURES: dict[str, set[str]] = {
     "latest": set(),
     "alpha": set(),
     "alpha-2026": {
-        "http-custom-header-server-validation",
         "tasks-capability-negotiation",
         "tasks-dispatch-and-envelope",
         "tasks-lifecycle",
