@@ -1645,7 +1645,11 @@ mod mrtr {
         serde_json::from_value(json!({ "method": method, "params": params })).ok()
     }
 
-    pub(super) fn ask(key: &str, input: Option<InputRequest>, state: Option<String>) -> CallToolResponse {
+    pub(super) fn ask(
+        key: &str,
+        input: Option<InputRequest>,
+        state: Option<String>,
+    ) -> CallToolResponse {
         let mut requests = InputRequests::new();
         if let Some(input) = input {
             requests.insert(key.to_owned(), input);
@@ -2060,15 +2064,17 @@ mod mrtr_rounds {
                     .to_owned()
             });
         Some(Ok(match context {
-            Some(context) => GetPromptResponse::Complete(GetPromptResult::new(vec![
-                PromptMessage::new_text(Role::User, format!("Use this context: {context}")),
-            ])),
+            Some(context) => {
+                GetPromptResponse::Complete(GetPromptResult::new(vec![PromptMessage::new_text(
+                    Role::User,
+                    format!("Use this context: {context}"),
+                )]))
+            }
             None => {
                 let mut requests = InputRequests::new();
-                if let Some(r) = elicitation(
-                    "What context should the prompt use?",
-                    schema("context"),
-                ) {
+                if let Some(r) =
+                    elicitation("What context should the prompt use?", schema("context"))
+                {
                     requests.insert("user_context".to_owned(), r);
                 }
                 let mut r = InputRequiredResult::from_request_state(String::new());
@@ -2161,8 +2167,9 @@ mod stateless {
                         if super::severity(level) < super::severity(min) {
                             continue;
                         }
-                        let param = LoggingMessageNotificationParam::new(level, json!("a log line"))
-                            .with_logger(super::LOGGER);
+                        let param =
+                            LoggingMessageNotificationParam::new(level, json!("a log line"))
+                                .with_logger(super::LOGGER);
                         if cx.peer.notify_logging_message(param).await.is_ok() {
                             sent += 1;
                         }

@@ -69,6 +69,7 @@ pub struct Gateway {
     /// Rate limits and concurrency caps.
     limits: Arc<Limits>,
     /// The task ids handed to clients.
+    #[allow(dead_code)] // used by the task handlers (issue 10, branches t25/t26)
     task_ids: tasks::TaskIds,
     /// Open `subscriptions/listen` streams of 2026-07-28 clients.
     listeners: listen::Listeners,

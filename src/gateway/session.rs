@@ -1026,9 +1026,14 @@ impl ServerHandler for Session {
                     Ok(w) => watches.push(w),
                     // The stream is open already; an upstream that refuses
                     // the URI just never reports it.
-                    Err(e) => tracing::debug!(uri = %exposed, error = %e, "resource not watched upstream"),
+                    Err(e) => {
+                        tracing::debug!(uri = %exposed, error = %e, "resource not watched upstream")
+                    }
                 }
-                uris.insert((target.upstream.clone(), target.original.clone()), exposed.clone());
+                uris.insert(
+                    (target.upstream.clone(), target.original.clone()),
+                    exposed.clone(),
+                );
             }
         }
         let listener = super::listen::Listener {

@@ -53,7 +53,10 @@ impl Upstream {
             return self.send(&conn, request, Some(caller), ct).await;
         }
         let again = matches!(request, ClientRequest::CallToolRequest(_)).then(|| request.clone());
-        match (self.send(&conn, request, Some(caller.clone()), ct).await, again) {
+        match (
+            self.send(&conn, request, Some(caller.clone()), ct).await,
+            again,
+        ) {
             (Err(UpstreamError::Remote(e)), Some(request)) if needs_modern(&e) => {
                 self.send(&primary, request, Some(caller), ct).await
             }

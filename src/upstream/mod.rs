@@ -9,13 +9,13 @@
 
 mod client;
 mod connect;
+mod eras;
 mod http;
 mod ordered;
 mod pool;
 mod routes;
 mod sse;
 mod watching;
-mod eras;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

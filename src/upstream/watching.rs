@@ -207,9 +207,8 @@ async fn subscribe_loop(up: &Upstream, conn: &Arc<Connection>) {
         }
         for uri in have.difference(&wanted) {
             conn.subscribed().remove(uri);
-            let request = ClientRequest::UnsubscribeRequest(Request::new(
-                UnsubscribeRequestParams::new(uri),
-            ));
+            let request =
+                ClientRequest::UnsubscribeRequest(Request::new(UnsubscribeRequestParams::new(uri)));
             if let Err(e) = up.send(conn, request, None, &Default::default()).await {
                 tracing::debug!(upstream = %up.name, %uri, error = %e, "resources/unsubscribe failed");
             }

@@ -88,8 +88,8 @@ def test_upstream_elicitation_and_sampling_reach_every_era(gateway, mode):
     assert asked == ["Who are you?", "sampling"]
 
 
-def post_2026(url: str, body: dict, headers: dict[str, str] | None = None) -> dict:
-    method = body["method"]
+def post_2026_raw(url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[int, list[dict]]:
+    """A 2026-07-28 POST: the HTTP status and every JSON-RPC message of the answer."""
     req = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
@@ -98,20 +98,22 @@ def post_2026(url: str, body: dict, headers: dict[str, str] | None = None) -> di
             "content-type": "application/json",
             "accept": "application/json, text/event-stream",
             "mcp-protocol-version": "2026-07-28",
-            "mcp-method": method,
+            "mcp-method": body["method"],
             **({"mcp-name": body["params"]["name"]} if "name" in body["params"] else {}),
             **(headers or {}),
         },
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read().decode()
+            status, raw = r.status, r.read().decode()
     except urllib.error.HTTPError as e:
-        raw = e.read().decode()
-    for line in raw.splitlines():
-        if line.startswith("data:"):
-            raw = line[5:]
-    return json.loads(raw)
+        status, raw = e.code, e.read().decode()
+    frames = [json.loads(line[5:]) for line in raw.splitlines() if line.startswith("data:") and line[5:].strip()]
+    return status, frames or [json.loads(raw)]
+
+
+def post_2026(url: str, body: dict, headers: dict[str, str] | None = None) -> dict:
+    return post_2026_raw(url, body, headers)[1][-1]
 
 
 def elicit_call(request_state=None, responses=None, rid=1):
@@ -267,26 +269,6 @@ def test_auto_upstream_meets_each_client_in_its_own_era(procs, transport):
     assert asked == ["Who are you?", "What is your name?", "What is your name?"]
 
 
-def post_2026_frames(url: str, body: dict) -> list[dict]:
-    """Every JSON-RPC message of a 2026-07-28 POST's response stream."""
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={
-            "content-type": "application/json",
-            "accept": "application/json, text/event-stream",
-            "mcp-protocol-version": "2026-07-28",
-            "mcp-method": body["method"],
-            "mcp-name": body["params"]["name"],
-        },
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        raw = r.read().decode()
-    frames = [json.loads(line[5:]) for line in raw.splitlines() if line.startswith("data:") and line[5:].strip()]
-    return frames or [json.loads(raw)]
-
-
 @pytest.mark.parametrize("protocol", ["legacy", "2026-07-28"])
 def test_log_lines_reach_a_2026_client_only_at_its_request_level(procs, protocol):
     """A 2026-07-28 request gets log lines at or above the `_meta` log level
@@ -304,7 +286,7 @@ def test_log_lines_reach_a_2026_client_only_at_its_request_level(procs, protocol
             **({"io.modelcontextprotocol/logLevel": level} if level else {}),
         }
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": args, "_meta": meta}}
-        return post_2026_frames(gw.endpoint("/mcp/fx"), body)
+        return post_2026_raw(gw.endpoint("/mcp/fx"), body)[1]
 
     def logs(frames):
         return [f["params"]["level"] for f in frames if f.get("method") == "notifications/message"]
@@ -312,3 +294,41 @@ def test_log_lines_reach_a_2026_client_only_at_its_request_level(procs, protocol
     assert logs(call(None)) == []
     assert logs(call("debug"))
     assert "debug" not in logs(call("error")) and "info" not in logs(call("error"))
+
+
+def test_mcp_param_headers_are_checked_downstream_and_sent_upstream_under_its_own_name(procs):
+    """SEP-2243 through a renamed tool: the gateway checks the client's
+    `Mcp-Param-Region` against the body (HTTP 400, -32020 on a mismatch),
+    and the upstream, which checks its own headers, accepts the forwarded
+    call, so it got its own tool name in `Mcp-Name` and the mirrored header."""
+    url = procs.fixture_http()
+    gw = procs.gateway(
+        {"upstreams": {"fx": {"http": {"url": url}, "tools": {"rename": {"test_custom_header": "where"}}}}}
+    )
+    gw.wait_up("fx")
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+    def call(region_header: str | None) -> tuple[int, dict]:
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "fx__where", "arguments": {"region": "eu-west"}, "_meta": meta},
+        }
+        headers = {"mcp-param-region": region_header} if region_header is not None else {}
+        status, frames = post_2026_raw(gw.url, body, headers)
+        return status, frames[-1]
+
+    async def listed():
+        async with Client(gw.url, mode="2026-07-28") as c:
+            return {t.name for t in (await c.list_tools()).tools}
+
+    assert "fx__where" in run(listed())
+    status, answer = call("eu-west")
+    assert status == 200 and answer["result"]["content"][0]["text"] == "region=eu-west", answer
+    status, answer = call("=?base64?ZXUtd2VzdA==?=")  # "eu-west", Base64-wrapped
+    assert status == 200 and answer["result"]["content"][0]["text"] == "region=eu-west", answer
+    status, answer = call("us-east")
+    assert status == 400 and answer["error"]["code"] == -32020, answer
+    status, answer = call(None)
+    assert status == 400 and answer["error"]["code"] == -32020, answer
