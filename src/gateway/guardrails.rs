@@ -332,6 +332,21 @@ impl Guardrails {
     }
 
     /// How long an approval waits for the human.
+    /// Records a request about an existing task (`tasks/get`,
+    /// `tasks/update`, `tasks/cancel`): the call that created the task was
+    /// decided and audited; who later drove it is audited too.
+    pub(super) fn record_task(&self, call: &CallInfo<'_>, subject: &Subject<'_>) {
+        self.write(
+            call,
+            subject,
+            "task",
+            "default",
+            "allow",
+            "enforce",
+            Vec::new(),
+        );
+    }
+
     pub(super) fn approval_timeout(&self) -> Duration {
         self.config.approval_timeout
     }

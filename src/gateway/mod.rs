@@ -9,8 +9,6 @@ mod mrtr;
 mod observe;
 mod seal;
 mod session;
-// Used by the task handlers built on it (issue 10).
-#[allow(dead_code)]
 mod tasks;
 
 use std::collections::HashMap;

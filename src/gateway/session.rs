@@ -13,6 +13,7 @@ use super::error::{refused_error, registry_error, unknown, upstream_error};
 use super::guardrails::{self, Asker, CallInfo, Guardrails};
 use super::mrtr::{Flight, Opened, Round};
 use super::observe::Observation;
+use super::tasks::extension;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
 use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
@@ -24,8 +25,8 @@ use crate::upstream::Caller;
 /// One downstream session's handler. Dropped when the session ends, which
 /// releases its per-client upstream connections.
 pub struct Session {
-    gw: Arc<Gateway>,
-    state: Arc<SessionState>,
+    pub(super) gw: Arc<Gateway>,
+    pub(super) state: Arc<SessionState>,
 }
 
 impl Drop for Session {
@@ -79,7 +80,7 @@ impl Session {
             .map_err(refused_error)
     }
 
-    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
+    pub(super) fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
         self.remember(ctx);
         Caller {
             peer: ctx.peer.clone(),
@@ -111,7 +112,7 @@ impl Session {
     /// The upstream call for `request` as an owned future (so it can
     /// outlive the downstream request, for multi-round calls), inside an
     /// `mcp.client` span whose context travels in `_meta`.
-    fn send(
+    pub(super) fn send(
         &self,
         target: &Target,
         request: ClientRequest,
@@ -465,7 +466,7 @@ macro_rules! observed {
 
 impl ServerHandler for Session {
     fn get_info(&self) -> ServerConfig {
-        let capabilities = ServerCapabilities::builder()
+        let mut capabilities = ServerCapabilities::builder()
             .enable_tools()
             .enable_tool_list_changed()
             .enable_prompts()
@@ -476,6 +477,12 @@ impl ServerHandler for Session {
             .enable_completions()
             .enable_logging()
             .build();
+        if extension::offered(&self.gw, self.endpoint()) {
+            capabilities
+                .extensions
+                .get_or_insert_with(Default::default)
+                .insert(TASKS_EXTENSION_ID.to_owned(), Default::default());
+        }
         let mut info = ServerConfig::new(capabilities);
         info.server_info = Implementation::new("portcullis", env!("CARGO_PKG_VERSION"));
         if let Endpoint::Virtual(name) = self.endpoint() {
@@ -747,8 +754,42 @@ impl ServerHandler for Session {
                     let guarded = guard_result(g, &set, &call, &subject, result)?;
                     Ok(CallToolResponse::Complete(guarded))
                 }
+                // The client gets the task under an id of the gateway's.
+                (_, CallToolResponse::Task(created)) => Ok(CallToolResponse::Task(
+                    extension::issue(&self.gw, &identity.subject, &target, created)?,
+                )),
                 (_, response) => Ok(response),
             }
+        })
+    }
+
+    async fn get_task(
+        &self,
+        params: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        observed!(self, "tasks/get", ctx, |obs| {
+            extension::get(self, params, &ctx, &mut obs).await
+        })
+    }
+
+    async fn update_task(
+        &self,
+        params: UpdateTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        observed!(self, "tasks/update", ctx, |obs| {
+            extension::update(self, params, &ctx, &mut obs).await
+        })
+    }
+
+    async fn cancel_task(
+        &self,
+        params: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        observed!(self, "tasks/cancel", ctx, |obs| {
+            extension::cancel(self, params, &ctx, &mut obs).await
         })
     }
 
@@ -1198,6 +1239,9 @@ fn request_method(request: &ClientRequest) -> &'static str {
         ClientRequest::UnsubscribeRequest(_) => "resources/unsubscribe",
         ClientRequest::CompleteRequest(_) => "completion/complete",
         ClientRequest::SetLevelRequest(_) => "logging/setLevel",
+        ClientRequest::GetTaskRequest(_) => "tasks/get",
+        ClientRequest::UpdateTaskRequest(_) => "tasks/update",
+        ClientRequest::CancelTaskRequest(_) => "tasks/cancel",
         _ => "request",
     }
 }
