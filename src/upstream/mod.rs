@@ -287,6 +287,17 @@ impl Upstream {
             .map(|info| info.capabilities.clone())
     }
 
+    /// Whether the upstream offers the tasks extension of 2026-07-28; `None`
+    /// while not connected. A server spoken to in an earlier revision has
+    /// the 2025-11-25 task design instead, whatever it advertises.
+    pub fn offers_tasks(&self) -> Option<bool> {
+        self.shared
+            .load()
+            .as_ref()
+            .and_then(|c| c.peer.peer_info())
+            .map(|info| offers_tasks(&info))
+    }
+
     fn unavailable(&self) -> UpstreamError {
         let reason = match &*self.health.borrow() {
             Health::Down { error, .. } => error.clone(),
@@ -409,7 +420,7 @@ impl Upstream {
         let offered = conn
             .peer
             .peer_info()
-            .is_some_and(|info| info.capabilities.supports_tasks());
+            .is_some_and(|info| offers_tasks(&info));
         if !offered || !caller.capabilities.supports_tasks() {
             return None;
         }
@@ -606,6 +617,12 @@ async fn supervise(up: Arc<Upstream>) {
 }
 
 /// The JSON-RPC method name of a request, for metric labels.
+/// Whether a server, as negotiated, offers the tasks extension of
+/// 2026-07-28 (which exists only where there is no `initialize`).
+fn offers_tasks(info: &rmcp::model::ServerPeerInfo) -> bool {
+    !info.protocol_version.has_initialize() && info.capabilities.supports_tasks()
+}
+
 fn client_method(request: &ClientRequest) -> &str {
     use rmcp::model::ClientRequest as R;
     match request {

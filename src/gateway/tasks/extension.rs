@@ -45,8 +45,8 @@ pub(in crate::gateway) fn offered(gw: &Gateway, endpoint: &Endpoint) -> bool {
     gw.registry.upstreams_of(endpoint).iter().any(|name| {
         gw.registry
             .upstream(name)
-            .and_then(|up| up.server_capabilities())
-            .is_some_and(|caps| caps.supports_tasks())
+            .and_then(|up| up.offers_tasks())
+            .unwrap_or(false)
     })
 }
 
@@ -99,11 +99,11 @@ fn open(
     obs.routed(&target);
     // A task of the 2025-11-25 design (an upstream without the extension)
     // cannot be driven with these methods; say so rather than forward.
-    let caps = gw
+    let offered = gw
         .registry
         .upstream(&task.upstream)
-        .and_then(|up| up.server_capabilities());
-    if caps.is_some_and(|c| !c.supports_tasks()) {
+        .and_then(|up| up.offers_tasks());
+    if offered == Some(false) {
         return Err(ErrorData::invalid_params(
             format!(
                 "this task belongs to upstream `{}`, which does not offer the 2026-07-28 tasks \
