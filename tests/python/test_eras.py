@@ -95,7 +95,7 @@ def post_2026(url: str, body: dict, headers: dict[str, str] | None = None) -> di
             "accept": "application/json, text/event-stream",
             "mcp-protocol-version": "2026-07-28",
             "mcp-method": method,
-            **({"mcp-name": body["params"]["name"]} if "name" in body["params"] else {}),
+            **({"mcp-name": name} if (name := body["params"].get("name") or body["params"].get("taskId")) else {}),
             **(headers or {}),
         },
     )

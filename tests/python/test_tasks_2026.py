@@ -14,12 +14,11 @@ import base64
 import hashlib
 import json
 import re
-import urllib.error
-import urllib.request
 
 import pytest
 
 from conftest import fixture_stdio, http_get, wait_for
+from test_eras import post_2026
 
 TASKS = "io.modelcontextprotocol/tasks"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -41,35 +40,14 @@ class Raw:
         self.headers = headers or {}
         self.tasks = tasks
         self.next_id = 0
-        self.seen: list[str] = []  # every raw answer, to look for upstream ids
+        self.seen: list[str] = []  # every answer, to look for upstream ids
 
     def rpc(self, method: str, params: dict) -> dict:
         self.next_id += 1
-        params = {**params, "_meta": meta(self.tasks)}
-        name = params.get("name") or params.get("taskId")
-        req = urllib.request.Request(
-            self.url,
-            data=json.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}).encode(),
-            method="POST",
-            headers={
-                "content-type": "application/json",
-                "accept": "application/json, text/event-stream",
-                "mcp-protocol-version": "2026-07-28",
-                "mcp-method": method,
-                **({"mcp-name": name} if name else {}),
-                **self.headers,
-            },
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                raw = r.read().decode()
-        except urllib.error.HTTPError as e:
-            raw = e.read().decode()
-        self.seen.append(raw)
-        for line in raw.splitlines():
-            if line.startswith("data:") and line[5:].strip():
-                raw = line[5:]
-        return json.loads(raw)
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": {**params, "_meta": meta(self.tasks)}}
+        answer = post_2026(self.url, body, self.headers)
+        self.seen.append(json.dumps(answer))
+        return answer
 
     def ok(self, method: str, params: dict) -> dict:
         answer = self.rpc(method, params)

@@ -20,10 +20,10 @@ use rmcp::service::{RequestContext, RoleServer};
 use tracing::Instrument;
 
 use super::TaskRef;
-use crate::gateway::guardrails::CallInfo;
+use crate::gateway::guardrails::{CallInfo, Guardrails};
 use crate::gateway::observe::{Observation, Outcome};
 use crate::gateway::{Gateway, Session};
-use crate::policy::{Direction, Kind, Subject};
+use crate::policy::{Direction, Kind, PolicySet, Subject};
 use crate::registry::{Endpoint, Target};
 use crate::telemetry::trace;
 
@@ -113,24 +113,41 @@ fn open(
             Some(serde_json::json!({ "upstream": task.upstream })),
         ));
     }
-    if let Some(g) = &gw.guardrails {
-        let exposed = gw.aggregate_name(&target);
-        let subject = Subject {
-            kind: Kind::Tool,
-            upstream: &target.upstream,
-            name: &target.original,
-            exposed: &exposed,
-            annotations: None,
-        };
-        let call = CallInfo {
-            identity: &identity,
-            session: session.state.id,
-            method,
-            trace_id: trace::trace_id_of(&obs.span),
-        };
-        g.record_task(&call, &subject);
-    }
-    Ok(Opened { task, target })
+    let opened = Opened { task, target };
+    with_policy(session, ctx, obs, &opened, method, |g, _, call, subject| {
+        g.record_task(call, subject);
+    });
+    Ok(opened)
+}
+
+/// Runs `f` with the policy's view of a request about the task (its tool
+/// as the subject), when policies are configured.
+fn with_policy<R>(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &Observation<'_>,
+    opened: &Opened,
+    method: &'static str,
+    f: impl FnOnce(&Guardrails, &PolicySet, &CallInfo<'_>, &Subject<'_>) -> R,
+) -> Option<R> {
+    let gw = &session.gw;
+    let g = gw.guardrails.as_ref()?;
+    let identity = session.identity(ctx);
+    let exposed = gw.aggregate_name(&opened.target);
+    let subject = Subject {
+        kind: Kind::Tool,
+        upstream: &opened.target.upstream,
+        name: &opened.target.original,
+        exposed: &exposed,
+        annotations: None,
+    };
+    let call = CallInfo {
+        identity: &identity,
+        session: session.state.id,
+        method,
+        trace_id: trace::trace_id_of(&obs.span),
+    };
+    Some(f(g, &g.policy(), &call, &subject))
 }
 
 /// Forwards `request` to the task's upstream; an upstream error that names
@@ -222,66 +239,70 @@ fn guard_result(
     opened: &Opened,
     inlined: &mut rmcp::model::JsonObject,
 ) -> Result<(), ErrorData> {
-    let gw = &session.gw;
-    let Some(g) = &gw.guardrails else {
-        return Ok(());
-    };
-    let set = g.policy();
-    if set.guard_count() == 0 {
-        return Ok(());
-    }
-    let identity = session.identity(ctx);
-    let exposed = gw.aggregate_name(&opened.target);
-    let subject = Subject {
-        kind: Kind::Tool,
-        upstream: &opened.target.upstream,
-        name: &opened.target.original,
-        exposed: &exposed,
-        annotations: None,
-    };
-    let call = CallInfo {
-        identity: &identity,
-        session: session.state.id,
-        method: "tasks/get",
-        trace_id: trace::trace_id_of(&obs.span),
-    };
-    let mut value = serde_json::Value::Object(std::mem::take(inlined));
-    let guarded = g.guard(&set, &call, &subject, Direction::Results, &mut value);
-    if let serde_json::Value::Object(map) = value {
-        *inlined = map;
-    }
-    guarded
+    with_policy(
+        session,
+        ctx,
+        obs,
+        opened,
+        "tasks/get",
+        |g, set, call, subject| {
+            // Without guards there is nothing to scan: skip the JSON round trip.
+            if set.guard_count() == 0 {
+                return Ok(());
+            }
+            let mut value = serde_json::Value::Object(std::mem::take(inlined));
+            let guarded = g.guard(set, call, subject, Direction::Results, &mut value);
+            if let serde_json::Value::Object(map) = value {
+                *inlined = map;
+            }
+            guarded
+        },
+    )
+    .unwrap_or(Ok(()))
 }
 
 /// `tasks/update`: the client's answers, to the owning upstream.
 pub(in crate::gateway) async fn update(
     session: &Session,
-    params: UpdateTaskParams,
+    mut params: UpdateTaskParams,
     ctx: &RequestContext<RoleServer>,
     obs: &mut Observation<'_>,
 ) -> Result<(), ErrorData> {
-    let client_id = params.task_id.clone();
-    let opened = open(session, ctx, obs, "tasks/update", &client_id)?;
-    let mut upstream = params;
-    upstream.task_id = opened.task.id.clone();
-    let request = ClientRequest::UpdateTaskRequest(Request::new(upstream));
-    forward(session, ctx, &opened, &client_id, request)
-        .await
-        .map(|_| ())
+    let client_id = std::mem::take(&mut params.task_id);
+    acknowledged(session, ctx, obs, "tasks/update", client_id, |id| {
+        params.task_id = id;
+        ClientRequest::UpdateTaskRequest(Request::new(params))
+    })
+    .await
 }
 
 /// `tasks/cancel`: cooperative; the upstream decides the final status.
 pub(in crate::gateway) async fn cancel(
     session: &Session,
-    params: CancelTaskParams,
+    mut params: CancelTaskParams,
     ctx: &RequestContext<RoleServer>,
     obs: &mut Observation<'_>,
 ) -> Result<(), ErrorData> {
-    let client_id = params.task_id.clone();
-    let opened = open(session, ctx, obs, "tasks/cancel", &client_id)?;
-    let mut upstream = params;
-    upstream.task_id = opened.task.id.clone();
-    let request = ClientRequest::CancelTaskRequest(Request::new(upstream));
+    let client_id = std::mem::take(&mut params.task_id);
+    acknowledged(session, ctx, obs, "tasks/cancel", client_id, |id| {
+        params.task_id = id;
+        ClientRequest::CancelTaskRequest(Request::new(params))
+    })
+    .await
+}
+
+/// A request the upstream acknowledges with an empty result, sent under the
+/// upstream's task id (`request` builds it from that id).
+async fn acknowledged(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+    method: &'static str,
+    client_id: String,
+    request: impl FnOnce(String) -> ClientRequest,
+) -> Result<(), ErrorData> {
+    let opened = open(session, ctx, obs, method, &client_id)?;
+    let request = request(opened.task.id.clone());
     forward(session, ctx, &opened, &client_id, request)
         .await
         .map(|_| ())
