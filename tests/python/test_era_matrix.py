@@ -80,3 +80,33 @@ def test_shared_features_work_across_eras(procs, client, upstream):
     assert progress == [0.0, 50.0, 100.0]
     wait_for(lambda: any("Tool execution completed" in line for line in logs), timeout=10, what=f"logs, got {logs}")
     wait_for(lambda: upstream_cancellations(gw) >= 1, timeout=15, what="upstream call cancelled")
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_renamed_tool_reaches_a_modern_upstream_under_its_own_name(procs, client):
+    """`Mcp-Name` on the upstream request is the upstream's own tool name,
+    not the name the gateway exposes (a 2026-07-28 server checks it against
+    the body)."""
+    import json
+
+    url = procs.fixture_http()
+    gw = procs.gateway(
+        {
+            "upstreams": {
+                "fx": {"http": {"url": url}, "protocol": "2026-07-28", "tools": {"rename": {"headers": "whoami"}}}
+            }
+        }
+    )
+    gw.wait_up("fx")
+
+    async def go():
+        async with Client(gw.url, mode=client) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert "fx__whoami" in names and "fx__headers" not in names
+            return await c.call_tool("fx__whoami", {})
+
+    result = run(go())
+    seen = json.loads(result.content[0].text)
+    assert seen["mcp-name"] == "headers"
+    assert seen["mcp-method"] == "tools/call"
+    assert seen["mcp-protocol-version"] == "2026-07-28"
