@@ -64,6 +64,7 @@ pub struct Gateway {
     /// Rate limits and concurrency caps.
     limits: Arc<Limits>,
     /// The task ids handed to clients.
+    #[allow(dead_code)] // read by the task handlers (issue 10)
     task_ids: tasks::TaskIds,
 }
 

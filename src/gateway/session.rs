@@ -19,6 +19,7 @@ use crate::auth::Identity;
 use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
 use crate::ratelimit::LimitOverride;
 use crate::registry::{self, Endpoint, Target};
+use crate::telemetry::audit::CallLink;
 use crate::telemetry::trace;
 use crate::upstream::Caller;
 
@@ -427,6 +428,7 @@ impl Session {
             session: self.state.id,
             method,
             trace_id: trace::trace_id_of(&obs.span),
+            link: None,
         };
         let set = g.policy();
         self.enforce((g, &set), &call, &subject, arguments, ctx, false)
@@ -543,11 +545,12 @@ impl ServerHandler for Session {
                 exposed: &exposed,
                 annotations: annotations.as_ref(),
             };
-            let call = CallInfo {
+            let mut call = CallInfo {
                 identity: &identity,
                 session: self.state.id,
                 method: "tools/call",
                 trace_id: trace::trace_id_of(&obs.span),
+                link: None,
             };
             let modern = ctx
                 .protocol_version()
@@ -566,12 +569,16 @@ impl ServerHandler for Session {
             let resuming = match params.request_state.take().filter(|_| modern) {
                 Some(state) => {
                     match self.gw.bridge.open(&identity.subject, &state)? {
-                        Opened::Parked(call) => parked = Some(call),
+                        Opened::Parked(id) => {
+                            call.link = self.gw.bridge.next_link(id);
+                            parked = Some(id);
+                        }
                         Opened::Upstream {
                             upstream,
                             tool,
                             args,
                             inner,
+                            link,
                         } => {
                             if *upstream != *target.upstream
                                 || tool != target.original
@@ -583,8 +590,19 @@ impl ServerHandler for Session {
                                 ));
                             }
                             params.request_state = inner;
+                            call.link = link.as_ref().map(CallLink::next);
                         }
                     }
+                    let bridge = if parked.is_some() {
+                        "parked"
+                    } else {
+                        "upstream"
+                    };
+                    self.gw
+                        .metrics
+                        .input_rounds
+                        .with_label_values(&[bridge])
+                        .inc();
                     true
                 }
                 None => false,
@@ -598,7 +616,10 @@ impl ServerHandler for Session {
             let policy = match &self.gw.guardrails {
                 Some(g) => {
                     let set = g.policy();
-                    if !resuming {
+                    if resuming {
+                        g.record_round(&call, &subject);
+                    } else {
+                        call.link = Some(g.mint_call());
                         let enforced = self
                             .enforce(
                                 (g, &set),
@@ -653,6 +674,10 @@ impl ServerHandler for Session {
             };
             let complete: fn(CallToolResult) -> CallToolResponse =
                 |r| CallToolResponse::Complete(complete_call(r));
+            let link = call.link.clone();
+            if let Some(l) = &link {
+                obs.linked(l);
+            }
             let response = if modern {
                 let round = match parked {
                     Some(call) => {
@@ -676,6 +701,8 @@ impl ServerHandler for Session {
                                 identity.clone(),
                                 self.state.id,
                                 call_subject(&subject),
+                                // The answer arrives with the next round.
+                                link.as_ref().map(CallLink::next),
                             )),
                             _ => None,
                         };
@@ -683,12 +710,13 @@ impl ServerHandler for Session {
                             // The parked call keeps its slots across rounds.
                             call: tokio::spawn(async move {
                                 let _admission = admission;
-                                if let Some((a, g, identity, session, owned)) = ask {
+                                if let Some((a, g, identity, session, owned, link)) = ask {
                                     let info = CallInfo {
                                         identity: &identity,
                                         session,
                                         method: "tools/call",
                                         trace_id: None,
+                                        link,
                                     };
                                     a.ask(&g, Asker::Bridge(tx), &info, &owned.subject())
                                         .await?;
@@ -700,7 +728,7 @@ impl ServerHandler for Session {
                         };
                         self.gw
                             .bridge
-                            .drive(&identity.subject, flight, &ctx.ct)
+                            .drive(&identity.subject, flight, &ctx.ct, link.clone())
                             .await?
                     }
                 };
@@ -714,6 +742,7 @@ impl ServerHandler for Session {
                                 &target.original,
                                 args_hash,
                                 r.request_state.take(),
+                                link,
                             )?);
                             return Ok(CallToolResponse::InputRequired(r));
                         }
@@ -741,6 +770,15 @@ impl ServerHandler for Session {
                     let answers = self
                         .answer_inputs(&ctx, r.input_requests.clone().unwrap_or_default())
                         .await?;
+                    self.gw
+                        .metrics
+                        .input_rounds
+                        .with_label_values(&["legacy_client"])
+                        .inc();
+                    if let (Some(g), Some(l)) = (&self.gw.guardrails, call.link.as_mut()) {
+                        *l = l.next();
+                        g.record_round(&call, &subject);
+                    }
                     let mut next = first.clone();
                     next.input_responses = Some(answers);
                     next.request_state = r.request_state.clone();
@@ -756,7 +794,7 @@ impl ServerHandler for Session {
                 }
                 // The client gets the task under an id of the gateway's.
                 (_, CallToolResponse::Task(created)) => Ok(CallToolResponse::Task(
-                    extension::issue(&self.gw, &identity.subject, &target, created)?,
+                    extension::issue(&self.gw, &identity.subject, &target, &call, created)?,
                 )),
                 (_, response) => Ok(response),
             }

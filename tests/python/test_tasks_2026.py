@@ -237,6 +237,11 @@ def test_an_inlined_result_is_guarded_and_every_task_request_is_observed_and_aud
 
     lines = wait_for(audited, what="audit lines for tasks/*")
     assert all(l["upstream"] == "fx" and l["target"] == "slow_compute" for l in lines)
+    # They are audited as part of the call that created the task.
+    decision = next(
+        json.loads(l) for l in audit.read_text().splitlines() if json.loads(l)["method"] == "tools/call"
+    )
+    assert decision["call_id"] and all(l["call_id"] == decision["call_id"] for l in lines)
     assert SECRET not in audit.read_text()
     metrics = http_get(gw.endpoint("/metrics"))[1].decode()
     for method in ("tasks/get", "tasks/cancel"):

@@ -50,18 +50,20 @@ pub(in crate::gateway) fn offered(gw: &Gateway, endpoint: &Endpoint) -> bool {
     })
 }
 
-/// The task an upstream created for `subject`'s call of `target`, under the
-/// id the client gets instead of the upstream's.
+/// The task an upstream created for `subject`'s `call` of `target`, under
+/// the id the client gets instead of the upstream's.
 pub(in crate::gateway) fn issue(
     gw: &Gateway,
     subject: &str,
     target: &Target,
+    call: &CallInfo<'_>,
     mut created: CreateTaskResult,
 ) -> Result<CreateTaskResult, ErrorData> {
     let task = TaskRef {
         upstream: target.upstream.to_string(),
         id: std::mem::take(&mut created.task.task_id),
         tool: Some(target.original.clone()),
+        link: call.link.clone(),
     };
     created.task.task_id = gw.task_ids.issue(subject, &task)?;
     Ok(created)
@@ -97,6 +99,9 @@ fn open(
         original: task.tool.clone().unwrap_or_default(),
     };
     obs.routed(&target);
+    if let Some(link) = &task.link {
+        obs.linked(link);
+    }
     // A task of the 2025-11-25 design (an upstream without the extension)
     // cannot be driven with these methods; say so rather than forward.
     let offered = gw
@@ -146,6 +151,7 @@ fn with_policy<R>(
         session: session.state.id,
         method,
         trace_id: trace::trace_id_of(&obs.span),
+        link: opened.task.link.clone(),
     };
     Some(f(g, &g.policy(), &call, &subject))
 }

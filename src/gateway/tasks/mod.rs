@@ -25,6 +25,10 @@ pub(crate) struct TaskRef {
     /// known: policy guards a task's inlined result as that tool's.
     #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
     pub(crate) tool: Option<String>,
+    /// The logical call that created the task, when policies audit calls:
+    /// its later `tasks/*` requests are audited as part of it.
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) link: Option<crate::telemetry::audit::CallLink>,
 }
 
 /// Issues and opens the task ids clients see.
@@ -69,6 +73,7 @@ mod tests {
             upstream: "everything".into(),
             id: "t-1".into(),
             tool: None,
+            link: None,
         };
         let issued = ids.issue("alice", &task).unwrap();
         assert!(!issued.contains("t-1"), "the upstream id must not show");
