@@ -101,6 +101,8 @@ def test_a_task_outlives_its_request_and_the_client_never_sees_the_upstream_id(p
     assert created["resultType"] == "task" and created["status"] == "working"
     task_id = created["taskId"]
     # The request that created it is over; later, separate requests find it.
+    # (The fixture refuses a tasks/get whose Mcp-Name is not its own id, so
+    # each answer also shows the upstream request named the upstream's id.)
     done = c.until(task_id, "completed")
     assert done["taskId"] == task_id and done["resultType"] == "complete"
     assert "computed later" in done["result"]["content"][0]["text"]
