@@ -5,6 +5,8 @@
 //! a client can reach neither another upstream's task (it cannot forge the
 //! upstream) nor another identity's (the id opens only for its subject).
 
+pub(crate) mod legacy;
+
 use rmcp::model::ErrorData;
 use serde::{Deserialize, Serialize};
 
