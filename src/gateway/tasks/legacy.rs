@@ -30,9 +30,6 @@ pub(crate) const LIST: &str = "portcullis/tasks-2025/list";
 /// `tasks/cancel` of a 2025 client.
 pub(crate) const CANCEL: &str = "portcullis/tasks-2025/cancel";
 
-/// The `_meta` key naming the task a message belongs to.
-pub(crate) const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
-
 /// How long a task the upstream keeps forever stays in the gateway's table.
 const UNLIMITED_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -150,27 +147,6 @@ pub(crate) fn task_result_to_2025(result: ServerResult, known: Option<&Value>) -
     }
     object.get("taskId")?.as_str()?;
     Some(value)
-}
-
-/// Rewrites the task id in a `_meta` object's related-task entry from
-/// `from` to `to`; true when it did.
-pub(crate) fn rename_related(meta: &mut JsonObject, from: &str, to: &str) -> bool {
-    match meta
-        .get_mut(RELATED_TASK)
-        .and_then(|r| r.as_object_mut())
-        .and_then(|r| r.get_mut("taskId"))
-    {
-        Some(Value::String(id)) if id == from => {
-            *id = to.to_owned();
-            true
-        }
-        _ => false,
-    }
-}
-
-/// The task id a `_meta` object's related-task entry names.
-pub(crate) fn related_task(meta: &JsonObject) -> Option<&str> {
-    meta.get(RELATED_TASK)?.get("taskId")?.as_str()
 }
 
 /// What the gateway remembers about one task it issued.
@@ -364,16 +340,6 @@ mod tests {
         let list = json!({ "tasks": [working], "nextCursor": "c" });
         let read: ServerResult = serde_json::from_value(list).unwrap();
         assert!(matches!(read, ServerResult::CustomResult(_)));
-    }
-
-    #[test]
-    fn related_task_ids_are_renamed_only_when_they_match() {
-        let mut meta: JsonObject =
-            serde_json::from_value(json!({ RELATED_TASK: { "taskId": "up" } })).unwrap();
-        assert_eq!(related_task(&meta), Some("up"));
-        assert!(!rename_related(&mut meta, "other", "client"));
-        assert!(rename_related(&mut meta, "up", "client"));
-        assert_eq!(related_task(&meta), Some("client"));
     }
 
     #[test]

@@ -49,9 +49,14 @@ impl TaskIds {
     pub(super) fn open(&self, subject: &str, id: &str) -> Result<TaskRef, ErrorData> {
         self.sealer.open(id, subject).map_err(|e| {
             tracing::debug!(error = %e, "task id refused");
-            ErrorData::invalid_params("unknown task id", None)
+            unknown_task()
         })
     }
+}
+
+/// The one refusal of a task id, whatever the reason.
+pub(super) fn unknown_task() -> ErrorData {
+    ErrorData::invalid_params("unknown task id", None)
 }
 
 #[cfg(test)]
