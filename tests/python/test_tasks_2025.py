@@ -1,0 +1,119 @@
+"""2025-11-25 tasks through the gateway: a 2025 client (the 1.x `mcp` SDK,
+in its own venv) creates, polls, fetches, cancels and lists tasks of
+server-everything's `simulate-research-query`, which answers mid-task
+questions by elicitation. The client only ever holds the gateway's sealed
+task ids, which open for no other identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PEERS, everything_stdio, http_get
+
+PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
+CLIENT = Path(__file__).with_name("tasks2025_client.py")
+ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
+
+pytestmark = pytest.mark.skipif(not PYTHON1.exists(), reason="no venv-mcp1 (scripts/install-peers.sh)")
+
+
+def tasks_gateway(procs):
+    keys = [
+        {"id": who, "sha256": hashlib.sha256(key.encode()).hexdigest()}
+        for who, key in (("alice", ALICE), ("bob", BOB))
+    ]
+    gw = procs.gateway({"upstreams": {"everything": everything_stdio()}, "auth": {"api_keys": keys}})
+    gw.wait_up("everything")
+    return gw
+
+
+def client(gw, key: str, scenario: str, *args: str) -> dict:
+    done = subprocess.run(
+        [str(PYTHON1), str(CLIENT), gw.url, key, scenario, *args],
+        capture_output=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, f"{done.stderr.decode()}\ngateway log:\n{gw.output()[-4000:]}"
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+def looks_like_upstream_id(task_id: str) -> bool:
+    """server-everything's own ids are UUIDs or 32 hex digits."""
+    return bool(re.fullmatch(r"[0-9a-f-]{32,36}", task_id))
+
+
+def metric(text: str, method: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("portcullis_mcp_requests_total{") and f'mcp_method_name="{method}"' in line:
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[-1])
+    return total
+
+
+def test_a_task_outlives_its_call_is_fetched_cancelled_and_listed(procs):
+    gw = tasks_gateway(procs)
+    seen = client(gw, ALICE, "lifecycle")
+    assert seen["protocol"] == "2025-11-25"
+    task_id, cancelled_id = seen["ids"]
+    # The client holds the gateway's sealed id, never the upstream's.
+    assert not looks_like_upstream_id(task_id) and len(task_id) > 40, task_id
+    assert seen["created"]["status"] == "working"
+    assert seen["created"]["ttl"] == 300000 and seen["created"]["pollInterval"] == 1000
+    assert seen["get_id"] == task_id and seen["first_status"] == "working"
+    assert seen["final_status"] == "completed"
+    assert "Research Report: rust" in seen["result_text"]
+    related = seen["result_meta"].get("io.modelcontextprotocol/related-task", {}).get("taskId")
+    assert related in (None, task_id), related
+    assert seen["cancel_status"] == "cancelled" and seen["cancel_id"] == cancelled_id
+    assert seen["after_cancel"] == "cancelled"
+    assert sorted(seen["listed"]) == sorted(seen["ids"])
+    # An altered id and a made-up one are refused alike.
+    assert seen["altered"] == "unknown task id"
+    assert seen["garbage"] == "unknown task id"
+
+    status, body = http_get(gw.endpoint("/metrics"))
+    assert status == 200
+    text = body.decode()
+    assert metric(text, "tools/call", gen_ai_tool_name="simulate-research-query", outcome="ok") == 2, text
+    assert metric(text, "tasks/get", outcome="ok") >= 3
+    assert metric(text, "tasks/get", outcome="invalid_params") == 2
+    assert metric(text, "tasks/result", outcome="ok") == 1
+    assert metric(text, "tasks/cancel", outcome="ok") == 1
+    assert metric(text, "tasks/list", outcome="ok") == 1
+    assert task_id not in text
+
+
+def test_input_mid_task_reaches_the_owning_client(procs):
+    gw = tasks_gateway(procs)
+    seen = client(gw, ALICE, "input")
+    assert seen["waiting_status"] == "input_required", seen
+    assert len(seen["elicited"]) == 1, seen
+    question = seen["elicited"][0]
+    assert "python" in question["message"]
+    related = question["meta"].get("io.modelcontextprotocol/related-task", {}).get("taskId")
+    assert related in (None, seen["task_id"]), related
+    assert "programming" in seen["result_text"], seen["result_text"]
+
+
+def test_another_identitys_task_is_refused_and_not_listed(procs):
+    gw = tasks_gateway(procs)
+    alices = client(gw, ALICE, "own")["task_id"]
+    bobs_view = client(gw, BOB, "foreign", alices)
+    assert bobs_view["get"] == "unknown task id"
+    assert bobs_view["result"] == "unknown task id"
+    assert bobs_view["cancel"] == "unknown task id"
+    assert alices not in bobs_view["listed"]
+    # Alice still reaches it from a new session.
+    assert client(gw, ALICE, "foreign", alices)["get"] is None
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
