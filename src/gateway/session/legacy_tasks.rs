@@ -4,8 +4,10 @@
 //!
 //! A task-augmented `tools/call` runs through [`Session::call_tool`] like
 //! any call (policy, rate limit, audit, metrics; a refused call creates no
-//! task), forwarded with its `task` field; the upstream's task id is then
-//! sealed for the caller ([`TaskIds`](crate::gateway::tasks)) and recorded.
+//! task), forwarded with its `task` field. The client's task id is sealed
+//! for the caller ([`TaskIds`](crate::gateway::tasks)) over the upstream's
+//! name and a random handle, not the upstream's own id: a sealed id is
+//! signed, not encrypted. The handle maps to that id in the gateway's table.
 //! `tasks/get`, `tasks/result` and `tasks/cancel` open that id and go to
 //! the owning upstream under its own id; every answer names the client's
 //! id. `tasks/list` answers from the gateway's own record of the caller's
@@ -177,9 +179,11 @@ impl Session {
             .ok_or_else(|| super::unknown("tool", name))?
             .clone();
         let upstream_id = std::mem::take(&mut created.task.task_id);
+        let handle = legacy::handle()
+            .ok_or_else(|| ErrorData::internal_error("no OS randomness for a task id", None))?;
         let task = TaskRef {
             upstream: target.upstream.to_string(),
-            id: upstream_id.clone(),
+            id: handle,
         };
         let client_id = self.gw.task_ids.issue(subject, &task)?;
         created.task.task_id = client_id.clone();
@@ -188,7 +192,7 @@ impl Session {
         let issued = Issued::new(
             subject.to_owned(),
             self.state.id,
-            task,
+            (task, upstream_id.clone()),
             (target.original.clone(), self.gw.aggregate_name(&target)),
             value.get("task").cloned().unwrap_or_default(),
         );
@@ -216,7 +220,7 @@ impl Session {
     fn forget(&self, expired: Vec<Issued>) {
         for t in expired {
             if let Some(up) = self.gw.registry.upstream(&t.task.upstream) {
-                up.forget_task(t.session, &t.task.id);
+                up.forget_task(t.session, &t.upstream_id);
             }
         }
     }
@@ -268,23 +272,23 @@ impl Session {
         let caller = self.caller(ctx);
         if let Some(up) = self.gw.registry.upstream(&target.upstream) {
             up.track_task(
-                self.state.id,
-                &issued.task.id,
+                issued.session,
+                &issued.upstream_id,
                 client_id,
                 follow.then(|| caller.clone()),
             );
         }
-        let params = serde_json::json!({ "taskId": issued.task.id });
+        let params = serde_json::json!({ "taskId": issued.upstream_id });
         let request = ClientRequest::CustomRequest(CustomRequest::new(method, Some(params)));
         self.send(&target, request, caller, ctx.ct.clone())?
             .await
-            .map_err(|e| renamed(e, &issued.task.id, client_id))
+            .map_err(|e| renamed(e, &issued.upstream_id, client_id))
     }
 
     /// Ends the gateway's routes for a task that reached a terminal state.
     fn ended(&self, issued: &Issued) {
         if let Some(up) = self.gw.registry.upstream(&issued.task.upstream) {
-            up.forget_task(self.state.id, &issued.task.id);
+            up.forget_task(issued.session, &issued.upstream_id);
         }
     }
 

@@ -149,6 +149,15 @@ pub(crate) fn task_result_to_2025(result: ServerResult, known: Option<&Value>) -
     Some(value)
 }
 
+/// A fresh random handle for a task: what the client's id seals in place
+/// of the upstream's id. `None` without OS randomness.
+pub(crate) fn handle() -> Option<String> {
+    // 96 bits: unique among live tasks; it needs no secrecy, being sealed.
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// What the gateway remembers about one task it issued.
 #[derive(Debug, Clone)]
 pub(crate) struct Issued {
@@ -156,8 +165,12 @@ pub(crate) struct Issued {
     pub(crate) subject: String,
     /// The downstream session that created it (its notifications go there).
     pub(crate) session: u64,
-    /// The upstream and its own id.
+    /// What the client's id seals: the upstream and a random handle. The
+    /// upstream's own id is not sealed in it: a sealed id is signed, not
+    /// encrypted, so the client could read it.
     pub(crate) task: TaskRef,
+    /// The upstream's own id for the task.
+    pub(crate) upstream_id: String,
     /// The tool as the upstream knows it, for the result guards.
     pub(crate) tool: String,
     /// The tool's aggregate name, which policy rules match.
@@ -173,7 +186,7 @@ impl Issued {
     pub(crate) fn new(
         subject: String,
         session: u64,
-        task: TaskRef,
+        (task, upstream_id): (TaskRef, String),
         (tool, exposed): (String, String),
         snapshot: Value,
     ) -> Issued {
@@ -188,6 +201,7 @@ impl Issued {
             subject,
             session,
             task,
+            upstream_id,
             tool,
             exposed,
             snapshot,
@@ -349,10 +363,13 @@ mod tests {
             Issued::new(
                 subject.into(),
                 1,
-                TaskRef {
-                    upstream: "u".into(),
-                    id: format!("{subject}-{ttl}"),
-                },
+                (
+                    TaskRef {
+                        upstream: "u".into(),
+                        id: format!("{subject}-{ttl}"),
+                    },
+                    "up".into(),
+                ),
                 ("tool".into(), "u__tool".into()),
                 json!({ "taskId": format!("{subject}-{ttl}"), "ttl": ttl }),
             )
