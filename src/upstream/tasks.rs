@@ -85,6 +85,16 @@ pub(super) fn status_for_owner(
 }
 
 impl Upstream {
+    /// Whether the upstream negotiated 2026-07-28, whose tasks are of the
+    /// other design: a 2025 task request means nothing to it.
+    pub fn speaks_2026(&self) -> bool {
+        self.shared
+            .load()
+            .as_ref()
+            .and_then(|c| c.peer.peer_info())
+            .is_some_and(|i| i.protocol_version == rmcp::model::ProtocolVersion::V_2026_07_28)
+    }
+
     /// The routes of the connection `session` uses for this upstream.
     fn routes_of(&self, session: u64) -> Option<Arc<Routes>> {
         let conn = match self.per_client.get(session) {

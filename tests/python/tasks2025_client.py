@@ -86,6 +86,17 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
         out["result_text"] = result.content[0].text if result.content else ""
         out["elicited"] = ELICITED
         out["task_id"] = task_id
+    elif name == "plain":
+        # Task-augmented calls of tools whose upstreams do not do 2025 tasks.
+        for tool in (arg or "").split(","):
+            request = types.CallToolRequest(
+                params=types.CallToolRequestParams(
+                    name=tool, arguments={"message": tool}, task=types.TaskMetadata(ttl=60000)
+                )
+            )
+            result = await session.send_request(types.ClientRequest(request), types.CallToolResult)
+            out[tool] = result.content[0].text if result.content else None
+        out["listed"] = [t.taskId for t in (await session.experimental.list_tasks()).tasks]
     elif name == "own":
         created = await session.experimental.call_tool_as_task(TOOL, {"topic": "own"}, ttl=60000)
         out["task_id"] = created.task.taskId

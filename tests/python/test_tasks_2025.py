@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PEERS, everything_stdio, http_get
+from conftest import PEERS, everything_stdio, fixture_stdio, http_get
 
 PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
 CLIENT = Path(__file__).with_name("tasks2025_client.py")
@@ -120,6 +120,25 @@ def test_another_identitys_task_is_refused_and_not_listed(procs):
     assert alices not in bobs_view["listed"]
     # Alice still reaches it from a new session.
     assert client(gw, ALICE, "foreign", alices)["get"] is None
+
+
+def test_a_task_for_an_upstream_without_2025_tasks_runs_as_a_plain_call(procs):
+    # `modern` negotiates 2026-07-28 (the other task design); `legacy`
+    # speaks 2025-11-25 without declaring tasks. Both run the call plainly,
+    # as a receiver that does not declare task support must.
+    gw = procs.gateway(
+        {
+            "upstreams": {
+                "modern": {**fixture_stdio(), "protocol": "2026-07-28"},
+                "legacy": {**fixture_stdio(), "protocol": "legacy"},
+            }
+        }
+    )
+    gw.wait_up("modern", "legacy")
+    seen = client(gw, "", "plain", "modern__echo,legacy__echo")
+    assert seen["modern__echo"] == "modern__echo"
+    assert seen["legacy__echo"] == "legacy__echo"
+    assert seen["listed"] == []
 
 
 if __name__ == "__main__":

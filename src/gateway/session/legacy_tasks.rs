@@ -146,12 +146,24 @@ impl Session {
         let task = params.remove("task").unwrap_or_default();
         let call: CallToolRequestParams = serde_json::from_value(Value::Object(params))
             .map_err(|e| invalid(format!("invalid tools/call params: {e}")))?;
-        let name = call.name.to_string();
         let identity = self.identity(&ctx);
-        ctx.extensions.insert(Augmented(task));
-        match self.call_tool(call, ctx).await? {
-            CallToolResponse::Task(created) => self.issue(created, &name, &identity.subject).await,
-            CallToolResponse::Complete(mut result) => {
+        let view = self.gw.registry.tools(self.endpoint()).await;
+        let target = view.index.get(&*call.name).cloned();
+        // A 2026-07-28 upstream knows only the other design: the call goes
+        // to it plain, and is answered plain (the gateway does not declare
+        // 2025 task support, so a plain answer is what the client may expect).
+        let speaks_2026 = target
+            .as_ref()
+            .and_then(|t| self.gw.registry.upstream(&t.upstream))
+            .is_some_and(|up| up.speaks_2026());
+        if !speaks_2026 {
+            ctx.extensions.insert(Augmented(task));
+        }
+        match (self.call_tool(call, ctx).await?, target) {
+            (CallToolResponse::Task(created), Some(target)) if !speaks_2026 => {
+                self.issue(created, &target, &identity.subject)
+            }
+            (CallToolResponse::Complete(mut result), _) => {
                 result.result_type = None;
                 serde_json::to_value(result)
                     .map(CustomResult)
@@ -166,18 +178,12 @@ impl Session {
 
     /// Seals the upstream's task id for `subject`, records the task, and
     /// answers the 2025 `CreateTaskResult`.
-    async fn issue(
+    fn issue(
         &self,
         mut created: CreateTaskResult,
-        name: &str,
+        target: &Target,
         subject: &str,
     ) -> Result<CustomResult, ErrorData> {
-        let view = self.gw.registry.tools(self.endpoint()).await;
-        let target = view
-            .index
-            .get(name)
-            .ok_or_else(|| super::unknown("tool", name))?
-            .clone();
         let upstream_id = std::mem::take(&mut created.task.task_id);
         let handle = legacy::handle()
             .ok_or_else(|| ErrorData::internal_error("no OS randomness for a task id", None))?;
@@ -193,7 +199,7 @@ impl Session {
             subject.to_owned(),
             self.state.id,
             (task, upstream_id.clone()),
-            (target.original.clone(), self.gw.aggregate_name(&target)),
+            (target.original.clone(), self.gw.aggregate_name(target)),
             value.get("task").cloned().unwrap_or_default(),
         );
         let up = self.gw.registry.upstream(&target.upstream);
