@@ -27,6 +27,19 @@ async def elicit(context, params: types.ElicitRequestParams):
 
 
 ELICITED: list[dict] = []
+PROGRESS: list[list] = []
+STATUS: list[dict] = []
+
+
+async def notified(message) -> None:
+    """Records progress and task status notifications, whenever they come."""
+    if not isinstance(message, types.ServerNotification):
+        return
+    n = message.root
+    if isinstance(n, types.ProgressNotification):
+        PROGRESS.append([n.params.progressToken, n.params.progress, n.params.message])
+    elif isinstance(n, types.TaskStatusNotification):
+        STATUS.append({"taskId": n.params.taskId, "status": n.params.status, "message": n.params.statusMessage})
 
 
 async def until(session: ClientSession, task_id: str, statuses: set[str]) -> types.GetTaskResult:
@@ -97,6 +110,26 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
             result = await session.send_request(types.ClientRequest(request), types.CallToolResult)
             out[tool] = result.content[0].text if result.content else None
         out["listed"] = [t.taskId for t in (await session.experimental.list_tasks()).tasks]
+    elif name == "notify":
+        created = await session.experimental.call_tool_as_task(
+            "up__report", {}, ttl=60000, meta={"progressToken": "tok-1"}
+        )
+        task_id = created.task.taskId
+        out["task_id"] = task_id
+        # Progress and status arrive after the call returned the task.
+        for _ in range(400):
+            if any(p[0] == "tok-1" for p in PROGRESS) and STATUS:
+                break
+            await asyncio.sleep(0.05)
+        await session.call_tool("up__release", {})
+        result = await session.experimental.get_task_result(task_id, types.CallToolResult)
+        out["result_text"] = result.content[0].text
+        for _ in range(100):
+            if len(PROGRESS) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        out["progress"] = PROGRESS
+        out["status"] = STATUS
     elif name == "own":
         created = await session.experimental.call_tool_as_task(TOOL, {"topic": "own"}, ttl=60000)
         out["task_id"] = created.task.taskId
@@ -116,7 +149,7 @@ async def main() -> None:
     arg = sys.argv[4] if len(sys.argv) > 4 else None
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     async with streamablehttp_client(url, headers=headers) as (read, write, _):
-        async with ClientSession(read, write, elicitation_callback=elicit) as session:
+        async with ClientSession(read, write, elicitation_callback=elicit, message_handler=notified) as session:
             init = await session.initialize()
             out = await scenario(session, name, arg)
             out["protocol"] = init.protocolVersion

@@ -21,6 +21,7 @@ from conftest import PEERS, everything_stdio, fixture_stdio, http_get
 
 PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
 CLIENT = Path(__file__).with_name("tasks2025_client.py")
+UPSTREAM = Path(__file__).with_name("tasks2025_upstream.py")
 ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
 
 pytestmark = pytest.mark.skipif(not PYTHON1.exists(), reason="no venv-mcp1 (scripts/install-peers.sh)")
@@ -139,6 +140,20 @@ def test_a_task_for_an_upstream_without_2025_tasks_runs_as_a_plain_call(procs):
     assert seen["modern__echo"] == "modern__echo"
     assert seen["legacy__echo"] == "legacy__echo"
     assert seen["listed"] == []
+
+
+def test_progress_and_status_after_the_call_reach_the_owner_under_its_ids(procs):
+    upstream = {"stdio": {"command": str(PYTHON1), "args": [str(UPSTREAM)]}}
+    gw = procs.gateway({"upstreams": {"up": upstream}})
+    gw.wait_up("up")
+    seen = client(gw, "", "notify")
+    task_id = seen["task_id"]
+    assert seen["result_text"] == "reported"
+    # The client's own progress token stays valid for the task's life.
+    assert [p[0] for p in seen["progress"]] == ["tok-1", "tok-1"], seen
+    assert [p[2] for p in seen["progress"]] == ["half", "done"]
+    statuses = [s for s in seen["status"] if s["message"] == "halfway"]
+    assert statuses and all(s["taskId"] == task_id for s in seen["status"]), seen["status"]
 
 
 if __name__ == "__main__":

@@ -396,3 +396,38 @@ impl Session {
         Ok(CustomResult(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_upstream_request_keeps_task_and_one_meta() {
+        let mut params = CallToolRequestParams::new("tool");
+        params.meta = Some(serde_json::from_value(json!({ "progressToken": 7 })).unwrap());
+        let request = Augmented(json!({ "ttl": 5 })).request(params);
+        let wire = serde_json::to_value(&request).unwrap();
+        assert_eq!(wire["method"], "tools/call");
+        assert_eq!(wire["params"]["task"], json!({ "ttl": 5 }));
+        assert_eq!(wire["params"]["name"], "tool");
+        assert_eq!(wire["params"]["_meta"]["progressToken"], 7);
+        assert_eq!(serde_json::to_string(&wire).unwrap().matches("_meta").count(), 1);
+    }
+
+    #[test]
+    fn upstream_errors_name_the_clients_task_id() {
+        let e = ErrorData::invalid_params("Task up-1 not found", Some(json!({ "taskId": "up-1" })));
+        let e = renamed(e, "up-1", "client");
+        assert_eq!(e.message, "Task client not found");
+        assert_eq!(e.data, Some(json!({ "taskId": "client" })));
+    }
+
+    #[test]
+    fn only_a_2025_create_task_result_reads_as_a_task() {
+        let task = json!({ "task": { "taskId": "t", "status": "working", "createdAt": "a",
+            "lastUpdatedAt": "b", "ttl": null } });
+        assert!(matches!(created(CustomResult(task)), Ok(CallToolResponse::Task(_))));
+        assert!(created(CustomResult(json!({ "other": 1 }))).is_err());
+    }
+}
