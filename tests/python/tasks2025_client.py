@@ -130,6 +130,17 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
             await asyncio.sleep(0.05)
         out["progress"] = PROGRESS
         out["status"] = STATUS
+    elif name == "guarded":
+        # `arg` is a topic the report repeats; the policy denies this caller
+        # the tool when the topic is "denied".
+        out["denied"] = await refused(
+            session.experimental.call_tool_as_task(TOOL, {"topic": "denied"}, ttl=60000)
+        )
+        created = await session.experimental.call_tool_as_task(TOOL, {"topic": arg}, ttl=60000)
+        result = await session.experimental.get_task_result(created.task.taskId, types.CallToolResult)
+        out["result_text"] = result.content[0].text
+        out["listed"] = [t.taskId for t in (await session.experimental.list_tasks()).tasks]
+        out["task_id"] = created.task.taskId
     elif name == "own":
         created = await session.experimental.call_tool_as_task(TOOL, {"topic": "own"}, ttl=60000)
         out["task_id"] = created.task.taskId

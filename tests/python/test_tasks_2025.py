@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import PEERS, everything_stdio, fixture_stdio, http_get
 
@@ -154,6 +155,37 @@ def test_progress_and_status_after_the_call_reach_the_owner_under_its_ids(procs)
     assert [p[2] for p in seen["progress"]] == ["half", "done"]
     statuses = [s for s in seen["status"] if s["message"] == "halfway"]
     assert statuses and all(s["taskId"] == task_id for s in seen["status"]), seen["status"]
+
+
+def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_path):
+    secret = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    rules = {
+        "rules": [
+            {"id": "no-denied-topic", "match": {"tool": "everything__simulate-research-query",
+                                                "args": {"/topic": {"equals": "denied"}}}, "action": "deny"},
+            {"id": "everything", "match": {"upstream": "everything"}, "action": "allow"},
+        ],
+        "guards": [{"id": "no-secrets-out", "detect": ["secrets"], "on": ["results"], "action": "redact"}],
+    }
+    (policies / "tasks.yaml").write_text(yaml.safe_dump(rules))
+    audit = tmp_path / "audit.jsonl"
+    gw = procs.gateway(
+        {
+            "upstreams": {"everything": everything_stdio()},
+            "policies": {"dir": str(policies), "default": "deny", "audit": {"file": str(audit)}},
+        }
+    )
+    gw.wait_up("everything")
+    seen = client(gw, "", "guarded", f"leak {secret}")
+    assert seen["denied"], seen
+    # The refused call made no task: only the allowed one is listed.
+    assert seen["listed"] == [seen["task_id"]]
+    assert secret not in seen["result_text"] and "[REDACTED" in seen["result_text"], seen["result_text"]
+    lines = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()]
+    assert any(l.get("rule") == "no-denied-topic" for l in lines), lines
+    assert any(l["event"] == "guard" and l["method"] == "tasks/result" for l in lines), lines
 
 
 if __name__ == "__main__":
