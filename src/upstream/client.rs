@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::model::{GetExtensions, GetMeta};
 use rmcp::model::{
     ClientCapabilities, ClientInfo, ClientResult, ErrorCode, ErrorData, Implementation,
     ServerNotification, ServerRequest,
 };
+use rmcp::model::{GetExtensions, GetMeta};
 use rmcp::service::{
     InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext, RoleClient,
     Service,

@@ -234,7 +234,12 @@ impl Routes {
     /// Names the client's id for an upstream task, and makes `caller` (the
     /// session's latest request about it) where its messages go. False when
     /// the connection keeps no route for the task.
-    pub(crate) fn track_task(&self, task: &str, client_id: &str, caller: Option<Arc<Caller>>) -> bool {
+    pub(crate) fn track_task(
+        &self,
+        task: &str,
+        client_id: &str,
+        caller: Option<Arc<Caller>>,
+    ) -> bool {
         let mut t = self.lock();
         let Some(route) = t.tasks.get_mut(task) else {
             return false;

@@ -135,7 +135,8 @@ mod tests {
 
     #[test]
     fn only_a_2025_create_task_result_names_a_task() {
-        let created = ServerResult::CustomResult(CustomResult(json!({ "task": { "taskId": "t" } })));
+        let created =
+            ServerResult::CustomResult(CustomResult(json!({ "task": { "taskId": "t" } })));
         assert_eq!(created_task_id(&created).as_deref(), Some("t"));
         let other = ServerResult::CustomResult(CustomResult(json!({ "tasks": [] })));
         assert!(created_task_id(&other).is_none());

@@ -204,8 +204,8 @@ impl Session {
         );
         let up = self.gw.registry.upstream(&target.upstream);
         match self.gw.legacy_tasks.insert(client_id.clone(), issued) {
-            Ok(expired) => self.forget(expired),
-            Err(_) => {
+            Some(expired) => self.forget(expired),
+            None => {
                 if let Some(up) = up {
                     up.forget_task(self.state.id, &upstream_id);
                 }
@@ -310,8 +310,8 @@ impl Session {
         let result = self
             .to_owner((&client_id, &issued), ctx, obs, method, false)
             .await?;
-        let mut value = legacy::task_result_to_2025(result, Some(&issued.snapshot))
-            .ok_or_else(|| {
+        let mut value =
+            legacy::task_result_to_2025(result, Some(&issued.snapshot)).ok_or_else(|| {
                 ErrorData::internal_error(
                     format!(
                         "upstream `{}` answered {method} with something other than a task",
@@ -412,7 +412,13 @@ mod tests {
         assert_eq!(wire["params"]["task"], json!({ "ttl": 5 }));
         assert_eq!(wire["params"]["name"], "tool");
         assert_eq!(wire["params"]["_meta"]["progressToken"], 7);
-        assert_eq!(serde_json::to_string(&wire).unwrap().matches("_meta").count(), 1);
+        assert_eq!(
+            serde_json::to_string(&wire)
+                .unwrap()
+                .matches("_meta")
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -427,7 +433,10 @@ mod tests {
     fn only_a_2025_create_task_result_reads_as_a_task() {
         let task = json!({ "task": { "taskId": "t", "status": "working", "createdAt": "a",
             "lastUpdatedAt": "b", "ttl": null } });
-        assert!(matches!(created(CustomResult(task)), Ok(CallToolResponse::Task(_))));
+        assert!(matches!(
+            created(CustomResult(task)),
+            Ok(CallToolResponse::Task(_))
+        ));
         assert!(created(CustomResult(json!({ "other": 1 }))).is_err());
     }
 }

@@ -98,7 +98,10 @@ fn task_from_2025(task: &Value) -> Option<Task> {
 pub(crate) fn task_to_2025(task: &Task) -> Value {
     let mut out = JsonObject::new();
     out.insert("taskId".into(), Value::String(task.task_id.clone()));
-    out.insert("status".into(), serde_json::to_value(task.status).unwrap_or(Value::Null));
+    out.insert(
+        "status".into(),
+        serde_json::to_value(task.status).unwrap_or(Value::Null),
+    );
     if let Some(message) = &task.status_message {
         out.insert("statusMessage".into(), Value::String(message.clone()));
     }
@@ -107,7 +110,10 @@ pub(crate) fn task_to_2025(task: &Task) -> Value {
         "lastUpdatedAt".into(),
         Value::String(task.last_updated_at.clone()),
     );
-    out.insert("ttl".into(), task.ttl_ms.map(Value::from).unwrap_or(Value::Null));
+    out.insert(
+        "ttl".into(),
+        task.ttl_ms.map(Value::from).unwrap_or(Value::Null),
+    );
     if let Some(poll) = task.poll_interval_ms {
         out.insert("pollInterval".into(), Value::from(poll));
     }
@@ -224,8 +230,8 @@ impl Issuance {
     }
 
     /// Records a task; returns the expired ones it dropped (their upstream
-    /// routes should go too). Refuses when the subject holds too many.
-    pub(crate) fn insert(&self, id: String, issued: Issued) -> Result<Vec<Issued>, Issued> {
+    /// routes should go too), or `None` when the subject holds too many.
+    pub(crate) fn insert(&self, id: String, issued: Issued) -> Option<Vec<Issued>> {
         let mut tasks = self.lock();
         let expired = purge(&mut tasks, Instant::now());
         let held = tasks
@@ -233,10 +239,10 @@ impl Issuance {
             .filter(|t| t.subject == issued.subject)
             .count();
         if held >= MAX_TASKS_PER_SUBJECT {
-            return Err(issued);
+            return None;
         }
         tasks.insert(id, issued);
-        Ok(expired)
+        Some(expired)
     }
 
     /// The record of task `id`, if it has not expired.
@@ -299,8 +305,13 @@ mod tests {
             ("tasks/list", LIST),
             ("tasks/cancel", CANCEL),
         ] {
-            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"taskId":"a"}}}}"#);
-            assert_eq!(method_of(&rewrite_request(body.as_bytes()).unwrap()), private);
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"taskId":"a"}}}}"#
+            );
+            assert_eq!(
+                method_of(&rewrite_request(body.as_bytes()).unwrap()),
+                private
+            );
         }
         // A plain call, a call whose arguments mention a task, and other methods pass.
         let plain = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#;
@@ -378,7 +389,10 @@ mod tests {
         table.insert("b1".into(), issued("bob", 60_000)).unwrap();
         table.insert("a0".into(), issued("alice", 0)).unwrap();
         let (alice, expired) = table.list("alice");
-        assert_eq!(alice, vec![json!({ "taskId": "alice-60000", "ttl": 60000 })]);
+        assert_eq!(
+            alice,
+            vec![json!({ "taskId": "alice-60000", "ttl": 60000 })]
+        );
         assert_eq!(expired.len(), 1);
         assert!(table.get("a0").is_none());
         assert_eq!(table.get("b1").unwrap().subject, "bob");
