@@ -190,6 +190,8 @@ impl Session {
         let task = TaskRef {
             upstream: target.upstream.to_string(),
             id: handle,
+            tool: Some(target.original.to_string()),
+            link: None,
         };
         let client_id = self.gw.task_ids.issue(subject, &task)?;
         created.task.task_id = client_id.clone();
@@ -371,6 +373,7 @@ impl Session {
                     session: self.state.id,
                     method: "tasks/result",
                     trace_id: trace::trace_id_of(&obs.span),
+                    link: issued.task.link.clone(),
                 };
                 g.guard(&set, &call, &subject, Direction::Results, &mut value)?;
             }

@@ -378,6 +378,8 @@ mod tests {
                     TaskRef {
                         upstream: "u".into(),
                         id: format!("{subject}-{ttl}"),
+                        tool: None,
+                        link: None,
                     },
                     "up".into(),
                 ),
