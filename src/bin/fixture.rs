@@ -27,6 +27,9 @@
 // purpose.
 #![allow(deprecated)]
 
+#[path = "fixture/tasks.rs"]
+mod tasks;
+
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -43,17 +46,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ClientJsonRpcMessage, ClientRequest,
-    ClientResult, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock,
-    CreateMessageRequestParams, ElicitRequest, ElicitRequestParams, ElicitationAction,
-    ElicitationSchema, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
-    JsonObject, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
-    ProgressNotificationParam, ProgressToken, Prompt, PromptArgument, PromptMessage,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, RequestId,
-    Resource, ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam, Role,
-    SamplingMessage, ServerCapabilities, ServerConfig, ServerJsonRpcMessage, ServerRequest,
-    SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
+    ClientJsonRpcMessage, ClientRequest, ClientResult, CompleteRequestParams, CompleteResult,
+    CompletionInfo, ContentBlock, CreateMessageRequestParams, ElicitRequest, ElicitRequestParams,
+    ElicitationAction, ElicitationSchema, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, GetTaskParams, GetTaskResult, Implementation, JsonObject, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    ProgressToken, Prompt, PromptArgument, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Reference, RequestId, Resource, ResourceContents,
+    ResourceTemplate, ResourceUpdatedNotificationParam, Role, SamplingMessage, ServerCapabilities,
+    ServerConfig, ServerJsonRpcMessage, ServerRequest, SetLevelRequestParams,
+    SubscribeRequestParams, Tool, UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::{
@@ -603,6 +607,7 @@ fn tools() -> Vec<Tool> {
     all.extend(mrtr_rounds::tools());
     all.extend(stateless::tools());
     all.extend(custom_header::tools());
+    all.extend(tasks::tools());
     all
 }
 
@@ -1264,6 +1269,7 @@ impl ServerHandler for Fixture {
                 .enable_prompts_list_changed()
                 .enable_logging()
                 .enable_completions()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")))
@@ -1309,10 +1315,37 @@ impl ServerHandler for Fixture {
         if let Some(answer) = custom_header::call(&request) {
             return Ok(answer.into());
         }
+        if let Some(answer) = tasks::call(&request, &cx).await {
+            return answer;
+        }
         let args = request.arguments.unwrap_or_default();
         self.run_tool(&request.name, &args, &cx)
             .await
             .map(CallToolResponse::from)
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        tasks::get(request)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        tasks::update(request)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        tasks::cancel(request)
     }
 
     async fn list_resources(

@@ -10,8 +10,6 @@ mod mrtr;
 mod observe;
 mod seal;
 mod session;
-// Used by the task handlers built on it (issue 10).
-#[allow(dead_code)]
 mod tasks;
 
 use std::collections::HashMap;
@@ -33,6 +31,7 @@ pub use error::{RATE_LIMITED, REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVA
 pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
 pub use models::ModelAdmission;
 pub use session::Session;
+pub(crate) use tasks::legacy::rewrite_request as rewrite_legacy_task_request;
 
 /// What the gateway knows about one live downstream session.
 pub struct SessionState {
@@ -69,8 +68,10 @@ pub struct Gateway {
     /// Rate limits and concurrency caps.
     limits: Arc<Limits>,
     /// The task ids handed to clients.
-    #[allow(dead_code)] // used by the task handlers (issue 10, branches t25/t26)
+    #[allow(dead_code)] // read by the task handlers (issue 10)
     task_ids: tasks::TaskIds,
+    /// The 2025-11-25 tasks issued to clients.
+    legacy_tasks: tasks::legacy::Issuance,
     /// Open `subscriptions/listen` streams of 2026-07-28 clients.
     listeners: listen::Listeners,
 }
@@ -100,6 +101,7 @@ impl Gateway {
             bridge: mrtr::Bridge::new(),
             task_ids: tasks::TaskIds::new(),
             listeners: Default::default(),
+            legacy_tasks: Default::default(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw
@@ -122,6 +124,11 @@ impl Gateway {
             guardrails: self.guardrails.clone(),
             limits: self.limits.clone(),
         }
+    }
+
+    /// The largest request body the MCP endpoints accept.
+    pub fn max_body_bytes(&self) -> usize {
+        self.config.http.max_body_bytes
     }
 
     /// The registry.

@@ -16,6 +16,7 @@ mod pool;
 mod routes;
 mod sse;
 mod watching;
+mod tasks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use rmcp::model::{
     CancelledNotificationParam, ClientRequest, ErrorData, LoggingMessageNotificationParam,
-    ResourceUpdatedNotificationParam, ServerResult,
+    RequestMetaObject, ResourceUpdatedNotificationParam, ServerResult,
 };
 use rmcp::service::{Peer, PeerRequestOptions, RoleClient};
 use rmcp::ServiceError;
@@ -36,6 +37,7 @@ pub(crate) use routes::log_level_passes;
 use routes::Routes;
 pub use routes::{BridgedRequest, Caller};
 pub use watching::Watch;
+pub(crate) use tasks::rename_related;
 
 /// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error
 /// in one place, `gateway::error`.
@@ -301,6 +303,17 @@ impl Upstream {
             .map(|info| info.capabilities.clone())
     }
 
+    /// Whether the upstream offers the tasks extension of 2026-07-28; `None`
+    /// while not connected. A server spoken to in an earlier revision has
+    /// the 2025-11-25 task design instead, whatever it advertises.
+    pub fn offers_tasks(&self) -> Option<bool> {
+        self.shared
+            .load()
+            .as_ref()
+            .and_then(|c| c.peer.peer_info())
+            .map(|info| offers_tasks(&info))
+    }
+
     fn unavailable(&self) -> UpstreamError {
         let reason = match &*self.health.borrow() {
             Health::Down { error, .. } => error.clone(),
@@ -382,26 +395,16 @@ impl Upstream {
         ct: &CancellationToken,
     ) -> Result<ServerResult, UpstreamError> {
         let mut options = PeerRequestOptions::with_timeout(self.config.timeout);
-        if let (true, Some(caller)) = (conn.modern, &caller) {
-            // A 2026-07-28 server reads what the client can answer from each
-            // request's `_meta`: the calling client's, not every client's.
-            let mut meta = rmcp::model::RequestMetaObject::default();
-            meta.set_client_capabilities(client::advertised(
-                Some(&caller.capabilities),
-                self.sampler.is_some(),
-            ));
-            if let Some(level) = caller.log_level.lock().ok().and_then(|l| *l) {
-                meta.set_log_level(level);
-            }
-            options = options.with_meta(meta);
-        }
+        options.meta = caller
+            .as_deref()
+            .and_then(|caller| self.request_meta(conn, caller));
         let handle = conn
             .peer
             .send_request_with_option(request, options)
             .await
             .map_err(|e| self.map_error(e))?;
         let id = handle.id.clone();
-        let _registration = caller.map(|caller| {
+        let mut registration = caller.map(|caller| {
             let (registration, early) =
                 conn.routes
                     .register(id.clone(), handle.progress_token.clone(), caller.clone());
@@ -414,7 +417,7 @@ impl Upstream {
             }
             registration
         });
-        tokio::select! {
+        let result = tokio::select! {
             result = handle.await_response() => result.map_err(|e| {
                 let e = self.map_error(e);
                 if matches!(e, UpstreamError::Timeout { .. } | UpstreamError::Unavailable { .. }) {
@@ -428,7 +431,58 @@ impl Upstream {
                 Err(UpstreamError::Cancelled)
             }
             () = conn.closed.cancelled() => Err(UpstreamError::Closed { upstream: self.name.to_string() }),
+        };
+        // A 2025 task outlives its call: so do its routes.
+        if let (Ok(r), Some(registration)) = (&result, registration.as_mut()) {
+            if let Some(task) = tasks::created_task_id(r) {
+                registration.keep_for_task(task);
+            }
         }
+        result
+    }
+
+    /// The tasks extension (2026-07-28) is declared per request: a caller
+    /// that declared it has it declared upstream too, when the upstream
+    /// offers it, so only such a caller can be handed a task (and only it
+    /// may drive one with `tasks/*`). The connection's own capabilities
+    /// stay what it declared at connect.
+    /// The `_meta` a forwarded request carries beyond rmcp's own: on a
+    /// 2026-07-28 connection, the calling client's capabilities (a server
+    /// reads from each request what the client can answer: the caller's,
+    /// not every client's) and its log level; and the tasks extension
+    /// where both the upstream and the caller speak it.
+    fn request_meta(&self, conn: &Connection, caller: &Caller) -> Option<RequestMetaObject> {
+        let offered = conn
+            .peer
+            .peer_info()
+            .is_some_and(|info| offers_tasks(&info));
+        let tasks = offered && caller.capabilities.supports_tasks();
+        if !conn.modern && !tasks {
+            return None;
+        }
+        let own = match (conn.modern, self.config.session) {
+            (true, _) | (false, SessionMode::PerClient) => Some(&caller.capabilities),
+            (false, SessionMode::Shared) => None,
+        };
+        let mut capabilities = client::advertised(own, self.sampler.is_some());
+        if tasks {
+            capabilities
+                .extensions
+                .get_or_insert_with(Default::default)
+                .insert(
+                    rmcp::model::TASKS_EXTENSION_ID.to_owned(),
+                    Default::default(),
+                );
+        }
+        let mut meta = RequestMetaObject::new();
+        meta.set_client_capabilities(capabilities);
+        if let (true, Some(level)) = (
+            conn.modern,
+            caller.log_level.lock().ok().and_then(|l| *l),
+        ) {
+            meta.set_log_level(level);
+        }
+        Some(meta)
     }
 
     fn map_error(&self, e: ServiceError) -> UpstreamError {
@@ -630,6 +684,12 @@ async fn supervise(up: Arc<Upstream>) {
 }
 
 /// The JSON-RPC method name of a request, for metric labels.
+/// Whether a server, as negotiated, offers the tasks extension of
+/// 2026-07-28 (which exists only where there is no `initialize`).
+fn offers_tasks(info: &rmcp::model::ServerPeerInfo) -> bool {
+    !info.protocol_version.has_initialize() && info.capabilities.supports_tasks()
+}
+
 fn client_method(request: &ClientRequest) -> &str {
     use rmcp::model::ClientRequest as R;
     match request {
@@ -645,6 +705,9 @@ fn client_method(request: &ClientRequest) -> &str {
         R::CompleteRequest(_) => "completion/complete",
         R::SetLevelRequest(_) => "logging/setLevel",
         R::PingRequest(_) => "ping",
+        R::GetTaskRequest(_) => "tasks/get",
+        R::UpdateTaskRequest(_) => "tasks/update",
+        R::CancelTaskRequest(_) => "tasks/cancel",
         R::CustomRequest(r) => r.method.as_str(),
         _ => "unknown",
     }

@@ -5,10 +5,14 @@
 //! a client can reach neither another upstream's task (it cannot forge the
 //! upstream) nor another identity's (the id opens only for its subject).
 
+pub(crate) mod legacy;
+
 use rmcp::model::ErrorData;
 use serde::{Deserialize, Serialize};
 
 use super::seal::Sealer;
+
+pub(super) mod extension;
 
 /// Where a task lives: the upstream that owns it and the id it gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +23,14 @@ pub(crate) struct TaskRef {
     /// The upstream's own task id.
     #[serde(rename = "t")]
     pub(crate) id: String,
+    /// The tool whose call created the task, as the upstream knows it, when
+    /// known: policy guards a task's inlined result as that tool's.
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tool: Option<String>,
+    /// The logical call that created the task, when policies audit calls:
+    /// its later `tasks/*` requests are audited as part of it.
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) link: Option<crate::telemetry::audit::CallLink>,
 }
 
 /// Issues and opens the task ids clients see.
@@ -47,9 +59,14 @@ impl TaskIds {
     pub(super) fn open(&self, subject: &str, id: &str) -> Result<TaskRef, ErrorData> {
         self.sealer.open(id, subject).map_err(|e| {
             tracing::debug!(error = %e, "task id refused");
-            ErrorData::invalid_params("unknown task id", None)
+            unknown_task()
         })
     }
+}
+
+/// The one refusal of a task id, whatever the reason.
+pub(super) fn unknown_task() -> ErrorData {
+    ErrorData::invalid_params("unknown task id", None)
 }
 
 #[cfg(test)]
@@ -62,6 +79,8 @@ mod tests {
         let task = TaskRef {
             upstream: "everything".into(),
             id: "t-1".into(),
+            tool: None,
+            link: None,
         };
         let issued = ids.issue("alice", &task).unwrap();
         assert!(!issued.contains("t-1"), "the upstream id must not show");
