@@ -200,7 +200,8 @@ def test_the_extension_is_gated_and_the_removed_methods_are_gone(procs):
 
 
 def test_an_endpoint_without_the_extension_says_so(procs):
-    gw = procs.gateway({"upstreams": {"fx": fixture_stdio()}})  # legacy upstream
+    # A legacy upstream (explicit: the default `auto` speaks 2026-07-28 to the fixture).
+    gw = procs.gateway({"upstreams": {"fx": {**fixture_stdio(), "protocol": "legacy"}}})
     gw.wait_up("fx")
     c = Raw(gw.url)
     assert TASKS not in json.dumps(c.ok("server/discover", {}).get("capabilities", {}))
