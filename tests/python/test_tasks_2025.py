@@ -28,12 +28,12 @@ ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
 pytestmark = pytest.mark.skipif(not PYTHON1.exists(), reason="no venv-mcp1 (scripts/install-peers.sh)")
 
 
-def tasks_gateway(procs):
+def tasks_gateway(procs, upstream=None):
     keys = [
         {"id": who, "sha256": hashlib.sha256(key.encode()).hexdigest()}
         for who, key in (("alice", ALICE), ("bob", BOB))
     ]
-    gw = procs.gateway({"upstreams": {"everything": everything_stdio()}, "auth": {"api_keys": keys}})
+    gw = procs.gateway({"upstreams": {"everything": upstream or everything_stdio()}, "auth": {"api_keys": keys}})
     gw.wait_up("everything")
     return gw
 
@@ -100,8 +100,12 @@ def test_a_task_outlives_its_call_is_fetched_cancelled_and_listed(procs):
     assert task_id not in text
 
 
-def test_input_mid_task_reaches_the_owning_client(procs):
-    gw = tasks_gateway(procs)
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_input_mid_task_reaches_the_owning_client(procs, transport):
+    # Over stdio the upstream's question cannot say which call it belongs
+    # to; over HTTP it arrives on the stream of the client's tasks/result.
+    upstream = everything_stdio() if transport == "stdio" else {"http": {"url": procs.everything_http()}}
+    gw = tasks_gateway(procs, upstream)
     seen = client(gw, ALICE, "input")
     assert seen["waiting_status"] == "input_required", seen
     assert len(seen["elicited"]) == 1, seen
@@ -155,6 +159,18 @@ def test_progress_and_status_after_the_call_reach_the_owner_under_its_ids(procs)
     assert [p[2] for p in seen["progress"]] == ["half", "done"]
     statuses = [s for s in seen["status"] if s["message"] == "halfway"]
     assert statuses and all(s["taskId"] == task_id for s in seen["status"]), seen["status"]
+
+
+def test_a_question_marked_with_its_task_reaches_the_owner_under_its_id(procs):
+    upstream = {"stdio": {"command": str(PYTHON1), "args": [str(UPSTREAM)]}}
+    gw = procs.gateway({"upstreams": {"up": upstream}})
+    gw.wait_up("up")
+    seen = client(gw, "", "ask")
+    assert seen["waiting_status"] == "input_required"
+    assert seen["result_text"] == "color teal"
+    [question] = seen["elicited"]
+    related = question["meta"]["io.modelcontextprotocol/related-task"]["taskId"]
+    assert related == seen["task_id"]
 
 
 def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_path):
