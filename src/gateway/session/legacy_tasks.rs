@@ -30,7 +30,12 @@ use crate::policy::{Direction, Kind, Subject};
 use crate::registry::Target;
 use crate::telemetry::trace;
 
-impl Outcome for CustomResult {}
+impl Outcome for CustomResult {
+    /// A task's result that reports a tool error counts as one, like a call's.
+    fn failed(&self) -> bool {
+        self.0.get("isError") == Some(&Value::Bool(true))
+    }
+}
 
 /// Marks a `tools/call` as task-augmented by a 2025 client, carrying its
 /// `params.task` (rmcp's call parameters have no field for it).
