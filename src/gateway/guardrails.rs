@@ -21,7 +21,7 @@ use crate::policy::{
     scan_definition, Action, Decision, Direction, GuardAction, Hit, PolicyError, PolicySet,
     PolicyStore, Subject, WatchGuard,
 };
-use crate::telemetry::audit::{now_rfc3339, AuditHit, AuditLog, AuditRecord, AuditSink};
+use crate::telemetry::audit::{now_rfc3339, AuditHit, AuditLog, AuditRecord, AuditSink, CallLink};
 use crate::telemetry::Metrics;
 
 /// JSON-RPC code of a call refused by policy or a guardrail
@@ -45,6 +45,8 @@ pub(super) struct CallInfo<'a> {
     pub(super) session: u64,
     pub(super) method: &'static str,
     pub(super) trace_id: Option<String>,
+    /// The logical call and round (`tools/call` only).
+    pub(super) link: Option<CallLink>,
 }
 
 /// Policy enforcement shared by every session.
@@ -54,6 +56,9 @@ pub struct Guardrails {
     lockfile: Option<Lockfile>,
     audit: AuditLog,
     metrics: Arc<Metrics>,
+    /// Logical call ids: a random base plus a counter.
+    call_base: u64,
+    next_call: std::sync::atomic::AtomicU64,
     /// Definitions already screened and audited: `upstream/tool@hash`.
     screened: Mutex<HashSet<String>>,
     _watch: Option<WatchGuard>,
@@ -98,6 +103,13 @@ impl Guardrails {
             metrics,
             screened: Mutex::new(HashSet::new()),
             _watch: watch,
+            call_base: {
+                let mut b = [0u8; 8];
+                // Without OS randomness ids are still unique in this process.
+                let _ = getrandom::fill(&mut b);
+                u64::from_le_bytes(b)
+            },
+            next_call: std::sync::atomic::AtomicU64::new(0),
         })))
     }
 
@@ -146,6 +158,33 @@ impl Guardrails {
             );
         }
         decision
+    }
+
+    /// A fresh id for a logical call: unique in this process, and across
+    /// replicas with overwhelming odds (random base).
+    pub(super) fn mint_call(&self) -> CallLink {
+        let n = self
+            .next_call
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CallLink {
+            call_id: format!("{:016x}", self.call_base.wrapping_add(n)),
+            round: 1,
+        }
+    }
+
+    /// Records a further round of a call decided in an earlier round: it is
+    /// not decided again (the retry must repeat the same tool and
+    /// arguments), so the record names no rule; join on `call_id`.
+    pub(super) fn record_round(&self, call: &CallInfo<'_>, subject: &Subject<'_>) {
+        self.write(
+            call,
+            subject,
+            "round",
+            "-",
+            "continued",
+            "enforce",
+            Vec::new(),
+        );
     }
 
     /// Records the outcome of an approval request.
@@ -259,6 +298,7 @@ impl Guardrails {
             session: 0,
             method: "tools/list",
             trace_id: None,
+            link: None,
         };
         if let Some(lock) = &self.lockfile {
             let (verdict, action) = match lock.get(upstream, &tool.name) {
@@ -332,6 +372,21 @@ impl Guardrails {
     }
 
     /// How long an approval waits for the human.
+    /// Records a request about an existing task (`tasks/get`,
+    /// `tasks/update`, `tasks/cancel`): the call that created the task was
+    /// decided and audited; who later drove it is audited too.
+    pub(super) fn record_task(&self, call: &CallInfo<'_>, subject: &Subject<'_>) {
+        self.write(
+            call,
+            subject,
+            "task",
+            "default",
+            "allow",
+            "enforce",
+            Vec::new(),
+        );
+    }
+
     pub(super) fn approval_timeout(&self) -> Duration {
         self.config.approval_timeout
     }
@@ -361,6 +416,7 @@ impl Guardrails {
             action: action.to_owned(),
             mode,
             hits,
+            link: call.link.clone(),
         });
     }
 }

@@ -9,8 +9,6 @@ mod mrtr;
 mod observe;
 mod seal;
 mod session;
-// Used by the task handlers built on it (issue 10).
-#[allow(dead_code)]
 mod tasks;
 
 use std::collections::HashMap;
@@ -67,6 +65,7 @@ pub struct Gateway {
     /// Rate limits and concurrency caps.
     limits: Arc<Limits>,
     /// The task ids handed to clients.
+    #[allow(dead_code)] // read by the task handlers (issue 10)
     task_ids: tasks::TaskIds,
     /// The 2025-11-25 tasks issued to clients.
     legacy_tasks: tasks::legacy::Issuance,

@@ -43,6 +43,7 @@ impl Admission for ModelAdmission {
                     session: 0,
                     method: "model",
                     trace_id: None,
+                    link: None,
                 };
                 let decision = g.decide(&set, &call, &subject, None);
                 let refuse = |message: String| Refusal {

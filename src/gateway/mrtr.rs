@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::seal::Sealer;
+use crate::telemetry::audit::CallLink;
 use crate::upstream::BridgedRequest;
 
 /// A parked call answers within this long or is cancelled.
@@ -48,6 +49,8 @@ struct Parked {
     key: String,
     kind: Kind,
     since: Instant,
+    /// The logical call and the round that parked it.
+    link: Option<CallLink>,
     /// Cancels the upstream call when the parked entry is dropped unanswered.
     _cancel: DropGuard,
 }
@@ -74,6 +77,9 @@ enum State {
         tool: String,
         args: String,
         inner: Option<String>,
+        /// The logical call and the round that issued this state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<CallLink>,
     },
 }
 
@@ -91,6 +97,8 @@ pub(super) enum Opened {
         args: String,
         /// The upstream's state, as it issued it.
         inner: Option<String>,
+        /// The logical call and the round that issued this state.
+        link: Option<CallLink>,
     },
 }
 
@@ -128,6 +136,7 @@ impl Bridge {
         subject: &str,
         mut flight: Flight,
         downstream: &CancellationToken,
+        link: Option<CallLink>,
     ) -> Result<Round, ErrorData> {
         tokio::select! {
             () = downstream.cancelled() => Err(ErrorData::new(
@@ -138,7 +147,7 @@ impl Bridge {
             done = &mut flight.call => done
                 .map_err(|e| ErrorData::internal_error(format!("upstream call failed: {e}"), None))?
                 .map(|r| Round::Done(Box::new(r))),
-            Some(asked) = flight.inputs.recv() => self.park(subject, flight, asked),
+            Some(asked) = flight.inputs.recv() => self.park(subject, flight, asked, link),
         }
     }
 
@@ -147,6 +156,7 @@ impl Bridge {
         subject: &str,
         flight: Flight,
         asked: BridgedRequest,
+        link: Option<CallLink>,
     ) -> Result<Round, ErrorData> {
         let (kind, request) = match asked.request {
             ServerRequest::ElicitRequest(r) => (Kind::Elicitation, InputRequest::Elicitation(r)),
@@ -182,6 +192,7 @@ impl Bridge {
                     key: key.clone(),
                     kind,
                     since: Instant::now(),
+                    link,
                     _cancel: flight.cancel,
                 },
             );
@@ -207,11 +218,13 @@ impl Bridge {
                 tool,
                 args,
                 inner,
+                link,
             } => Opened::Upstream {
                 upstream,
                 tool,
                 args,
                 inner,
+                link,
             },
         })
     }
@@ -226,6 +239,7 @@ impl Bridge {
         tool: &str,
         args: String,
         inner: Option<String>,
+        link: Option<CallLink>,
     ) -> Result<String, ErrorData> {
         self.sealer
             .seal(
@@ -234,11 +248,18 @@ impl Bridge {
                     tool: tool.to_owned(),
                     args,
                     inner,
+                    link,
                 },
                 subject,
                 Some(PARK_TTL),
             )
             .map_err(|e| ErrorData::internal_error(format!("sealing requestState: {e}"), None))
+    }
+
+    /// The link of the round that resuming parked call `call` starts.
+    pub(super) fn next_link(&self, call: u64) -> Option<CallLink> {
+        let parked = self.parked.lock().ok()?;
+        parked.get(&call)?.link.as_ref().map(CallLink::next)
     }
 
     /// Delivers a retried request's answer to the parked call `call` and
@@ -295,6 +316,7 @@ impl Bridge {
                 cancel: parked._cancel,
             },
             downstream,
+            parked.link.as_ref().map(CallLink::next),
         )
         .await
     }
@@ -314,6 +336,10 @@ mod tests {
                 "deploy",
                 "h1".into(),
                 Some("upstream-state".into()),
+                Some(CallLink {
+                    call_id: "c1".into(),
+                    round: 1,
+                }),
             )
             .unwrap();
         match bridge.open("alice", &sealed).unwrap() {
@@ -322,12 +348,14 @@ mod tests {
                 tool,
                 args,
                 inner,
+                link,
             } => {
                 assert_eq!(
                     (upstream.as_str(), tool.as_str(), args.as_str()),
                     ("fx", "deploy", "h1")
                 );
                 assert_eq!(inner.as_deref(), Some("upstream-state"));
+                assert_eq!(link.map(|l| (l.call_id, l.round)), Some(("c1".into(), 1)));
             }
             Opened::Parked(_) => panic!("wrong kind"),
         }

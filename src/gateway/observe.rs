@@ -79,6 +79,8 @@ impl<'a> Observation<'a> {
             gen_ai.tool.name = Empty,
             gen_ai.operation.name = Empty,
             mcp.upstream = Empty,
+            portcullis.call.id = Empty,
+            portcullis.call.round = Empty,
             error.type = Empty,
             trace_id = Empty,
         );
@@ -105,6 +107,14 @@ impl<'a> Observation<'a> {
     }
 
     /// Notes where the request was routed.
+    /// Names the logical call this request is a round of, so the rounds
+    /// of a multi round-trip call can be found together.
+    pub(super) fn linked(&self, link: &crate::telemetry::audit::CallLink) {
+        self.span
+            .record("portcullis.call.id", link.call_id.as_str());
+        self.span.record("portcullis.call.round", link.round);
+    }
+
     pub(super) fn routed(&mut self, target: &Target) {
         self.span.record("mcp.upstream", &*target.upstream);
         if self.method == "tools/call" {

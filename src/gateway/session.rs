@@ -13,19 +13,21 @@ use super::error::{refused_error, registry_error, unknown, upstream_error};
 use super::guardrails::{self, Asker, CallInfo, Guardrails};
 use super::mrtr::{Flight, Opened, Round};
 use super::observe::Observation;
+use super::tasks::extension;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
 use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
 use crate::ratelimit::LimitOverride;
 use crate::registry::{self, Endpoint, Target};
+use crate::telemetry::audit::CallLink;
 use crate::telemetry::trace;
 use crate::upstream::Caller;
 
 /// One downstream session's handler. Dropped when the session ends, which
 /// releases its per-client upstream connections.
 pub struct Session {
-    gw: Arc<Gateway>,
-    state: Arc<SessionState>,
+    pub(super) gw: Arc<Gateway>,
+    pub(super) state: Arc<SessionState>,
 }
 
 impl Drop for Session {
@@ -79,7 +81,7 @@ impl Session {
             .map_err(refused_error)
     }
 
-    fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
+    pub(super) fn caller(&self, ctx: &RequestContext<RoleServer>) -> Caller {
         self.remember(ctx);
         Caller {
             peer: ctx.peer.clone(),
@@ -111,7 +113,7 @@ impl Session {
     /// The upstream call for `request` as an owned future (so it can
     /// outlive the downstream request, for multi-round calls), inside an
     /// `mcp.client` span whose context travels in `_meta`.
-    fn send(
+    pub(super) fn send(
         &self,
         target: &Target,
         request: ClientRequest,
@@ -426,6 +428,7 @@ impl Session {
             session: self.state.id,
             method,
             trace_id: trace::trace_id_of(&obs.span),
+            link: None,
         };
         let set = g.policy();
         self.enforce((g, &set), &call, &subject, arguments, ctx, false)
@@ -467,7 +470,7 @@ mod legacy_tasks;
 
 impl ServerHandler for Session {
     fn get_info(&self) -> ServerConfig {
-        let capabilities = ServerCapabilities::builder()
+        let mut capabilities = ServerCapabilities::builder()
             .enable_tools()
             .enable_tool_list_changed()
             .enable_prompts()
@@ -478,6 +481,12 @@ impl ServerHandler for Session {
             .enable_completions()
             .enable_logging()
             .build();
+        if extension::offered(&self.gw, self.endpoint()) {
+            capabilities
+                .extensions
+                .get_or_insert_with(Default::default)
+                .insert(TASKS_EXTENSION_ID.to_owned(), Default::default());
+        }
         let mut info = ServerConfig::new(capabilities);
         info.server_info = Implementation::new("portcullis", env!("CARGO_PKG_VERSION"));
         if let Endpoint::Virtual(name) = self.endpoint() {
@@ -538,11 +547,12 @@ impl ServerHandler for Session {
                 exposed: &exposed,
                 annotations: annotations.as_ref(),
             };
-            let call = CallInfo {
+            let mut call = CallInfo {
                 identity: &identity,
                 session: self.state.id,
                 method: "tools/call",
                 trace_id: trace::trace_id_of(&obs.span),
+                link: None,
             };
             let modern = ctx
                 .protocol_version()
@@ -561,12 +571,16 @@ impl ServerHandler for Session {
             let resuming = match params.request_state.take().filter(|_| modern) {
                 Some(state) => {
                     match self.gw.bridge.open(&identity.subject, &state)? {
-                        Opened::Parked(call) => parked = Some(call),
+                        Opened::Parked(id) => {
+                            call.link = self.gw.bridge.next_link(id);
+                            parked = Some(id);
+                        }
                         Opened::Upstream {
                             upstream,
                             tool,
                             args,
                             inner,
+                            link,
                         } => {
                             if *upstream != *target.upstream
                                 || tool != target.original
@@ -578,8 +592,19 @@ impl ServerHandler for Session {
                                 ));
                             }
                             params.request_state = inner;
+                            call.link = link.as_ref().map(CallLink::next);
                         }
                     }
+                    let bridge = if parked.is_some() {
+                        "parked"
+                    } else {
+                        "upstream"
+                    };
+                    self.gw
+                        .metrics
+                        .input_rounds
+                        .with_label_values(&[bridge])
+                        .inc();
                     true
                 }
                 None => false,
@@ -593,7 +618,10 @@ impl ServerHandler for Session {
             let policy = match &self.gw.guardrails {
                 Some(g) => {
                     let set = g.policy();
-                    if !resuming {
+                    if resuming {
+                        g.record_round(&call, &subject);
+                    } else {
+                        call.link = Some(g.mint_call());
                         let enforced = self
                             .enforce(
                                 (g, &set),
@@ -653,6 +681,10 @@ impl ServerHandler for Session {
             };
             let complete: fn(CallToolResult) -> CallToolResponse =
                 |r| CallToolResponse::Complete(complete_call(r));
+            let link = call.link.clone();
+            if let Some(l) = &link {
+                obs.linked(l);
+            }
             let response = if modern {
                 let round = match parked {
                     Some(call) => {
@@ -676,6 +708,8 @@ impl ServerHandler for Session {
                                 identity.clone(),
                                 self.state.id,
                                 call_subject(&subject),
+                                // The answer arrives with the next round.
+                                link.as_ref().map(CallLink::next),
                             )),
                             _ => None,
                         };
@@ -683,12 +717,13 @@ impl ServerHandler for Session {
                             // The parked call keeps its slots across rounds.
                             call: tokio::spawn(async move {
                                 let _admission = admission;
-                                if let Some((a, g, identity, session, owned)) = ask {
+                                if let Some((a, g, identity, session, owned, link)) = ask {
                                     let info = CallInfo {
                                         identity: &identity,
                                         session,
                                         method: "tools/call",
                                         trace_id: None,
+                                        link,
                                     };
                                     a.ask(&g, Asker::Bridge(tx), &info, &owned.subject())
                                         .await?;
@@ -700,7 +735,7 @@ impl ServerHandler for Session {
                         };
                         self.gw
                             .bridge
-                            .drive(&identity.subject, flight, &ctx.ct)
+                            .drive(&identity.subject, flight, &ctx.ct, link.clone())
                             .await?
                     }
                 };
@@ -714,6 +749,7 @@ impl ServerHandler for Session {
                                 &target.original,
                                 args_hash,
                                 r.request_state.take(),
+                                link,
                             )?);
                             return Ok(CallToolResponse::InputRequired(r));
                         }
@@ -741,6 +777,15 @@ impl ServerHandler for Session {
                     let answers = self
                         .answer_inputs(&ctx, r.input_requests.clone().unwrap_or_default())
                         .await?;
+                    self.gw
+                        .metrics
+                        .input_rounds
+                        .with_label_values(&["legacy_client"])
+                        .inc();
+                    if let (Some(g), Some(l)) = (&self.gw.guardrails, call.link.as_mut()) {
+                        *l = l.next();
+                        g.record_round(&call, &subject);
+                    }
                     let mut next = first.clone();
                     next.input_responses = Some(answers);
                     next.request_state = r.request_state.clone();
@@ -754,8 +799,42 @@ impl ServerHandler for Session {
                     let guarded = guard_result(g, &set, &call, &subject, result)?;
                     Ok(CallToolResponse::Complete(guarded))
                 }
+                // The client gets the task under an id of the gateway's.
+                (_, CallToolResponse::Task(created)) => Ok(CallToolResponse::Task(
+                    extension::issue(&self.gw, &identity.subject, &target, &call, created)?,
+                )),
                 (_, response) => Ok(response),
             }
+        })
+    }
+
+    async fn get_task(
+        &self,
+        params: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        observed!(self, "tasks/get", ctx, |obs| {
+            extension::get(self, params, &ctx, &mut obs).await
+        })
+    }
+
+    async fn update_task(
+        &self,
+        params: UpdateTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        observed!(self, "tasks/update", ctx, |obs| {
+            extension::update(self, params, &ctx, &mut obs).await
+        })
+    }
+
+    async fn cancel_task(
+        &self,
+        params: CancelTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        observed!(self, "tasks/cancel", ctx, |obs| {
+            extension::cancel(self, params, &ctx, &mut obs).await
         })
     }
 
@@ -1213,6 +1292,9 @@ fn request_method(request: &ClientRequest) -> &'static str {
         ClientRequest::UnsubscribeRequest(_) => "resources/unsubscribe",
         ClientRequest::CompleteRequest(_) => "completion/complete",
         ClientRequest::SetLevelRequest(_) => "logging/setLevel",
+        ClientRequest::GetTaskRequest(_) => "tasks/get",
+        ClientRequest::UpdateTaskRequest(_) => "tasks/update",
+        ClientRequest::CancelTaskRequest(_) => "tasks/cancel",
         _ => "request",
     }
 }

@@ -36,12 +36,34 @@ pub struct AuditHit {
     pub action: &'static str,
 }
 
+/// The logical call a record belongs to. A multi round-trip call (a
+/// 2026-07-28 client retrying with `inputResponses`, or a legacy client
+/// answering an upstream's input requests) spans several requests, each
+/// with its own trace id; every round's record carries the same `call_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CallLink {
+    /// Minted when the call's first round is decided.
+    pub call_id: String,
+    /// 1 for the first round, then one more per round of input.
+    pub round: u32,
+}
+
+impl CallLink {
+    /// The same call's next round.
+    pub fn next(&self) -> CallLink {
+        CallLink {
+            call_id: self.call_id.clone(),
+            round: self.round.saturating_add(1),
+        }
+    }
+}
+
 /// One audit record.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditRecord {
     /// RFC 3339 time.
     pub time: String,
-    /// Kind of event: `decision`, `guard`, `pin`, `definition`.
+    /// Kind of event: `decision`, `guard`, `pin`, `definition`, `round`.
     pub event: &'static str,
     /// Who called.
     pub identity: String,
@@ -68,6 +90,9 @@ pub struct AuditRecord {
     /// Detector hits.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hits: Vec<AuditHit>,
+    /// The logical call and round, for `tools/call`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub link: Option<CallLink>,
 }
 
 /// Handle to the audit writer thread.

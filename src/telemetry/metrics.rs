@@ -47,6 +47,12 @@ pub struct Metrics {
     pub sessions_open: IntGauge,
     /// Policy decisions by action and rule.
     pub policy_decisions: IntCounterVec,
+    /// Further rounds of multi round-trip calls, by how the input was
+    /// carried: `parked` (a legacy upstream's request answered by a
+    /// 2026-07-28 client's retry), `upstream` (a 2026-07-28 upstream's own
+    /// round, retried by a 2026-07-28 client), `legacy_client` (a
+    /// 2026-07-28 upstream's round answered by a legacy client).
+    pub input_rounds: IntCounterVec,
     /// Guardrail detector hits by detector type.
     pub guardrail_hits: IntCounterVec,
     /// Policy reloads by outcome (`success` or `failure`).
@@ -147,6 +153,11 @@ impl Metrics {
                 "portcullis_policy_decisions_total",
                 "Policy decisions, by action and deciding rule.",
                 &["action", "rule"],
+            )?,
+            input_rounds: counter(
+                "portcullis_input_rounds_total",
+                "Further rounds of multi round-trip calls, by how the input was carried.",
+                &["bridge"],
             )?,
             guardrail_hits: counter(
                 "portcullis_guardrail_detections_total",

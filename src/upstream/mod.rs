@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use rmcp::model::{
     CancelledNotificationParam, ClientRequest, ErrorData, LoggingMessageNotificationParam,
-    ResourceUpdatedNotificationParam, ServerResult,
+    RequestMetaObject, ResourceUpdatedNotificationParam, ServerResult,
 };
 use rmcp::service::{Peer, PeerRequestOptions, RoleClient};
 use rmcp::ServiceError;
@@ -289,6 +289,17 @@ impl Upstream {
             .map(|info| info.capabilities.clone())
     }
 
+    /// Whether the upstream offers the tasks extension of 2026-07-28; `None`
+    /// while not connected. A server spoken to in an earlier revision has
+    /// the 2025-11-25 task design instead, whatever it advertises.
+    pub fn offers_tasks(&self) -> Option<bool> {
+        self.shared
+            .load()
+            .as_ref()
+            .and_then(|c| c.peer.peer_info())
+            .map(|info| offers_tasks(&info))
+    }
+
     fn unavailable(&self) -> UpstreamError {
         let reason = match &*self.health.borrow() {
             Health::Down { error, .. } => error.clone(),
@@ -362,7 +373,10 @@ impl Upstream {
         caller: Option<Arc<Caller>>,
         ct: &CancellationToken,
     ) -> Result<ServerResult, UpstreamError> {
-        let options = PeerRequestOptions::with_timeout(self.config.timeout);
+        let mut options = PeerRequestOptions::with_timeout(self.config.timeout);
+        options.meta = caller
+            .as_deref()
+            .and_then(|caller| self.declare_tasks(conn, caller));
         let handle = conn
             .peer
             .send_request_with_option(request, options)
@@ -404,6 +418,36 @@ impl Upstream {
             }
         }
         result
+    }
+
+    /// The tasks extension (2026-07-28) is declared per request: a caller
+    /// that declared it has it declared upstream too, when the upstream
+    /// offers it, so only such a caller can be handed a task (and only it
+    /// may drive one with `tasks/*`). The connection's own capabilities
+    /// stay what it declared at connect.
+    fn declare_tasks(&self, conn: &Connection, caller: &Caller) -> Option<RequestMetaObject> {
+        let offered = conn
+            .peer
+            .peer_info()
+            .is_some_and(|info| offers_tasks(&info));
+        if !offered || !caller.capabilities.supports_tasks() {
+            return None;
+        }
+        let own = match self.config.session {
+            SessionMode::Shared => None,
+            SessionMode::PerClient => Some(&caller.capabilities),
+        };
+        let mut capabilities = client::advertised(own, self.sampler.is_some());
+        capabilities
+            .extensions
+            .get_or_insert_with(Default::default)
+            .insert(
+                rmcp::model::TASKS_EXTENSION_ID.to_owned(),
+                Default::default(),
+            );
+        let mut meta = RequestMetaObject::new();
+        meta.set_client_capabilities(capabilities);
+        Some(meta)
     }
 
     fn map_error(&self, e: ServiceError) -> UpstreamError {
@@ -582,6 +626,12 @@ async fn supervise(up: Arc<Upstream>) {
 }
 
 /// The JSON-RPC method name of a request, for metric labels.
+/// Whether a server, as negotiated, offers the tasks extension of
+/// 2026-07-28 (which exists only where there is no `initialize`).
+fn offers_tasks(info: &rmcp::model::ServerPeerInfo) -> bool {
+    !info.protocol_version.has_initialize() && info.capabilities.supports_tasks()
+}
+
 fn client_method(request: &ClientRequest) -> &str {
     use rmcp::model::ClientRequest as R;
     match request {
@@ -597,6 +647,9 @@ fn client_method(request: &ClientRequest) -> &str {
         R::CompleteRequest(_) => "completion/complete",
         R::SetLevelRequest(_) => "logging/setLevel",
         R::PingRequest(_) => "ping",
+        R::GetTaskRequest(_) => "tasks/get",
+        R::UpdateTaskRequest(_) => "tasks/update",
+        R::CancelTaskRequest(_) => "tasks/cancel",
         R::CustomRequest(r) => r.method.as_str(),
         _ => "unknown",
     }

@@ -37,7 +37,7 @@ SUITES = {
 # Scenarios that fail straight against the fixture, per suite. A scenario
 # listed here is still run, and must not fail through the gateway in a way
 # it does not fail directly. The 2026-07-28 ones are what the fixture does
-# not implement yet (tasks, custom headers, some MRTR variants).
+# not implement yet (custom headers, some MRTR variants).
 EXPECTED_DIRECT_FAILURES: dict[str, set[str]] = {
     "latest": set(),
     "alpha": set(),
@@ -48,22 +48,30 @@ EXPECTED_DIRECT_FAILURES: dict[str, set[str]] = {
         "input-required-result-multiple-input-requests",
         "input-required-result-non-tool-request",
         "server-stateless",
-        "tasks-capability-negotiation",
-        "tasks-dispatch-and-envelope",
-        "tasks-lifecycle",
-        "tasks-mrtr-composition",
-        "tasks-mrtr-input",
-        "tasks-request-headers",
-        "tasks-request-state-removal",
-        "tasks-required-task-error",
-        "tasks-wire-fields",
     },
 }
 
 
-def run_suite(suite: str, url: str, out: Path) -> dict[str, dict[str, str]]:
-    """Runs the suite against `url`; returns scenario -> check id -> status."""
-    binary, selection = SUITES[suite]
+# The tasks extension's scenarios (SEP-2663), run one by one with `--scenario`.
+TASK_SCENARIOS = [
+    "tasks-lifecycle",
+    "tasks-capability-negotiation",
+    "tasks-wire-fields",
+    "tasks-request-state-removal",
+    "tasks-mrtr-input",
+    "tasks-request-headers",
+    "tasks-dispatch-and-envelope",
+    "tasks-status-notifications",
+    "tasks-required-task-error",
+    "tasks-mrtr-composition",
+]
+
+
+def run_suite(suite: str, url: str, out: Path, selection: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """Runs the suite (or `selection` of it) against `url`; returns
+    scenario -> check id -> status."""
+    binary, default = SUITES[suite]
+    selection = default if selection is None else selection
     env = {**os.environ, "PATH": f"{NODE22_BIN}:{os.environ['PATH']}"}
     proc = subprocess.run(
         [str(binary), "server", "--url", url, *selection, "-o", str(out)],
@@ -118,3 +126,26 @@ def test_conformance_through_gateway(procs, tmp_path, suite, transport):
         for check, status in checks.items():
             if status == "SUCCESS":
                 assert check in through[scenario], f"{scenario}/{check} did not run through the gateway"
+
+
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+def test_task_scenarios_through_gateway(procs, tmp_path, transport):
+    """Each tasks-* scenario passes straight against the fixture, and every
+    check that passes directly passes through the gateway (upstream spoken
+    to in 2026-07-28)."""
+    fixture_url = procs.fixture_http()
+    upstream = {"http": {"url": fixture_url}} if transport == "http" else fixture_stdio()
+    upstream["protocol"] = "2026-07-28"
+    gw = procs.gateway({"upstreams": {"fixture": upstream}})
+    gw.wait_up("fixture")
+    for scenario in TASK_SCENARIOS:
+        only = ["--scenario", scenario]
+        direct = run_suite("alpha-2026", fixture_url, tmp_path / "direct" / scenario, only)
+        assert not failures(direct), f"fixture fails {scenario} directly: {failures(direct)}"
+        checks = direct[scenario]
+        if scenario != "tasks-status-notifications":  # skipped by the suite itself
+            assert "SUCCESS" in checks.values(), f"{scenario} ran no check: {checks}"
+        through = run_suite("alpha-2026", f"{gw.base}/mcp/fixture", tmp_path / "gateway" / scenario, only)
+        for check, status in checks.items():
+            if status == "SUCCESS":
+                assert through[scenario].get(check) == "SUCCESS", f"{scenario}/{check}: {through[scenario].get(check)}"

@@ -18,7 +18,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from conftest import everything_stdio, fixture_stdio, run
+from conftest import everything_stdio, fixture_stdio, run, wait_for
 
 MODES = ["2026-07-28", "auto", "legacy"]
 
@@ -95,7 +95,7 @@ def post_2026(url: str, body: dict, headers: dict[str, str] | None = None) -> di
             "accept": "application/json, text/event-stream",
             "mcp-protocol-version": "2026-07-28",
             "mcp-method": method,
-            **({"mcp-name": body["params"]["name"]} if "name" in body["params"] else {}),
+            **({"mcp-name": name} if (name := body["params"].get("name") or body["params"].get("taskId")) else {}),
             **(headers or {}),
         },
     )
@@ -231,3 +231,68 @@ def test_list_cache_hints_describe_the_gateways_cache(procs, tmp_path):
     for method in ("tools/list", "prompts/list", "resources/list"):
         result = post_2026(filtered.url, {**listing, "method": method})["result"]
         assert (result["ttlMs"], result["cacheScope"]) == (30000, "private"), method
+
+
+def audit_lines(path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.parametrize(
+    ("client", "upstream_protocol", "tool", "bridge"),
+    [
+        # A legacy upstream's elicitation, parked for a 2026-07-28 client's retry.
+        ("2026-07-28", "legacy", "fx__test_elicitation", "parked"),
+        # A 2026-07-28 upstream's own round, wrapped for a 2026-07-28 client.
+        ("2026-07-28", "2026-07-28", "fx__test_input_required_result_elicitation", "upstream"),
+        # A 2026-07-28 upstream's round, asked of a legacy client.
+        ("legacy", "2026-07-28", "fx__test_input_required_result_elicitation", "legacy_client"),
+    ],
+)
+def test_rounds_of_one_call_are_linked_in_audit_metrics_and_policy(procs, tmp_path, client, upstream_protocol, tool, bridge):
+    """Every round of a multi round-trip call is one logical call: decided
+    and admitted once (a one-call rate limit is not spent twice), and every
+    round's audit record carries the same call id with its round number."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "r.yaml").write_text(
+        "rules: [{id: fx-tools, match: {upstream: fx}, action: allow, limit: {rate: 1, per: 1m}}]\n"
+    )
+    audit = tmp_path / "a.jsonl"
+    url = procs.fixture_http()
+    gw = procs.gateway(
+        {
+            "upstreams": {"fx": {"http": {"url": url}, "protocol": upstream_protocol}},
+            "policies": {"dir": str(tmp_path / "p"), "audit": {"file": str(audit)}},
+        }
+    )
+    gw.wait_up("fx")
+
+    async def elicit(context, params):
+        return types.ElicitResult(action="accept", content={"name": "Ada", "username": "ada", "email": "a@example.com"})
+
+    async def go():
+        async with Client(gw.url, mode=client, elicitation_callback=elicit) as c:
+            r = await c.call_tool(tool, {"message": "Name?"} if bridge == "parked" else {})
+            assert "Ada" in r.content[0].text or "ada" in r.content[0].text
+            # The rule allows one call a minute: the rounds did not spend it twice,
+            # and the next logical call is refused.
+            with pytest.raises(MCPError) as refused:
+                await c.call_tool(tool, {"message": "Again?"} if bridge == "parked" else {})
+            assert refused.value.error.code == -32029
+
+    run(go())
+    from test_ratelimit import metric
+
+    assert metric(gw, "portcullis_input_rounds_total", bridge=bridge) == 1
+    records = wait_for(
+        lambda: (got := [r for r in audit_lines(audit) if r["method"] == "tools/call"]) and len(got) >= 3 and got,
+        what="audit records of both calls",
+    )
+    first, second = records[0], records[1]
+    assert (first["event"], first["action"], first["round"]) == ("decision", "allow", 1)
+    assert (second["event"], second["action"], second["round"]) == ("round", "continued", 2)
+    assert first["call_id"] == second["call_id"]
+    # The refused second call is a call of its own.
+    assert records[2]["event"] == "decision" and records[2]["call_id"] != first["call_id"]

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::seal::Sealer;
 
+pub(super) mod extension;
+
 /// Where a task lives: the upstream that owns it and the id it gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TaskRef {
@@ -21,6 +23,14 @@ pub(crate) struct TaskRef {
     /// The upstream's own task id.
     #[serde(rename = "t")]
     pub(crate) id: String,
+    /// The tool whose call created the task, as the upstream knows it, when
+    /// known: policy guards a task's inlined result as that tool's.
+    #[serde(rename = "n", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tool: Option<String>,
+    /// The logical call that created the task, when policies audit calls:
+    /// its later `tasks/*` requests are audited as part of it.
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) link: Option<crate::telemetry::audit::CallLink>,
 }
 
 /// Issues and opens the task ids clients see.
@@ -69,6 +79,8 @@ mod tests {
         let task = TaskRef {
             upstream: "everything".into(),
             id: "t-1".into(),
+            tool: None,
+            link: None,
         };
         let issued = ids.issue("alice", &task).unwrap();
         assert!(!issued.contains("t-1"), "the upstream id must not show");

@@ -1,0 +1,362 @@
+//! The tasks extension of 2026-07-28 (`io.modelcontextprotocol/tasks`,
+//! SEP-2663) between a 2026-07-28 client and 2026-07-28 upstreams.
+//!
+//! The gateway keeps no task state: an upstream's `CreateTaskResult` goes
+//! to the client with a sealed id ([`super::TaskIds`]) naming the upstream,
+//! its own id and the tool; `tasks/get`, `tasks/update` and `tasks/cancel`
+//! open that id, go to the owning upstream under the upstream's id, and come
+//! back under the client's. A task therefore outlives the request, the
+//! session and the connection that created it, for as long as its upstream
+//! keeps it. Whether the upstream is asked to make tasks at all follows the
+//! client: a request that declared the extension has it declared upstream
+//! (`upstream::Upstream::request`), one that did not never sees a task.
+
+use rmcp::model::{
+    CancelTaskParams, CreateTaskResult, ErrorData, GetTaskParams, GetTaskResult, Request,
+    ServerResult, TaskPayload, UpdateTaskParams,
+};
+use rmcp::model::{ClientRequest, ResultType};
+use rmcp::service::{RequestContext, RoleServer};
+use tracing::Instrument;
+
+use super::TaskRef;
+use crate::gateway::guardrails::{CallInfo, Guardrails};
+use crate::gateway::observe::{Observation, Outcome};
+use crate::gateway::{Gateway, Session};
+use crate::policy::{Direction, Kind, PolicySet, Subject};
+use crate::registry::{Endpoint, Target};
+use crate::telemetry::trace;
+
+impl Outcome for GetTaskResult {
+    fn failed(&self) -> bool {
+        match &self.task.payload {
+            TaskPayload::Failed { .. } => true,
+            TaskPayload::Completed { result } => {
+                result.get("isError").and_then(|v| v.as_bool()) == Some(true)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether an upstream of `endpoint` offers the extension (so the endpoint
+/// advertises it; rmcp then answers `tasks/*` with -32601 where it does not).
+pub(in crate::gateway) fn offered(gw: &Gateway, endpoint: &Endpoint) -> bool {
+    gw.registry.upstreams_of(endpoint).iter().any(|name| {
+        gw.registry
+            .upstream(name)
+            .and_then(|up| up.offers_tasks())
+            .unwrap_or(false)
+    })
+}
+
+/// The task an upstream created for `subject`'s `call` of `target`, under
+/// the id the client gets instead of the upstream's.
+pub(in crate::gateway) fn issue(
+    gw: &Gateway,
+    subject: &str,
+    target: &Target,
+    call: &CallInfo<'_>,
+    mut created: CreateTaskResult,
+) -> Result<CreateTaskResult, ErrorData> {
+    let task = TaskRef {
+        upstream: target.upstream.to_string(),
+        id: std::mem::take(&mut created.task.task_id),
+        tool: Some(target.original.clone()),
+        link: call.link.clone(),
+    };
+    created.task.task_id = gw.task_ids.issue(subject, &task)?;
+    Ok(created)
+}
+
+/// A `tasks/*` request resolved to its task.
+struct Opened {
+    task: TaskRef,
+    target: Target,
+}
+
+/// Opens the client's task id: refused alike when it was altered, issued
+/// to someone else, or names an upstream this endpoint does not show.
+fn open(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+    method: &'static str,
+    id: &str,
+) -> Result<Opened, ErrorData> {
+    let gw = &session.gw;
+    let identity = session.identity(ctx);
+    let task = gw.task_ids.open(&identity.subject, id)?;
+    if !gw
+        .registry
+        .endpoint_includes(&session.state.endpoint, &task.upstream)
+    {
+        tracing::debug!(upstream = %task.upstream, "task id of another endpoint refused");
+        return Err(ErrorData::invalid_params("unknown task id", None));
+    }
+    let target = Target {
+        upstream: task.upstream.as_str().into(),
+        original: task.tool.clone().unwrap_or_default(),
+    };
+    obs.routed(&target);
+    if let Some(link) = &task.link {
+        obs.linked(link);
+    }
+    // A task of the 2025-11-25 design (an upstream without the extension)
+    // cannot be driven with these methods; say so rather than forward.
+    let offered = gw
+        .registry
+        .upstream(&task.upstream)
+        .and_then(|up| up.offers_tasks());
+    if offered == Some(false) {
+        return Err(ErrorData::invalid_params(
+            format!(
+                "this task belongs to upstream `{}`, which does not offer the 2026-07-28 tasks \
+                 extension; {method} cannot reach it",
+                task.upstream
+            ),
+            Some(serde_json::json!({ "upstream": task.upstream })),
+        ));
+    }
+    let opened = Opened { task, target };
+    with_policy(session, ctx, obs, &opened, method, |g, _, call, subject| {
+        g.record_task(call, subject);
+    });
+    Ok(opened)
+}
+
+/// Runs `f` with the policy's view of a request about the task (its tool
+/// as the subject), when policies are configured.
+fn with_policy<R>(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &Observation<'_>,
+    opened: &Opened,
+    method: &'static str,
+    f: impl FnOnce(&Guardrails, &PolicySet, &CallInfo<'_>, &Subject<'_>) -> R,
+) -> Option<R> {
+    let gw = &session.gw;
+    let g = gw.guardrails.as_ref()?;
+    let identity = session.identity(ctx);
+    let exposed = gw.aggregate_name(&opened.target);
+    let subject = Subject {
+        kind: Kind::Tool,
+        upstream: &opened.target.upstream,
+        name: &opened.target.original,
+        exposed: &exposed,
+        annotations: None,
+    };
+    let call = CallInfo {
+        identity: &identity,
+        session: session.state.id,
+        method,
+        trace_id: trace::trace_id_of(&obs.span),
+        link: opened.task.link.clone(),
+    };
+    Some(f(g, &g.policy(), &call, &subject))
+}
+
+/// Forwards `request` to the task's upstream; an upstream error that names
+/// the upstream's task id names the client's instead.
+async fn forward(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    opened: &Opened,
+    client_id: &str,
+    request: ClientRequest,
+) -> Result<ServerResult, ErrorData> {
+    let call = session.send(&opened.target, request, session.caller(ctx), ctx.ct.clone())?;
+    call.in_current_span()
+        .await
+        .map_err(|e| hide_id(e, &opened.task.id, client_id))
+}
+
+fn hide_id(mut e: ErrorData, upstream_id: &str, client_id: &str) -> ErrorData {
+    if upstream_id.is_empty() {
+        return e;
+    }
+    if e.message.contains(upstream_id) {
+        e.message = e.message.replace(upstream_id, client_id).into();
+    }
+    if let Some(data) = e.data.take() {
+        let text = data.to_string();
+        e.data = if text.contains(upstream_id) {
+            serde_json::from_str(&text.replace(upstream_id, client_id)).ok()
+        } else {
+            Some(data)
+        };
+    }
+    e
+}
+
+/// `tasks/get`: the upstream's answer under the client's id, with an
+/// inlined tool result passed through the policy's result guards.
+pub(in crate::gateway) async fn get(
+    session: &Session,
+    params: GetTaskParams,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+) -> Result<GetTaskResult, ErrorData> {
+    let client_id = params.task_id.clone();
+    let opened = open(session, ctx, obs, "tasks/get", &client_id)?;
+    let mut upstream = params;
+    upstream.task_id = opened.task.id.clone();
+    let request = ClientRequest::GetTaskRequest(Request::new(upstream));
+    let answer = forward(session, ctx, &opened, &client_id, request).await?;
+    let mut result = match answer {
+        ServerResult::GetTaskResult(r) => r,
+        // The untagged result enum may have read it as another shape.
+        other => serde_json::to_value(other)
+            .and_then(serde_json::from_value::<GetTaskResult>)
+            .map_err(|e| {
+                ErrorData::internal_error(
+                    format!(
+                        "upstream `{}` sent a malformed tasks/get result: {e}",
+                        opened.target.upstream
+                    ),
+                    None,
+                )
+            })?,
+    };
+    result.task.task.task_id = client_id.clone();
+    result.result_type = ResultType::COMPLETE;
+    match &mut result.task.payload {
+        TaskPayload::Completed { result: inlined } => {
+            guard_result(session, ctx, obs, &opened, inlined)?;
+        }
+        TaskPayload::Failed { error } => {
+            let text = serde_json::Value::Object(std::mem::take(error)).to_string();
+            let text = text.replace(&opened.task.id, &client_id);
+            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) {
+                *error = map;
+            }
+        }
+        _ => {}
+    }
+    Ok(result)
+}
+
+/// Runs the result guards of the task's tool over its inlined result:
+/// redacted in place, or withheld when a blocking guard fires.
+fn guard_result(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &Observation<'_>,
+    opened: &Opened,
+    inlined: &mut rmcp::model::JsonObject,
+) -> Result<(), ErrorData> {
+    with_policy(
+        session,
+        ctx,
+        obs,
+        opened,
+        "tasks/get",
+        |g, set, call, subject| {
+            // Without guards there is nothing to scan: skip the JSON round trip.
+            if set.guard_count() == 0 {
+                return Ok(());
+            }
+            let mut value = serde_json::Value::Object(std::mem::take(inlined));
+            let guarded = g.guard(set, call, subject, Direction::Results, &mut value);
+            if let serde_json::Value::Object(map) = value {
+                *inlined = map;
+            }
+            guarded
+        },
+    )
+    .unwrap_or(Ok(()))
+}
+
+/// `tasks/update`: the client's answers, to the owning upstream.
+pub(in crate::gateway) async fn update(
+    session: &Session,
+    mut params: UpdateTaskParams,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+) -> Result<(), ErrorData> {
+    let client_id = std::mem::take(&mut params.task_id);
+    acknowledged(session, ctx, obs, "tasks/update", client_id, |id| {
+        params.task_id = id;
+        ClientRequest::UpdateTaskRequest(Request::new(params))
+    })
+    .await
+}
+
+/// `tasks/cancel`: cooperative; the upstream decides the final status.
+pub(in crate::gateway) async fn cancel(
+    session: &Session,
+    mut params: CancelTaskParams,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+) -> Result<(), ErrorData> {
+    let client_id = std::mem::take(&mut params.task_id);
+    acknowledged(session, ctx, obs, "tasks/cancel", client_id, |id| {
+        params.task_id = id;
+        ClientRequest::CancelTaskRequest(Request::new(params))
+    })
+    .await
+}
+
+/// A request the upstream acknowledges with an empty result, sent under the
+/// upstream's task id (`request` builds it from that id).
+async fn acknowledged(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+    method: &'static str,
+    client_id: String,
+    request: impl FnOnce(String) -> ClientRequest,
+) -> Result<(), ErrorData> {
+    let opened = open(session, ctx, obs, method, &client_id)?;
+    let request = request(opened.task.id.clone());
+    forward(session, ctx, &opened, &client_id, request)
+        .await
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::TaskStatus;
+
+    #[test]
+    fn an_upstream_error_never_names_the_upstream_task_id() {
+        let e = ErrorData::invalid_params(
+            "unknown task: 5f0c-up",
+            Some(serde_json::json!({ "taskId": "5f0c-up" })),
+        );
+        let e = hide_id(e, "5f0c-up", "sealed");
+        assert_eq!(e.message, "unknown task: sealed");
+        assert_eq!(e.data, Some(serde_json::json!({ "taskId": "sealed" })));
+        let untouched = hide_id(
+            ErrorData::invalid_params("other", None),
+            "5f0c-up",
+            "sealed",
+        );
+        assert_eq!(untouched.message, "other");
+    }
+
+    #[test]
+    fn a_failed_or_tool_error_task_is_observed_as_failed() {
+        let task = rmcp::model::Task::new("t", TaskStatus::Working, "now", "now");
+        let failed = GetTaskResult::new(rmcp::model::DetailedTask::new(
+            task.clone(),
+            TaskPayload::Failed {
+                error: serde_json::from_value(serde_json::json!({"code": -1, "message": "x"}))
+                    .unwrap(),
+            },
+        ));
+        assert!(failed.failed());
+        let tool_error = GetTaskResult::new(rmcp::model::DetailedTask::new(
+            task.clone(),
+            TaskPayload::Completed {
+                result: serde_json::from_value(serde_json::json!({"content": [], "isError": true}))
+                    .unwrap(),
+            },
+        ));
+        assert!(tool_error.failed());
+        let working =
+            GetTaskResult::new(rmcp::model::DetailedTask::new(task, TaskPayload::Working));
+        assert!(!working.failed());
+    }
+}
