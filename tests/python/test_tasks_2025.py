@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PEERS, everything_stdio, fixture_stdio, http_get
+from conftest import PEERS, everything_stdio, fixture_stdio, http_get, wait_for
 
 PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
 CLIENT = Path(__file__).with_name("tasks2025_client.py")
@@ -199,9 +199,17 @@ def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_pa
     # The refused call made no task: only the allowed one is listed.
     assert seen["listed"] == [seen["task_id"]]
     assert secret not in seen["result_text"] and "[REDACTED" in seen["result_text"], seen["result_text"]
-    lines = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()]
-    assert any(l.get("rule") == "no-denied-topic" for l in lines), lines
-    assert any(l["event"] == "guard" and l["method"] == "tasks/result" for l in lines), lines
+
+    def audited():
+        lines = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()] if audit.exists() else []
+        return lines if any(l["event"] == "guard" and l["method"] == "tasks/result" for l in lines) else None
+
+    lines = wait_for(audited, what="the guard's audit line for tasks/result")
+    assert any(l.get("rule") == "no-denied-topic" and l["action"] == "deny" for l in lines), lines
+    # Requests about the task are audited as part of the call that created it.
+    allowed = next(l for l in lines if l["method"] == "tools/call" and l["action"] == "allow")
+    about_task = [l for l in lines if l["method"].startswith("tasks/")]
+    assert about_task and all(l.get("call_id") == allowed["call_id"] for l in about_task), lines
 
 
 if __name__ == "__main__":
