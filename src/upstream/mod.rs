@@ -15,8 +15,8 @@ mod ordered;
 mod pool;
 mod routes;
 mod sse;
-mod watching;
 mod tasks;
+mod watching;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,8 +36,8 @@ use crate::config::{SessionMode, UpstreamConfig};
 pub(crate) use routes::log_level_passes;
 use routes::Routes;
 pub use routes::{BridgedRequest, Caller};
-pub use watching::Watch;
 pub(crate) use tasks::rename_related;
+pub use watching::Watch;
 
 /// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error
 /// in one place, `gateway::error`.
@@ -476,10 +476,7 @@ impl Upstream {
         }
         let mut meta = RequestMetaObject::new();
         meta.set_client_capabilities(capabilities);
-        if let (true, Some(level)) = (
-            conn.modern,
-            caller.log_level.lock().ok().and_then(|l| *l),
-        ) {
+        if let (true, Some(level)) = (conn.modern, caller.log_level.lock().ok().and_then(|l| *l)) {
             meta.set_log_level(level);
         }
         Some(meta)
