@@ -216,6 +216,9 @@ impl Gateway {
                 self.registry.invalidate(&upstream, Some(kind)).await;
                 virtuals.extend(self.virtual_showing(&upstream).await);
                 self.notify_lists(&upstream, &[kind], &virtuals).await;
+                if kind == ListKind::Tools {
+                    self.registry.refresh_tools(&upstream).await;
+                }
             }
             UpstreamEvent::StateChanged { upstream } => {
                 let mut virtuals = self.virtual_showing(&upstream).await;
@@ -223,6 +226,7 @@ impl Gateway {
                 virtuals.extend(self.virtual_showing(&upstream).await);
                 let all = [ListKind::Tools, ListKind::Resources, ListKind::Prompts];
                 self.notify_lists(&upstream, &all, &virtuals).await;
+                self.registry.refresh_tools(&upstream).await;
             }
             UpstreamEvent::ResourceUpdated {
                 upstream,

@@ -191,6 +191,28 @@ impl Registry {
         views.get(endpoint)?.item(name).cloned()
     }
 
+    /// Rebuilds the tool views [`Registry::tool_now`] answers from that
+    /// show `upstream` (after its tools changed, or it came or went), and
+    /// those of `/mcp` and `/mcp/{upstream}`, so header checks see current
+    /// definitions without waiting for a client to list.
+    pub async fn refresh_tools(&self, upstream: &Arc<str>) {
+        let mut endpoints: Vec<Endpoint> = self
+            .last_tools
+            .read()
+            .map(|views| views.keys().cloned().collect())
+            .unwrap_or_default();
+        for endpoint in [Endpoint::Aggregate, Endpoint::Single(upstream.clone())] {
+            if !endpoints.contains(&endpoint) {
+                endpoints.push(endpoint);
+            }
+        }
+        for endpoint in endpoints {
+            if self.endpoint_includes(&endpoint, upstream) {
+                self.tools(&endpoint).await;
+            }
+        }
+    }
+
     /// The tools an endpoint shows.
     pub async fn tools(&self, endpoint: &Endpoint) -> ToolsView {
         let view = self.tools_view(endpoint).await;
