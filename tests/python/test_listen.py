@@ -64,6 +64,17 @@ async def next_event(sub, timeout: float = 20):
     return await asyncio.wait_for(sub.__anext__(), timeout)
 
 
+async def settled(gw, c) -> None:
+    """Returns once the gateway has fanned out every upstream event so far
+    (the list changes of upstreams coming up): events are fanned out in
+    order, and a resource update only the trigger causes comes after them."""
+    uri = next(str(r.uri) for r in (await c.list_resources()).resources if WATCHED in str(r.uri) and "fx" in str(r.uri))
+    async with c.listen(resource_subscriptions=[uri]) as probe:
+        await registered(gw, 1)
+        await c.call_tool("fx__trigger_resource_update", {})
+        assert await next_event(probe) == ResourceUpdated(uri=uri)
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_list_changes_reach_listeners_of_endpoints_that_show_the_upstream(procs, protocol):
     gw = two_fixtures(procs, protocol)
@@ -74,6 +85,7 @@ def test_list_changes_reach_listeners_of_endpoints_that_show_the_upstream(procs,
             fx = await stack.enter_async_context(Client(gw.endpoint("/mcp/fx"), mode="2026-07-28"))
             fy = await stack.enter_async_context(Client(gw.endpoint("/mcp/fy"), mode="2026-07-28"))
             vx = await stack.enter_async_context(Client(gw.endpoint("/mcp/v/vx"), mode="2026-07-28"))
+            await settled(gw, c)
             on_vx = await stack.enter_async_context(vx.listen(tools_list_changed=True, prompts_list_changed=True))
             everything = await stack.enter_async_context(
                 c.listen(tools_list_changed=True, prompts_list_changed=True)
