@@ -706,10 +706,9 @@ impl ServerHandler for Session {
             // client of an upstream that may answer `InputRequiredResult`.
             let may_ask = self
                 .gw
-                .config
-                .upstreams
-                .get(&*target.upstream)
-                .is_some_and(|u| u.protocol != crate::config::UpstreamProtocol::Legacy);
+                .registry
+                .upstream(&target.upstream)
+                .is_some_and(|u| u.may_answer_input_required());
             let retry = (!modern && may_ask).then(|| params.clone());
             // A 2025 client's task-augmented call keeps its `task` field.
             let request = match ctx.extensions.get::<legacy_tasks::Augmented>() {

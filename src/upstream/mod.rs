@@ -294,6 +294,17 @@ impl Upstream {
         }
     }
 
+    /// Whether a call may come back as an `InputRequiredResult`: only from
+    /// a connection in 2026-07-28 (a shared one that negotiated it, or a
+    /// per-client one that may).
+    pub fn may_answer_input_required(&self) -> bool {
+        match (self.config.protocol, self.config.session) {
+            (crate::config::UpstreamProtocol::Legacy, _) => false,
+            (_, SessionMode::PerClient) => true,
+            (_, SessionMode::Shared) => self.shared.load().as_ref().is_none_or(|c| c.modern),
+        }
+    }
+
     /// Capabilities the upstream server declared, if connected.
     pub fn server_capabilities(&self) -> Option<rmcp::model::ServerCapabilities> {
         self.shared
