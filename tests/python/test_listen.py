@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 
 import mcp.types as types
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp.client.subscriptions import PromptsListChanged, ResourceUpdated, ToolsListChanged
 
-from conftest import http_get, run, wait_for
+from conftest import FIXTURE, fixture_stdio, http_get, run, wait_for
+from procutil import alive, cmdline, descendants
 
 WATCHED = "test://watched-resource"
 PROTOCOLS = ["legacy", "2026-07-28"]
@@ -186,3 +190,36 @@ def test_a_legacy_subscriber_and_a_listener_share_one_upstream_subscription(proc
             assert await next_event(sub) == ResourceUpdated(uri=WATCHED)
 
     run(go())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_restarted_upstream_is_watched_again(procs, protocol):
+    """An upstream that dies and is restarted is asked again for what the
+    open listen streams want (resources/subscribe, or a new listen stream);
+    the listener hears the upstream go and come back as list changes."""
+    gw = procs.gateway({"upstreams": {"fx": {**fixture_stdio(), "protocol": protocol}}})
+    gw.wait_up("fx")
+
+    def children() -> list[int]:
+        return [p for p in alive(descendants(gw.proc.pid)) if str(FIXTURE) in cmdline(p)]
+
+    async def go():
+        async with Client(gw.endpoint("/mcp/fx"), mode="2026-07-28") as c:
+            async with c.listen(tools_list_changed=True, resource_subscriptions=[WATCHED]) as sub:
+                await registered(gw, 1)
+                [child] = children()
+                os.kill(child, signal.SIGKILL)
+                assert await next_event(sub) == ToolsListChanged()
+                await asyncio.to_thread(gw.wait_up, "fx")
+                # The watch is re-established in the background: trigger until it is.
+                for _ in range(60):
+                    try:
+                        await c.call_tool("trigger_resource_update", {})
+                        while (event := await next_event(sub, timeout=0.5)) != ResourceUpdated(uri=WATCHED):
+                            assert event == ToolsListChanged()
+                        return children() != [child]
+                    except (TimeoutError, MCPError):
+                        continue
+                return False
+
+    assert run(go())
