@@ -1377,13 +1377,15 @@ impl LegacyRun {
                 ));
             }
             let local = self.local.as_deref();
+            let mut related = None;
             if let Some(task) = local {
+                related = task.issued().await;
                 task.set(TaskStatus::InputRequired, None);
             }
             let answers = answer_inputs(
                 &self.caller,
                 r.input_requests.clone().unwrap_or_default(),
-                local.and_then(Local::client_id),
+                related.as_deref(),
                 &self.ct,
             )
             .await?;

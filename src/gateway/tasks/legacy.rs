@@ -243,10 +243,27 @@ impl Local {
     /// Records the client's id for the task; a task that changed status
     /// before that is announced now.
     pub(crate) fn bind(&self, client_id: &str) {
-        if self.client_id.set(client_id.to_owned()).is_ok()
-            && self.phase.borrow().status != TaskStatus::Working
-        {
-            self.notify();
+        if self.client_id.set(client_id.to_owned()).is_ok() {
+            // Wakes a run waiting in `issued`.
+            self.phase.send_modify(|_| ());
+            if self.phase.borrow().status != TaskStatus::Working {
+                self.notify();
+            }
+        }
+    }
+
+    /// The client's id, once the task has been handed out: a question to
+    /// the client names the task, so the run waits for it. `None` when the
+    /// task ends without ever being handed out.
+    pub(crate) async fn issued(&self) -> Option<String> {
+        let mut rx = self.phase.subscribe();
+        loop {
+            if let Some(id) = self.client_id() {
+                return Some(id.to_owned());
+            }
+            if self.cancel.is_cancelled() || rx.changed().await.is_err() {
+                return None;
+            }
         }
     }
 
