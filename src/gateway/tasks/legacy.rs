@@ -204,14 +204,31 @@ pub(crate) struct Local {
     phase: tokio::sync::watch::Sender<Phase>,
     cancel: CancellationToken,
     client_id: OnceLock<String>,
-    peer: Peer<RoleServer>,
+    announce: Announce,
     created_at: String,
     ttl: u64,
 }
 
+/// Where a local task's status notifications go.
+type Announce = Box<dyn Fn(ServerNotification) + Send + Sync>;
+
 impl Local {
     /// A working task whose status notifications go to `peer`.
     pub(crate) fn new(peer: Peer<RoleServer>, ttl: u64) -> Arc<Local> {
+        Local::announcing(
+            Box::new(move |n| {
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = peer.send_notification(n).await {
+                        tracing::debug!(error = %e, "task status notification not delivered");
+                    }
+                });
+            }),
+            ttl,
+        )
+    }
+
+    fn announcing(announce: Announce, ttl: u64) -> Arc<Local> {
         let now = crate::telemetry::audit::now_rfc3339();
         let (phase, _) = tokio::sync::watch::channel(Phase {
             status: TaskStatus::Working,
@@ -223,7 +240,7 @@ impl Local {
             phase,
             cancel: CancellationToken::new(),
             client_id: OnceLock::new(),
-            peer,
+            announce,
             created_at: now,
             ttl,
         })
@@ -381,17 +398,9 @@ impl Local {
         if self.client_id().is_none() {
             return;
         }
-        let params = self.snapshot();
-        let peer = self.peer.clone();
-        let n = ServerNotification::CustomNotification(CustomNotification::new(
-            crate::upstream::STATUS_NOTIFICATION,
-            Some(params),
+        (self.announce)(ServerNotification::CustomNotification(
+            CustomNotification::new(crate::upstream::STATUS_NOTIFICATION, Some(self.snapshot())),
         ));
-        tokio::spawn(async move {
-            if let Err(e) = peer.send_notification(n).await {
-                tracing::debug!(error = %e, "task status notification not delivered");
-            }
-        });
     }
 }
 
@@ -598,6 +607,79 @@ mod tests {
         let list = json!({ "tasks": [working], "nextCursor": "c" });
         let read: ServerResult = serde_json::from_value(list).unwrap();
         assert!(matches!(read, ServerResult::CustomResult(_)));
+    }
+
+    /// A local task whose status notifications are collected.
+    fn local(ttl: u64) -> (Arc<Local>, Arc<Mutex<Vec<Value>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let local = Local::announcing(
+            Box::new(move |n| {
+                if let ServerNotification::CustomNotification(n) = n {
+                    sink.lock().unwrap().push(n.params.unwrap_or_default());
+                }
+            }),
+            ttl,
+        );
+        (local, seen)
+    }
+
+    fn statuses(seen: &Mutex<Vec<Value>>) -> Vec<String> {
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .map(|n| n["status"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_local_task_announces_each_status_once_it_has_an_id() {
+        let (task, seen) = local(60_000);
+        let created = created_to_2025(&task.created("x"));
+        assert_eq!(created["task"]["status"], "working");
+        assert_eq!(created["task"]["ttl"], 60_000);
+        assert_eq!(created["task"]["pollInterval"], LOCAL_POLL_INTERVAL_MS);
+        // Before the client holds an id there is nobody to tell...
+        task.set(TaskStatus::InputRequired, None);
+        assert!(statuses(&seen).is_empty());
+        // ...and it is told where it stands as soon as it does.
+        task.bind("client-1");
+        assert_eq!(task.issued().await.as_deref(), Some("client-1"));
+        task.set(TaskStatus::Working, None);
+        task.finish(Ok(json!({ "content": [], "isError": false })));
+        task.finish(Err(ErrorData::internal_error("late", None)));
+        task.cancel();
+        assert_eq!(statuses(&seen), ["input_required", "working", "completed"]);
+        assert_eq!(task.snapshot()["taskId"], "client-1");
+        assert_eq!(task.snapshot()["status"], "completed");
+        assert_eq!(task.outcome().await.unwrap()["isError"], false);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_local_task_stops_its_call_and_keeps_no_result() {
+        let (task, seen) = local(1_000);
+        task.bind("c");
+        let token = task.token();
+        let waiting = tokio::spawn({
+            let task = task.clone();
+            async move { task.outcome().await }
+        });
+        task.cancel();
+        assert!(token.is_cancelled());
+        assert!(waiting.await.unwrap().is_err());
+        // The call's late answer does not revive it.
+        task.finish(Ok(json!({ "content": [] })));
+        assert_eq!(task.snapshot()["status"], "cancelled");
+        assert_eq!(statuses(&seen), ["cancelled"]);
+    }
+
+    #[tokio::test]
+    async fn a_tool_error_fails_a_local_task_and_an_unissued_one_is_not_waited_for() {
+        let (task, _) = local(1_000);
+        task.finish(Ok(json!({ "content": [], "isError": true })));
+        assert_eq!(task.snapshot()["status"], "failed");
+        let (never, _) = local(1_000);
+        never.cancel();
+        assert_eq!(never.issued().await, None);
     }
 
     #[test]
