@@ -72,9 +72,9 @@ class Raw:
         )
 
 
-def modern(procs, name: str = "gateway", **extra) -> tuple[str, object]:
+def modern(procs, name: str = "gateway", protocol: str = "2026-07-28", **extra) -> tuple[str, object]:
     url = procs.fixture_http()
-    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": "2026-07-28"}}, **extra}, name=name)
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": protocol}}, **extra}, name=name)
     gw.wait_up("fx")
     return url, gw
 
@@ -94,8 +94,9 @@ def shows_no_upstream_id(raw: str) -> bool:
     return True
 
 
-def test_a_task_outlives_its_request_and_the_client_never_sees_the_upstream_id(procs):
-    fixture_url, gw = modern(procs)
+@pytest.mark.parametrize("protocol", ["2026-07-28", "auto"])
+def test_a_task_outlives_its_request_and_the_client_never_sees_the_upstream_id(procs, protocol):
+    fixture_url, gw = modern(procs, protocol=protocol)
     c = Raw(gw.endpoint("/mcp/fx"))
     created = c.call("slow_compute", {"seconds": 1, "label": "later"})
     assert created["resultType"] == "task" and created["status"] == "working"
