@@ -200,13 +200,23 @@ def test_the_extension_is_gated_and_the_removed_methods_are_gone(procs):
     assert c.error("tasks/list", {})["code"] == -32601
 
 
-def test_an_endpoint_without_the_extension_says_so(procs):
-    gw = procs.gateway({"upstreams": {"fx": fixture_stdio()}})  # legacy upstream
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        {},  # spoken to in 2025-11-25
+        # A per-client connection ends with its session (a 2026 client's is
+        # one request), which a task must outlive: its tasks are not offered.
+        {"protocol": "2026-07-28", "session": "per-client"},
+    ],
+    ids=["legacy", "per-client"],
+)
+def test_an_endpoint_without_the_extension_says_so(procs, upstream):
+    gw = procs.gateway({"upstreams": {"fx": {**fixture_stdio(), **upstream}}})
     gw.wait_up("fx")
     c = Raw(gw.url)
     assert TASKS not in json.dumps(c.ok("server/discover", {}).get("capabilities", {}))
     assert c.error("tasks/get", {"taskId": "x"})["code"] == -32601
-    # A task-capable call simply runs: the legacy upstream was never offered tasks.
+    # A task-capable call simply runs: the upstream was never offered tasks.
     r = c.call("fx__slow_compute", {"seconds": 0, "label": "legacy"})
     assert r["resultType"] == "complete" and r["content"][0]["text"].startswith("computed legacy")
 
