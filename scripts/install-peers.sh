@@ -36,4 +36,11 @@ if [ ! -x "$peers/venv/bin/python" ] || ! "$peers/venv/bin/python" -c 'import mc
   "$peers/venv/bin/pip" install --quiet --disable-pip-version-check \
     'mcp>=2,<3' mcp-server-time httpx2 pytest pytest-timeout pyyaml opentelemetry-proto openai anthropic >&2
 fi
+# The 1.x Python SDK in a venv of its own: it speaks 2025-11-25 and has the
+# experimental tasks client the 2025 task tests drive (2.x dropped it).
+if [ ! -x "$peers/venv-mcp1/bin/python" ] || ! "$peers/venv-mcp1/bin/python" -c 'import mcp.client.experimental' 2>/dev/null; then
+  log "creating Python venv with mcp==1.30.0"
+  python3 -m venv "$peers/venv-mcp1"
+  "$peers/venv-mcp1/bin/pip" install --quiet --disable-pip-version-check 'mcp==1.30.0' >&2
+fi
 log "peers ready in $peers"

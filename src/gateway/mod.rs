@@ -30,6 +30,7 @@ pub use error::{RATE_LIMITED, REQUEST_CANCELLED, REQUEST_TIMEOUT, UPSTREAM_UNAVA
 pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
 pub use models::ModelAdmission;
 pub use session::Session;
+pub(crate) use tasks::legacy::rewrite_request as rewrite_legacy_task_request;
 
 /// What the gateway knows about one live downstream session.
 pub struct SessionState {
@@ -66,6 +67,8 @@ pub struct Gateway {
     /// The task ids handed to clients.
     #[allow(dead_code)] // read by the task handlers (issue 10)
     task_ids: tasks::TaskIds,
+    /// The 2025-11-25 tasks issued to clients.
+    legacy_tasks: tasks::legacy::Issuance,
 }
 
 impl Gateway {
@@ -92,6 +95,7 @@ impl Gateway {
             guardrails,
             bridge: mrtr::Bridge::new(),
             task_ids: tasks::TaskIds::new(),
+            legacy_tasks: Default::default(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw
@@ -114,6 +118,11 @@ impl Gateway {
             guardrails: self.guardrails.clone(),
             limits: self.limits.clone(),
         }
+    }
+
+    /// The largest request body the MCP endpoints accept.
+    pub fn max_body_bytes(&self) -> usize {
+        self.config.http.max_body_bytes
     }
 
     /// The registry.

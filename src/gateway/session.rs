@@ -466,6 +466,8 @@ macro_rules! observed {
     }};
 }
 
+mod legacy_tasks;
+
 impl ServerHandler for Session {
     fn get_info(&self) -> ServerConfig {
         let mut capabilities = ServerCapabilities::builder()
@@ -664,12 +666,18 @@ impl ServerHandler for Session {
                 .get(&*target.upstream)
                 .is_some_and(|u| u.protocol != crate::config::UpstreamProtocol::Legacy);
             let retry = (!modern && may_ask).then(|| params.clone());
-            let request = ClientRequest::CallToolRequest(Request::new(params));
+            // A 2025 client's task-augmented call keeps its `task` field.
+            let legacy_task = ctx.extensions.get::<legacy_tasks::Augmented>().is_some();
+            let request = match ctx.extensions.get::<legacy_tasks::Augmented>() {
+                Some(task) => task.request(params),
+                None => ClientRequest::CallToolRequest(Request::new(params)),
+            };
             let pick: fn(ServerResult) -> Result<CallToolResponse, Box<ServerResult>> = |r| match r
             {
                 ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
                 ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
                 ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+                ServerResult::CustomResult(r) => legacy_tasks::created(r),
                 other => Err(Box::new(other)),
             };
             let complete: fn(CallToolResult) -> CallToolResponse =
@@ -791,6 +799,10 @@ impl ServerHandler for Session {
                 (Some((g, set)), CallToolResponse::Complete(result)) => {
                     let guarded = guard_result(g, &set, &call, &subject, result)?;
                     Ok(CallToolResponse::Complete(guarded))
+                }
+                // A 2025-11-25 task: `legacy_call` issues its id.
+                (_, CallToolResponse::Task(created)) if legacy_task => {
+                    Ok(CallToolResponse::Task(created))
                 }
                 // The client gets the task under an id of the gateway's.
                 (_, CallToolResponse::Task(created))
@@ -1052,6 +1064,14 @@ impl ServerHandler for Session {
             )
             .await
         })
+    }
+
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        self.legacy_task_request(request, ctx).await
     }
 
     async fn on_roots_list_changed(&self, _ctx: rmcp::service::NotificationContext<RoleServer>) {

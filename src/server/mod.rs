@@ -10,6 +10,7 @@ mod admin;
 mod auth;
 mod health;
 mod llm;
+mod tasks2025;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -159,7 +160,15 @@ impl Router {
             return too_many_requests(&refused);
         }
         let is_delete = req.method() == http::Method::DELETE;
-        let mut resp = match service.call(req).await {
+        let called = if tasks2025::candidate(&req) {
+            match tasks2025::rewrite(req, self.gateway.max_body_bytes()).await {
+                Ok(req) => service.call(req).await,
+                Err(refusal) => return refusal,
+            }
+        } else {
+            service.call(req).await
+        };
+        let mut resp = match called {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
             Err(never) => match never {},
         };

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::model::GetExtensions;
 use rmcp::model::{
     ClientCapabilities, ClientInfo, ClientResult, ErrorCode, ErrorData, Implementation,
     ServerNotification, ServerRequest,
 };
+use rmcp::model::{GetExtensions, GetMeta};
 use rmcp::service::{
     InboundStreamOrigin, NotificationContext, OriginatingRequestId, RequestContext, RoleClient,
     Service,
@@ -144,8 +144,25 @@ impl Service<RoleClient> for UpstreamClient {
             return Ok(ClientResult::empty(()));
         }
         let what = method_name(&request);
+        let mut request = request;
         let origin = request.extensions().get::<InboundStreamOrigin>().cloned();
-        let caller = self.caller_for(origin.as_ref()).await;
+        // A request about a task (`_meta` related-task) that arrived outside
+        // any call's stream goes to the session that owns the task.
+        let task = super::tasks::route_of(&self.routes, request.get_meta());
+        let caller = match &task {
+            Some((route, _))
+                if !matches!(origin, Some(InboundStreamOrigin::OutboundRequest(_))) =>
+            {
+                Some(route.caller.clone())
+            }
+            _ => self
+                .caller_for(origin.as_ref())
+                .await
+                .or_else(|| task.as_ref().map(|(route, _)| route.caller.clone())),
+        };
+        if let Some((_, client_id)) = &task {
+            super::tasks::rename_related(request.get_meta_mut(), client_id);
+        }
         if let (ServerRequest::CreateMessageRequest(r), Some(sampler)) = (&request, &self.sampler) {
             let can_sample = caller
                 .as_ref()
@@ -187,7 +204,6 @@ impl Service<RoleClient> for UpstreamClient {
                 }
             };
         }
-        let mut request = request;
         // Deliver on the originating call's response stream (SEP-2260);
         // the owner of a per-client connection is reached on its GET stream.
         if !self.owner.as_ref().is_some_and(|o| Arc::ptr_eq(o, &caller)) {
@@ -247,6 +263,18 @@ impl Service<RoleClient> for UpstreamClient {
                 session: self.owner.as_ref().map(|o| o.session),
                 params: n.params,
             },
+            ServerNotification::CustomNotification(n) => {
+                // A 2025 task's status goes to the session that owns it.
+                if let Some((caller, n)) = super::tasks::status_for_owner(&self.routes, &n) {
+                    let n = ServerNotification::CustomNotification(n);
+                    if let Err(e) = caller.peer.send_notification(n).await {
+                        tracing::debug!(error = %e, "task status not delivered downstream");
+                    }
+                } else {
+                    tracing::debug!(upstream = %self.upstream, method = %n.method, "notification not forwarded");
+                }
+                return Ok(());
+            }
             other => {
                 tracing::debug!(upstream = %self.upstream, ?other, "notification not forwarded");
                 return Ok(());

@@ -14,6 +14,7 @@ mod ordered;
 mod pool;
 mod routes;
 mod sse;
+mod tasks;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::config::{SessionMode, UpstreamConfig};
 pub(crate) use routes::log_level_passes;
 use routes::Routes;
 pub use routes::{BridgedRequest, Caller};
+pub(crate) use tasks::rename_related;
 
 /// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error
 /// in one place, `gateway::error`.
@@ -387,7 +389,7 @@ impl Upstream {
             .await
             .map_err(|e| self.map_error(e))?;
         let id = handle.id.clone();
-        let _registration = caller.map(|caller| {
+        let mut registration = caller.map(|caller| {
             let (registration, early) =
                 conn.routes
                     .register(id.clone(), handle.progress_token.clone(), caller.clone());
@@ -400,7 +402,7 @@ impl Upstream {
             }
             registration
         });
-        tokio::select! {
+        let result = tokio::select! {
             result = handle.await_response() => result.map_err(|e| {
                 let e = self.map_error(e);
                 if matches!(e, UpstreamError::Timeout { .. } | UpstreamError::Unavailable { .. }) {
@@ -414,7 +416,14 @@ impl Upstream {
                 Err(UpstreamError::Cancelled)
             }
             () = conn.closed.cancelled() => Err(UpstreamError::Closed { upstream: self.name.to_string() }),
+        };
+        // A 2025 task outlives its call: so do its routes.
+        if let (Ok(r), Some(registration)) = (&result, registration.as_mut()) {
+            if let Some(task) = tasks::created_task_id(r) {
+                registration.keep_for_task(task);
+            }
         }
+        result
     }
 
     /// The tasks extension (2026-07-28) is declared per request: a caller

@@ -90,6 +90,21 @@ struct Table {
     /// request a server-to-client message belongs to.
     order: Vec<RequestId>,
     early_progress: Vec<ProgressNotificationParam>,
+    /// Tasks created by calls on this connection, by the upstream's task id:
+    /// they outlive their call, and so do their routes.
+    tasks: HashMap<String, TaskRoute>,
+}
+
+/// Where a task's messages go after the call that created it returned.
+#[derive(Clone)]
+pub(crate) struct TaskRoute {
+    /// The session's most recent request about the task (the creating call,
+    /// later its `tasks/result` or `tasks/get`), for server-to-client requests.
+    pub(crate) caller: Arc<Caller>,
+    /// The creating call's progress token, valid for the task's life.
+    token: ProgressToken,
+    /// The id the gateway gave the client, once it has.
+    pub(crate) client_id: Option<String>,
 }
 
 /// The per-connection routing table.
@@ -104,14 +119,38 @@ pub(crate) struct Registration {
     routes: Arc<Routes>,
     id: RequestId,
     token: ProgressToken,
+    /// Set when the call created a task: its progress token stays routed.
+    task: Option<String>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut t = self.routes.lock();
         t.by_request.remove(&self.id);
-        t.by_progress.remove(&self.token);
         t.order.retain(|id| id != &self.id);
+        let kept = self.task.take().and_then(|task| {
+            let caller = t.by_progress.get(&self.token)?.clone();
+            t.tasks.insert(
+                task,
+                TaskRoute {
+                    caller,
+                    token: self.token.clone(),
+                    client_id: None,
+                },
+            );
+            Some(())
+        });
+        if kept.is_none() {
+            t.by_progress.remove(&self.token);
+        }
+    }
+}
+
+impl Registration {
+    /// Keeps the call's routes for task `task`, which it created, after
+    /// the call returns, until [`Routes::forget_task`].
+    pub(crate) fn keep_for_task(&mut self, task: String) {
+        self.task = Some(task);
     }
 }
 
@@ -147,6 +186,7 @@ impl Routes {
                 routes: self.clone(),
                 id,
                 token,
+                task: None,
             },
             early,
         )
@@ -189,6 +229,41 @@ impl Routes {
     pub(crate) fn latest(&self) -> Option<Arc<Caller>> {
         let t = self.lock();
         t.order.last().and_then(|id| t.by_request.get(id)).cloned()
+    }
+
+    /// Names the client's id for an upstream task, and makes `caller` (the
+    /// session's latest request about it) where its messages go. False when
+    /// the connection keeps no route for the task.
+    pub(crate) fn track_task(
+        &self,
+        task: &str,
+        client_id: &str,
+        caller: Option<Arc<Caller>>,
+    ) -> bool {
+        let mut t = self.lock();
+        let Some(route) = t.tasks.get_mut(task) else {
+            return false;
+        };
+        route.client_id = Some(client_id.to_owned());
+        // Progress keeps going to the creating call's token (the client's
+        // token stays valid for the task's life); requests follow the session.
+        if let Some(caller) = caller {
+            route.caller = caller;
+        }
+        true
+    }
+
+    /// The route of an upstream task, if one is kept.
+    pub(crate) fn task(&self, task: &str) -> Option<TaskRoute> {
+        self.lock().tasks.get(task).cloned()
+    }
+
+    /// Drops an ended task's routes (its progress token with them).
+    pub(crate) fn forget_task(&self, task: &str) {
+        let mut t = self.lock();
+        if let Some(route) = t.tasks.remove(task) {
+            t.by_progress.remove(&route.token);
+        }
     }
 
     /// Number of calls in flight on this connection.

@@ -5,6 +5,8 @@
 //! a client can reach neither another upstream's task (it cannot forge the
 //! upstream) nor another identity's (the id opens only for its subject).
 
+pub(crate) mod legacy;
+
 use rmcp::model::ErrorData;
 use serde::{Deserialize, Serialize};
 
@@ -57,9 +59,14 @@ impl TaskIds {
     pub(super) fn open(&self, subject: &str, id: &str) -> Result<TaskRef, ErrorData> {
         self.sealer.open(id, subject).map_err(|e| {
             tracing::debug!(error = %e, "task id refused");
-            ErrorData::invalid_params("unknown task id", None)
+            unknown_task()
         })
     }
+}
+
+/// The one refusal of a task id, whatever the reason.
+pub(super) fn unknown_task() -> ErrorData {
+    ErrorData::invalid_params("unknown task id", None)
 }
 
 #[cfg(test)]

@@ -1,0 +1,406 @@
+//! Tasks of the 2025-11-25 design (the core protocol's experimental
+//! tasks), for clients and upstreams that negotiated that version.
+//!
+//! rmcp knows only the 2026-07-28 tasks extension: it drops `params.task`
+//! from `tools/call` and parses `tasks/get` and `tasks/cancel` as the 2026
+//! requests. So the HTTP layer renames a 2025 session's task requests to the
+//! private methods below before rmcp reads them ([`rewrite_request`]); they
+//! reach [`crate::gateway::Session`] as custom requests, inside the session
+//! (identity, peer, policy), and their results go back verbatim in 2025
+//! shape. This module holds what needs no session: that rewrite, the
+//! conversions between the two wire shapes, and the table of issued tasks.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CreateTaskResult, JsonObject, ServerResult, Task};
+use serde_json::Value;
+
+use super::TaskRef;
+
+/// A task-augmented `tools/call` of a 2025 client.
+pub(crate) const CALL: &str = "portcullis/tasks-2025/tools/call";
+/// `tasks/get` of a 2025 client.
+pub(crate) const GET: &str = "portcullis/tasks-2025/get";
+/// `tasks/result` of a 2025 client.
+pub(crate) const RESULT: &str = "portcullis/tasks-2025/result";
+/// `tasks/list` of a 2025 client.
+pub(crate) const LIST: &str = "portcullis/tasks-2025/list";
+/// `tasks/cancel` of a 2025 client.
+pub(crate) const CANCEL: &str = "portcullis/tasks-2025/cancel";
+
+/// How long a task the upstream keeps forever stays in the gateway's table.
+const UNLIMITED_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Tasks one subject may hold at once, so a client cannot grow the table
+/// without bound.
+const MAX_TASKS_PER_SUBJECT: usize = 1000;
+
+/// The private method a 2025 task request is renamed to, if it is one.
+fn private_method(method: &str, params: Option<&Value>) -> Option<&'static str> {
+    match method {
+        "tools/call" => params
+            .and_then(|p| p.get("task"))
+            .filter(|t| t.is_object())
+            .map(|_| CALL),
+        "tasks/get" => Some(GET),
+        "tasks/result" => Some(RESULT),
+        "tasks/list" => Some(LIST),
+        "tasks/cancel" => Some(CANCEL),
+        _ => None,
+    }
+}
+
+/// The body with a 2025 task request's method renamed to its private
+/// method, or `None` when the body is anything else. Only bodies that
+/// mention `"task` are parsed, so other requests cost one byte scan.
+pub(crate) fn rewrite_request(body: &[u8]) -> Option<Vec<u8>> {
+    const NEEDLE: &[u8] = b"\"task";
+    if !body.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+        return None;
+    }
+    let mut message: Value = serde_json::from_slice(body).ok()?;
+    let object = message.as_object_mut()?;
+    let method = object.get("method")?.as_str()?;
+    let private = private_method(method, object.get("params"))?;
+    object.insert("method".into(), Value::String(private.into()));
+    serde_json::to_vec(&message).ok()
+}
+
+/// The upstream's 2025 `CreateTaskResult` (`{task: {...}}`) as rmcp's task
+/// result, so it travels through the call path like a 2026 task; `None`
+/// for anything else.
+pub(crate) fn created(result: &Value) -> Option<CreateTaskResult> {
+    let task = task_from_2025(result.get("task")?)?;
+    let mut created = CreateTaskResult::new(task);
+    created.meta = result
+        .get("_meta")
+        .and_then(|m| serde_json::from_value(m.clone()).ok());
+    Some(created)
+}
+
+/// A 2025 `Task` object as rmcp's `Task` (`ttl`/`pollInterval` become
+/// `ttlMs`/`pollIntervalMs`; the values are milliseconds in both).
+fn task_from_2025(task: &Value) -> Option<Task> {
+    let mut task = task.as_object()?.clone();
+    task.get("taskId")?.as_str()?;
+    if let Some(ttl) = task.remove("ttl") {
+        task.insert("ttlMs".into(), ttl);
+    }
+    if let Some(poll) = task.remove("pollInterval") {
+        task.insert("pollIntervalMs".into(), poll);
+    }
+    serde_json::from_value(Value::Object(task)).ok()
+}
+
+/// rmcp's `Task` in the 2025 wire shape.
+pub(crate) fn task_to_2025(task: &Task) -> Value {
+    let mut out = JsonObject::new();
+    out.insert("taskId".into(), Value::String(task.task_id.clone()));
+    out.insert(
+        "status".into(),
+        serde_json::to_value(task.status).unwrap_or(Value::Null),
+    );
+    if let Some(message) = &task.status_message {
+        out.insert("statusMessage".into(), Value::String(message.clone()));
+    }
+    out.insert("createdAt".into(), Value::String(task.created_at.clone()));
+    out.insert(
+        "lastUpdatedAt".into(),
+        Value::String(task.last_updated_at.clone()),
+    );
+    out.insert(
+        "ttl".into(),
+        task.ttl_ms.map(Value::from).unwrap_or(Value::Null),
+    );
+    if let Some(poll) = task.poll_interval_ms {
+        out.insert("pollInterval".into(), Value::from(poll));
+    }
+    Value::Object(out)
+}
+
+/// A 2025 `CreateTaskResult` for the client.
+pub(crate) fn created_to_2025(result: &CreateTaskResult) -> Value {
+    let mut out = JsonObject::new();
+    out.insert("task".into(), task_to_2025(&result.task));
+    if let Some(meta) = &result.meta {
+        out.insert("_meta".into(), Value::Object(meta.0.clone()));
+    }
+    Value::Object(out)
+}
+
+/// An upstream's answer to `tasks/get` or `tasks/cancel` (a `Task`) as
+/// JSON in the 2025 shape. rmcp reads a working or cancelled task as its
+/// 2026 `GetTaskResult`, which renames `ttl` and drops `pollInterval`;
+/// `known` (what the upstream said before) fills what was lost.
+pub(crate) fn task_result_to_2025(result: ServerResult, known: Option<&Value>) -> Option<Value> {
+    let read_as_2026 = matches!(result, ServerResult::GetTaskResult(_));
+    let mut value = serde_json::to_value(result).ok()?;
+    let object = value.as_object_mut()?;
+    if read_as_2026 {
+        object.remove("resultType");
+        let ttl = object.remove("ttlMs").filter(|t| !t.is_null());
+        let poll = object.remove("pollIntervalMs");
+        let known = |key: &str| known.and_then(|k| k.get(key)).cloned();
+        object.insert(
+            "ttl".into(),
+            ttl.or_else(|| known("ttl")).unwrap_or(Value::Null),
+        );
+        if let Some(poll) = poll.or_else(|| known("pollInterval")) {
+            object.insert("pollInterval".into(), poll);
+        }
+    }
+    object.get("taskId")?.as_str()?;
+    Some(value)
+}
+
+/// A fresh random handle for a task: what the client's id seals in place
+/// of the upstream's id. `None` without OS randomness.
+pub(crate) fn handle() -> Option<String> {
+    // 96 bits: unique among live tasks; it needs no secrecy, being sealed.
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What the gateway remembers about one task it issued.
+#[derive(Debug, Clone)]
+pub(crate) struct Issued {
+    /// Who created it; only they see it in `tasks/list`.
+    pub(crate) subject: String,
+    /// The downstream session that created it (its notifications go there).
+    pub(crate) session: u64,
+    /// What the client's id seals: the upstream and a random handle. The
+    /// upstream's own id is not sealed in it: a sealed id is signed, not
+    /// encrypted, so the client could read it.
+    pub(crate) task: TaskRef,
+    /// The upstream's own id for the task.
+    pub(crate) upstream_id: String,
+    /// The tool as the upstream knows it, for the result guards.
+    pub(crate) tool: String,
+    /// The tool's aggregate name, which policy rules match.
+    pub(crate) exposed: String,
+    /// The last state seen, in 2025 shape with the client's id.
+    pub(crate) snapshot: Value,
+    created: Instant,
+    expires: Instant,
+}
+
+impl Issued {
+    /// A record of a task created now; it expires with the task's `ttl`.
+    pub(crate) fn new(
+        subject: String,
+        session: u64,
+        (task, upstream_id): (TaskRef, String),
+        (tool, exposed): (String, String),
+        snapshot: Value,
+    ) -> Issued {
+        let ttl = snapshot
+            .get("ttl")
+            .and_then(Value::as_u64)
+            .map(Duration::from_millis)
+            .unwrap_or(UNLIMITED_TTL)
+            .min(UNLIMITED_TTL);
+        let created = Instant::now();
+        Issued {
+            subject,
+            session,
+            task,
+            upstream_id,
+            tool,
+            exposed,
+            snapshot,
+            created,
+            expires: created + ttl,
+        }
+    }
+}
+
+/// The 2025 tasks the gateway issued, by the id the client holds.
+#[derive(Default)]
+pub(crate) struct Issuance {
+    tasks: Mutex<HashMap<String, Issued>>,
+}
+
+impl Issuance {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Issued>> {
+        // Entries are replaced whole, so a poisoned map is still consistent.
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a task; returns the expired ones it dropped (their upstream
+    /// routes should go too), or `None` when the subject holds too many.
+    pub(crate) fn insert(&self, id: String, issued: Issued) -> Option<Vec<Issued>> {
+        let mut tasks = self.lock();
+        let expired = purge(&mut tasks, Instant::now());
+        let held = tasks
+            .values()
+            .filter(|t| t.subject == issued.subject)
+            .count();
+        if held >= MAX_TASKS_PER_SUBJECT {
+            return None;
+        }
+        tasks.insert(id, issued);
+        Some(expired)
+    }
+
+    /// The record of task `id`, if it has not expired.
+    pub(crate) fn get(&self, id: &str) -> Option<Issued> {
+        let tasks = self.lock();
+        tasks
+            .get(id)
+            .filter(|t| t.expires > Instant::now())
+            .cloned()
+    }
+
+    /// Stores the latest state seen of task `id`.
+    pub(crate) fn update(&self, id: &str, snapshot: &Value) {
+        if let Some(t) = self.lock().get_mut(id) {
+            t.snapshot = snapshot.clone();
+        }
+    }
+
+    /// Forgets task `id`.
+    pub(crate) fn remove(&self, id: &str) -> Option<Issued> {
+        self.lock().remove(id)
+    }
+
+    /// `subject`'s live tasks, oldest first, and the expired ones dropped.
+    pub(crate) fn list(&self, subject: &str) -> (Vec<Value>, Vec<Issued>) {
+        let mut tasks = self.lock();
+        let expired = purge(&mut tasks, Instant::now());
+        let mut mine: Vec<&Issued> = tasks.values().filter(|t| t.subject == subject).collect();
+        mine.sort_by_key(|t| t.created);
+        (mine.iter().map(|t| t.snapshot.clone()).collect(), expired)
+    }
+}
+
+fn purge(tasks: &mut HashMap<String, Issued>, now: Instant) -> Vec<Issued> {
+    let dead: Vec<String> = tasks
+        .iter()
+        .filter(|(_, t)| t.expires <= now)
+        .map(|(id, _)| id.clone())
+        .collect();
+    dead.iter().filter_map(|id| tasks.remove(id)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn method_of(body: &[u8]) -> String {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        v["method"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn only_2025_task_requests_are_renamed() {
+        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","task":{"ttl":1000}}}"#;
+        assert_eq!(method_of(&rewrite_request(call).unwrap()), CALL);
+        for (method, private) in [
+            ("tasks/get", GET),
+            ("tasks/result", RESULT),
+            ("tasks/list", LIST),
+            ("tasks/cancel", CANCEL),
+        ] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"taskId":"a"}}}}"#
+            );
+            assert_eq!(
+                method_of(&rewrite_request(body.as_bytes()).unwrap()),
+                private
+            );
+        }
+        // A plain call, a call whose arguments mention a task, and other methods pass.
+        let plain = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#;
+        assert!(rewrite_request(plain).is_none());
+        let argument = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"task":{}}}}"#;
+        assert!(rewrite_request(argument).is_none());
+        let other = br#"{"jsonrpc":"2.0","id":1,"method":"tasks/update","params":{"taskId":"a"}}"#;
+        assert!(rewrite_request(other).is_none());
+        assert!(rewrite_request(b"\"task not json").is_none());
+    }
+
+    #[test]
+    fn a_2025_task_survives_the_round_trip_through_rmcp_types() {
+        let task = json!({
+            "taskId": "t-1", "status": "working", "statusMessage": "busy",
+            "createdAt": "2025-11-25T10:30:00Z", "lastUpdatedAt": "2025-11-25T10:30:01Z",
+            "ttl": 60000, "pollInterval": 1000
+        });
+        let result = json!({ "task": task, "_meta": { "k": 1 } });
+        let created = created(&result).unwrap();
+        assert_eq!(created.task.task_id, "t-1");
+        assert_eq!(created_to_2025(&created), result);
+        assert!(super::created(&json!({ "content": [] })).is_none());
+    }
+
+    #[test]
+    fn rmcp_reads_2025_task_results_as_expected() {
+        // What an upstream's answers deserialise into, and that the 2025
+        // shape comes back with what rmcp dropped filled in.
+        let working = json!({
+            "taskId": "t-1", "status": "working", "createdAt": "a", "lastUpdatedAt": "b",
+            "ttl": 60000, "pollInterval": 1000
+        });
+        let read: ServerResult = serde_json::from_value(working.clone()).unwrap();
+        assert!(matches!(read, ServerResult::GetTaskResult(_)));
+        let known = json!({ "ttl": 60000, "pollInterval": 1000 });
+        assert_eq!(task_result_to_2025(read, Some(&known)).unwrap(), working);
+
+        let waiting = json!({
+            "taskId": "t-1", "status": "input_required", "createdAt": "a",
+            "lastUpdatedAt": "b", "ttl": 5, "pollInterval": 7
+        });
+        let read: ServerResult = serde_json::from_value(waiting.clone()).unwrap();
+        assert!(matches!(read, ServerResult::CustomResult(_)));
+        assert_eq!(task_result_to_2025(read, None).unwrap(), waiting);
+
+        let create = json!({ "task": working });
+        let read: ServerResult = serde_json::from_value(create).unwrap();
+        assert!(matches!(read, ServerResult::CustomResult(_)));
+
+        let list = json!({ "tasks": [working], "nextCursor": "c" });
+        let read: ServerResult = serde_json::from_value(list).unwrap();
+        assert!(matches!(read, ServerResult::CustomResult(_)));
+    }
+
+    #[test]
+    fn the_table_lists_a_subjects_tasks_and_expires_them() {
+        let table = Issuance::default();
+        let issued = |subject: &str, ttl: u64| {
+            Issued::new(
+                subject.into(),
+                1,
+                (
+                    TaskRef {
+                        upstream: "u".into(),
+                        id: format!("{subject}-{ttl}"),
+                        tool: None,
+                        link: None,
+                    },
+                    "up".into(),
+                ),
+                ("tool".into(), "u__tool".into()),
+                json!({ "taskId": format!("{subject}-{ttl}"), "ttl": ttl }),
+            )
+        };
+        table.insert("a1".into(), issued("alice", 60_000)).unwrap();
+        table.insert("b1".into(), issued("bob", 60_000)).unwrap();
+        table.insert("a0".into(), issued("alice", 0)).unwrap();
+        let (alice, expired) = table.list("alice");
+        assert_eq!(
+            alice,
+            vec![json!({ "taskId": "alice-60000", "ttl": 60000 })]
+        );
+        assert_eq!(expired.len(), 1);
+        assert!(table.get("a0").is_none());
+        assert_eq!(table.get("b1").unwrap().subject, "bob");
+        table.update("a1", &json!({ "taskId": "x" }));
+        assert_eq!(table.list("alice").0, vec![json!({ "taskId": "x" })]);
+        assert!(table.remove("a1").is_some());
+        assert!(table.list("alice").0.is_empty());
+    }
+}

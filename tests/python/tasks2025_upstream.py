@@ -1,0 +1,63 @@
+"""A 2025-11-25 MCP server over stdio with one task tool, run by the venv
+with the 1.x `mcp` SDK: `report` creates a task that, after the task was
+handed back, reports progress under the call's progress token and sends
+`notifications/tasks/status`, then completes once the test says so (by
+calling `release`)."""
+
+from __future__ import annotations
+
+import anyio
+
+from mcp import types
+from mcp.server.experimental.task_context import ServerTaskContext
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+server = Server("tasks2025-upstream")
+server.experimental.enable_tasks()
+RELEASE = anyio.Event()
+
+
+@server.list_tools()
+async def list_tools() -> list[types.Tool]:
+    schema = {"type": "object", "properties": {}}
+    return [
+        types.Tool(
+            name="report",
+            inputSchema=schema,
+            execution=types.ToolExecution(taskSupport="required"),
+        ),
+        types.Tool(name="release", inputSchema=schema),
+    ]
+
+
+@server.call_tool()
+async def call_tool(name: str, arguments: dict) -> types.CallToolResult | types.CreateTaskResult:
+    ctx = server.request_context
+    if name == "release":
+        RELEASE.set()
+        return types.CallToolResult(content=[types.TextContent(type="text", text="released")])
+    token = ctx.meta.progressToken if ctx.meta else None
+    session = ctx.session
+
+    async def work(task: ServerTaskContext) -> types.CallToolResult:
+        # The task was handed back before any of this.
+        await anyio.sleep(0.2)
+        if token is not None:
+            await session.send_progress_notification(token, 1, 2, "half")
+        await task.update_status("halfway")
+        await RELEASE.wait()
+        if token is not None:
+            await session.send_progress_notification(token, 2, 2, "done")
+        return types.CallToolResult(content=[types.TextContent(type="text", text="reported")])
+
+    return await ctx.experimental.run_task(work)
+
+
+async def main() -> None:
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+if __name__ == "__main__":
+    anyio.run(main)

@@ -1,0 +1,192 @@
+"""2025-11-25 tasks through the gateway: a 2025 client (the 1.x `mcp` SDK,
+in its own venv) creates, polls, fetches, cancels and lists tasks of
+server-everything's `simulate-research-query`, which answers mid-task
+questions by elicitation. The client only ever holds the gateway's sealed
+task ids, which open for no other identity."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PEERS, everything_stdio, fixture_stdio, http_get
+
+PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
+CLIENT = Path(__file__).with_name("tasks2025_client.py")
+UPSTREAM = Path(__file__).with_name("tasks2025_upstream.py")
+ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
+
+pytestmark = pytest.mark.skipif(not PYTHON1.exists(), reason="no venv-mcp1 (scripts/install-peers.sh)")
+
+
+def tasks_gateway(procs):
+    keys = [
+        {"id": who, "sha256": hashlib.sha256(key.encode()).hexdigest()}
+        for who, key in (("alice", ALICE), ("bob", BOB))
+    ]
+    gw = procs.gateway({"upstreams": {"everything": everything_stdio()}, "auth": {"api_keys": keys}})
+    gw.wait_up("everything")
+    return gw
+
+
+def client(gw, key: str, scenario: str, *args: str) -> dict:
+    done = subprocess.run(
+        [str(PYTHON1), str(CLIENT), gw.url, key, scenario, *args],
+        capture_output=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, f"{done.stderr.decode()}\ngateway log:\n{gw.output()[-4000:]}"
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+def shows_an_upstream_id(task_id: str) -> bool:
+    """Whether the id, or any base64url piece of it decoded, holds something
+    shaped like server-everything's own ids (32 hex digits)."""
+    texts = [task_id]
+    for piece in task_id.split("."):
+        with contextlib.suppress(ValueError):
+            texts.append(base64.urlsafe_b64decode(piece + "=" * (-len(piece) % 4)).decode("latin-1"))
+    return any(re.search(r"[0-9a-f]{32}", t) for t in texts)
+
+
+def metric(text: str, method: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("portcullis_mcp_requests_total{") and f'mcp_method_name="{method}"' in line:
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[-1])
+    return total
+
+
+def test_a_task_outlives_its_call_is_fetched_cancelled_and_listed(procs):
+    gw = tasks_gateway(procs)
+    seen = client(gw, ALICE, "lifecycle")
+    assert seen["protocol"] == "2025-11-25"
+    task_id, cancelled_id = seen["ids"]
+    # The client holds the gateway's sealed id, never the upstream's.
+    assert not shows_an_upstream_id(task_id) and not shows_an_upstream_id(cancelled_id), task_id
+    assert seen["created"]["status"] == "working"
+    assert seen["created"]["ttl"] == 300000 and seen["created"]["pollInterval"] == 1000
+    assert seen["get_id"] == task_id and seen["first_status"] == "working"
+    assert seen["final_status"] == "completed"
+    assert "Research Report: rust" in seen["result_text"]
+    related = seen["result_meta"].get("io.modelcontextprotocol/related-task", {}).get("taskId")
+    assert related in (None, task_id), related
+    assert seen["cancel_status"] == "cancelled" and seen["cancel_id"] == cancelled_id
+    assert seen["after_cancel"] == "cancelled"
+    assert sorted(seen["listed"]) == sorted(seen["ids"])
+    # An altered id and a made-up one are refused alike.
+    assert seen["altered"] == "unknown task id"
+    assert seen["garbage"] == "unknown task id"
+
+    status, body = http_get(gw.endpoint("/metrics"))
+    assert status == 200
+    text = body.decode()
+    assert metric(text, "tools/call", gen_ai_tool_name="simulate-research-query", outcome="ok") == 2, text
+    assert metric(text, "tasks/get", outcome="ok") >= 3
+    assert metric(text, "tasks/get", outcome="invalid_params") == 2
+    assert metric(text, "tasks/result", outcome="ok") == 1
+    assert metric(text, "tasks/cancel", outcome="ok") == 1
+    assert metric(text, "tasks/list", outcome="ok") == 1
+    assert task_id not in text
+
+
+def test_input_mid_task_reaches_the_owning_client(procs):
+    gw = tasks_gateway(procs)
+    seen = client(gw, ALICE, "input")
+    assert seen["waiting_status"] == "input_required", seen
+    assert len(seen["elicited"]) == 1, seen
+    question = seen["elicited"][0]
+    assert "python" in question["message"]
+    related = question["meta"].get("io.modelcontextprotocol/related-task", {}).get("taskId")
+    assert related in (None, seen["task_id"]), related
+    assert "programming" in seen["result_text"], seen["result_text"]
+
+
+def test_another_identitys_task_is_refused_and_not_listed(procs):
+    gw = tasks_gateway(procs)
+    alices = client(gw, ALICE, "own")["task_id"]
+    bobs_view = client(gw, BOB, "foreign", alices)
+    assert bobs_view["get"] == "unknown task id"
+    assert bobs_view["result"] == "unknown task id"
+    assert bobs_view["cancel"] == "unknown task id"
+    assert alices not in bobs_view["listed"]
+    # Alice still reaches it from a new session.
+    assert client(gw, ALICE, "foreign", alices)["get"] is None
+
+
+def test_a_task_for_an_upstream_without_2025_tasks_runs_as_a_plain_call(procs):
+    # `modern` negotiates 2026-07-28 (the other task design); `legacy`
+    # speaks 2025-11-25 without declaring tasks. Both run the call plainly,
+    # as a receiver that does not declare task support must.
+    gw = procs.gateway(
+        {
+            "upstreams": {
+                "modern": {**fixture_stdio(), "protocol": "2026-07-28"},
+                "legacy": {**fixture_stdio(), "protocol": "legacy"},
+            }
+        }
+    )
+    gw.wait_up("modern", "legacy")
+    seen = client(gw, "", "plain", "modern__echo,legacy__echo")
+    assert seen["modern__echo"] == "modern__echo"
+    assert seen["legacy__echo"] == "legacy__echo"
+    assert seen["listed"] == []
+
+
+def test_progress_and_status_after_the_call_reach_the_owner_under_its_ids(procs):
+    upstream = {"stdio": {"command": str(PYTHON1), "args": [str(UPSTREAM)]}}
+    gw = procs.gateway({"upstreams": {"up": upstream}})
+    gw.wait_up("up")
+    seen = client(gw, "", "notify")
+    task_id = seen["task_id"]
+    assert seen["result_text"] == "reported"
+    # The client's own progress token stays valid for the task's life.
+    assert [p[0] for p in seen["progress"]] == ["tok-1", "tok-1"], seen
+    assert [p[2] for p in seen["progress"]] == ["half", "done"]
+    statuses = [s for s in seen["status"] if s["message"] == "halfway"]
+    assert statuses and all(s["taskId"] == task_id for s in seen["status"]), seen["status"]
+
+
+def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_path):
+    secret = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    rules = {
+        "rules": [
+            {"id": "no-denied-topic", "match": {"tool": "everything__simulate-research-query",
+                                                "args": {"/topic": {"equals": "denied"}}}, "action": "deny"},
+            {"id": "everything", "match": {"upstream": "everything"}, "action": "allow"},
+        ],
+        "guards": [{"id": "no-secrets-out", "detect": ["secrets"], "on": ["results"], "action": "redact"}],
+    }
+    (policies / "tasks.yaml").write_text(yaml.safe_dump(rules))
+    audit = tmp_path / "audit.jsonl"
+    gw = procs.gateway(
+        {
+            "upstreams": {"everything": everything_stdio()},
+            "policies": {"dir": str(policies), "default": "deny", "audit": {"file": str(audit)}},
+        }
+    )
+    gw.wait_up("everything")
+    seen = client(gw, "", "guarded", f"leak {secret}")
+    assert seen["denied"], seen
+    # The refused call made no task: only the allowed one is listed.
+    assert seen["listed"] == [seen["task_id"]]
+    assert secret not in seen["result_text"] and "[REDACTED" in seen["result_text"], seen["result_text"]
+    lines = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()]
+    assert any(l.get("rule") == "no-denied-topic" for l in lines), lines
+    assert any(l["event"] == "guard" and l["method"] == "tasks/result" for l in lines), lines
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
