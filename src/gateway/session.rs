@@ -805,20 +805,8 @@ impl ServerHandler for Session {
                     Ok(CallToolResponse::Task(created))
                 }
                 // The client gets the task under an id of the gateway's.
-                (_, CallToolResponse::Task(created))
-                    if extension::offered_by(&self.gw, &target.upstream) =>
-                {
-                    let created =
-                        extension::issue(&self.gw, &identity.subject, &target, &call, created)?;
-                    Ok(CallToolResponse::Task(created))
-                }
-                // Never an upstream's own task id to a 2026 client.
-                (_, CallToolResponse::Task(_)) if modern => Err(ErrorData::internal_error(
-                    format!(
-                        "upstream `{}` answered with a task without offering the tasks extension",
-                        target.upstream
-                    ),
-                    None,
+                (_, CallToolResponse::Task(created)) => Ok(CallToolResponse::Task(
+                    extension::issue(&self.gw, &identity.subject, &target, &call, created)?,
                 )),
                 (_, response) => Ok(response),
             }
