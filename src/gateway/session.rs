@@ -667,7 +667,6 @@ impl ServerHandler for Session {
                 .is_some_and(|u| u.protocol != crate::config::UpstreamProtocol::Legacy);
             let retry = (!modern && may_ask).then(|| params.clone());
             // A 2025 client's task-augmented call keeps its `task` field.
-            let legacy_task = ctx.extensions.get::<legacy_tasks::Augmented>().is_some();
             let request = match ctx.extensions.get::<legacy_tasks::Augmented>() {
                 Some(task) => task.request(params),
                 None => ClientRequest::CallToolRequest(Request::new(params)),
@@ -799,10 +798,6 @@ impl ServerHandler for Session {
                 (Some((g, set)), CallToolResponse::Complete(result)) => {
                     let guarded = guard_result(g, &set, &call, &subject, result)?;
                     Ok(CallToolResponse::Complete(guarded))
-                }
-                // A 2025-11-25 task: `legacy_call` issues its id.
-                (_, CallToolResponse::Task(created)) if legacy_task => {
-                    Ok(CallToolResponse::Task(created))
                 }
                 // The client gets the task under an id of the gateway's.
                 (_, CallToolResponse::Task(created)) => Ok(CallToolResponse::Task(

@@ -148,7 +148,8 @@ impl Service<RoleClient> for UpstreamClient {
         let origin = request.extensions().get::<InboundStreamOrigin>().cloned();
         // A request about a task (`_meta` related-task) that arrived outside
         // any call's stream goes to the session that owns the task.
-        let task = super::tasks::route_of(&self.routes, request.get_meta());
+        // rmcp moved the request's `_meta` into the context.
+        let task = super::tasks::route_of(&self.routes, &context.meta);
         let caller = match &task {
             Some((route, _))
                 if !matches!(origin, Some(InboundStreamOrigin::OutboundRequest(_))) =>
@@ -161,7 +162,7 @@ impl Service<RoleClient> for UpstreamClient {
                 .or_else(|| task.as_ref().map(|(route, _)| route.caller.clone())),
         };
         if let Some((_, client_id)) = &task {
-            super::tasks::rename_related(request.get_meta_mut(), client_id);
+            super::tasks::relate(request.get_meta_mut(), client_id);
         }
         if let (ServerRequest::CreateMessageRequest(r), Some(sampler)) = (&request, &self.sampler) {
             let can_sample = caller

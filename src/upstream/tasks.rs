@@ -47,6 +47,14 @@ pub(crate) fn rename_related(meta: &mut serde_json::Map<String, Value>, client_i
     }
 }
 
+/// Marks `meta` as belonging to the client's task `client_id`.
+pub(super) fn relate(meta: &mut serde_json::Map<String, Value>, client_id: &str) {
+    meta.insert(
+        RELATED_TASK.to_owned(),
+        serde_json::json!({ "taskId": client_id }),
+    );
+}
+
 /// The route of the task a message names in its `_meta`, with the id the
 /// client knows it by.
 pub(super) fn route_of(
@@ -152,5 +160,8 @@ mod tests {
         rename_related(&mut meta, "client");
         assert_eq!(related_task(&meta).as_deref(), Some("client"));
         assert_eq!(meta["other"], 1);
+        let mut fresh = serde_json::Map::new();
+        relate(&mut fresh, "client");
+        assert_eq!(related_task(&fresh).as_deref(), Some("client"));
     }
 }

@@ -23,6 +23,8 @@ async def elicit(context, params: types.ElicitRequestParams):
     """Answers the research tool's clarification question."""
     meta = params.meta.model_dump(by_alias=True) if params.meta else {}
     ELICITED.append({"message": params.message, "meta": meta})
+    if "color" in params.message:
+        return types.ElicitResult(action="accept", content={"color": "teal"})
     return types.ElicitResult(action="accept", content={"interpretation": "programming"})
 
 
@@ -141,6 +143,14 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
         out["result_text"] = result.content[0].text
         out["listed"] = [t.taskId for t in (await session.experimental.list_tasks()).tasks]
         out["task_id"] = created.task.taskId
+    elif name == "ask":
+        created = await session.experimental.call_tool_as_task("up__ask", {}, ttl=60000)
+        out["task_id"] = created.task.taskId
+        waiting = await until(session, created.task.taskId, {"input_required", "completed", "failed"})
+        out["waiting_status"] = waiting.status
+        result = await session.experimental.get_task_result(created.task.taskId, types.CallToolResult)
+        out["result_text"] = result.content[0].text
+        out["elicited"] = ELICITED
     elif name == "own":
         created = await session.experimental.call_tool_as_task(TOOL, {"topic": "own"}, ttl=60000)
         out["task_id"] = created.task.taskId

@@ -1,8 +1,10 @@
-"""A 2025-11-25 MCP server over stdio with one task tool, run by the venv
-with the 1.x `mcp` SDK: `report` creates a task that, after the task was
-handed back, reports progress under the call's progress token and sends
+"""A 2025-11-25 MCP server over stdio with task tools, run by the venv with
+the 1.x `mcp` SDK: `report` creates a task that, after the task was handed
+back, reports progress under the call's progress token and sends
 `notifications/tasks/status`, then completes once the test says so (by
-calling `release`)."""
+calling `release`); `ask` creates a task that asks the client a question
+(elicitation marked with the task's related-task `_meta`) and answers
+with the reply."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ async def list_tools() -> list[types.Tool]:
             execution=types.ToolExecution(taskSupport="required"),
         ),
         types.Tool(name="release", inputSchema=schema),
+        types.Tool(name="ask", inputSchema=schema, execution=types.ToolExecution(taskSupport="required")),
     ]
 
 
@@ -37,6 +40,15 @@ async def call_tool(name: str, arguments: dict) -> types.CallToolResult | types.
     if name == "release":
         RELEASE.set()
         return types.CallToolResult(content=[types.TextContent(type="text", text="released")])
+    if name == "ask":
+
+        async def ask(task: ServerTaskContext) -> types.CallToolResult:
+            schema = {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}
+            reply = await task.elicit(message="Which color?", requestedSchema=schema)
+            color = (reply.content or {}).get("color", "none")
+            return types.CallToolResult(content=[types.TextContent(type="text", text=f"color {color}")])
+
+        return await ctx.experimental.run_task(ask)
     token = ctx.meta.progressToken if ctx.meta else None
     session = ctx.session
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PEERS, everything_stdio, fixture_stdio, http_get
+from conftest import PEERS, everything_stdio, fixture_stdio, http_get, wait_for
 
 PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
 CLIENT = Path(__file__).with_name("tasks2025_client.py")
@@ -28,12 +28,12 @@ ALICE, BOB = "alice-key-0123456789", "bob-key-0123456789"
 pytestmark = pytest.mark.skipif(not PYTHON1.exists(), reason="no venv-mcp1 (scripts/install-peers.sh)")
 
 
-def tasks_gateway(procs):
+def tasks_gateway(procs, upstream=None):
     keys = [
         {"id": who, "sha256": hashlib.sha256(key.encode()).hexdigest()}
         for who, key in (("alice", ALICE), ("bob", BOB))
     ]
-    gw = procs.gateway({"upstreams": {"everything": everything_stdio()}, "auth": {"api_keys": keys}})
+    gw = procs.gateway({"upstreams": {"everything": upstream or everything_stdio()}, "auth": {"api_keys": keys}})
     gw.wait_up("everything")
     return gw
 
@@ -100,8 +100,12 @@ def test_a_task_outlives_its_call_is_fetched_cancelled_and_listed(procs):
     assert task_id not in text
 
 
-def test_input_mid_task_reaches_the_owning_client(procs):
-    gw = tasks_gateway(procs)
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_input_mid_task_reaches_the_owning_client(procs, transport):
+    # Over stdio the upstream's question cannot say which call it belongs
+    # to; over HTTP it arrives on the stream of the client's tasks/result.
+    upstream = everything_stdio() if transport == "stdio" else {"http": {"url": procs.everything_http()}}
+    gw = tasks_gateway(procs, upstream)
     seen = client(gw, ALICE, "input")
     assert seen["waiting_status"] == "input_required", seen
     assert len(seen["elicited"]) == 1, seen
@@ -157,6 +161,18 @@ def test_progress_and_status_after_the_call_reach_the_owner_under_its_ids(procs)
     assert statuses and all(s["taskId"] == task_id for s in seen["status"]), seen["status"]
 
 
+def test_a_question_marked_with_its_task_reaches_the_owner_under_its_id(procs):
+    upstream = {"stdio": {"command": str(PYTHON1), "args": [str(UPSTREAM)]}}
+    gw = procs.gateway({"upstreams": {"up": upstream}})
+    gw.wait_up("up")
+    seen = client(gw, "", "ask")
+    assert seen["waiting_status"] == "input_required"
+    assert seen["result_text"] == "color teal"
+    [question] = seen["elicited"]
+    related = question["meta"]["io.modelcontextprotocol/related-task"]["taskId"]
+    assert related == seen["task_id"]
+
+
 def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_path):
     secret = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
     policies = tmp_path / "policies"
@@ -183,9 +199,17 @@ def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_pa
     # The refused call made no task: only the allowed one is listed.
     assert seen["listed"] == [seen["task_id"]]
     assert secret not in seen["result_text"] and "[REDACTED" in seen["result_text"], seen["result_text"]
-    lines = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()]
-    assert any(l.get("rule") == "no-denied-topic" for l in lines), lines
-    assert any(l["event"] == "guard" and l["method"] == "tasks/result" for l in lines), lines
+
+    def audited():
+        lines = [json.loads(l) for l in audit.read_text().splitlines() if l.strip()] if audit.exists() else []
+        return lines if any(l["event"] == "guard" and l["method"] == "tasks/result" for l in lines) else None
+
+    lines = wait_for(audited, what="the guard's audit line for tasks/result")
+    assert any(l.get("rule") == "no-denied-topic" and l["action"] == "deny" for l in lines), lines
+    # Requests about the task are audited as part of the call that created it.
+    allowed = next(l for l in lines if l["method"] == "tools/call" and l["action"] == "allow")
+    about_task = [l for l in lines if l["method"].startswith("tasks/")]
+    assert about_task and all(l.get("call_id") == allowed["call_id"] for l in about_task), lines
 
 
 if __name__ == "__main__":

@@ -4,14 +4,15 @@
 //!
 //! A task-augmented `tools/call` runs through [`Session::call_tool`] like
 //! any call (policy, rate limit, audit, metrics; a refused call creates no
-//! task), forwarded with its `task` field. The client's task id is sealed
-//! for the caller ([`TaskIds`](crate::gateway::tasks)) over the upstream's
-//! name and a random handle, not the upstream's own id: a sealed id is
-//! signed, not encrypted. The handle maps to that id in the gateway's table.
-//! `tasks/get`, `tasks/result` and `tasks/cancel` open that id and go to
-//! the owning upstream under its own id; every answer names the client's
-//! id. `tasks/list` answers from the gateway's own record of the caller's
-//! tasks: an upstream's list would show other clients' tasks.
+//! task), forwarded with its `task` field; the client gets the task under
+//! the id `call_tool` issues for every task ([`TaskIds`](crate::gateway::tasks):
+//! sealed for the caller, the upstream's own id encrypted inside), and the
+//! gateway records it per caller until its `ttl`. `tasks/get`, `tasks/result`
+//! and `tasks/cancel` open that id, are audited as part of the call that
+//! created the task, and go to the owning upstream under its own id; every
+//! answer names the client's id. `tasks/list` answers from the gateway's own
+//! record of the caller's tasks: an upstream's list would show other
+//! clients' tasks.
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientRequest, CreateTaskResult, CustomRequest,
@@ -23,14 +24,19 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::super::observe::{Observation, Outcome};
+use super::super::tasks::extension::{hide_id, with_policy, Opened};
 use super::super::tasks::legacy::{self, Issued};
-use super::super::tasks::{unknown_task, TaskRef};
+use super::super::tasks::unknown_task;
 use super::Session;
-use crate::policy::{Direction, Kind, Subject};
+use crate::policy::Direction;
 use crate::registry::Target;
-use crate::telemetry::trace;
 
-impl Outcome for CustomResult {}
+impl Outcome for CustomResult {
+    /// A task's result that reports a tool error counts as one, like a call's.
+    fn failed(&self) -> bool {
+        self.0.get("isError") == Some(&Value::Bool(true))
+    }
+}
 
 /// Marks a `tools/call` as task-augmented by a 2025 client, carrying its
 /// `params.task` (rmcp's call parameters have no field for it).
@@ -72,18 +78,6 @@ pub(super) fn created(r: CustomResult) -> Result<CallToolResponse, Box<ServerRes
 
 fn invalid(message: impl Into<String>) -> ErrorData {
     ErrorData::invalid_params(message.into(), None)
-}
-
-/// An upstream error about a task, with its id replaced by the client's.
-fn renamed(mut e: ErrorData, upstream_id: &str, client_id: &str) -> ErrorData {
-    if !upstream_id.is_empty() {
-        e.message = e.message.replace(upstream_id, client_id).into();
-        if let Some(data) = e.data.take() {
-            let text = data.to_string().replace(upstream_id, client_id);
-            e.data = serde_json::from_str(&text).ok();
-        }
-    }
-    e
 }
 
 /// Renames `_meta` related-task in a result object to the client's id.
@@ -176,32 +170,24 @@ impl Session {
         }
     }
 
-    /// Seals the upstream's task id for `subject`, records the task, and
-    /// answers the 2025 `CreateTaskResult`.
+    /// Records the task `call_tool` issued to `subject` and answers the
+    /// 2025 `CreateTaskResult`.
     fn issue(
         &self,
-        mut created: CreateTaskResult,
+        created: CreateTaskResult,
         target: &Target,
         subject: &str,
     ) -> Result<CustomResult, ErrorData> {
-        let upstream_id = std::mem::take(&mut created.task.task_id);
-        let handle = legacy::handle()
-            .ok_or_else(|| ErrorData::internal_error("no OS randomness for a task id", None))?;
-        let task = TaskRef {
-            upstream: target.upstream.to_string(),
-            id: handle,
-            tool: Some(target.original.to_string()),
-            link: None,
-        };
-        let client_id = self.gw.task_ids.issue(subject, &task)?;
-        created.task.task_id = client_id.clone();
+        let client_id = created.task.task_id.clone();
+        let task = self.gw.task_ids.open(subject, &client_id)?;
+        let upstream_id = task.id.clone();
         let mut value = legacy::created_to_2025(&created);
         rename_meta(&mut value, &client_id);
         let issued = Issued::new(
             subject.to_owned(),
             self.state.id,
-            (task, upstream_id.clone()),
-            (target.original.clone(), self.gw.aggregate_name(target)),
+            task,
+            target.original.clone(),
             value.get("task").cloned().unwrap_or_default(),
         );
         let up = self.gw.registry.upstream(&target.upstream);
@@ -228,18 +214,21 @@ impl Session {
     fn forget(&self, expired: Vec<Issued>) {
         for t in expired {
             if let Some(up) = self.gw.registry.upstream(&t.task.upstream) {
-                up.forget_task(t.session, &t.upstream_id);
+                up.forget_task(t.session, &t.task.id);
             }
         }
     }
 
     /// The task a request's `taskId` names, if the caller was issued it and
-    /// this endpoint shows its upstream; one error for every refusal.
+    /// this endpoint shows its upstream (one error for every refusal); the
+    /// request is observed and audited as part of the call that created it.
     fn open_task(
         &self,
         params: &Value,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(String, Issued), ErrorData> {
+        obs: &mut Observation<'_>,
+        method: &'static str,
+    ) -> Result<(String, Issued, Opened), ErrorData> {
         let id = params
             .get("taskId")
             .and_then(Value::as_str)
@@ -258,7 +247,21 @@ impl Session {
                         .endpoint_includes(self.endpoint(), &i.task.upstream)
             })
             .ok_or_else(unknown_task)?;
-        Ok((id.to_owned(), issued))
+        let opened = Opened {
+            target: Target {
+                upstream: task.upstream.as_str().into(),
+                original: issued.tool.clone(),
+            },
+            task,
+        };
+        obs.routed(&opened.target);
+        if let Some(link) = &opened.task.link {
+            obs.linked(link);
+        }
+        with_policy(self, ctx, obs, &opened, method, |g, _, call, subject| {
+            g.record_task(call, subject);
+        });
+        Ok((id.to_owned(), issued, opened))
     }
 
     /// Sends `method` about the task to its upstream, under the upstream's
@@ -266,37 +269,31 @@ impl Session {
     /// this request's stream from now on.
     async fn to_owner(
         &self,
-        (client_id, issued): (&str, &Issued),
+        (client_id, issued, opened): (&str, &Issued, &Opened),
         ctx: &RequestContext<RoleServer>,
-        obs: &mut Observation<'_>,
         method: &'static str,
         follow: bool,
     ) -> Result<ServerResult, ErrorData> {
-        let target = Target {
-            upstream: issued.task.upstream.as_str().into(),
-            original: issued.tool.clone(),
-        };
-        obs.routed(&target);
         let caller = self.caller(ctx);
-        if let Some(up) = self.gw.registry.upstream(&target.upstream) {
+        if let Some(up) = self.gw.registry.upstream(&opened.target.upstream) {
             up.track_task(
                 issued.session,
-                &issued.upstream_id,
+                &issued.task.id,
                 client_id,
                 follow.then(|| caller.clone()),
             );
         }
-        let params = serde_json::json!({ "taskId": issued.upstream_id });
+        let params = serde_json::json!({ "taskId": issued.task.id });
         let request = ClientRequest::CustomRequest(CustomRequest::new(method, Some(params)));
-        self.send(&target, request, caller, ctx.ct.clone())?
+        self.send(&opened.target, request, caller, ctx.ct.clone())?
             .await
-            .map_err(|e| renamed(e, &issued.upstream_id, client_id))
+            .map_err(|e| hide_id(e, &issued.task.id, client_id))
     }
 
     /// Ends the gateway's routes for a task that reached a terminal state.
     fn ended(&self, issued: &Issued) {
         if let Some(up) = self.gw.registry.upstream(&issued.task.upstream) {
-            up.forget_task(issued.session, &issued.upstream_id);
+            up.forget_task(issued.session, &issued.task.id);
         }
     }
 
@@ -308,9 +305,9 @@ impl Session {
         obs: &mut Observation<'_>,
         method: &'static str,
     ) -> Result<CustomResult, ErrorData> {
-        let (client_id, issued) = self.open_task(&params, ctx)?;
+        let (client_id, issued, opened) = self.open_task(&params, ctx, obs, method)?;
         let result = self
-            .to_owner((&client_id, &issued), ctx, obs, method, false)
+            .to_owner((&client_id, &issued, &opened), ctx, method, false)
             .await?;
         let mut value =
             legacy::task_result_to_2025(result, Some(&issued.snapshot)).ok_or_else(|| {
@@ -345,9 +342,9 @@ impl Session {
         ctx: &RequestContext<RoleServer>,
         obs: &mut Observation<'_>,
     ) -> Result<CustomResult, ErrorData> {
-        let (client_id, issued) = self.open_task(&params, ctx)?;
+        let (client_id, issued, opened) = self.open_task(&params, ctx, obs, "tasks/result")?;
         let result = self
-            .to_owner((&client_id, &issued), ctx, obs, "tasks/result", true)
+            .to_owner((&client_id, &issued, &opened), ctx, "tasks/result", true)
             .await;
         // Answered either way: the task has ended.
         self.ended(&issued);
@@ -357,27 +354,21 @@ impl Session {
             r.remove("resultType");
         }
         rename_meta(&mut value, &client_id);
-        if let Some(g) = &self.gw.guardrails {
-            let set = g.policy();
-            if set.guard_count() > 0 {
-                let identity = self.identity(ctx);
-                let subject = Subject {
-                    kind: Kind::Tool,
-                    upstream: &issued.task.upstream,
-                    name: &issued.tool,
-                    exposed: &issued.exposed,
-                    annotations: None,
-                };
-                let call = super::super::guardrails::CallInfo {
-                    identity: &identity,
-                    session: self.state.id,
-                    method: "tasks/result",
-                    trace_id: trace::trace_id_of(&obs.span),
-                    link: issued.task.link.clone(),
-                };
-                g.guard(&set, &call, &subject, Direction::Results, &mut value)?;
-            }
-        }
+        with_policy(
+            self,
+            ctx,
+            obs,
+            &opened,
+            "tasks/result",
+            |g, set, call, subject| {
+                // Without guards there is nothing to scan.
+                match set.guard_count() {
+                    0 => Ok(()),
+                    _ => g.guard(set, call, subject, Direction::Results, &mut value),
+                }
+            },
+        )
+        .unwrap_or(Ok(()))?;
         Ok(CustomResult(value))
     }
 
@@ -422,14 +413,6 @@ mod tests {
                 .count(),
             1
         );
-    }
-
-    #[test]
-    fn upstream_errors_name_the_clients_task_id() {
-        let e = ErrorData::invalid_params("Task up-1 not found", Some(json!({ "taskId": "up-1" })));
-        let e = renamed(e, "up-1", "client");
-        assert_eq!(e.message, "Task client not found");
-        assert_eq!(e.data, Some(json!({ "taskId": "client" })));
     }
 
     #[test]

@@ -77,9 +77,9 @@ pub(in crate::gateway) fn issue(
 }
 
 /// A `tasks/*` request resolved to its task.
-struct Opened {
-    task: TaskRef,
-    target: Target,
+pub(in crate::gateway) struct Opened {
+    pub(in crate::gateway) task: TaskRef,
+    pub(in crate::gateway) target: Target,
 }
 
 /// Opens the client's task id: refused alike when it was altered, issued
@@ -134,7 +134,7 @@ fn open(
 
 /// Runs `f` with the policy's view of a request about the task (its tool
 /// as the subject), when policies are configured.
-fn with_policy<R>(
+pub(in crate::gateway) fn with_policy<R>(
     session: &Session,
     ctx: &RequestContext<RoleServer>,
     obs: &Observation<'_>,
@@ -178,7 +178,11 @@ async fn forward(
         .map_err(|e| hide_id(e, &opened.task.id, client_id))
 }
 
-fn hide_id(mut e: ErrorData, upstream_id: &str, client_id: &str) -> ErrorData {
+pub(in crate::gateway) fn hide_id(
+    mut e: ErrorData,
+    upstream_id: &str,
+    client_id: &str,
+) -> ErrorData {
     if upstream_id.is_empty() {
         return e;
     }

@@ -155,15 +155,6 @@ pub(crate) fn task_result_to_2025(result: ServerResult, known: Option<&Value>) -
     Some(value)
 }
 
-/// A fresh random handle for a task: what the client's id seals in place
-/// of the upstream's id. `None` without OS randomness.
-pub(crate) fn handle() -> Option<String> {
-    // 96 bits: unique among live tasks; it needs no secrecy, being sealed.
-    let mut bytes = [0u8; 12];
-    getrandom::fill(&mut bytes).ok()?;
-    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// What the gateway remembers about one task it issued.
 #[derive(Debug, Clone)]
 pub(crate) struct Issued {
@@ -171,16 +162,11 @@ pub(crate) struct Issued {
     pub(crate) subject: String,
     /// The downstream session that created it (its notifications go there).
     pub(crate) session: u64,
-    /// What the client's id seals: the upstream and a random handle. The
-    /// upstream's own id is not sealed in it: a sealed id is signed, not
-    /// encrypted, so the client could read it.
+    /// What the client's id seals: the upstream, its own id for the task,
+    /// the tool, and the call that created it.
     pub(crate) task: TaskRef,
-    /// The upstream's own id for the task.
-    pub(crate) upstream_id: String,
     /// The tool as the upstream knows it, for the result guards.
     pub(crate) tool: String,
-    /// The tool's aggregate name, which policy rules match.
-    pub(crate) exposed: String,
     /// The last state seen, in 2025 shape with the client's id.
     pub(crate) snapshot: Value,
     created: Instant,
@@ -192,8 +178,8 @@ impl Issued {
     pub(crate) fn new(
         subject: String,
         session: u64,
-        (task, upstream_id): (TaskRef, String),
-        (tool, exposed): (String, String),
+        task: TaskRef,
+        tool: String,
         snapshot: Value,
     ) -> Issued {
         let ttl = snapshot
@@ -207,9 +193,7 @@ impl Issued {
             subject,
             session,
             task,
-            upstream_id,
             tool,
-            exposed,
             snapshot,
             created,
             expires: created + ttl,
@@ -259,11 +243,6 @@ impl Issuance {
         if let Some(t) = self.lock().get_mut(id) {
             t.snapshot = snapshot.clone();
         }
-    }
-
-    /// Forgets task `id`.
-    pub(crate) fn remove(&self, id: &str) -> Option<Issued> {
-        self.lock().remove(id)
     }
 
     /// `subject`'s live tasks, oldest first, and the expired ones dropped.
@@ -374,16 +353,13 @@ mod tests {
             Issued::new(
                 subject.into(),
                 1,
-                (
-                    TaskRef {
-                        upstream: "u".into(),
-                        id: format!("{subject}-{ttl}"),
-                        tool: None,
-                        link: None,
-                    },
-                    "up".into(),
-                ),
-                ("tool".into(), "u__tool".into()),
+                TaskRef {
+                    upstream: "u".into(),
+                    id: format!("{subject}-{ttl}"),
+                    tool: None,
+                    link: None,
+                },
+                "tool".into(),
                 json!({ "taskId": format!("{subject}-{ttl}"), "ttl": ttl }),
             )
         };
@@ -400,7 +376,5 @@ mod tests {
         assert_eq!(table.get("b1").unwrap().subject, "bob");
         table.update("a1", &json!({ "taskId": "x" }));
         assert_eq!(table.list("alice").0, vec![json!({ "taskId": "x" })]);
-        assert!(table.remove("a1").is_some());
-        assert!(table.list("alice").0.is_empty());
     }
 }
