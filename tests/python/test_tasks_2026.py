@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from conftest import fixture_stdio, http_get, wait_for
+from conftest import everything_stdio, fixture_stdio, http_get, wait_for
 from test_eras import post_2026
 
 TASKS = "io.modelcontextprotocol/tasks"
@@ -280,3 +280,34 @@ def test_a_task_with_two_questions_waits_for_both_answers(procs, tool):
     assert still["status"] == "input_required" and list(still["inputRequests"]) == [second]
     c.ok("tasks/update", {"taskId": task_id, "inputResponses": {second: answers[second]}})
     assert c.until(task_id, "completed")["result"]["content"][0]["text"] == "name=Ada confirm=true"
+
+
+def test_a_task_of_the_other_design_is_refused_clearly(procs):
+    """One identity, both eras: a 2025-11-25 task (server-everything, driven
+    by the 1.x SDK) cannot be driven with the 2026 methods, and a 2026 task
+    is unknown to the 2025 ones."""
+    from test_tasks_2025 import ALICE, PYTHON1, client
+
+    if not PYTHON1.exists():
+        pytest.skip("no venv-mcp1 (scripts/install-peers.sh)")
+    fixture_url = procs.fixture_http()
+    gw = procs.gateway(
+        {
+            "upstreams": {
+                "everything": everything_stdio(),
+                "fx": {"http": {"url": fixture_url}, "protocol": "2026-07-28"},
+            },
+            "auth": {"api_keys": [{"id": "alice", "sha256": hashlib.sha256(ALICE.encode()).hexdigest()}]},
+        }
+    )
+    gw.wait_up("everything", "fx")
+    old = client(gw, ALICE, "own")["task_id"]
+    c = Raw(gw.url, {"authorization": f"Bearer {ALICE}"})
+    err = c.error("tasks/get", {"taskId": old})
+    assert err["code"] == -32602 and "does not offer the 2026-07-28 tasks extension" in err["message"], err
+    assert err["data"] == {"upstream": "everything"}
+    new = c.call("fx__slow_compute", {"seconds": 60, "label": "era"})["taskId"]
+    seen = client(gw, ALICE, "foreign", new)
+    assert seen["get"] == "unknown task id" and seen["cancel"] == "unknown task id"
+    assert c.get(new)["status"] == "working"
+    c.ok("tasks/cancel", {"taskId": new})
