@@ -311,3 +311,17 @@ def test_a_task_of_the_other_design_is_refused_clearly(procs):
     assert seen["get"] == "unknown task id" and seen["cancel"] == "unknown task id"
     assert c.get(new)["status"] == "working"
     c.ok("tasks/cancel", {"taskId": new})
+
+
+def test_a_task_id_is_refused_on_an_endpoint_that_does_not_show_its_upstream(procs):
+    upstreams = {name: {"http": {"url": procs.fixture_http()}, "protocol": "2026-07-28"} for name in ("fx", "fy")}
+    gw = procs.gateway({"upstreams": upstreams})
+    gw.wait_up("fx", "fy")
+    on_fx = Raw(gw.endpoint("/mcp/fx"))
+    task_id = on_fx.call("slow_compute", {"seconds": 60, "label": "here"})["taskId"]
+    unknown = on_fx.error("tasks/get", {"taskId": "no-such-task"})
+    err = Raw(gw.endpoint("/mcp/fy")).error("tasks/get", {"taskId": task_id})
+    assert (err["code"], err["message"]) == (unknown["code"], unknown["message"])
+    # The aggregate endpoint shows both upstreams: the task is reachable there.
+    assert Raw(gw.url).get(task_id)["status"] == "working"
+    on_fx.ok("tasks/cancel", {"taskId": task_id})
