@@ -289,10 +289,16 @@ impl Upstream {
             .map(|info| info.capabilities.clone())
     }
 
-    /// Whether the upstream offers the tasks extension of 2026-07-28; `None`
-    /// while not connected. A server spoken to in an earlier revision has
-    /// the 2025-11-25 task design instead, whatever it advertises.
+    /// Whether the gateway offers clients this upstream's tasks (the tasks
+    /// extension of 2026-07-28); `None` while not connected. A server spoken
+    /// to in an earlier revision has the 2025-11-25 task design instead,
+    /// whatever it advertises; and a `per-client` upstream's connection ends
+    /// with its downstream session (for a 2026-07-28 client, its request),
+    /// which a task must outlive.
     pub fn offers_tasks(&self) -> Option<bool> {
+        if self.config.session != SessionMode::Shared {
+            return Some(false);
+        }
         self.shared
             .load()
             .as_ref()
@@ -421,23 +427,21 @@ impl Upstream {
     }
 
     /// The tasks extension (2026-07-28) is declared per request: a caller
-    /// that declared it has it declared upstream too, when the upstream
-    /// offers it, so only such a caller can be handed a task (and only it
-    /// may drive one with `tasks/*`). The connection's own capabilities
-    /// stay what it declared at connect.
+    /// that declared it has it declared upstream too, when the gateway
+    /// offers the upstream's tasks ([`Upstream::offers_tasks`]: shared
+    /// connections only), so only such a caller can be handed a task (and
+    /// only it may drive one with `tasks/*`). The connection's own
+    /// capabilities stay what it declared at connect.
     fn declare_tasks(&self, conn: &Connection, caller: &Caller) -> Option<RequestMetaObject> {
-        let offered = conn
-            .peer
-            .peer_info()
-            .is_some_and(|info| offers_tasks(&info));
+        let offered = self.config.session == SessionMode::Shared
+            && conn
+                .peer
+                .peer_info()
+                .is_some_and(|info| offers_tasks(&info));
         if !offered || !caller.capabilities.supports_tasks() {
             return None;
         }
-        let own = match self.config.session {
-            SessionMode::Shared => None,
-            SessionMode::PerClient => Some(&caller.capabilities),
-        };
-        let mut capabilities = client::advertised(own, self.sampler.is_some());
+        let mut capabilities = client::advertised(None, self.sampler.is_some());
         capabilities
             .extensions
             .get_or_insert_with(Default::default)
