@@ -208,7 +208,13 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
         out["elicited"] = ELICITED
         out["status"] = [s["status"] for s in STATUS if s["taskId"] == created.task.taskId]
     elif name == "denied":
-        out["denied"] = await refused(session.experimental.call_tool_as_task(arg, {"a": 1, "b": 2}, ttl=60000))
+        # `arg` is "denied tool|tool to echo with|message".
+        denied, echo, message = (arg or "").split("|")
+        out["denied"] = await refused(session.experimental.call_tool_as_task(denied, {"a": 1, "b": 2}, ttl=60000))
+        created = await session.experimental.call_tool_as_task(echo, {"message": message}, ttl=60000)
+        result = await session.experimental.get_task_result(created.task.taskId, types.CallToolResult)
+        out["result_text"] = result.content[0].text
+        out["task_id"] = created.task.taskId
         out["listed"] = [t.taskId for t in (await session.experimental.list_tasks()).tasks]
     elif name == "own":
         if arg:

@@ -209,15 +209,21 @@ def test_a_gateway_local_task_asks_its_client_for_input(procs):
     assert "input_required" in seen["status"], seen["status"]
 
 
-def test_a_denied_call_makes_no_gateway_local_task(procs, tmp_path):
+def test_policy_refuses_before_a_gateway_local_task_exists_and_guards_its_result(procs, tmp_path):
+    secret = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
     policies = tmp_path / "policies"
     policies.mkdir()
-    rules = {"rules": [{"id": "no-add", "match": {"tool": "modern__add"}, "action": "deny"}]}
+    rules = {
+        "rules": [{"id": "no-add", "match": {"tool": "modern__add"}, "action": "deny"}],
+        "guards": [{"id": "no-secrets-out", "detect": ["secrets"], "on": ["results"], "action": "redact"}],
+    }
     (policies / "p.yaml").write_text(yaml.safe_dump(rules))
     gw = local_gateway(procs, {"dir": str(policies), "default": "allow"})
-    seen = client(gw, ALICE, "denied", "modern__add")
+    seen = client(gw, ALICE, "denied", f"modern__add|modern__echo|leak {secret}")
     assert seen["denied"], seen
-    assert seen["listed"] == []
+    # The refused call made no task: only the echo's is listed.
+    assert seen["listed"] == [seen["task_id"]]
+    assert secret not in seen["result_text"] and "[REDACTED" in seen["result_text"], seen["result_text"]
 
 
 def test_progress_and_status_after_the_call_reach_the_owner_under_its_ids(procs):

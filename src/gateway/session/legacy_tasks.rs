@@ -113,6 +113,14 @@ pub(super) fn created(r: CustomResult) -> Result<CallToolResponse, Box<ServerRes
     }
 }
 
+fn too_many_tasks() -> ErrorData {
+    ErrorData::new(
+        super::super::RATE_LIMITED,
+        "too many tasks held; fetch or cancel some first",
+        None,
+    )
+}
+
 fn invalid(message: impl Into<String>) -> ErrorData {
     ErrorData::invalid_params(message.into(), None)
 }
@@ -181,6 +189,11 @@ impl Session {
         let call: CallToolRequestParams = serde_json::from_value(Value::Object(params))
             .map_err(|e| invalid(format!("invalid tools/call params: {e}")))?;
         let identity = self.identity(&ctx);
+        // Refused before it runs: a call the table could not hold would
+        // otherwise start upstream only to be cancelled.
+        if self.gw.legacy_tasks.full(&identity.subject) {
+            return Err(too_many_tasks());
+        }
         let view = self.gw.registry.tools(self.endpoint()).await;
         let target = view.index.get(&*call.name).cloned();
         let speaks_2026 = target
@@ -255,11 +268,7 @@ impl Session {
                         }
                     }
                 }
-                return Err(ErrorData::new(
-                    super::super::RATE_LIMITED,
-                    "too many tasks held; fetch or cancel some first",
-                    None,
-                ));
+                return Err(too_many_tasks());
             }
         }
         match local {

@@ -492,6 +492,17 @@ impl Issuance {
         Some(expired)
     }
 
+    /// Whether `subject` holds as many live tasks as it may: a further
+    /// task-augmented call is refused before it runs.
+    pub(crate) fn full(&self, subject: &str) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|t| t.subject == subject && t.expires > now)
+            .count()
+            >= MAX_TASKS_PER_SUBJECT
+    }
+
     /// The record of task `id`, if it has not expired.
     pub(crate) fn get(&self, id: &str) -> Option<Issued> {
         let tasks = self.lock();
@@ -711,6 +722,16 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert!(table.get("a0").is_none());
         assert_eq!(table.get("b1").unwrap().subject, "bob");
+        assert!(!table.full("alice"));
+        for n in 1..MAX_TASKS_PER_SUBJECT {
+            table
+                .insert(format!("c{n}"), issued("carol", 60_000))
+                .unwrap();
+        }
+        assert!(!table.full("carol"));
+        table.insert("c0".into(), issued("carol", 60_000)).unwrap();
+        assert!(table.full("carol") && !table.full("alice"));
+        assert!(table.insert("c-over".into(), issued("carol", 1)).is_none());
         table.update("a1", &json!({ "taskId": "x" }));
         assert_eq!(table.list("alice").0, vec![json!({ "taskId": "x" })]);
     }
