@@ -614,41 +614,45 @@ impl ServerHandler for Session {
                 let (session, trace_id) = (self.state.id, call.trace_id.clone());
                 let who = identity.clone();
                 let running = local.clone();
-                tokio::spawn(async move {
-                    // The call keeps its concurrency slots until it ends.
-                    let _admission = admission;
-                    let mut info = CallInfo {
-                        identity: &who,
-                        session,
-                        method: "tools/call",
-                        trace_id,
-                        link,
-                    };
-                    let subject = owned.subject();
-                    let outcome = async {
-                        let response = run
-                            .run(request, || {
-                                if let (Some((g, _)), Some(l)) = (&guards, info.link.as_mut()) {
-                                    *l = l.next();
-                                    g.record_round(&info, &subject);
-                                }
-                            })
-                            .await?;
-                        let CallToolResponse::Complete(result) = response else {
-                            return Err(ErrorData::internal_error(
-                                "the upstream answered with neither a result nor an error",
-                                None,
-                            ));
+                tokio::spawn(
+                    async move {
+                        // The call keeps its concurrency slots until it ends.
+                        let _admission = admission;
+                        let mut info = CallInfo {
+                            identity: &who,
+                            session,
+                            method: "tools/call",
+                            trace_id,
+                            link,
                         };
-                        let result = match &guards {
-                            Some((g, set)) => guard_result(g, set, &info, &subject, result)?,
-                            None => result,
-                        };
-                        legacy_tasks::result_json(result)
+                        let subject = owned.subject();
+                        let outcome = async {
+                            let response = run
+                                .run(request, || {
+                                    if let (Some((g, _)), Some(l)) = (&guards, info.link.as_mut()) {
+                                        *l = l.next();
+                                        g.record_round(&info, &subject);
+                                    }
+                                })
+                                .await?;
+                            let CallToolResponse::Complete(result) = response else {
+                                return Err(ErrorData::internal_error(
+                                    "the upstream answered with neither a result nor an error",
+                                    None,
+                                ));
+                            };
+                            let result = match &guards {
+                                Some((g, set)) => guard_result(g, set, &info, &subject, result)?,
+                                None => result,
+                            };
+                            legacy_tasks::result_json(result)
+                        }
+                        .await;
+                        running.finish(outcome);
                     }
-                    .await;
-                    running.finish(outcome);
-                });
+                    // Its upstream rounds stay in the creating call's trace.
+                    .in_current_span(),
+                );
                 return Ok(CallToolResponse::Task(extension::issue(
                     &self.gw,
                     &identity.subject,

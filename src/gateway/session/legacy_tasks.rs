@@ -13,6 +13,11 @@
 //! answer names the client's id. `tasks/list` answers from the gateway's own
 //! record of the caller's tasks: an upstream's list would show other
 //! clients' tasks.
+//!
+//! Where the upstream cannot make a 2025 task (it speaks 2026-07-28, or
+//! ignores `task`), the task is the gateway's own ([`Local`]): the same
+//! table, ids and handlers, with `tasks/*` answered from its record instead
+//! of forwarded.
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientRequest, CreateTaskResult, CustomRequest,
