@@ -14,6 +14,7 @@ use super::guardrails::{self, Asker, CallInfo, Guardrails};
 use super::mrtr::{Flight, Opened, Round};
 use super::observe::Observation;
 use super::tasks::extension;
+use super::tasks::legacy::Local;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
 use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
@@ -134,35 +135,7 @@ impl Session {
         impl std::future::Future<Output = Result<ServerResult, ErrorData>> + Send + 'static,
         ErrorData,
     > {
-        let upstream = self
-            .gw
-            .registry
-            .upstream(&target.upstream)
-            .ok_or_else(|| unknown("upstream", &target.upstream))?
-            .clone();
-        let span = tracing::info_span!(
-            "mcp.client",
-            otel.name = %format_args!("{} {}", request_method(&request), target.original),
-            otel.kind = "client",
-            mcp.method.name = request_method(&request),
-            mcp.upstream = %target.upstream,
-        );
-        let mut request = request;
-        // Hand the trace on: the upstream call span is the upstream's parent.
-        if let Some((traceparent, tracestate)) = trace::traceparent_of(&span) {
-            let meta = request.get_meta_mut();
-            meta.set_traceparent(&traceparent);
-            if let Some(state) = tracestate {
-                meta.set_tracestate(&state);
-            }
-        }
-        Ok(async move {
-            upstream
-                .request(caller, request, &ct)
-                .instrument(span)
-                .await
-                .map_err(upstream_error)
-        })
+        send_with(&self.gw, target, request, caller, ct)
     }
 
     /// The policy step before a call is forwarded: decide, guard the
@@ -221,58 +194,6 @@ impl Session {
             None => None,
         };
         Ok(Enforced { limits, approval })
-    }
-
-    /// Answers an upstream's input requests by asking this (legacy)
-    /// client with server-to-client requests; refuses clearly when the
-    /// client did not declare the capability a request needs.
-    async fn answer_inputs(
-        &self,
-        ctx: &RequestContext<RoleServer>,
-        requests: InputRequests,
-    ) -> Result<InputResponses, ErrorData> {
-        let caps = capabilities_of(ctx);
-        let mut answers = InputResponses::new();
-        for (key, request) in requests {
-            let (method, declared, request) = match request {
-                InputRequest::Elicitation(r) => (
-                    "elicitation/create",
-                    caps.elicitation.is_some(),
-                    ServerRequest::ElicitRequest(r),
-                ),
-                InputRequest::CreateMessage(r) => (
-                    "sampling/createMessage",
-                    caps.sampling.is_some(),
-                    ServerRequest::CreateMessageRequest(r),
-                ),
-                InputRequest::ListRoots(r) => (
-                    "roots/list",
-                    caps.roots.is_some(),
-                    ServerRequest::ListRootsRequest(r),
-                ),
-                _ => {
-                    return Err(ErrorData::internal_error(
-                        "upstream asked for an input of an unknown kind",
-                        None,
-                    ))
-                }
-            };
-            if !declared {
-                return Err(ErrorData::new(
-                    MISSING_CLIENT_CAPABILITY,
-                    format!("the upstream needs {method}, which this client did not declare"),
-                    Some(serde_json::json!({ "method": method })),
-                ));
-            }
-            let answer =
-                ctx.peer.send_request(request).await.map_err(|e| {
-                    ErrorData::internal_error(format!("{method} failed: {e}"), None)
-                })?;
-            let value = serde_json::to_value(&answer)
-                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-            answers.insert(key, value);
-        }
-        Ok(answers)
     }
 
     fn observe(&self, method: &'static str, ctx: &RequestContext<RoleServer>) -> Observation<'_> {
@@ -715,19 +636,74 @@ impl ServerHandler for Session {
                 Some(task) => task.request(params),
                 None => ClientRequest::CallToolRequest(Request::new(params)),
             };
-            let pick: fn(ServerResult) -> Result<CallToolResponse, Box<ServerResult>> = |r| match r
-            {
-                ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
-                ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
-                ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
-                ServerResult::CustomResult(r) => legacy_tasks::created(r),
-                other => Err(Box::new(other)),
-            };
-            let complete: fn(CallToolResult) -> CallToolResponse =
-                |r| CallToolResponse::Complete(complete_call(r));
             let link = call.link.clone();
             if let Some(l) = &link {
                 obs.linked(l);
+            }
+            let local = ctx.extensions.get::<legacy_tasks::LocalTask>().cloned();
+            // A 2025 client's task that the upstream cannot hold: the
+            // gateway answers with a task of its own and runs the call on.
+            if let Some(task) = local.as_ref().filter(|t| t.runs_here()) {
+                let local = task.local();
+                let run = LegacyRun {
+                    gw: self.gw.clone(),
+                    target: target.clone(),
+                    caller: self.caller(&ctx),
+                    retry,
+                    ct: local.token(),
+                    local: Some(local.clone()),
+                };
+                let owned = call_subject(&subject);
+                let guards = policy.map(|(g, set)| (g.clone(), set));
+                let (session, trace_id) = (self.state.id, call.trace_id.clone());
+                let who = identity.clone();
+                let running = local.clone();
+                tokio::spawn(
+                    async move {
+                        // The call keeps its concurrency slots until it ends.
+                        let _admission = admission;
+                        let mut info = CallInfo {
+                            identity: &who,
+                            session,
+                            method: "tools/call",
+                            trace_id,
+                            link,
+                        };
+                        let subject = owned.subject();
+                        let outcome = async {
+                            let response = run
+                                .run(request, || {
+                                    if let (Some((g, _)), Some(l)) = (&guards, info.link.as_mut()) {
+                                        *l = l.next();
+                                        g.record_round(&info, &subject);
+                                    }
+                                })
+                                .await?;
+                            let CallToolResponse::Complete(result) = response else {
+                                return Err(ErrorData::internal_error(
+                                    "the upstream answered with neither a result nor an error",
+                                    None,
+                                ));
+                            };
+                            let result = match &guards {
+                                Some((g, set)) => guard_result(g, set, &info, &subject, result)?,
+                                None => result,
+                            };
+                            legacy_tasks::result_json(result)
+                        }
+                        .await;
+                        running.finish(outcome);
+                    }
+                    // Its upstream rounds stay in the creating call's trace.
+                    .in_current_span(),
+                );
+                return Ok(CallToolResponse::Task(extension::issue(
+                    &self.gw,
+                    &identity.subject,
+                    &target,
+                    &call,
+                    local.created(legacy_tasks::LOCAL_ID),
+                )?));
             }
             let response = if modern {
                 let round = match parked {
@@ -784,64 +760,61 @@ impl ServerHandler for Session {
                     }
                 };
                 match round {
-                    Round::Done(result) => match convert(&target, *result, pick, complete)? {
-                        // The upstream's own round: its state goes out wrapped.
-                        CallToolResponse::InputRequired(mut r) => {
-                            r.request_state = Some(self.gw.bridge.wrap(
-                                &identity.subject,
-                                &target.upstream,
-                                &target.original,
-                                args_hash,
-                                r.request_state.take(),
-                                link,
-                            )?);
-                            return Ok(CallToolResponse::InputRequired(r));
+                    Round::Done(result) => {
+                        match convert(&target, *result, pick_call, complete_response)? {
+                            // The upstream's own round: its state goes out wrapped.
+                            CallToolResponse::InputRequired(mut r) => {
+                                r.request_state = Some(self.gw.bridge.wrap(
+                                    &identity.subject,
+                                    &target.upstream,
+                                    &target.original,
+                                    args_hash,
+                                    r.request_state.take(),
+                                    link,
+                                )?);
+                                return Ok(CallToolResponse::InputRequired(r));
+                            }
+                            other => other,
                         }
-                        other => other,
-                    },
+                    }
                     Round::InputRequired(r) => return Ok(CallToolResponse::InputRequired(r)),
                 }
             } else {
-                let mut response = self.forward(&target, request, &ctx, pick, complete).await?;
-                // A 2026-07-28 upstream asks for input in its result; a
-                // legacy client answers server-to-client requests. Ask it,
-                // then run the next round with the answers.
-                let mut rounds = 0;
-                while let (CallToolResponse::InputRequired(r), Some(first)) = (&response, &retry) {
-                    rounds += 1;
-                    if rounds > MAX_INPUT_ROUNDS {
-                        return Err(ErrorData::internal_error(
-                            format!(
-                                "upstream `{}` asked for input more than {MAX_INPUT_ROUNDS} times",
-                                target.upstream
-                            ),
-                            None,
-                        ));
-                    }
-                    let answers = self
-                        .answer_inputs(&ctx, r.input_requests.clone().unwrap_or_default())
-                        .await?;
-                    self.gw
-                        .metrics
-                        .input_rounds
-                        .with_label_values(&["legacy_client"])
-                        .inc();
+                let run = LegacyRun {
+                    gw: self.gw.clone(),
+                    target: target.clone(),
+                    caller: self.caller(&ctx),
+                    retry,
+                    ct: ctx.ct.clone(),
+                    local: None,
+                };
+                run.run(request, || {
                     if let (Some(g), Some(l)) = (&self.gw.guardrails, call.link.as_mut()) {
                         *l = l.next();
                         g.record_round(&call, &subject);
                     }
-                    let mut next = first.clone();
-                    next.input_responses = Some(answers);
-                    next.request_state = r.request_state.clone();
-                    let request = ClientRequest::CallToolRequest(Request::new(next));
-                    response = self.forward(&target, request, &ctx, pick, complete).await?;
-                }
-                response
+                })
+                .await?
             };
-            match (policy, response) {
+            let response = match (policy, response) {
                 (Some((g, set)), CallToolResponse::Complete(result)) => {
-                    let guarded = guard_result(g, &set, &call, &subject, result)?;
-                    Ok(CallToolResponse::Complete(guarded))
+                    CallToolResponse::Complete(guard_result(g, &set, &call, &subject, result)?)
+                }
+                (_, response) => response,
+            };
+            match (local, response) {
+                // A 2025 upstream answered a task-augmented call plainly: the
+                // client gets a task that has already completed.
+                (Some(task), CallToolResponse::Complete(result)) => {
+                    let local = task.local();
+                    local.finish(legacy_tasks::result_json(result));
+                    Ok(CallToolResponse::Task(extension::issue(
+                        &self.gw,
+                        &identity.subject,
+                        &target,
+                        &call,
+                        local.created(legacy_tasks::LOCAL_ID),
+                    )?))
                 }
                 // The client gets the task under an id of the gateway's.
                 (_, CallToolResponse::Task(created)) => Ok(CallToolResponse::Task(
@@ -1358,6 +1331,203 @@ fn convert<T, C: DeserializeOwned>(
                     None,
                 )
             }),
+    }
+}
+
+/// The upstream call for `request` as an owned future, inside an
+/// `mcp.client` span whose context travels in `_meta` (see
+/// [`Session::send`]); needs no session, so a gateway-local task can use it.
+fn send_with(
+    gw: &Gateway,
+    target: &Target,
+    request: ClientRequest,
+    caller: Caller,
+    ct: tokio_util::sync::CancellationToken,
+) -> Result<
+    impl std::future::Future<Output = Result<ServerResult, ErrorData>> + Send + 'static,
+    ErrorData,
+> {
+    let upstream = gw
+        .registry
+        .upstream(&target.upstream)
+        .ok_or_else(|| unknown("upstream", &target.upstream))?
+        .clone();
+    let span = tracing::info_span!(
+        "mcp.client",
+        otel.name = %format_args!("{} {}", request_method(&request), target.original),
+        otel.kind = "client",
+        mcp.method.name = request_method(&request),
+        mcp.upstream = %target.upstream,
+    );
+    let mut request = request;
+    // Hand the trace on: the upstream call span is the upstream's parent.
+    if let Some((traceparent, tracestate)) = trace::traceparent_of(&span) {
+        let meta = request.get_meta_mut();
+        meta.set_traceparent(&traceparent);
+        if let Some(state) = tracestate {
+            meta.set_tracestate(&state);
+        }
+    }
+    Ok(async move {
+        upstream
+            .request(caller, request, &ct)
+            .instrument(span)
+            .await
+            .map_err(upstream_error)
+    })
+}
+
+/// Answers an upstream's input requests by asking the (legacy) client
+/// with server-to-client requests, marked as about the client's task
+/// `related` when one is given; refuses clearly when the client did not
+/// declare the capability a request needs.
+async fn answer_inputs(
+    caller: &Caller,
+    requests: InputRequests,
+    related: Option<&str>,
+    ct: &tokio_util::sync::CancellationToken,
+) -> Result<InputResponses, ErrorData> {
+    let caps = &caller.capabilities;
+    let mut answers = InputResponses::new();
+    for (key, request) in requests {
+        let (method, declared, mut request) = match request {
+            InputRequest::Elicitation(r) => (
+                "elicitation/create",
+                caps.elicitation.is_some(),
+                ServerRequest::ElicitRequest(r),
+            ),
+            InputRequest::CreateMessage(r) => (
+                "sampling/createMessage",
+                caps.sampling.is_some(),
+                ServerRequest::CreateMessageRequest(r),
+            ),
+            InputRequest::ListRoots(r) => (
+                "roots/list",
+                caps.roots.is_some(),
+                ServerRequest::ListRootsRequest(r),
+            ),
+            _ => {
+                return Err(ErrorData::internal_error(
+                    "upstream asked for an input of an unknown kind",
+                    None,
+                ))
+            }
+        };
+        if !declared {
+            return Err(ErrorData::new(
+                MISSING_CLIENT_CAPABILITY,
+                format!("the upstream needs {method}, which this client did not declare"),
+                Some(serde_json::json!({ "method": method })),
+            ));
+        }
+        if let Some(task) = related {
+            crate::upstream::relate(request.get_meta_mut(), task);
+        }
+        let answer = tokio::select! {
+            answer = caller.peer.send_request(request) => answer
+                .map_err(|e| ErrorData::internal_error(format!("{method} failed: {e}"), None))?,
+            () = ct.cancelled() => return Err(ErrorData::internal_error("the call was cancelled", None)),
+        };
+        let value = serde_json::to_value(&answer)
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        answers.insert(key, value);
+    }
+    Ok(answers)
+}
+
+/// A call's upstream answer as the call path reads it.
+fn pick_call(r: ServerResult) -> Result<CallToolResponse, Box<ServerResult>> {
+    match r {
+        ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(complete_call(r))),
+        ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+        ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+        ServerResult::CustomResult(r) => legacy_tasks::created(r),
+        other => Err(Box::new(other)),
+    }
+}
+
+fn complete_response(r: CallToolResult) -> CallToolResponse {
+    CallToolResponse::Complete(complete_call(r))
+}
+
+/// A legacy client's call to an upstream, with what its further rounds
+/// need, owned: a gateway-local task runs it after the client's request
+/// has been answered.
+struct LegacyRun {
+    gw: Arc<Gateway>,
+    target: Target,
+    caller: Caller,
+    /// The first round's parameters, kept where an upstream may answer
+    /// `InputRequiredResult` (a 2026-07-28 upstream).
+    retry: Option<CallToolRequestParams>,
+    ct: tokio_util::sync::CancellationToken,
+    /// The gateway-local task the call runs as, if any.
+    local: Option<Arc<Local>>,
+}
+
+impl LegacyRun {
+    async fn forward(&self, request: ClientRequest) -> Result<CallToolResponse, ErrorData> {
+        let result = send_with(
+            &self.gw,
+            &self.target,
+            request,
+            self.caller.clone(),
+            self.ct.clone(),
+        )?
+        .await?;
+        convert(&self.target, result, pick_call, complete_response)
+    }
+
+    /// Runs the call. A 2026-07-28 upstream asks for input in its result;
+    /// a legacy client answers server-to-client requests: ask it, then run
+    /// the next round with the answers (`on_round` after each answer).
+    async fn run(
+        &self,
+        request: ClientRequest,
+        mut on_round: impl FnMut(),
+    ) -> Result<CallToolResponse, ErrorData> {
+        let mut response = self.forward(request).await?;
+        let mut rounds = 0;
+        while let (CallToolResponse::InputRequired(r), Some(first)) = (&response, &self.retry) {
+            rounds += 1;
+            if rounds > MAX_INPUT_ROUNDS {
+                return Err(ErrorData::internal_error(
+                    format!(
+                        "upstream `{}` asked for input more than {MAX_INPUT_ROUNDS} times",
+                        self.target.upstream
+                    ),
+                    None,
+                ));
+            }
+            let local = self.local.as_deref();
+            let mut related = None;
+            if let Some(task) = local {
+                related = task.issued().await;
+                task.set(TaskStatus::InputRequired, None);
+            }
+            let answers = answer_inputs(
+                &self.caller,
+                r.input_requests.clone().unwrap_or_default(),
+                related.as_deref(),
+                &self.ct,
+            )
+            .await?;
+            if let Some(task) = local {
+                task.set(TaskStatus::Working, None);
+            }
+            self.gw
+                .metrics
+                .input_rounds
+                .with_label_values(&["legacy_client"])
+                .inc();
+            on_round();
+            let mut next = first.clone();
+            next.input_responses = Some(answers);
+            next.request_state = r.request_state.clone();
+            let request = ClientRequest::CallToolRequest(Request::new(next));
+            response = self.forward(request).await?;
+        }
+        Ok(response)
     }
 }
 

@@ -36,7 +36,7 @@ use crate::config::{SessionMode, UpstreamConfig};
 pub(crate) use routes::log_level_passes;
 use routes::Routes;
 pub use routes::{BridgedRequest, Caller};
-pub(crate) use tasks::rename_related;
+pub(crate) use tasks::{relate, rename_related, STATUS_NOTIFICATION};
 pub use watching::Watch;
 
 /// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error
@@ -314,10 +314,16 @@ impl Upstream {
             .map(|info| info.capabilities.clone())
     }
 
-    /// Whether the upstream offers the tasks extension of 2026-07-28; `None`
-    /// while not connected. A server spoken to in an earlier revision has
-    /// the 2025-11-25 task design instead, whatever it advertises.
+    /// Whether the gateway offers clients this upstream's tasks (the tasks
+    /// extension of 2026-07-28); `None` while not connected. A server spoken
+    /// to in an earlier revision has the 2025-11-25 task design instead,
+    /// whatever it advertises; and a `per-client` upstream's connection ends
+    /// with its downstream session (for a 2026-07-28 client, its request),
+    /// which a task must outlive.
     pub fn offers_tasks(&self) -> Option<bool> {
+        if self.config.session != SessionMode::Shared {
+            return Some(false);
+        }
         self.shared
             .load()
             .as_ref()
@@ -453,29 +459,27 @@ impl Upstream {
     }
 
     /// The tasks extension (2026-07-28) is declared per request: a caller
-    /// that declared it has it declared upstream too, when the upstream
-    /// offers it, so only such a caller can be handed a task (and only it
-    /// may drive one with `tasks/*`). The connection's own capabilities
-    /// stay what it declared at connect.
-    /// The `_meta` a forwarded request carries beyond rmcp's own: on a
-    /// 2026-07-28 connection, the calling client's capabilities (a server
-    /// reads from each request what the client can answer: the caller's,
-    /// not every client's) and its log level; and the tasks extension
-    /// where both the upstream and the caller speak it.
+    /// that declared it has it declared upstream too, when the gateway
+    /// offers the upstream's tasks ([`Upstream::offers_tasks`]: shared
+    /// connections only), so only such a caller can be handed a task (and
+    /// only it may drive one with `tasks/*`). The connection's own
+    /// capabilities stay what it declared at connect.
+    /// Beyond that, a request on a 2026-07-28 connection carries the calling
+    /// client's capabilities (a server reads from each request what the
+    /// client can answer: the caller's, not every client's) and its log level.
     fn request_meta(&self, conn: &Connection, caller: &Caller) -> Option<RequestMetaObject> {
-        let offered = conn
-            .peer
-            .peer_info()
-            .is_some_and(|info| offers_tasks(&info));
-        let tasks = offered && caller.capabilities.supports_tasks();
+        let tasks = self.config.session == SessionMode::Shared
+            && conn
+                .peer
+                .peer_info()
+                .is_some_and(|info| offers_tasks(&info))
+            && caller.capabilities.supports_tasks();
+        // Tasks are only offered by 2026-07-28 connections.
         if !conn.modern && !tasks {
             return None;
         }
-        let own = match (conn.modern, self.config.session) {
-            (true, _) | (false, SessionMode::PerClient) => Some(&caller.capabilities),
-            (false, SessionMode::Shared) => None,
-        };
-        let mut capabilities = client::advertised(own, self.sampler.is_some());
+        let mut capabilities =
+            client::advertised(Some(&caller.capabilities), self.sampler.is_some());
         if tasks {
             capabilities
                 .extensions

@@ -48,7 +48,7 @@ pub(crate) fn rename_related(meta: &mut serde_json::Map<String, Value>, client_i
 }
 
 /// Marks `meta` as belonging to the client's task `client_id`.
-pub(super) fn relate(meta: &mut serde_json::Map<String, Value>, client_id: &str) {
+pub(crate) fn relate(meta: &mut serde_json::Map<String, Value>, client_id: &str) {
     meta.insert(
         RELATED_TASK.to_owned(),
         serde_json::json!({ "taskId": client_id }),

@@ -23,6 +23,8 @@ async def elicit(context, params: types.ElicitRequestParams):
     """Answers the research tool's clarification question."""
     meta = params.meta.model_dump(by_alias=True) if params.meta else {}
     ELICITED.append({"message": params.message, "meta": meta})
+    if "name" in params.message:
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
     if "color" in params.message:
         return types.ElicitResult(action="accept", content={"color": "teal"})
     return types.ElicitResult(action="accept", content={"interpretation": "programming"})
@@ -102,14 +104,17 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
         out["elicited"] = ELICITED
         out["task_id"] = task_id
     elif name == "plain":
-        # Task-augmented calls of tools whose upstreams do not do 2025 tasks.
+        # Raw task-augmented calls of tools whose upstreams do not do 2025
+        # tasks: the gateway answers with a task of its own.
         for tool in (arg or "").split(","):
             request = types.CallToolRequest(
                 params=types.CallToolRequestParams(
                     name=tool, arguments={"message": tool}, task=types.TaskMetadata(ttl=60000)
                 )
             )
-            result = await session.send_request(types.ClientRequest(request), types.CallToolResult)
+            created = await session.send_request(types.ClientRequest(request), types.CreateTaskResult)
+            out[f"{tool}:status"] = created.task.status
+            result = await session.experimental.get_task_result(created.task.taskId, types.CallToolResult)
             out[tool] = result.content[0].text if result.content else None
         out["listed"] = [t.taskId for t in (await session.experimental.list_tasks()).tasks]
     elif name == "notify":
@@ -151,8 +156,71 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
         result = await session.experimental.get_task_result(created.task.taskId, types.CallToolResult)
         out["result_text"] = result.content[0].text
         out["elicited"] = ELICITED
+    elif name == "local":
+        # `arg` is an upstream that cannot make 2025 tasks: the gateway does.
+        slow = f"{arg}__slow"
+        created = await session.experimental.call_tool_as_task(
+            slow, {"ms": 1500}, ttl=60000, meta={"progressToken": "tok-local"}
+        )
+        mine = lambda: [p for p in PROGRESS if p[0] == "tok-local"]  # noqa: E731
+        out["progress_at_creation"] = len(mine())
+        task_id = created.task.taskId
+        out["created"] = created.task.model_dump(mode="json")
+        out["first_status"] = (await session.experimental.get_task(task_id)).status
+        done = await until(session, task_id, {"completed", "failed", "cancelled"})
+        out["final_status"] = done.status
+        result = await session.experimental.get_task_result(task_id, types.CallToolResult)
+        out["result_text"] = result.content[0].text if result.content else ""
+        out["result_meta"] = result.meta or {}
+        for _ in range(100):
+            if any(p[2] == "done" for p in mine()):
+                break
+            await asyncio.sleep(0.05)
+        out["progress"] = mine()
+        # A 2025 upstream answers before the task exists: nothing to cancel.
+        ms = 30000 if arg == "modern" else 10
+        cancel_me = await session.experimental.call_tool_as_task(slow, {"ms": ms}, ttl=60000)
+        try:
+            out["cancel_status"] = (await session.experimental.cancel_task(cancel_me.task.taskId)).status
+        except McpError as e:
+            out["cancel_status"] = e.error.message
+        out["after_cancel"] = (await session.experimental.get_task(cancel_me.task.taskId)).status
+        out["cancelled_result"] = await refused(
+            session.experimental.get_task_result(cancel_me.task.taskId, types.CallToolResult)
+        )
+        out["ids"] = [task_id, cancel_me.task.taskId]
+        listed = await session.experimental.list_tasks()
+        out["listed"] = {t.taskId: t.status for t in listed.tasks}
+        for _ in range(100):
+            if {s["taskId"] for s in STATUS} >= set(out["ids"]):
+                break
+            await asyncio.sleep(0.05)
+        out["status"] = STATUS
+    elif name == "local-input":
+        created = await session.experimental.call_tool_as_task(
+            f"{arg}__test_input_required_result_elicitation", {}, ttl=60000
+        )
+        out["task_id"] = created.task.taskId
+        waiting = await until(session, created.task.taskId, {"completed", "failed", "cancelled"})
+        out["final_status"] = waiting.status
+        result = await session.experimental.get_task_result(created.task.taskId, types.CallToolResult)
+        out["result_text"] = result.content[0].text if result.content else ""
+        out["elicited"] = ELICITED
+        out["status"] = [s["status"] for s in STATUS if s["taskId"] == created.task.taskId]
+    elif name == "denied":
+        # `arg` is "denied tool|tool to echo with|message".
+        denied, echo, message = (arg or "").split("|")
+        out["denied"] = await refused(session.experimental.call_tool_as_task(denied, {"a": 1, "b": 2}, ttl=60000))
+        created = await session.experimental.call_tool_as_task(echo, {"message": message}, ttl=60000)
+        result = await session.experimental.get_task_result(created.task.taskId, types.CallToolResult)
+        out["result_text"] = result.content[0].text
+        out["task_id"] = created.task.taskId
+        out["listed"] = [t.taskId for t in (await session.experimental.list_tasks()).tasks]
     elif name == "own":
-        created = await session.experimental.call_tool_as_task(TOOL, {"topic": "own"}, ttl=60000)
+        if arg:
+            created = await session.experimental.call_tool_as_task(arg, {"ms": 30000}, ttl=60000)
+        else:
+            created = await session.experimental.call_tool_as_task(TOOL, {"topic": "own"}, ttl=60000)
         out["task_id"] = created.task.taskId
     elif name == "foreign":
         assert arg is not None

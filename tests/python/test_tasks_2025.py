@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import PEERS, everything_stdio, fixture_stdio, http_get, wait_for
+from test_cancel import upstream_cancellations
 
 PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
 CLIENT = Path(__file__).with_name("tasks2025_client.py")
@@ -116,9 +117,15 @@ def test_input_mid_task_reaches_the_owning_client(procs, transport):
     assert "programming" in seen["result_text"], seen["result_text"]
 
 
-def test_another_identitys_task_is_refused_and_not_listed(procs):
-    gw = tasks_gateway(procs)
-    alices = client(gw, ALICE, "own")["task_id"]
+@pytest.mark.parametrize("kind", ["forwarded", "local"])
+def test_another_identitys_task_is_refused_and_not_listed(procs, kind):
+    # A task server-everything holds, and one the gateway holds for a
+    # 2026-07-28 upstream's call.
+    if kind == "forwarded":
+        gw, tool = tasks_gateway(procs), ()
+    else:
+        gw, tool = local_gateway(procs), ("modern__slow",)
+    alices = client(gw, ALICE, "own", *tool)["task_id"]
     bobs_view = client(gw, BOB, "foreign", alices)
     assert bobs_view["get"] == "unknown task id"
     assert bobs_view["result"] == "unknown task id"
@@ -128,23 +135,95 @@ def test_another_identitys_task_is_refused_and_not_listed(procs):
     assert client(gw, ALICE, "foreign", alices)["get"] is None
 
 
-def test_a_task_for_an_upstream_without_2025_tasks_runs_as_a_plain_call(procs):
-    # `modern` negotiates 2026-07-28 (the other task design); `legacy`
-    # speaks 2025-11-25 without declaring tasks. Both run the call plainly,
-    # as a receiver that does not declare task support must.
-    gw = procs.gateway(
-        {
-            "upstreams": {
-                "modern": {**fixture_stdio(), "protocol": "2026-07-28"},
-                "legacy": {**fixture_stdio(), "protocol": "legacy"},
-            }
-        }
-    )
+def local_gateway(procs, policies=None):
+    """A 2026-07-28 upstream over HTTP (`modern`) and a 2025 one without
+    tasks (`legacy`): neither can hold a 2025 task, so the gateway does."""
+    keys = [
+        {"id": who, "sha256": hashlib.sha256(key.encode()).hexdigest()}
+        for who, key in (("alice", ALICE), ("bob", BOB))
+    ]
+    config = {
+        "upstreams": {
+            "modern": {"http": {"url": procs.fixture_http()}, "protocol": "2026-07-28"},
+            "legacy": {**fixture_stdio(), "protocol": "legacy"},
+        },
+        "auth": {"api_keys": keys},
+    }
+    if policies:
+        config["policies"] = policies
+    gw = procs.gateway(config)
     gw.wait_up("modern", "legacy")
-    seen = client(gw, "", "plain", "modern__echo,legacy__echo")
+    return gw
+
+
+def test_a_plain_answer_to_a_task_augmented_call_is_a_completed_task(procs):
+    # `modern` negotiates 2026-07-28 (the other task design); `legacy`
+    # speaks 2025-11-25 without tasks. The client asked for a task, so it
+    # gets one either way (the SDK's call_tool_as_task needs one).
+    gw = local_gateway(procs)
+    seen = client(gw, ALICE, "plain", "modern__echo,legacy__echo")
     assert seen["modern__echo"] == "modern__echo"
     assert seen["legacy__echo"] == "legacy__echo"
-    assert seen["listed"] == []
+    assert seen["modern__echo:status"] == "working"
+    assert seen["legacy__echo:status"] == "completed"
+    assert len(seen["listed"]) == 2
+
+
+@pytest.mark.parametrize("upstream", ["modern", "legacy"])
+def test_a_gateway_local_task_runs_is_fetched_cancelled_and_listed(procs, upstream):
+    gw = local_gateway(procs)
+    seen = client(gw, ALICE, "local", upstream)
+    task_id, cancelled_id = seen["ids"]
+    assert seen["created"]["ttl"] == 60000 and seen["created"]["pollInterval"], seen["created"]
+    assert seen["final_status"] == "completed"
+    assert seen["result_text"] == "slept 1500 ms"
+    assert seen["result_meta"]["io.modelcontextprotocol/related-task"]["taskId"] == task_id
+    # Progress under the client's token: all eleven steps arrive.
+    assert [p[2] for p in seen["progress"]][-1] == "done" and len(seen["progress"]) == 11, seen["progress"]
+    if upstream == "modern":
+        # The call runs on after the task was handed out.
+        assert seen["created"]["status"] == "working" and seen["first_status"] in ("working", "completed")
+        assert seen["progress_at_creation"] < 11, seen
+        assert seen["cancel_status"] == "cancelled" and seen["after_cancel"] == "cancelled"
+        assert seen["cancelled_result"], seen
+        assert seen["listed"] == {task_id: "completed", cancelled_id: "cancelled"}
+        statuses = {(s["taskId"], s["status"]) for s in seen["status"]}
+        assert (task_id, "completed") in statuses and (cancelled_id, "cancelled") in statuses, seen["status"]
+        # The upstream saw the cancellation.
+        wait_for(lambda: upstream_cancellations(gw) >= 1, timeout=10, what="upstream call cancelled")
+    else:
+        # A 2025 upstream without tasks answers the call: a completed task.
+        assert seen["created"]["status"] == "completed"
+        assert seen["cancel_status"] == "the task has already ended"
+        assert seen["after_cancel"] == "completed" and seen["cancelled_result"] is None
+        assert seen["listed"] == {task_id: "completed", cancelled_id: "completed"}
+
+
+def test_a_gateway_local_task_asks_its_client_for_input(procs):
+    gw = local_gateway(procs)
+    seen = client(gw, ALICE, "local-input", "modern")
+    assert seen["final_status"] == "completed"
+    assert seen["result_text"] == "Hello, Ada!"
+    [question] = seen["elicited"]
+    assert question["meta"]["io.modelcontextprotocol/related-task"]["taskId"] == seen["task_id"]
+    assert "input_required" in seen["status"], seen["status"]
+
+
+def test_policy_refuses_before_a_gateway_local_task_exists_and_guards_its_result(procs, tmp_path):
+    secret = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    rules = {
+        "rules": [{"id": "no-add", "match": {"tool": "modern__add"}, "action": "deny"}],
+        "guards": [{"id": "no-secrets-out", "detect": ["secrets"], "on": ["results"], "action": "redact"}],
+    }
+    (policies / "p.yaml").write_text(yaml.safe_dump(rules))
+    gw = local_gateway(procs, {"dir": str(policies), "default": "allow"})
+    seen = client(gw, ALICE, "denied", f"modern__add|modern__echo|leak {secret}")
+    assert seen["denied"], seen
+    # The refused call made no task: only the echo's is listed.
+    assert seen["listed"] == [seen["task_id"]]
+    assert secret not in seen["result_text"] and "[REDACTED" in seen["result_text"], seen["result_text"]
 
 
 def test_progress_and_status_after_the_call_reach_the_owner_under_its_ids(procs):

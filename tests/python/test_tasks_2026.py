@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from conftest import fixture_stdio, http_get, wait_for
+from conftest import everything_stdio, fixture_stdio, http_get, wait_for
 from test_eras import post_2026
 
 TASKS = "io.modelcontextprotocol/tasks"
@@ -72,9 +72,9 @@ class Raw:
         )
 
 
-def modern(procs, name: str = "gateway", **extra) -> tuple[str, object]:
+def modern(procs, name: str = "gateway", protocol: str = "2026-07-28", **extra) -> tuple[str, object]:
     url = procs.fixture_http()
-    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": "2026-07-28"}}, **extra}, name=name)
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": protocol}}, **extra}, name=name)
     gw.wait_up("fx")
     return url, gw
 
@@ -94,8 +94,9 @@ def shows_no_upstream_id(raw: str) -> bool:
     return True
 
 
-def test_a_task_outlives_its_request_and_the_client_never_sees_the_upstream_id(procs):
-    fixture_url, gw = modern(procs)
+@pytest.mark.parametrize("protocol", ["2026-07-28", "auto"])
+def test_a_task_outlives_its_request_and_the_client_never_sees_the_upstream_id(procs, protocol):
+    fixture_url, gw = modern(procs, protocol=protocol)
     c = Raw(gw.endpoint("/mcp/fx"))
     created = c.call("slow_compute", {"seconds": 1, "label": "later"})
     assert created["resultType"] == "task" and created["status"] == "working"
@@ -199,14 +200,25 @@ def test_the_extension_is_gated_and_the_removed_methods_are_gone(procs):
     assert c.error("tasks/list", {})["code"] == -32601
 
 
-def test_an_endpoint_without_the_extension_says_so(procs):
-    # A legacy upstream (explicit: the default `auto` speaks 2026-07-28 to the fixture).
-    gw = procs.gateway({"upstreams": {"fx": {**fixture_stdio(), "protocol": "legacy"}}})
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        # Spoken to in 2025-11-25 (explicit: the default `auto` speaks
+        # 2026-07-28 to the fixture).
+        {"protocol": "legacy"},
+        # A per-client connection ends with its session (a 2026 client's is
+        # one request), which a task must outlive: its tasks are not offered.
+        {"protocol": "2026-07-28", "session": "per-client"},
+    ],
+    ids=["legacy", "per-client"],
+)
+def test_an_endpoint_without_the_extension_says_so(procs, upstream):
+    gw = procs.gateway({"upstreams": {"fx": {**fixture_stdio(), **upstream}}})
     gw.wait_up("fx")
     c = Raw(gw.url)
     assert TASKS not in json.dumps(c.ok("server/discover", {}).get("capabilities", {}))
     assert c.error("tasks/get", {"taskId": "x"})["code"] == -32601
-    # A task-capable call simply runs: the legacy upstream was never offered tasks.
+    # A task-capable call simply runs: the upstream was never offered tasks.
     r = c.call("fx__slow_compute", {"seconds": 0, "label": "legacy"})
     assert r["resultType"] == "complete" and r["content"][0]["text"].startswith("computed legacy")
 
@@ -270,3 +282,48 @@ def test_a_task_with_two_questions_waits_for_both_answers(procs, tool):
     assert still["status"] == "input_required" and list(still["inputRequests"]) == [second]
     c.ok("tasks/update", {"taskId": task_id, "inputResponses": {second: answers[second]}})
     assert c.until(task_id, "completed")["result"]["content"][0]["text"] == "name=Ada confirm=true"
+
+
+def test_a_task_of_the_other_design_is_refused_clearly(procs):
+    """One identity, both eras: a 2025-11-25 task (server-everything, driven
+    by the 1.x SDK) cannot be driven with the 2026 methods, and a 2026 task
+    is unknown to the 2025 ones."""
+    from test_tasks_2025 import ALICE, PYTHON1, client
+
+    if not PYTHON1.exists():
+        pytest.skip("no venv-mcp1 (scripts/install-peers.sh)")
+    fixture_url = procs.fixture_http()
+    gw = procs.gateway(
+        {
+            "upstreams": {
+                "everything": everything_stdio(),
+                "fx": {"http": {"url": fixture_url}, "protocol": "2026-07-28"},
+            },
+            "auth": {"api_keys": [{"id": "alice", "sha256": hashlib.sha256(ALICE.encode()).hexdigest()}]},
+        }
+    )
+    gw.wait_up("everything", "fx")
+    old = client(gw, ALICE, "own")["task_id"]
+    c = Raw(gw.url, {"authorization": f"Bearer {ALICE}"})
+    err = c.error("tasks/get", {"taskId": old})
+    assert err["code"] == -32602 and "does not offer the 2026-07-28 tasks extension" in err["message"], err
+    assert err["data"] == {"upstream": "everything"}
+    new = c.call("fx__slow_compute", {"seconds": 60, "label": "era"})["taskId"]
+    seen = client(gw, ALICE, "foreign", new)
+    assert seen["get"] == "unknown task id" and seen["cancel"] == "unknown task id"
+    assert c.get(new)["status"] == "working"
+    c.ok("tasks/cancel", {"taskId": new})
+
+
+def test_a_task_id_is_refused_on_an_endpoint_that_does_not_show_its_upstream(procs):
+    upstreams = {name: {"http": {"url": procs.fixture_http()}, "protocol": "2026-07-28"} for name in ("fx", "fy")}
+    gw = procs.gateway({"upstreams": upstreams})
+    gw.wait_up("fx", "fy")
+    on_fx = Raw(gw.endpoint("/mcp/fx"))
+    task_id = on_fx.call("slow_compute", {"seconds": 60, "label": "here"})["taskId"]
+    unknown = on_fx.error("tasks/get", {"taskId": "no-such-task"})
+    err = Raw(gw.endpoint("/mcp/fy")).error("tasks/get", {"taskId": task_id})
+    assert (err["code"], err["message"]) == (unknown["code"], unknown["message"])
+    # The aggregate endpoint shows both upstreams: the task is reachable there.
+    assert Raw(gw.url).get(task_id)["status"] == "working"
+    on_fx.ok("tasks/cancel", {"taskId": task_id})

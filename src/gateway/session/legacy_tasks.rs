@@ -13,6 +13,11 @@
 //! answer names the client's id. `tasks/list` answers from the gateway's own
 //! record of the caller's tasks: an upstream's list would show other
 //! clients' tasks.
+//!
+//! Where the upstream cannot make a 2025 task (it speaks 2026-07-28, or
+//! ignores `task`), the task is the gateway's own ([`Local`]): the same
+//! table, ids and handlers, with `tasks/*` answered from its record instead
+//! of forwarded.
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientRequest, CreateTaskResult, CustomRequest,
@@ -21,11 +26,13 @@ use rmcp::model::{
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::ServerHandler;
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tracing::Instrument;
 
 use super::super::observe::{Observation, Outcome};
 use super::super::tasks::extension::{hide_id, with_policy, Opened};
-use super::super::tasks::legacy::{self, Issued};
+use super::super::tasks::legacy::{self, Issued, Local, Owner};
 use super::super::tasks::unknown_task;
 use super::Session;
 use crate::policy::Direction;
@@ -66,6 +73,41 @@ impl Augmented {
     }
 }
 
+/// The upstream id sealed into a gateway-local task's client id (the
+/// table, not the id, tells which task it is).
+pub(super) const LOCAL_ID: &str = "portcullis-local";
+
+/// Marks a 2025 client's task-augmented `tools/call` with the
+/// gateway-local task it becomes when the upstream cannot hold one.
+#[derive(Clone)]
+pub(super) struct LocalTask {
+    local: Arc<Local>,
+    /// The upstream cannot make a 2025 task at all (it speaks
+    /// 2026-07-28): the call runs as this task from the start.
+    here: bool,
+    /// Set once the call path turned the call into this task.
+    used: Arc<AtomicBool>,
+}
+
+impl LocalTask {
+    /// Whether the gateway runs the call as its own task from the start.
+    pub(super) fn runs_here(&self) -> bool {
+        self.here
+    }
+
+    /// The task, which the call now is.
+    pub(super) fn local(&self) -> Arc<Local> {
+        self.used.store(true, Ordering::Release);
+        self.local.clone()
+    }
+}
+
+/// A call's result as a 2025 client reads it (no `resultType`).
+pub(super) fn result_json(mut result: rmcp::model::CallToolResult) -> Result<Value, ErrorData> {
+    result.result_type = None;
+    serde_json::to_value(result).map_err(|e| ErrorData::internal_error(e.to_string(), None))
+}
+
 /// The call-path reading of an upstream's custom result: a 2025
 /// `CreateTaskResult` becomes a task response; anything else is left to
 /// the caller's conversion.
@@ -74,6 +116,14 @@ pub(super) fn created(r: CustomResult) -> Result<CallToolResponse, Box<ServerRes
         Some(task) => Ok(CallToolResponse::Task(task)),
         None => Err(Box::new(ServerResult::CustomResult(r))),
     }
+}
+
+fn too_many_tasks() -> ErrorData {
+    ErrorData::new(
+        super::super::RATE_LIMITED,
+        "too many tasks held; fetch or cancel some first",
+        None,
+    )
 }
 
 fn invalid(message: impl Into<String>) -> ErrorData {
@@ -126,9 +176,12 @@ impl Session {
     }
 
     /// A task-augmented `tools/call`: a call like any other, whose task
-    /// id is sealed for the caller. An upstream that does not do tasks runs
-    /// the call and answers it, which the client gets as is (2025-11-25: a
-    /// receiver without task support processes the request normally).
+    /// id is sealed for the caller. A task the upstream cannot hold is the
+    /// gateway's own: a 2026-07-28 upstream knows only the other design, so
+    /// the call runs in the background as a gateway-local task; a 2025
+    /// upstream that ignores `task` answers the call, and that answer is
+    /// the result of a task that has already completed. Either way a 2025
+    /// client that asked for a task gets one.
     async fn legacy_call(
         &self,
         params: Value,
@@ -141,28 +194,40 @@ impl Session {
         let call: CallToolRequestParams = serde_json::from_value(Value::Object(params))
             .map_err(|e| invalid(format!("invalid tools/call params: {e}")))?;
         let identity = self.identity(&ctx);
+        // Refused before it runs: a call the table could not hold would
+        // otherwise start upstream only to be cancelled.
+        if self.gw.legacy_tasks.full(&identity.subject) {
+            return Err(too_many_tasks());
+        }
         let view = self.gw.registry.tools(self.endpoint()).await;
         let target = view.index.get(&*call.name).cloned();
-        // A 2026-07-28 upstream knows only the other design: the call goes
-        // to it plain, and is answered plain (the gateway does not declare
-        // 2025 task support, so a plain answer is what the client may expect).
         let speaks_2026 = target
             .as_ref()
             .and_then(|t| self.gw.registry.upstream(&t.upstream))
             .is_some_and(|up| up.speaks_2026());
+        let ttl = task
+            .get("ttl")
+            .and_then(Value::as_u64)
+            .unwrap_or(legacy::LOCAL_DEFAULT_TTL_MS)
+            .min(legacy::UNLIMITED_TTL.as_millis() as u64);
+        let marker = LocalTask {
+            local: Local::new(ctx.peer.clone(), ttl),
+            here: speaks_2026,
+            used: Arc::new(AtomicBool::new(false)),
+        };
         if !speaks_2026 {
             ctx.extensions.insert(Augmented(task));
         }
+        ctx.extensions.insert(marker.clone());
         match (self.call_tool(call, ctx).await?, target) {
-            (CallToolResponse::Task(created), Some(target)) if !speaks_2026 => {
-                self.issue(created, &target, &identity.subject)
+            (CallToolResponse::Task(created), Some(target)) => {
+                let owner = match marker.used.load(Ordering::Acquire) {
+                    true => Owner::Local(marker.local),
+                    false => Owner::Upstream,
+                };
+                self.issue(created, &target, &identity.subject, owner)
             }
-            (CallToolResponse::Complete(mut result), _) => {
-                result.result_type = None;
-                serde_json::to_value(result)
-                    .map(CustomResult)
-                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))
-            }
+            (CallToolResponse::Complete(result), _) => Ok(CustomResult(result_json(result)?)),
             _ => Err(ErrorData::internal_error(
                 "the upstream answered a task-augmented call with neither a task nor a result",
                 None,
@@ -177,35 +242,53 @@ impl Session {
         created: CreateTaskResult,
         target: &Target,
         subject: &str,
+        owner: Owner,
     ) -> Result<CustomResult, ErrorData> {
         let client_id = created.task.task_id.clone();
         let task = self.gw.task_ids.open(subject, &client_id)?;
         let upstream_id = task.id.clone();
         let mut value = legacy::created_to_2025(&created);
         rename_meta(&mut value, &client_id);
+        let local = match &owner {
+            Owner::Local(local) => Some(local.clone()),
+            Owner::Upstream => None,
+        };
         let issued = Issued::new(
             subject.to_owned(),
             self.state.id,
             task,
             target.original.clone(),
             value.get("task").cloned().unwrap_or_default(),
+            owner,
         );
         let up = self.gw.registry.upstream(&target.upstream);
         match self.gw.legacy_tasks.insert(client_id.clone(), issued) {
             Some(expired) => self.forget(expired),
             None => {
-                if let Some(up) = up {
-                    up.forget_task(self.state.id, &upstream_id);
+                match &local {
+                    Some(local) => local.cancel(),
+                    None => {
+                        if let Some(up) = up {
+                            up.forget_task(self.state.id, &upstream_id);
+                        }
+                    }
                 }
-                return Err(ErrorData::new(
-                    super::super::RATE_LIMITED,
-                    "too many tasks held; fetch or cancel some first",
-                    None,
-                ));
+                return Err(too_many_tasks());
             }
         }
-        if let Some(up) = up {
-            up.track_task(self.state.id, &upstream_id, &client_id, None);
+        match local {
+            Some(local) => {
+                local.bind(&client_id);
+                // What the client sees first may already be terminal.
+                if let Some(v) = value.as_object_mut() {
+                    v.insert("task".into(), local.snapshot());
+                }
+            }
+            None => {
+                if let Some(up) = up {
+                    up.track_task(self.state.id, &upstream_id, &client_id, None);
+                }
+            }
         }
         Ok(CustomResult(value))
     }
@@ -213,6 +296,11 @@ impl Session {
     /// Drops the upstream routes of tasks the table let go.
     fn forget(&self, expired: Vec<Issued>) {
         for t in expired {
+            if let Owner::Local(local) = &t.owner {
+                // Its result is dropped with it; a running call stops.
+                local.cancel();
+                continue;
+            }
             if let Some(up) = self.gw.registry.upstream(&t.task.upstream) {
                 up.forget_task(t.session, &t.task.id);
             }
@@ -292,6 +380,9 @@ impl Session {
 
     /// Ends the gateway's routes for a task that reached a terminal state.
     fn ended(&self, issued: &Issued) {
+        if let Owner::Local(_) = issued.owner {
+            return;
+        }
         if let Some(up) = self.gw.registry.upstream(&issued.task.upstream) {
             up.forget_task(issued.session, &issued.task.id);
         }
@@ -306,6 +397,15 @@ impl Session {
         method: &'static str,
     ) -> Result<CustomResult, ErrorData> {
         let (client_id, issued, opened) = self.open_task(&params, ctx, obs, method)?;
+        if let Owner::Local(local) = &issued.owner {
+            if method == "tasks/cancel" {
+                if local.ended() {
+                    return Err(invalid("the task has already ended"));
+                }
+                local.cancel();
+            }
+            return Ok(CustomResult(local.snapshot()));
+        }
         let result = self
             .to_owner((&client_id, &issued, &opened), ctx, method, false)
             .await?;
@@ -343,6 +443,18 @@ impl Session {
         obs: &mut Observation<'_>,
     ) -> Result<CustomResult, ErrorData> {
         let (client_id, issued, opened) = self.open_task(&params, ctx, obs, "tasks/result")?;
+        if let Owner::Local(local) = &issued.owner {
+            // Guarded when the call ended, like a call's result.
+            let mut value = local.outcome().await?;
+            if let Some(meta) = value
+                .as_object_mut()
+                .map(|r| r.entry("_meta").or_insert_with(|| serde_json::json!({})))
+                .and_then(Value::as_object_mut)
+            {
+                crate::upstream::relate(meta, &client_id);
+            }
+            return Ok(CustomResult(value));
+        }
         let result = self
             .to_owner((&client_id, &issued, &opened), ctx, "tasks/result", true)
             .await;

@@ -42,12 +42,19 @@ impl Outcome for GetTaskResult {
 /// Whether an upstream of `endpoint` offers the extension (so the endpoint
 /// advertises it; rmcp then answers `tasks/*` with -32601 where it does not).
 pub(in crate::gateway) fn offered(gw: &Gateway, endpoint: &Endpoint) -> bool {
-    gw.registry.upstreams_of(endpoint).iter().any(|name| {
-        gw.registry
-            .upstream(name)
-            .and_then(|up| up.offers_tasks())
-            .unwrap_or(false)
-    })
+    gw.registry
+        .upstreams_of(endpoint)
+        .iter()
+        .any(|name| offered_by(gw, name))
+}
+
+/// Whether `upstream` offers the extension: a task it answers with is one
+/// of this design (a task of the 2025-11-25 design is not handled here).
+pub(in crate::gateway) fn offered_by(gw: &Gateway, upstream: &str) -> bool {
+    gw.registry
+        .upstream(upstream)
+        .and_then(|up| up.offers_tasks())
+        .unwrap_or(false)
 }
 
 /// The task an upstream created for `subject`'s `call` of `target`, under

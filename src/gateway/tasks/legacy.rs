@@ -11,11 +11,16 @@
 //! conversions between the two wire shapes, and the table of issued tasks.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CreateTaskResult, JsonObject, ServerResult, Task};
+use rmcp::model::{
+    CreateTaskResult, CustomNotification, ErrorData, JsonObject, ServerNotification, ServerResult,
+    Task, TaskStatus,
+};
+use rmcp::service::{Peer, RoleServer};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::TaskRef;
 
@@ -31,7 +36,7 @@ pub(crate) const LIST: &str = "portcullis/tasks-2025/list";
 pub(crate) const CANCEL: &str = "portcullis/tasks-2025/cancel";
 
 /// How long a task the upstream keeps forever stays in the gateway's table.
-const UNLIMITED_TTL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const UNLIMITED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Tasks one subject may hold at once, so a client cannot grow the table
 /// without bound.
@@ -155,6 +160,250 @@ pub(crate) fn task_result_to_2025(result: ServerResult, known: Option<&Value>) -
     Some(value)
 }
 
+/// The `ttl` of a gateway-local task whose client asked for none.
+pub(crate) const LOCAL_DEFAULT_TTL_MS: u64 = 3_600_000;
+
+/// How often a client should poll a gateway-local task.
+pub(crate) const LOCAL_POLL_INTERVAL_MS: u64 = 500;
+
+/// Who holds a task's state.
+#[derive(Clone)]
+pub(crate) enum Owner {
+    /// The upstream made the task; `tasks/*` are forwarded to it.
+    Upstream,
+    /// The gateway runs the call itself (the upstream cannot make a
+    /// 2025-11-25 task): `tasks/*` are answered from this record.
+    Local(Arc<Local>),
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Upstream => f.write_str("Upstream"),
+            Owner::Local(_) => f.write_str("Local"),
+        }
+    }
+}
+
+/// Where a gateway-local task stands.
+#[derive(Clone, Debug)]
+struct Phase {
+    status: TaskStatus,
+    message: Option<String>,
+    updated: String,
+    /// The call's result (2025 `CallToolResult` JSON) or error, once ended.
+    outcome: Option<Result<Value, ErrorData>>,
+}
+
+/// A task the gateway runs itself for a 2025-11-25 client, because the
+/// tool's upstream cannot make one of that design. The call runs in a
+/// spawned task ([`crate::gateway::Session`] starts it); this record is its
+/// state, which `tasks/*` read and which tells the owning session of every
+/// status change.
+pub(crate) struct Local {
+    phase: tokio::sync::watch::Sender<Phase>,
+    cancel: CancellationToken,
+    client_id: OnceLock<String>,
+    announce: Announce,
+    created_at: String,
+    ttl: u64,
+}
+
+/// Where a local task's status notifications go.
+type Announce = Box<dyn Fn(ServerNotification) + Send + Sync>;
+
+impl Local {
+    /// A working task whose status notifications go to `peer`.
+    pub(crate) fn new(peer: Peer<RoleServer>, ttl: u64) -> Arc<Local> {
+        Local::announcing(
+            Box::new(move |n| {
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = peer.send_notification(n).await {
+                        tracing::debug!(error = %e, "task status notification not delivered");
+                    }
+                });
+            }),
+            ttl,
+        )
+    }
+
+    fn announcing(announce: Announce, ttl: u64) -> Arc<Local> {
+        let now = crate::telemetry::audit::now_rfc3339();
+        let (phase, _) = tokio::sync::watch::channel(Phase {
+            status: TaskStatus::Working,
+            message: None,
+            updated: now.clone(),
+            outcome: None,
+        });
+        Arc::new(Local {
+            phase,
+            cancel: CancellationToken::new(),
+            client_id: OnceLock::new(),
+            announce,
+            created_at: now,
+            ttl,
+        })
+    }
+
+    /// Cancelled when the client cancels the task or it expires; the
+    /// running call (and its upstream request) stops with it.
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// The id the client holds, once issued.
+    pub(crate) fn client_id(&self) -> Option<&str> {
+        self.client_id.get().map(String::as_str)
+    }
+
+    /// Records the client's id for the task; a task that changed status
+    /// before that is announced now.
+    pub(crate) fn bind(&self, client_id: &str) {
+        if self.client_id.set(client_id.to_owned()).is_ok() {
+            // Wakes a run waiting in `issued`.
+            self.phase.send_modify(|_| ());
+            if self.phase.borrow().status != TaskStatus::Working {
+                self.notify();
+            }
+        }
+    }
+
+    /// The client's id, once the task has been handed out: a question to
+    /// the client names the task, so the run waits for it. `None` when the
+    /// task ends without ever being handed out.
+    pub(crate) async fn issued(&self) -> Option<String> {
+        let mut rx = self.phase.subscribe();
+        loop {
+            if let Some(id) = self.client_id() {
+                return Some(id.to_owned());
+            }
+            if self.cancel.is_cancelled() || rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// The 2025 `CreateTaskResult`'s task, in rmcp's type (its id is
+    /// replaced by the one the gateway issues).
+    pub(crate) fn created(&self, id: &str) -> CreateTaskResult {
+        let mut task = Task::new(
+            id.to_owned(),
+            TaskStatus::Working,
+            self.created_at.clone(),
+            self.created_at.clone(),
+        );
+        task.ttl_ms = Some(self.ttl);
+        task.poll_interval_ms = Some(LOCAL_POLL_INTERVAL_MS);
+        CreateTaskResult::new(task)
+    }
+
+    /// Moves a running task to `status` (working or input_required).
+    pub(crate) fn set(&self, status: TaskStatus, message: Option<String>) {
+        let changed = self.phase.send_if_modified(|p| {
+            if p.outcome.is_some() || p.status == status {
+                return false;
+            }
+            p.status = status;
+            p.message = message;
+            p.updated = crate::telemetry::audit::now_rfc3339();
+            true
+        });
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Ends the task with the call's outcome; a cancelled task stays so.
+    pub(crate) fn finish(&self, outcome: Result<Value, ErrorData>) {
+        let changed = self.phase.send_if_modified(|p| {
+            if p.outcome.is_some() {
+                return false;
+            }
+            (p.status, p.message) = match &outcome {
+                Ok(r) if r.get("isError") == Some(&Value::Bool(true)) => (
+                    TaskStatus::Failed,
+                    Some("the tool reported an error".into()),
+                ),
+                Ok(_) => (TaskStatus::Completed, None),
+                Err(e) => (TaskStatus::Failed, Some(e.message.to_string())),
+            };
+            p.updated = crate::telemetry::audit::now_rfc3339();
+            p.outcome = Some(outcome);
+            true
+        });
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Cancels a running task (its call is cancelled upstream); an ended
+    /// one is left as it is.
+    pub(crate) fn cancel(&self) {
+        let changed = self.phase.send_if_modified(|p| {
+            if p.outcome.is_some() {
+                return false;
+            }
+            p.status = TaskStatus::Cancelled;
+            p.message = Some("cancelled by the client".into());
+            p.updated = crate::telemetry::audit::now_rfc3339();
+            p.outcome = Some(Err(ErrorData::invalid_request(
+                "the task was cancelled",
+                None,
+            )));
+            true
+        });
+        self.cancel.cancel();
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Whether the task has ended.
+    pub(crate) fn ended(&self) -> bool {
+        self.phase.borrow().outcome.is_some()
+    }
+
+    /// The call's outcome, once the task has ended.
+    pub(crate) async fn outcome(&self) -> Result<Value, ErrorData> {
+        let mut rx = self.phase.subscribe();
+        let phase = rx
+            .wait_for(|p| p.outcome.is_some())
+            .await
+            .map_err(|_| ErrorData::internal_error("the task's state was lost", None))?;
+        phase
+            .outcome
+            .clone()
+            .unwrap_or_else(|| Err(ErrorData::internal_error("the task has no outcome", None)))
+    }
+
+    /// The task in the 2025 wire shape, under the client's id.
+    pub(crate) fn snapshot(&self) -> Value {
+        let phase = self.phase.borrow().clone();
+        let mut task = Task::new(
+            self.client_id().unwrap_or_default().to_owned(),
+            phase.status,
+            self.created_at.clone(),
+            phase.updated,
+        );
+        task.status_message = phase.message;
+        task.ttl_ms = Some(self.ttl);
+        task.poll_interval_ms = Some(LOCAL_POLL_INTERVAL_MS);
+        task_to_2025(&task)
+    }
+
+    /// Sends `notifications/tasks/status` to the owning session (once the
+    /// client's id is known).
+    fn notify(&self) {
+        if self.client_id().is_none() {
+            return;
+        }
+        (self.announce)(ServerNotification::CustomNotification(
+            CustomNotification::new(crate::upstream::STATUS_NOTIFICATION, Some(self.snapshot())),
+        ));
+    }
+}
+
 /// What the gateway remembers about one task it issued.
 #[derive(Debug, Clone)]
 pub(crate) struct Issued {
@@ -169,6 +418,8 @@ pub(crate) struct Issued {
     pub(crate) tool: String,
     /// The last state seen, in 2025 shape with the client's id.
     pub(crate) snapshot: Value,
+    /// Who holds the task's state.
+    pub(crate) owner: Owner,
     created: Instant,
     expires: Instant,
 }
@@ -181,6 +432,7 @@ impl Issued {
         task: TaskRef,
         tool: String,
         snapshot: Value,
+        owner: Owner,
     ) -> Issued {
         let ttl = snapshot
             .get("ttl")
@@ -195,8 +447,19 @@ impl Issued {
             task,
             tool,
             snapshot,
+            owner,
             created,
             expires: created + ttl,
+        }
+    }
+}
+
+impl Issued {
+    /// The task's state as the client should see it now.
+    pub(crate) fn current(&self) -> Value {
+        match &self.owner {
+            Owner::Upstream => self.snapshot.clone(),
+            Owner::Local(local) => local.snapshot(),
         }
     }
 }
@@ -229,6 +492,17 @@ impl Issuance {
         Some(expired)
     }
 
+    /// Whether `subject` holds as many live tasks as it may: a further
+    /// task-augmented call is refused before it runs.
+    pub(crate) fn full(&self, subject: &str) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|t| t.subject == subject && t.expires > now)
+            .count()
+            >= MAX_TASKS_PER_SUBJECT
+    }
+
     /// The record of task `id`, if it has not expired.
     pub(crate) fn get(&self, id: &str) -> Option<Issued> {
         let tasks = self.lock();
@@ -251,7 +525,7 @@ impl Issuance {
         let expired = purge(&mut tasks, Instant::now());
         let mut mine: Vec<&Issued> = tasks.values().filter(|t| t.subject == subject).collect();
         mine.sort_by_key(|t| t.created);
-        (mine.iter().map(|t| t.snapshot.clone()).collect(), expired)
+        (mine.iter().map(|t| t.current()).collect(), expired)
     }
 }
 
@@ -346,6 +620,79 @@ mod tests {
         assert!(matches!(read, ServerResult::CustomResult(_)));
     }
 
+    /// A local task whose status notifications are collected.
+    fn local(ttl: u64) -> (Arc<Local>, Arc<Mutex<Vec<Value>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let local = Local::announcing(
+            Box::new(move |n| {
+                if let ServerNotification::CustomNotification(n) = n {
+                    sink.lock().unwrap().push(n.params.unwrap_or_default());
+                }
+            }),
+            ttl,
+        );
+        (local, seen)
+    }
+
+    fn statuses(seen: &Mutex<Vec<Value>>) -> Vec<String> {
+        let seen = seen.lock().unwrap();
+        seen.iter()
+            .map(|n| n["status"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_local_task_announces_each_status_once_it_has_an_id() {
+        let (task, seen) = local(60_000);
+        let created = created_to_2025(&task.created("x"));
+        assert_eq!(created["task"]["status"], "working");
+        assert_eq!(created["task"]["ttl"], 60_000);
+        assert_eq!(created["task"]["pollInterval"], LOCAL_POLL_INTERVAL_MS);
+        // Before the client holds an id there is nobody to tell...
+        task.set(TaskStatus::InputRequired, None);
+        assert!(statuses(&seen).is_empty());
+        // ...and it is told where it stands as soon as it does.
+        task.bind("client-1");
+        assert_eq!(task.issued().await.as_deref(), Some("client-1"));
+        task.set(TaskStatus::Working, None);
+        task.finish(Ok(json!({ "content": [], "isError": false })));
+        task.finish(Err(ErrorData::internal_error("late", None)));
+        task.cancel();
+        assert_eq!(statuses(&seen), ["input_required", "working", "completed"]);
+        assert_eq!(task.snapshot()["taskId"], "client-1");
+        assert_eq!(task.snapshot()["status"], "completed");
+        assert_eq!(task.outcome().await.unwrap()["isError"], false);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_local_task_stops_its_call_and_keeps_no_result() {
+        let (task, seen) = local(1_000);
+        task.bind("c");
+        let token = task.token();
+        let waiting = tokio::spawn({
+            let task = task.clone();
+            async move { task.outcome().await }
+        });
+        task.cancel();
+        assert!(token.is_cancelled());
+        assert!(waiting.await.unwrap().is_err());
+        // The call's late answer does not revive it.
+        task.finish(Ok(json!({ "content": [] })));
+        assert_eq!(task.snapshot()["status"], "cancelled");
+        assert_eq!(statuses(&seen), ["cancelled"]);
+    }
+
+    #[tokio::test]
+    async fn a_tool_error_fails_a_local_task_and_an_unissued_one_is_not_waited_for() {
+        let (task, _) = local(1_000);
+        task.finish(Ok(json!({ "content": [], "isError": true })));
+        assert_eq!(task.snapshot()["status"], "failed");
+        let (never, _) = local(1_000);
+        never.cancel();
+        assert_eq!(never.issued().await, None);
+    }
+
     #[test]
     fn the_table_lists_a_subjects_tasks_and_expires_them() {
         let table = Issuance::default();
@@ -361,6 +708,7 @@ mod tests {
                 },
                 "tool".into(),
                 json!({ "taskId": format!("{subject}-{ttl}"), "ttl": ttl }),
+                Owner::Upstream,
             )
         };
         table.insert("a1".into(), issued("alice", 60_000)).unwrap();
@@ -374,6 +722,16 @@ mod tests {
         assert_eq!(expired.len(), 1);
         assert!(table.get("a0").is_none());
         assert_eq!(table.get("b1").unwrap().subject, "bob");
+        assert!(!table.full("alice"));
+        for n in 1..MAX_TASKS_PER_SUBJECT {
+            table
+                .insert(format!("c{n}"), issued("carol", 60_000))
+                .unwrap();
+        }
+        assert!(!table.full("carol"));
+        table.insert("c0".into(), issued("carol", 60_000)).unwrap();
+        assert!(table.full("carol") && !table.full("alice"));
+        assert!(table.insert("c-over".into(), issued("carol", 1)).is_none());
         table.update("a1", &json!({ "taskId": "x" }));
         assert_eq!(table.list("alice").0, vec![json!({ "taskId": "x" })]);
     }

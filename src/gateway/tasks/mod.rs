@@ -94,4 +94,21 @@ mod tests {
             .is_err());
         assert!(TaskIds::new().open("alice", &issued).is_err());
     }
+
+    #[test]
+    fn a_task_id_carries_its_tool_and_call() {
+        let ids = TaskIds::new();
+        let task = TaskRef {
+            upstream: "fx".into(),
+            id: "3e86259a-889d-4e88-93c4-ba0f55aa4d31".into(),
+            tool: Some("slow_compute".into()),
+            link: Some(crate::telemetry::audit::CallLink {
+                call_id: "c-1".into(),
+                round: 1,
+            }),
+        };
+        let issued = ids.issue("alice", &task).unwrap();
+        assert_eq!(ids.open("alice", &issued).unwrap(), task);
+        // (That none of it can be read off the id is `seal`'s test.)
+    }
 }
