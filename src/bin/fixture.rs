@@ -10,7 +10,7 @@
 //! Usage:
 //!
 //! ```text
-//! portcullis-fixture http --listen 127.0.0.1:0 [--allow-any-host] [--stateless] [--json-response] [--no-sse-priming] [--tools N]
+//! portcullis-fixture http --listen 127.0.0.1:0 [--allow-any-host] [--stateless] [--json-response] [--no-sse-priming] [--modern-only] [--tools N]
 //! portcullis-fixture stdio [--tools N]
 //! ```
 //!
@@ -121,10 +121,13 @@ struct HttpOptions {
     /// Send no SSE priming events (SEP-1699), for clients that cannot parse
     /// an event with empty data (mcp-gateway, in benchmarks).
     no_priming: bool,
+    /// Speak 2026-07-28 only: every other request is refused as a server
+    /// of that revision alone would (400, -32022).
+    modern_only: bool,
 }
 
 /// Usage text printed on a command-line error.
-const USAGE: &str = "usage: portcullis-fixture http --listen ADDR [--allow-any-host] [--stateless] [--json-response] [--no-sse-priming] [--tools N]\n       portcullis-fixture stdio [--tools N]";
+const USAGE: &str = "usage: portcullis-fixture http --listen ADDR [--allow-any-host] [--stateless] [--json-response] [--no-sse-priming] [--modern-only] [--tools N]\n       portcullis-fixture stdio [--tools N]";
 
 /// How many generated tools (`--tools N`) every session lists; set once at start.
 static GENERATED_TOOLS: AtomicUsize = AtomicUsize::new(0);
@@ -157,6 +160,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                 stateless: false,
                 json_response: false,
                 no_priming: false,
+                modern_only: false,
             };
             while let Some(arg) = it.next() {
                 match arg.as_str() {
@@ -170,6 +174,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                     "--stateless" => opts.stateless = true,
                     "--json-response" => opts.json_response = true,
                     "--no-sse-priming" => opts.no_priming = true,
+                    "--modern-only" => opts.modern_only = true,
                     "--tools" => GENERATED_TOOLS.store(parse_tools(it.next())?, Ordering::Relaxed),
                     other => return Err(format!("unexpected argument {other:?}")),
                 }
@@ -291,13 +296,19 @@ async fn serve_http(opts: HttpOptions) -> anyhow::Result<()> {
         stdout.flush()?;
     }
 
+    let modern_only = opts.modern_only;
     let router = tower::service_fn(move |req: Request<Incoming>| {
         let mut mcp = mcp.clone();
         async move {
-            if req.uri().path() == "/mcp" {
-                tower::Service::call(&mut mcp, req).await
-            } else {
-                Ok(plain(StatusCode::NOT_FOUND, "not found\n"))
+            if req.uri().path() != "/mcp" {
+                return Ok(plain(StatusCode::NOT_FOUND, "not found\n"));
+            }
+            if !modern_only {
+                return tower::Service::call(&mut mcp, req).await;
+            }
+            match modern_gate(req).await {
+                Ok(req) => tower::Service::call(&mut mcp, req).await,
+                Err(refusal) => Ok(refusal),
             }
         }
     });
@@ -335,6 +346,56 @@ async fn serve_http(opts: HttpOptions) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     Ok(())
+}
+
+/// Lets only 2026-07-28 requests through, as a server that speaks that
+/// revision alone: a POST of any other version (an `initialize`, or a
+/// request naming an older `MCP-Protocol-Version`) gets 400 with -32022
+/// and the versions supported; the GET stream and DELETE of the
+/// session-based revisions get 405.
+async fn modern_gate(req: Request<Incoming>) -> Result<Request<Full<Bytes>>, Response<HttpBody>> {
+    const MODERN: &str = "2026-07-28";
+    if req.method() != http::Method::POST {
+        return Err(plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this server speaks 2026-07-28 only\n",
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|_| plain(StatusCode::BAD_REQUEST, "unreadable body\n"))?;
+    let header = parts
+        .headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if header.as_deref() != Some(MODERN) {
+        let message: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let requested = header
+            .map(Value::from)
+            .or_else(|| message.pointer("/params/protocolVersion").cloned())
+            .unwrap_or(Value::Null);
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": message.get("id").cloned().unwrap_or(Value::Null),
+            "error": {
+                "code": -32022,
+                "message": "Unsupported protocol version",
+                "data": { "supported": [MODERN], "requested": requested },
+            },
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return Err(resp);
+    }
+    Ok(Request::from_parts(parts, Full::new(bytes)))
 }
 
 /// A plain-text HTTP response.

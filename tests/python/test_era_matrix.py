@@ -110,3 +110,52 @@ def test_renamed_tool_reaches_a_modern_upstream_under_its_own_name(procs, client
     assert seen["mcp-name"] == "headers"
     assert seen["mcp-method"] == "tools/call"
     assert seen["mcp-protocol-version"] == "2026-07-28"
+
+
+def test_a_modern_only_upstream_serves_every_client_era(procs):
+    """An upstream that speaks 2026-07-28 alone (the fixture behind a gate
+    that refuses every other request with 400 and -32022) works with the
+    default `protocol: auto`, for clients of both eras: lists, calls and an
+    input round."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = procs.fixture_http("--modern-only")
+    legacy_init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(legacy_init).encode(),
+        method="POST",
+        headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read())["error"]["code"] == -32022
+
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}}}})
+    gw.wait_up("fx")
+    asked: list[str] = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async def go(mode):
+        async with Client(gw.url, mode=mode, elicitation_callback=elicit) as c:
+            assert "fx__echo" in {t.name for t in (await c.list_tools()).tools}
+            assert (await c.call_tool("fx__echo", {"message": mode})).content[0].text == mode
+            read = await c.read_resource("test://static-text")
+            assert read.contents[0].text == "This is the content of the static text resource."
+            r = await c.call_tool("fx__test_input_required_result_elicitation", {})
+            assert r.content[0].text == "Hello, Ada!"
+
+    for mode in CLIENTS:
+        run(go(mode))
+    assert asked == ["What is your name?"] * len(CLIENTS)
