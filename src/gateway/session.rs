@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::error::{refused_error, registry_error, unknown, upstream_error};
 use super::guardrails::{self, Asker, CallInfo, Guardrails};
-use super::mrtr::{Flight, Opened, Round};
+use super::mrtr::Round;
 use super::observe::Observation;
 use super::tasks::extension;
 use super::tasks::legacy::Local;
@@ -331,6 +331,12 @@ impl Session {
 
     /// The policy decision for a prompt or resource request (no guards on
     /// arguments beyond the decision; results are guarded by the caller).
+    /// The policy step of `prompts/get` and `resources/read`. A retry
+    /// (`resuming`) was decided in its first round: it is audited as a
+    /// further round of that request. A 2026-07-28 client's approval
+    /// question comes back as an [`Ask`], to be the flight's first round;
+    /// anyone else is asked here.
+    #[allow(clippy::too_many_arguments)]
     async fn authorize(
         &self,
         ctx: &RequestContext<RoleServer>,
@@ -339,9 +345,11 @@ impl Session {
         kind: Kind,
         target: &Target,
         arguments: &mut Option<JsonObject>,
-    ) -> Result<(), ErrorData> {
+        resuming: bool,
+        link: &mut Option<CallLink>,
+    ) -> Result<Option<Ask>, ErrorData> {
         let Some(g) = &self.gw.guardrails else {
-            return Ok(());
+            return Ok(None);
         };
         let identity = self.identity(ctx);
         let exposed = match kind {
@@ -355,18 +363,134 @@ impl Session {
             exposed: &exposed,
             annotations: None,
         };
+        let modern = is_modern(ctx);
+        if modern && !resuming {
+            *link = Some(g.mint_call());
+        }
         let call = CallInfo {
             identity: &identity,
             session: self.state.id,
             method,
             trace_id: trace::trace_id_of(&obs.span),
-            link: None,
+            link: link.clone(),
         };
+        if resuming {
+            g.record_round(&call, &subject);
+            return Ok(None);
+        }
         let set = g.policy();
-        self.enforce((g, &set), &call, &subject, arguments, ctx, false)
+        let enforced = self
+            .enforce((g, &set), &call, &subject, arguments, ctx, modern)
             .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(enforced.approval.map(|approval| Ask {
+            approval,
+            guardrails: g.clone(),
+            identity: identity.clone(),
+            session: self.state.id,
+            subject: call_subject(&subject),
+            method,
+            link: link.as_ref().map(CallLink::next),
+        }))
+    }
+
+    /// The first half of a `prompts/get` or `resources/read`: opens a 2026
+    /// retry's `requestState` (the upstream's own state goes back in
+    /// `request_state`; answers for a flight parked here are taken out of
+    /// `input_responses`) and runs the policy step.
+    #[allow(clippy::too_many_arguments)]
+    async fn plan_read(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        obs: &Observation<'_>,
+        (method, kind): (&'static str, Kind),
+        target: &Target,
+        arguments: &mut Option<JsonObject>,
+        request_state: &mut Option<String>,
+        input_responses: &mut Option<InputResponses>,
+    ) -> Result<ReadPlan, ErrorData> {
+        let identity = self.identity(ctx);
+        let modern = is_modern(ctx);
+        let args_hash = match modern {
+            true => arguments_hash(arguments.as_ref()),
+            false => String::new(),
+        };
+        let mut link = None;
+        let state = request_state.take().filter(|_| modern);
+        let mut resume =
+            self.open_state(&identity.subject, state, target, &args_hash, &mut link)?;
+        let ask = self
+            .authorize(
+                ctx,
+                obs,
+                method,
+                kind,
+                target,
+                arguments,
+                resume.resuming(),
+                &mut link,
+            )
+            .await?;
+        if let Some(l) = &link {
+            obs.linked(l);
+        }
+        let answers = match resume {
+            Resume::Parked(_) => input_responses.take(),
+            Resume::Upstream(ref mut inner) => {
+                *request_state = inner.take();
+                None
+            }
+            Resume::Fresh => None,
+        };
+        Ok(ReadPlan {
+            rounds: modern.then_some((resume, ask, link, args_hash)),
+            input_responses: answers,
+        })
+    }
+
+    /// Runs a `prompts/get` or `resources/read` whose policy step is done:
+    /// a 2026-07-28 client's as a round of a flight (see `rounds.rs`),
+    /// anyone else's straight to the upstream.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_read<T, C: DeserializeOwned>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        target: &Target,
+        request: ClientRequest,
+        plan: ReadPlan,
+        pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
+        complete: fn(C) -> T,
+        input_required: fn(InputRequiredResult) -> T,
+    ) -> Result<T, ErrorData> {
+        let ReadPlan {
+            rounds,
+            input_responses,
+        } = plan;
+        let Some((resume, ask, link, args_hash)) = rounds else {
+            return self.forward(target, request, ctx, pick, complete).await;
+        };
+        let identity = self.identity(ctx);
+        let parked = match resume {
+            Resume::Parked(id) => Some((id, input_responses.as_ref())),
+            _ => None,
+        };
+        let round = self
+            .modern_round(
+                ctx,
+                target,
+                request,
+                parked,
+                ask,
+                None,
+                &identity.subject,
+                link,
+                args_hash,
+            )
+            .await?;
+        match round {
+            Round::Done(result) => convert(target, *result, pick, complete),
+            Round::InputRequired(r) => Ok(input_required(r)),
+        }
     }
 
     /// The shared upstream whose watches serve a resource subscription, or
@@ -426,6 +550,9 @@ macro_rules! observed {
 }
 
 mod legacy_tasks;
+mod rounds;
+
+use rounds::{Ask, Resume};
 
 impl ServerHandler for Session {
     fn get_info(&self) -> ServerConfig {
@@ -533,47 +660,22 @@ impl ServerHandler for Session {
             } else {
                 String::new()
             };
-            let mut parked = None;
-            let resuming = match params.request_state.take().filter(|_| modern) {
-                Some(state) => {
-                    match self.gw.bridge.open(&identity.subject, &state)? {
-                        Opened::Parked(id) => {
-                            call.link = self.gw.bridge.next_link(id);
-                            parked = Some(id);
-                        }
-                        Opened::Upstream {
-                            upstream,
-                            tool,
-                            args,
-                            inner,
-                            link,
-                        } => {
-                            if *upstream != *target.upstream
-                                || tool != target.original
-                                || args != args_hash
-                            {
-                                return Err(ErrorData::invalid_params(
-                                    "requestState was issued for another tool or other arguments",
-                                    None,
-                                ));
-                            }
-                            params.request_state = inner;
-                            call.link = link.as_ref().map(CallLink::next);
-                        }
-                    }
-                    let bridge = if parked.is_some() {
-                        "parked"
-                    } else {
-                        "upstream"
-                    };
-                    self.gw
-                        .metrics
-                        .input_rounds
-                        .with_label_values(&[bridge])
-                        .inc();
-                    true
+            let state = params.request_state.take().filter(|_| modern);
+            let resume = self.open_state(
+                &identity.subject,
+                state,
+                &target,
+                &args_hash,
+                &mut call.link,
+            )?;
+            let resuming = resume.resuming();
+            let parked = match resume {
+                Resume::Parked(id) => Some(id),
+                Resume::Upstream(inner) => {
+                    params.request_state = inner;
+                    None
                 }
-                None => false,
+                Resume::Fresh => None,
             };
             let input_responses = match parked {
                 Some(_) => params.input_responses.take(),
@@ -706,77 +808,33 @@ impl ServerHandler for Session {
                 )?));
             }
             let response = if modern {
-                let round = match parked {
-                    Some(call) => {
-                        self.gw
-                            .bridge
-                            .resume(&identity.subject, call, input_responses.as_ref(), &ctx.ct)
-                            .await?
-                    }
-                    None => {
-                        let (tx, inputs) = tokio::sync::mpsc::unbounded_channel();
-                        let mut caller = self.caller(&ctx);
-                        caller.input_bridge = Some(tx.clone());
-                        let cancel = tokio_util::sync::CancellationToken::new();
-                        let call = self.send(&target, request, caller, cancel.clone())?;
-                        // The approval question, if any, is the flight's
-                        // first round; the upstream call starts only after a yes.
-                        let ask = match (approval, &self.gw.guardrails) {
-                            (Some(a), Some(g)) => Some((
-                                a,
-                                g.clone(),
-                                identity.clone(),
-                                self.state.id,
-                                call_subject(&subject),
-                                // The answer arrives with the next round.
-                                link.as_ref().map(CallLink::next),
-                            )),
-                            _ => None,
-                        };
-                        let flight = Flight {
-                            // The parked call keeps its slots across rounds.
-                            call: tokio::spawn(async move {
-                                let _admission = admission;
-                                if let Some((a, g, identity, session, owned, link)) = ask {
-                                    let info = CallInfo {
-                                        identity: &identity,
-                                        session,
-                                        method: "tools/call",
-                                        trace_id: None,
-                                        link,
-                                    };
-                                    a.ask(&g, Asker::Bridge(tx), &info, &owned.subject())
-                                        .await?;
-                                }
-                                call.await
-                            }),
-                            inputs,
-                            cancel: cancel.drop_guard(),
-                        };
-                        self.gw
-                            .bridge
-                            .drive(&identity.subject, flight, &ctx.ct, link.clone())
-                            .await?
-                    }
+                let ask = match (approval, &self.gw.guardrails) {
+                    (Some(approval), Some(g)) => Some(Ask {
+                        approval,
+                        guardrails: g.clone(),
+                        identity: identity.clone(),
+                        session: self.state.id,
+                        subject: call_subject(&subject),
+                        method: "tools/call",
+                        link: link.as_ref().map(CallLink::next),
+                    }),
+                    _ => None,
                 };
+                let round = self
+                    .modern_round(
+                        &ctx,
+                        &target,
+                        request,
+                        parked.map(|id| (id, input_responses.as_ref())),
+                        ask,
+                        admission,
+                        &identity.subject,
+                        link,
+                        args_hash,
+                    )
+                    .await?;
                 match round {
-                    Round::Done(result) => {
-                        match convert(&target, *result, pick_call, complete_response)? {
-                            // The upstream's own round: its state goes out wrapped.
-                            CallToolResponse::InputRequired(mut r) => {
-                                r.request_state = Some(self.gw.bridge.wrap(
-                                    &identity.subject,
-                                    &target.upstream,
-                                    &target.original,
-                                    args_hash,
-                                    r.request_state.take(),
-                                    link,
-                                )?);
-                                return Ok(CallToolResponse::InputRequired(r));
-                            }
-                            other => other,
-                        }
-                    }
+                    Round::Done(result) => convert(&target, *result, pick_call, complete_response)?,
                     Round::InputRequired(r) => return Ok(CallToolResponse::InputRequired(r)),
                 }
             } else {
@@ -887,30 +945,27 @@ impl ServerHandler for Session {
                 .ok_or_else(|| unknown("prompt", &params.name))?
                 .clone();
             obs.routed(&target);
-            self.authorize(
-                &ctx,
-                &obs,
-                "prompts/get",
-                Kind::Prompt,
-                &target,
-                &mut params.arguments,
-            )
-            .await?;
+            let plan = self
+                .plan_read(
+                    &ctx,
+                    &obs,
+                    ("prompts/get", Kind::Prompt),
+                    &target,
+                    &mut params.arguments,
+                    &mut params.request_state,
+                    &mut params.input_responses,
+                )
+                .await?;
             params.name = target.original.clone();
             let request = ClientRequest::GetPromptRequest(Request::new(params));
-            self.forward(
+            self.run_read(
+                &ctx,
                 &target,
                 request,
-                &ctx,
-                |r| match r {
-                    ServerResult::GetPromptResult(mut r) => {
-                        r.result_type.get_or_insert(ResultType::COMPLETE);
-                        Ok(GetPromptResponse::Complete(r))
-                    }
-                    ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
-                    other => Err(Box::new(other)),
-                },
+                plan,
+                pick_prompt,
                 GetPromptResponse::Complete,
+                GetPromptResponse::InputRequired,
             )
             .await
         })
@@ -960,33 +1015,28 @@ impl ServerHandler for Session {
             let exposed = params.uri.clone();
             let target = self.resource_target(&params.uri).await?;
             obs.routed(&target);
-            self.authorize(
-                &ctx,
-                &obs,
-                "resources/read",
-                Kind::Resource,
-                &target,
-                &mut None,
-            )
-            .await?;
+            let plan = self
+                .plan_read(
+                    &ctx,
+                    &obs,
+                    ("resources/read", Kind::Resource),
+                    &target,
+                    &mut None,
+                    &mut params.request_state,
+                    &mut params.input_responses,
+                )
+                .await?;
             params.uri = target.original.clone();
             let request = ClientRequest::ReadResourceRequest(Request::new(params));
             let mut response = self
-                .forward(
+                .run_read(
+                    &ctx,
                     &target,
                     request,
-                    &ctx,
-                    |r| match r {
-                        ServerResult::ReadResourceResult(mut r) => {
-                            r.result_type.get_or_insert(ResultType::COMPLETE);
-                            Ok(ReadResourceResponse::Complete(r))
-                        }
-                        ServerResult::InputRequiredResult(r) => {
-                            Ok(ReadResourceResponse::InputRequired(r))
-                        }
-                        other => Err(Box::new(other)),
-                    },
+                    plan,
+                    pick_resource,
                     ReadResourceResponse::Complete,
+                    ReadResourceResponse::InputRequired,
                 )
                 .await?;
             // Contents name the URI the upstream knows; show the one the client asked for.
@@ -1195,6 +1245,15 @@ impl ServerHandler for Session {
 struct Enforced {
     limits: Vec<LimitOverride>,
     approval: Option<Approval>,
+}
+
+/// How a `prompts/get` or `resources/read` runs, decided before it is
+/// sent: for a 2026-07-28 client, what it resumes, the approval question
+/// to ask first, its call link and arguments hash; and answers for a flight
+/// parked here.
+struct ReadPlan {
+    rounds: Option<(Resume, Option<Ask>, Option<CallLink>, String)>,
+    input_responses: Option<InputResponses>,
 }
 
 /// A question for the human before a call proceeds.
@@ -1442,6 +1501,28 @@ fn pick_call(r: ServerResult) -> Result<CallToolResponse, Box<ServerResult>> {
         ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
         ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
         ServerResult::CustomResult(r) => legacy_tasks::created(r),
+        other => Err(Box::new(other)),
+    }
+}
+
+fn pick_prompt(r: ServerResult) -> Result<GetPromptResponse, Box<ServerResult>> {
+    match r {
+        ServerResult::GetPromptResult(mut r) => {
+            r.result_type.get_or_insert(ResultType::COMPLETE);
+            Ok(GetPromptResponse::Complete(r))
+        }
+        ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+        other => Err(Box::new(other)),
+    }
+}
+
+fn pick_resource(r: ServerResult) -> Result<ReadResourceResponse, Box<ServerResult>> {
+    match r {
+        ServerResult::ReadResourceResult(mut r) => {
+            r.result_type.get_or_insert(ResultType::COMPLETE);
+            Ok(ReadResourceResponse::Complete(r))
+        }
+        ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
         other => Err(Box::new(other)),
     }
 }

@@ -568,6 +568,16 @@ def test_policy_rule_sets_a_rate_limit(procs, tmp_path):
     assert run(calls("admin", 3)) == ["ok", "ok", "ok"]
 
 
+def approval_answer(asked: list[str], approve: bool):
+    """An elicitation callback that records the question and answers it."""
+
+    async def callback(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"approve": approve})
+
+    return callback
+
+
 @pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])
 def test_approval_in_both_eras(procs, tmp_path, mode):
     """A 2026-07-28 client has no server-to-client requests: the approval
@@ -587,17 +597,11 @@ def test_approval_in_both_eras(procs, tmp_path, mode):
     gw = setup.start()
     asked: list[str] = []
 
-    def answer(approve):
-        async def callback(context, params):
-            asked.append(params.message)
-            return types.ElicitResult(action="accept", content={"approve": approve})
-
-        return callback
 
     async def call(approve):
         async with httpx2.AsyncClient(headers=headers("admin"), timeout=60) as http:
             transport = streamable_http_client(gw.url, http_client=http)
-            async with Client(transport, mode=mode, elicitation_callback=answer(approve)) as c:
+            async with Client(transport, mode=mode, elicitation_callback=approval_answer(asked, approve)) as c:
                 try:
                     return await c.call_tool("fx__files_delete", {"path": "/tmp/y"})
                 except MCPError as e:
@@ -611,3 +615,63 @@ def test_approval_in_both_eras(procs, tmp_path, mode):
     assert len(asked) == 2 and "files_delete" in asked[0]
     approvals = [l["action"] for l in setup.audit_lines() if l["event"] == "approval"]
     assert approvals == ["approved", "declined"]
+
+
+@pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])
+def test_prompt_and_resource_approval_in_both_eras(procs, tmp_path, mode):
+    """`approve` on a prompt or a resource asks a 2026-07-28 client in an
+    InputRequiredResult round of the same request, as it asks a legacy
+    client by elicitation; the upstream is reached only after a yes, and
+    the rounds share one call id in the audit log."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    rules = {
+        "rules": [
+            {"id": "fx", "match": {"upstream": "fx"}, "action": "allow"},
+            {"id": "approve-prompt", "match": {"prompt": "test_simple_prompt"}, "action": "approve"},
+            {"id": "approve-resource", "match": {"resource": "test://static-text"}, "action": "approve"},
+        ]
+    }
+    setup = Setup(procs, tmp_path, rules)
+    gw = setup.start()
+    asked: list[str] = []
+
+
+    async def use(approve):
+        out = []
+        async with httpx2.AsyncClient(headers=headers("admin"), timeout=60) as http:
+            transport = streamable_http_client(gw.url, http_client=http)
+            async with Client(transport, mode=mode, elicitation_callback=approval_answer(asked, approve)) as c:
+                for fetch in (
+                    lambda: c.get_prompt("fx__test_simple_prompt"),
+                    lambda: c.read_resource("test://static-text"),
+                ):
+                    try:
+                        out.append(await fetch())
+                    except MCPError as e:
+                        out.append(e)
+        return out
+
+    prompt, resource = run(use(True))
+    assert not isinstance(prompt, MCPError), prompt
+    assert prompt.messages
+    assert not isinstance(resource, MCPError), resource
+    assert resource.contents[0].text == "This is the content of the static text resource."
+    refused = run(use(False))
+    assert all(isinstance(r, MCPError) and r.error.code == POLICY_DENIED for r in refused), refused
+    assert len(asked) == 4
+    approvals = [(l["method"], l["action"]) for l in setup.audit_lines() if l["event"] == "approval"]
+    assert approvals == [
+        ("prompts/get", "approved"),
+        ("resources/read", "approved"),
+        ("prompts/get", "declined"),
+        ("resources/read", "declined"),
+    ]
+    if mode == "2026-07-28":
+        lines = setup.audit_lines()
+        first = next(l for l in lines if l["event"] == "decision" and l["method"] == "prompts/get")
+        linked = [l for l in lines if l.get("call_id") == first["call_id"]]
+        # The retry is recorded as round 2 before its answer is.
+        assert [(l["event"], l["round"]) for l in linked][:3] == [("decision", 1), ("round", 2), ("approval", 2)]

@@ -1,0 +1,177 @@
+//! One round of a 2026-07-28 client's request that may take several: the
+//! request runs as a flight the bridge can park (`mrtr.rs`), with the
+//! policy's approval question as its first round when a rule asks one, and
+//! an upstream's own `InputRequiredResult` leaves with its `requestState`
+//! wrapped. `tools/call`, `prompts/get` and `resources/read` share it.
+
+use std::sync::Arc;
+
+use rmcp::model::{ClientRequest, ErrorData, InputResponses, ServerResult};
+use rmcp::service::{RequestContext, RoleServer};
+
+use super::super::guardrails::{Asker, CallInfo, Guardrails};
+use super::super::mrtr::{Flight, Opened, Round};
+use super::{Approval, OwnedSubject, Session};
+use crate::auth::Identity;
+use crate::ratelimit::Admission;
+use crate::registry::Target;
+use crate::telemetry::audit::CallLink;
+
+/// What a 2026-07-28 retry's `requestState` resumes.
+pub(super) enum Resume {
+    /// Nothing: a first round.
+    Fresh,
+    /// A flight parked here on input.
+    Parked(u64),
+    /// An upstream's own round; its state, to send back to it.
+    Upstream(Option<String>),
+}
+
+impl Resume {
+    /// True for a retry: the request was decided and admitted in its first
+    /// round.
+    pub(super) fn resuming(&self) -> bool {
+        !matches!(self, Resume::Fresh)
+    }
+}
+
+/// The approval question a flight asks first.
+pub(super) struct Ask {
+    pub(super) approval: Approval,
+    pub(super) guardrails: Arc<Guardrails>,
+    pub(super) identity: Arc<Identity>,
+    pub(super) session: u64,
+    pub(super) subject: OwnedSubject,
+    pub(super) method: &'static str,
+    /// The round the answer arrives with.
+    pub(super) link: Option<CallLink>,
+}
+
+impl Session {
+    /// Opens the `requestState` a 2026-07-28 retry carries: a flight parked
+    /// here, or an upstream's own round, which must repeat the first
+    /// round's target and arguments (`args_hash`). Sets `link` to the
+    /// round this one is.
+    pub(super) fn open_state(
+        &self,
+        subject: &str,
+        state: Option<String>,
+        target: &Target,
+        args_hash: &str,
+        link: &mut Option<CallLink>,
+    ) -> Result<Resume, ErrorData> {
+        let Some(state) = state else {
+            return Ok(Resume::Fresh);
+        };
+        let resume = match self.gw.bridge.open(subject, &state)? {
+            Opened::Parked(id) => {
+                *link = self.gw.bridge.next_link(id);
+                Resume::Parked(id)
+            }
+            Opened::Upstream {
+                upstream,
+                tool,
+                args,
+                inner,
+                link: issued,
+            } => {
+                if *upstream != *target.upstream || tool != target.original || args != args_hash {
+                    return Err(ErrorData::invalid_params(
+                        "requestState was issued for another target or other arguments",
+                        None,
+                    ));
+                }
+                *link = issued.as_ref().map(CallLink::next);
+                Resume::Upstream(inner)
+            }
+        };
+        let bridge = match resume {
+            Resume::Parked(_) => "parked",
+            _ => "upstream",
+        };
+        self.gw
+            .metrics
+            .input_rounds
+            .with_label_values(&[bridge])
+            .inc();
+        Ok(resume)
+    }
+
+    /// Runs one round: resumes the parked flight `parked` with the client's
+    /// answers, or starts `request` as a flight (asking `ask` first, and
+    /// holding `admission` until the upstream call ends). An upstream's own
+    /// `InputRequiredResult` comes back with its state wrapped for
+    /// `subject`, bound to `target` and `args_hash`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn modern_round(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        target: &Target,
+        request: ClientRequest,
+        parked: Option<(u64, Option<&InputResponses>)>,
+        ask: Option<Ask>,
+        admission: Option<Admission>,
+        subject: &str,
+        link: Option<CallLink>,
+        args_hash: String,
+    ) -> Result<Round, ErrorData> {
+        let round = match parked {
+            Some((id, answers)) => self.gw.bridge.resume(subject, id, answers, &ctx.ct).await?,
+            None => {
+                let (tx, inputs) = tokio::sync::mpsc::unbounded_channel();
+                let mut caller = self.caller(ctx);
+                caller.input_bridge = Some(tx.clone());
+                let cancel = tokio_util::sync::CancellationToken::new();
+                let call = self.send(target, request, caller, cancel.clone())?;
+                let flight = Flight {
+                    // The parked call keeps its slots across rounds; the
+                    // upstream call starts only after a yes.
+                    call: tokio::spawn(async move {
+                        let _admission = admission;
+                        if let Some(ask) = ask {
+                            let info = CallInfo {
+                                identity: &ask.identity,
+                                session: ask.session,
+                                method: ask.method,
+                                trace_id: None,
+                                link: ask.link,
+                            };
+                            ask.approval
+                                .ask(
+                                    &ask.guardrails,
+                                    Asker::Bridge(tx),
+                                    &info,
+                                    &ask.subject.subject(),
+                                )
+                                .await?;
+                        }
+                        call.await
+                    }),
+                    inputs,
+                    cancel: cancel.drop_guard(),
+                };
+                self.gw
+                    .bridge
+                    .drive(subject, flight, &ctx.ct, link.clone())
+                    .await?
+            }
+        };
+        match round {
+            Round::Done(result) => match *result {
+                ServerResult::InputRequiredResult(mut r) => {
+                    r.request_state = Some(self.gw.bridge.wrap(
+                        subject,
+                        &target.upstream,
+                        &target.original,
+                        args_hash,
+                        r.request_state.take(),
+                        link,
+                    )?);
+                    Ok(Round::InputRequired(r))
+                }
+                other => Ok(Round::Done(Box::new(other))),
+            },
+            waiting => Ok(waiting),
+        }
+    }
+}
