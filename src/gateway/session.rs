@@ -434,14 +434,7 @@ impl Session {
         if let Some(l) = &link {
             obs.linked(l);
         }
-        let answers = match resume {
-            Resume::Parked(_) => input_responses.take(),
-            Resume::Upstream(ref mut inner) => {
-                *request_state = inner.take();
-                None
-            }
-            Resume::Fresh => None,
-        };
+        let answers = resume.route(request_state, input_responses);
         Ok(ReadPlan {
             rounds: modern.then_some((resume, ask, link, args_hash)),
             input_responses: answers,
@@ -470,10 +463,7 @@ impl Session {
             return self.forward(target, request, ctx, pick, complete).await;
         };
         let identity = self.identity(ctx);
-        let parked = match resume {
-            Resume::Parked(id) => Some((id, input_responses.as_ref())),
-            _ => None,
-        };
+        let parked = resume.parked().map(|id| (id, input_responses.as_ref()));
         let round = self
             .modern_round(
                 ctx,
@@ -661,7 +651,7 @@ impl ServerHandler for Session {
                 String::new()
             };
             let state = params.request_state.take().filter(|_| modern);
-            let resume = self.open_state(
+            let mut resume = self.open_state(
                 &identity.subject,
                 state,
                 &target,
@@ -669,18 +659,9 @@ impl ServerHandler for Session {
                 &mut call.link,
             )?;
             let resuming = resume.resuming();
-            let parked = match resume {
-                Resume::Parked(id) => Some(id),
-                Resume::Upstream(inner) => {
-                    params.request_state = inner;
-                    None
-                }
-                Resume::Fresh => None,
-            };
-            let input_responses = match parked {
-                Some(_) => params.input_responses.take(),
-                None => None,
-            };
+            let parked = resume.parked();
+            let input_responses =
+                resume.route(&mut params.request_state, &mut params.input_responses);
             let mut overrides = Vec::new();
             let mut approval = None;
             let policy = match &self.gw.guardrails {

@@ -33,6 +33,33 @@ impl Resume {
     pub(super) fn resuming(&self) -> bool {
         !matches!(self, Resume::Fresh)
     }
+
+    /// The flight parked here that this retry resumes.
+    pub(super) fn parked(&self) -> Option<u64> {
+        match self {
+            Resume::Parked(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// Puts a retry's parts where they go: an upstream's own state back
+    /// into `request_state`, to go upstream with the client's answers; for
+    /// a flight parked here, the answers are taken out of
+    /// `input_responses` and returned, to be delivered to it.
+    pub(super) fn route(
+        &mut self,
+        request_state: &mut Option<String>,
+        input_responses: &mut Option<InputResponses>,
+    ) -> Option<InputResponses> {
+        match self {
+            Resume::Parked(_) => input_responses.take(),
+            Resume::Upstream(inner) => {
+                *request_state = inner.take();
+                None
+            }
+            Resume::Fresh => None,
+        }
+    }
 }
 
 /// The approval question a flight asks first.
