@@ -1414,7 +1414,9 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _cx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        Ok(ListResourcesResult::with_all_items(resources()))
+        let mut all = resources();
+        all.extend(mrtr_rounds::resources());
+        Ok(ListResourcesResult::with_all_items(all))
     }
 
     async fn list_resource_templates(
@@ -1435,6 +1437,9 @@ impl ServerHandler for Fixture {
         request: ReadResourceRequestParams,
         _cx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        if let Some(round) = mrtr_rounds::resource(&request) {
+            return round;
+        }
         let uri = request.uri.as_str();
         let contents = match uri {
             "test://static-text" => {
@@ -1982,19 +1987,22 @@ mod listening {
 /// More multi round-trip shapes the 2026-07-28 conformance suite calls:
 /// several rounds with an evolving `requestState`, several input requests
 /// in one round, requests limited to the client's declared capabilities,
-/// and an `InputRequiredResult` from `prompts/get`. A separate module so
-/// other fixture additions merge cleanly.
+/// and an `InputRequiredResult` from `prompts/get` (and, for the gateway's
+/// tests, from `resources/read`). A separate module so other fixture
+/// additions merge cleanly.
 mod mrtr_rounds {
     use rmcp::model::{
         CallToolRequestParams, CallToolResponse, ClientCapabilities, ErrorData,
         GetPromptRequestParams, GetPromptResponse, GetPromptResult, InputRequest, InputRequests,
-        InputRequiredResult, Prompt, PromptMessage, Role, Tool,
+        InputRequiredResult, Prompt, PromptMessage, ReadResourceRequestParams,
+        ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, Role, Tool,
     };
     use serde_json::{json, Value};
 
     use super::mrtr::{ask, elicitation, input, sign, text, verify};
 
     const PROMPT: &str = "test_input_required_result_prompt";
+    const RESOURCE: &str = "test://input-required";
 
     pub(super) fn tools() -> Vec<Tool> {
         [
@@ -2140,6 +2148,59 @@ mod mrtr_rounds {
         }))
     }
 
+    pub(super) fn resources() -> Vec<Resource> {
+        vec![Resource::new(RESOURCE, "input-required")
+            .with_description("A resource that asks which section to read first")
+            .with_mime_type("text/plain")]
+    }
+
+    /// The answer the client gave to the elicitation `key`, by field.
+    fn answered(
+        responses: Option<&rmcp::model::InputResponses>,
+        key: &str,
+        field: &str,
+    ) -> Option<String> {
+        responses.and_then(|r| r.get(key)).map(|a| {
+            a.pointer(&format!("/content/{field}"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        })
+    }
+
+    /// One elicitation for `field`, with no `requestState`.
+    fn ask_for(key: &str, message: &str, field: &str) -> InputRequiredResult {
+        let mut requests = InputRequests::new();
+        if let Some(r) = elicitation(message, schema(field)) {
+            requests.insert(key.to_owned(), r);
+        }
+        let mut r = InputRequiredResult::from_request_state(String::new());
+        r.request_state = None;
+        r.input_requests = Some(requests);
+        r
+    }
+
+    /// The resource's answer, or `None` when `request` is not this resource.
+    pub(super) fn resource(
+        request: &ReadResourceRequestParams,
+    ) -> Option<Result<ReadResourceResponse, ErrorData>> {
+        if request.uri != RESOURCE {
+            return None;
+        }
+        Some(Ok(
+            match answered(request.input_responses.as_ref(), "section", "section") {
+                Some(section) => ReadResourceResponse::Complete(ReadResourceResult::new(vec![
+                    ResourceContents::text(format!("Section {section}"), RESOURCE),
+                ])),
+                None => ReadResourceResponse::InputRequired(ask_for(
+                    "section",
+                    "Which section should be read?",
+                    "section",
+                )),
+            },
+        ))
+    }
+
     /// The prompt's answer, or `None` when `request` is not this prompt.
     pub(super) fn prompt(
         request: &GetPromptRequestParams,
@@ -2147,16 +2208,7 @@ mod mrtr_rounds {
         if request.name != PROMPT {
             return None;
         }
-        let context = request
-            .input_responses
-            .as_ref()
-            .and_then(|r| r.get("user_context"))
-            .map(|a| {
-                a.pointer("/content/context")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            });
+        let context = answered(request.input_responses.as_ref(), "user_context", "context");
         Some(Ok(match context {
             Some(context) => {
                 GetPromptResponse::Complete(GetPromptResult::new(vec![PromptMessage::new_text(
@@ -2164,18 +2216,11 @@ mod mrtr_rounds {
                     format!("Use this context: {context}"),
                 )]))
             }
-            None => {
-                let mut requests = InputRequests::new();
-                if let Some(r) =
-                    elicitation("What context should the prompt use?", schema("context"))
-                {
-                    requests.insert("user_context".to_owned(), r);
-                }
-                let mut r = InputRequiredResult::from_request_state(String::new());
-                r.request_state = None;
-                r.input_requests = Some(requests);
-                GetPromptResponse::InputRequired(r)
-            }
+            None => GetPromptResponse::InputRequired(ask_for(
+                "user_context",
+                "What context should the prompt use?",
+                "context",
+            )),
         }))
     }
 }

@@ -347,9 +347,9 @@ impl Session {
         arguments: &mut Option<JsonObject>,
         resuming: bool,
         link: &mut Option<CallLink>,
-    ) -> Result<Option<Ask>, ErrorData> {
+    ) -> Result<(Option<Ask>, Option<RoundLog>), ErrorData> {
         let Some(g) = &self.gw.guardrails else {
-            return Ok(None);
+            return Ok((None, None));
         };
         let identity = self.identity(ctx);
         let exposed = match kind {
@@ -364,7 +364,7 @@ impl Session {
             annotations: None,
         };
         let modern = is_modern(ctx);
-        if modern && !resuming {
+        if !resuming {
             *link = Some(g.mint_call());
         }
         let call = CallInfo {
@@ -376,14 +376,25 @@ impl Session {
         };
         if resuming {
             g.record_round(&call, &subject);
-            return Ok(None);
+            return Ok((None, None));
         }
         let set = g.policy();
         let enforced = self
             .enforce((g, &set), &call, &subject, arguments, ctx, modern)
             .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
             .await?;
-        Ok(enforced.approval.map(|approval| Ask {
+        // A legacy client's further rounds (a 2026-07-28 upstream asking
+        // for input) are asked and audited by the gateway.
+        let rounds = (!modern).then(|| RoundLog {
+            guardrails: g.clone(),
+            identity: identity.clone(),
+            session: self.state.id,
+            method,
+            trace_id: call.trace_id.clone(),
+            subject: call_subject(&subject),
+            link: link.clone(),
+        });
+        let ask = enforced.approval.map(|approval| Ask {
             approval,
             guardrails: g.clone(),
             identity: identity.clone(),
@@ -391,7 +402,8 @@ impl Session {
             subject: call_subject(&subject),
             method,
             link: link.as_ref().map(CallLink::next),
-        }))
+        });
+        Ok((ask, rounds))
     }
 
     /// The first half of a `prompts/get` or `resources/read`: opens a 2026
@@ -419,7 +431,7 @@ impl Session {
         let state = request_state.take().filter(|_| modern);
         let mut resume =
             self.open_state(&identity.subject, state, target, &args_hash, &mut link)?;
-        let ask = self
+        let (ask, log) = self
             .authorize(
                 ctx,
                 obs,
@@ -437,13 +449,15 @@ impl Session {
         let answers = resume.route(request_state, input_responses);
         Ok(ReadPlan {
             rounds: modern.then_some((resume, ask, link, args_hash)),
+            log,
             input_responses: answers,
         })
     }
 
     /// Runs a `prompts/get` or `resources/read` whose policy step is done:
     /// a 2026-07-28 client's as a round of a flight (see `rounds.rs`),
-    /// anyone else's straight to the upstream.
+    /// anyone else's to the upstream, asking the client for what a
+    /// 2026-07-28 upstream's `InputRequiredResult` needs.
     #[allow(clippy::too_many_arguments)]
     async fn run_read<T, C: DeserializeOwned>(
         &self,
@@ -457,10 +471,32 @@ impl Session {
     ) -> Result<T, ErrorData> {
         let ReadPlan {
             rounds,
+            log,
             input_responses,
         } = plan;
         let Some((resume, ask, link, args_hash)) = rounds else {
-            return self.forward(target, request, ctx, pick, complete).await;
+            let may_ask = self
+                .gw
+                .registry
+                .upstream(&target.upstream)
+                .is_some_and(|u| u.may_answer_input_required());
+            let run = LegacyRun {
+                gw: self.gw.clone(),
+                target: target.clone(),
+                caller: self.caller(ctx),
+                retry: may_ask.then(|| request.clone()),
+                ct: ctx.ct.clone(),
+                local: None,
+            };
+            let mut log = log;
+            let result = run
+                .run(request, || {
+                    if let Some(log) = log.as_mut() {
+                        log.next();
+                    }
+                })
+                .await?;
+            return convert(target, result, pick, complete);
         };
         let identity = self.identity(ctx);
         let parked = resume.parked().map(|id| (id, input_responses.as_ref()));
@@ -542,7 +578,7 @@ macro_rules! observed {
 mod legacy_tasks;
 mod rounds;
 
-use rounds::{Ask, Resume};
+use rounds::{Ask, Resume, RoundLog};
 
 impl ServerHandler for Session {
     fn get_info(&self) -> ServerConfig {
@@ -713,7 +749,8 @@ impl ServerHandler for Session {
                 .registry
                 .upstream(&target.upstream)
                 .is_some_and(|u| u.may_answer_input_required());
-            let retry = (!modern && may_ask).then(|| params.clone());
+            let retry = (!modern && may_ask)
+                .then(|| ClientRequest::CallToolRequest(Request::new(params.clone())));
             // A 2025 client's task-augmented call keeps its `task` field.
             let request = match ctx.extensions.get::<legacy_tasks::Augmented>() {
                 Some(task) => task.request(params),
@@ -736,40 +773,47 @@ impl ServerHandler for Session {
                     ct: local.token(),
                     local: Some(local.clone()),
                 };
-                let owned = call_subject(&subject);
-                let guards = policy.map(|(g, set)| (g.clone(), set));
-                let (session, trace_id) = (self.state.id, call.trace_id.clone());
-                let who = identity.clone();
+                let mut audit = policy.map(|(g, set)| {
+                    let log = RoundLog {
+                        guardrails: g.clone(),
+                        identity: identity.clone(),
+                        session: self.state.id,
+                        method: "tools/call",
+                        trace_id: call.trace_id.clone(),
+                        subject: call_subject(&subject),
+                        link,
+                    };
+                    (log, set)
+                });
                 let running = local.clone();
                 tokio::spawn(
                     async move {
                         // The call keeps its concurrency slots until it ends.
                         let _admission = admission;
-                        let mut info = CallInfo {
-                            identity: &who,
-                            session,
-                            method: "tools/call",
-                            trace_id,
-                            link,
-                        };
-                        let subject = owned.subject();
                         let outcome = async {
-                            let response = run
+                            let result = run
                                 .run(request, || {
-                                    if let (Some((g, _)), Some(l)) = (&guards, info.link.as_mut()) {
-                                        *l = l.next();
-                                        g.record_round(&info, &subject);
+                                    if let Some((log, _)) = audit.as_mut() {
+                                        log.next();
                                     }
                                 })
                                 .await?;
+                            let response =
+                                convert(&run.target, result, pick_call, complete_response)?;
                             let CallToolResponse::Complete(result) = response else {
                                 return Err(ErrorData::internal_error(
                                     "the upstream answered with neither a result nor an error",
                                     None,
                                 ));
                             };
-                            let result = match &guards {
-                                Some((g, set)) => guard_result(g, set, &info, &subject, result)?,
+                            let result = match &audit {
+                                Some((log, set)) => guard_result(
+                                    &log.guardrails,
+                                    set,
+                                    &log.call(),
+                                    &log.subject.subject(),
+                                    result,
+                                )?,
                                 None => result,
                             };
                             legacy_tasks::result_json(result)
@@ -827,13 +871,15 @@ impl ServerHandler for Session {
                     ct: ctx.ct.clone(),
                     local: None,
                 };
-                run.run(request, || {
-                    if let (Some(g), Some(l)) = (&self.gw.guardrails, call.link.as_mut()) {
-                        *l = l.next();
-                        g.record_round(&call, &subject);
-                    }
-                })
-                .await?
+                let result = run
+                    .run(request, || {
+                        if let (Some(g), Some(l)) = (&self.gw.guardrails, call.link.as_mut()) {
+                            *l = l.next();
+                            g.record_round(&call, &subject);
+                        }
+                    })
+                    .await?;
+                convert(&target, result, pick_call, complete_response)?
             };
             let response = match (policy, response) {
                 (Some((g, set)), CallToolResponse::Complete(result)) => {
@@ -1234,6 +1280,8 @@ struct Enforced {
 /// parked here.
 struct ReadPlan {
     rounds: Option<(Resume, Option<Ask>, Option<CallLink>, String)>,
+    /// A legacy client's further rounds' audit.
+    log: Option<RoundLog>,
     input_responses: Option<InputResponses>,
 }
 
@@ -1512,45 +1560,46 @@ fn complete_response(r: CallToolResult) -> CallToolResponse {
     CallToolResponse::Complete(complete_call(r))
 }
 
-/// A legacy client's call to an upstream, with what its further rounds
+/// A legacy client's request to an upstream, with what its further rounds
 /// need, owned: a gateway-local task runs it after the client's request
 /// has been answered.
 struct LegacyRun {
     gw: Arc<Gateway>,
     target: Target,
     caller: Caller,
-    /// The first round's parameters, kept where an upstream may answer
-    /// `InputRequiredResult` (a 2026-07-28 upstream).
-    retry: Option<CallToolRequestParams>,
+    /// The first round's request in the form a further round repeats,
+    /// kept where an upstream may answer `InputRequiredResult` (a
+    /// 2026-07-28 upstream).
+    retry: Option<ClientRequest>,
     ct: tokio_util::sync::CancellationToken,
     /// The gateway-local task the call runs as, if any.
     local: Option<Arc<Local>>,
 }
 
 impl LegacyRun {
-    async fn forward(&self, request: ClientRequest) -> Result<CallToolResponse, ErrorData> {
-        let result = send_with(
+    async fn forward(&self, request: ClientRequest) -> Result<ServerResult, ErrorData> {
+        send_with(
             &self.gw,
             &self.target,
             request,
             self.caller.clone(),
             self.ct.clone(),
         )?
-        .await?;
-        convert(&self.target, result, pick_call, complete_response)
+        .await
     }
 
-    /// Runs the call. A 2026-07-28 upstream asks for input in its result;
-    /// a legacy client answers server-to-client requests: ask it, then run
-    /// the next round with the answers (`on_round` after each answer).
+    /// Runs the request. A 2026-07-28 upstream asks for input in its
+    /// result; a legacy client answers server-to-client requests: ask it,
+    /// then run the next round with the answers (`on_round` after each
+    /// answer).
     async fn run(
         &self,
         request: ClientRequest,
         mut on_round: impl FnMut(),
-    ) -> Result<CallToolResponse, ErrorData> {
-        let mut response = self.forward(request).await?;
+    ) -> Result<ServerResult, ErrorData> {
+        let mut result = self.forward(request).await?;
         let mut rounds = 0;
-        while let (CallToolResponse::InputRequired(r), Some(first)) = (&response, &self.retry) {
+        while let (ServerResult::InputRequiredResult(r), Some(first)) = (&result, &self.retry) {
             rounds += 1;
             if rounds > MAX_INPUT_ROUNDS {
                 return Err(ErrorData::internal_error(
@@ -1583,14 +1632,41 @@ impl LegacyRun {
                 .with_label_values(&["legacy_client"])
                 .inc();
             on_round();
-            let mut next = first.clone();
-            next.input_responses = Some(answers);
-            next.request_state = r.request_state.clone();
-            let request = ClientRequest::CallToolRequest(Request::new(next));
-            response = self.forward(request).await?;
+            let request = with_answers(first, answers, r.request_state.clone())?;
+            result = self.forward(request).await?;
         }
-        Ok(response)
+        Ok(result)
     }
+}
+
+/// `first` again as the next round: carrying the client's answers and the
+/// upstream's own `requestState`.
+fn with_answers(
+    first: &ClientRequest,
+    answers: InputResponses,
+    state: Option<String>,
+) -> Result<ClientRequest, ErrorData> {
+    let mut next = first.clone();
+    let (responses, request_state) = match &mut next {
+        ClientRequest::CallToolRequest(r) => {
+            (&mut r.params.input_responses, &mut r.params.request_state)
+        }
+        ClientRequest::GetPromptRequest(r) => {
+            (&mut r.params.input_responses, &mut r.params.request_state)
+        }
+        ClientRequest::ReadResourceRequest(r) => {
+            (&mut r.params.input_responses, &mut r.params.request_state)
+        }
+        other => {
+            return Err(ErrorData::internal_error(
+                format!("{} cannot carry input responses", request_method(other)),
+                None,
+            ))
+        }
+    };
+    *responses = Some(answers);
+    *request_state = state;
+    Ok(next)
 }
 
 /// Runs the result guards over a call's result: redacted in place, or

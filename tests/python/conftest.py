@@ -178,17 +178,16 @@ class Processes:
 
     def fixture_http(self, *args: str) -> str:
         """Our fixture server over streamable HTTP; returns its URL."""
-        log = self.tmp / "fixture-http.log"
-        proc = subprocess.Popen(
-            [str(FIXTURE), "http", "--listen", "127.0.0.1:0", *args],
-            stdout=subprocess.PIPE,
-            stderr=open(log, "wb"),
-            stdin=subprocess.DEVNULL,
-        )
+        return self.listening("fixture-http", [str(FIXTURE), "http", "--listen", "127.0.0.1:0", *args])
+
+    def listening(self, name: str, argv: list[str]) -> str:
+        """Starts a server that prints `listening on URL` first; returns the URL."""
+        log = self.tmp / f"{name}.log"
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "wb"), stdin=subprocess.DEVNULL)
         self.started.append(Proc(proc, log))
         line = proc.stdout.readline().decode() if proc.stdout else ""
         if "listening on" not in line:
-            raise RuntimeError(f"fixture did not start: {line!r}")
+            raise RuntimeError(f"{name} did not start: {line!r}\n{log.read_text(errors='replace')}")
         return line.strip().rsplit(" ", 1)[-1]
 
     def stop_all(self) -> None:

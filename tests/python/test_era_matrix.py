@@ -159,3 +159,71 @@ def test_a_modern_only_upstream_serves_every_client_era(procs):
     for mode in CLIENTS:
         run(go(mode))
     assert asked == ["What is your name?"] * len(CLIENTS)
+
+
+def test_prompt_and_resource_input_rounds_reach_clients_of_both_eras(procs, tmp_path):
+    """A 2026-07-28-only upstream answers `prompts/get` and `resources/read`
+    with an InputRequiredResult: a 2026 client gets it (its state wrapped)
+    and retries; a legacy client is asked by server-to-client elicitation
+    and the answer becomes the upstream's next round, audited as a round of
+    the same call; a legacy client that did not declare elicitation gets
+    -32021 naming what the upstream needs."""
+    import json
+
+    from mcp.shared.exceptions import MCPError
+
+    from test_ratelimit import metric
+
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "r.yaml").write_text("rules: [{id: fx-all, match: {upstream: fx}, action: allow}]\n")
+    audit = tmp_path / "a.jsonl"
+    gw = procs.gateway(
+        {
+            "upstreams": {"fx": {"http": {"url": procs.fixture_http("--modern-only")}}},
+            "policies": {"dir": str(tmp_path / "p"), "audit": {"file": str(audit)}},
+        }
+    )
+    gw.wait_up("fx")
+    asked: list[str] = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"context": "ctx", "section": "7"})
+
+    async def go(mode):
+        async with Client(gw.url, mode=mode, elicitation_callback=elicit) as c:
+            prompt = await c.get_prompt("fx__test_input_required_result_prompt")
+            assert prompt.messages[0].content.text == "Use this context: ctx"
+            read = await c.read_resource("test://input-required")
+            assert read.contents[0].text == "Section 7"
+
+    for mode in CLIENTS:
+        run(go(mode))
+    assert asked == ["What context should the prompt use?", "Which section should be read?"] * len(CLIENTS)
+    assert metric(gw, "portcullis_input_rounds_total", bridge="legacy_client") == 2
+
+    async def unprepared():
+        async with Client(gw.url, mode="legacy") as c:
+            with pytest.raises(MCPError) as refused:
+                await c.get_prompt("fx__test_input_required_result_prompt")
+            return refused.value.error
+
+    err = run(unprepared())
+    assert err.code == -32021 and "elicitation/create" in err.message
+
+    def reads_with_rounds():
+        lines = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()] if audit.exists() else []
+        got = [r for r in lines if r["method"] in ("prompts/get", "resources/read") and r["event"] == "round"]
+        return lines if len(got) >= 4 else None
+
+    lines = wait_for(reads_with_rounds, what="round records of both clients' reads")
+    for method in ("prompts/get", "resources/read"):
+        # One call per client era, each a decision and a linked second round.
+        calls = {r["call_id"] for r in lines if r["method"] == method and r["event"] == "round"}
+        assert len(calls) == len(CLIENTS), calls
+        for call in calls:
+            records = [r for r in lines if r.get("call_id") == call]
+            assert [(r["method"], r["event"], r["round"]) for r in records] == [
+                (method, "decision", 1),
+                (method, "round", 2),
+            ]

@@ -395,3 +395,31 @@ def test_rounds_of_one_call_are_linked_in_audit_metrics_and_policy(procs, tmp_pa
     assert first["call_id"] == second["call_id"]
     # The refused second call is a call of its own.
     assert records[2]["event"] == "decision" and records[2]["call_id"] != first["call_id"]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_input_request_on_the_upstreams_get_stream_reaches_the_caller(procs, mode):
+    """A legacy upstream may send a call's elicitation on its GET stream,
+    not on the call's own stream (the Python SDK does when the server code
+    does not name the related request): it reaches the client of the call
+    in flight (asked directly, or as an InputRequiredResult round)."""
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("get_stream_upstream.py")
+    url = procs.listening("get-stream-upstream", [sys.executable, str(script)])
+    gw = procs.gateway({"upstreams": {"gs": {"http": {"url": url}, "protocol": "legacy"}}})
+    gw.wait_up("gs")
+    asked: list[str] = []
+
+    async def elicit(context, params):
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async def go():
+        async with Client(gw.url, mode=mode, elicitation_callback=elicit) as c:
+            r = await c.call_tool("gs__ask_on_get", {})
+            assert r.content[0].text == "Hello, Ada!", r
+
+    run(go())
+    assert asked == ["What is your name?"]

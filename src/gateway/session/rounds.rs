@@ -74,6 +74,43 @@ pub(super) struct Ask {
     pub(super) link: Option<CallLink>,
 }
 
+/// The audit of a legacy client's multi-round request, owned so that it
+/// can outlive the handler's borrows (a gateway-local task's run): each
+/// further round is written as a `round` record of the same call.
+pub(super) struct RoundLog {
+    pub(super) guardrails: Arc<Guardrails>,
+    pub(super) identity: Arc<Identity>,
+    pub(super) session: u64,
+    pub(super) method: &'static str,
+    pub(super) trace_id: Option<String>,
+    pub(super) subject: OwnedSubject,
+    /// The call and the round last recorded.
+    pub(super) link: Option<CallLink>,
+}
+
+impl RoundLog {
+    /// The call as its audit records name it, at the current round.
+    pub(super) fn call(&self) -> CallInfo<'_> {
+        CallInfo {
+            identity: &self.identity,
+            session: self.session,
+            method: self.method,
+            trace_id: self.trace_id.clone(),
+            link: self.link.clone(),
+        }
+    }
+
+    /// Records that the call went on to its next round.
+    pub(super) fn next(&mut self) {
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        *link = link.next();
+        self.guardrails
+            .record_round(&self.call(), &self.subject.subject());
+    }
+}
+
 impl Session {
     /// Opens the `requestState` a 2026-07-28 retry carries: a flight parked
     /// here, or an upstream's own round, which must repeat the first
