@@ -68,10 +68,11 @@ pub struct Gateway {
     /// Rate limits and concurrency caps.
     limits: Arc<Limits>,
     /// The task ids handed to clients.
-    #[allow(dead_code)] // read by the task handlers (issue 10)
     task_ids: tasks::TaskIds,
     /// The 2025-11-25 tasks issued to clients.
     legacy_tasks: tasks::legacy::Issuance,
+    /// 2026-07-28 clients' tasks on upstreams of the 2025-11-25 design.
+    shims: tasks::shim::Shims,
     /// Open `subscriptions/listen` streams of 2026-07-28 clients.
     listeners: listen::Listeners,
 }
@@ -102,6 +103,7 @@ impl Gateway {
             task_ids: tasks::TaskIds::new(),
             listeners: Default::default(),
             legacy_tasks: Default::default(),
+            shims: tasks::shim::Shims::new(),
         });
         tokio::spawn(fan_out(Arc::downgrade(&gw), events));
         gw

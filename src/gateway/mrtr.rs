@@ -55,11 +55,42 @@ struct Parked {
     _cancel: DropGuard,
 }
 
+/// The kind of input an upstream asked for, to read the client's answer.
 #[derive(Clone, Copy)]
-enum Kind {
+pub(super) enum Kind {
     Elicitation,
     Sampling,
     Roots,
+}
+
+impl Kind {
+    /// An upstream's server-to-client request as a 2026-07-28 input
+    /// request; the request back when a 2026-07-28 client cannot answer it.
+    pub(super) fn of(request: ServerRequest) -> Result<(Kind, InputRequest), ServerRequest> {
+        Ok(match request {
+            ServerRequest::ElicitRequest(r) => (Kind::Elicitation, InputRequest::Elicitation(r)),
+            ServerRequest::CreateMessageRequest(r) => {
+                (Kind::Sampling, InputRequest::CreateMessage(r))
+            }
+            ServerRequest::ListRootsRequest(r) => (Kind::Roots, InputRequest::ListRoots(r)),
+            other => return Err(other),
+        })
+    }
+
+    /// The client's answer (an `inputResponses` entry) as the result the
+    /// upstream's request waits for.
+    pub(super) fn answer(self, answer: serde_json::Value) -> serde_json::Result<ClientResult> {
+        match self {
+            Kind::Elicitation => {
+                serde_json::from_value::<ElicitResult>(answer).map(ClientResult::ElicitResult)
+            }
+            Kind::Sampling => serde_json::from_value::<CreateMessageResult>(answer)
+                .map(|r| ClientResult::CreateMessageResult(Box::new(r))),
+            Kind::Roots => {
+                serde_json::from_value::<ListRootsResult>(answer).map(ClientResult::ListRootsResult)
+            }
+        }
+    }
 }
 
 /// What a sealed `requestState` names.
@@ -158,13 +189,9 @@ impl Bridge {
         asked: BridgedRequest,
         link: Option<CallLink>,
     ) -> Result<Round, ErrorData> {
-        let (kind, request) = match asked.request {
-            ServerRequest::ElicitRequest(r) => (Kind::Elicitation, InputRequest::Elicitation(r)),
-            ServerRequest::CreateMessageRequest(r) => {
-                (Kind::Sampling, InputRequest::CreateMessage(r))
-            }
-            ServerRequest::ListRootsRequest(r) => (Kind::Roots, InputRequest::ListRoots(r)),
-            _ => {
+        let (kind, request) = match Kind::of(asked.request) {
+            Ok(input) => input,
+            Err(_) => {
                 let _ = asked.reply.send(Err(ErrorData::method_not_found::<
                     rmcp::model::CallToolRequestMethod,
                 >()));
@@ -294,17 +321,7 @@ impl Bridge {
                 )
             })?
             .clone();
-        let result = match parked.kind {
-            Kind::Elicitation => {
-                serde_json::from_value::<ElicitResult>(answer).map(ClientResult::ElicitResult)
-            }
-            Kind::Sampling => serde_json::from_value::<CreateMessageResult>(answer)
-                .map(|r| ClientResult::CreateMessageResult(Box::new(r))),
-            Kind::Roots => {
-                serde_json::from_value::<ListRootsResult>(answer).map(ClientResult::ListRootsResult)
-            }
-        }
-        .map_err(|e| {
+        let result = parked.kind.answer(answer).map_err(|e| {
             ErrorData::invalid_params(format!("inputResponses.{}: {e}", parked.key), None)
         })?;
         let _ = parked.reply.send(Ok(result));

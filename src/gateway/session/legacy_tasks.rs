@@ -341,6 +341,7 @@ impl Session {
                 original: issued.tool.clone(),
             },
             task,
+            shim: None,
         };
         obs.routed(&opened.target);
         if let Some(link) = &opened.task.link {
@@ -371,8 +372,7 @@ impl Session {
                 follow.then(|| caller.clone()),
             );
         }
-        let params = serde_json::json!({ "taskId": issued.task.id });
-        let request = ClientRequest::CustomRequest(CustomRequest::new(method, Some(params)));
+        let request = legacy::task_request(method, &issued.task.id);
         self.send(&opened.target, request, caller, ctx.ct.clone())?
             .await
             .map_err(|e| hide_id(e, &issued.task.id, client_id))

@@ -19,6 +19,12 @@ use rmcp::model::{ClientRequest, ResultType};
 use rmcp::service::{RequestContext, RoleServer};
 use tracing::Instrument;
 
+use std::sync::Arc;
+
+use rmcp::model::{DetailedTask, TaskStatus};
+
+use super::legacy;
+use super::shim::Shim;
 use super::TaskRef;
 use crate::gateway::guardrails::{CallInfo, Guardrails};
 use crate::gateway::observe::{Observation, Outcome};
@@ -80,6 +86,9 @@ pub(in crate::gateway) fn issue(
 pub(in crate::gateway) struct Opened {
     pub(in crate::gateway) task: TaskRef,
     pub(in crate::gateway) target: Target,
+    /// Set when the task is of the 2025-11-25 design, shimmed for a
+    /// 2026-07-28 client (`shim.rs`).
+    pub(in crate::gateway) shim: Option<Arc<Shim>>,
 }
 
 /// Opens the client's task id: refused alike when it was altered, issued
@@ -110,12 +119,14 @@ fn open(
         obs.linked(link);
     }
     // A task of the 2025-11-25 design (an upstream without the extension)
-    // cannot be driven with these methods; say so rather than forward.
+    // is driven with these methods only where the gateway shims it; say so
+    // rather than forward.
     let offered = gw
         .registry
         .upstream(&task.upstream)
         .and_then(|up| up.offers_tasks());
-    if offered == Some(false) {
+    let shim = gw.shims.get(&task);
+    if offered == Some(false) && shim.is_none() {
         return Err(ErrorData::invalid_params(
             format!(
                 "this task belongs to upstream `{}`, which does not offer the 2026-07-28 tasks \
@@ -125,7 +136,7 @@ fn open(
             Some(serde_json::json!({ "upstream": task.upstream })),
         ));
     }
-    let opened = Opened { task, target };
+    let opened = Opened { task, target, shim };
     with_policy(session, ctx, obs, &opened, method, |g, _, call, subject| {
         g.record_task(call, subject);
     });
@@ -210,6 +221,9 @@ pub(in crate::gateway) async fn get(
 ) -> Result<GetTaskResult, ErrorData> {
     let client_id = params.task_id.clone();
     let opened = open(session, ctx, obs, "tasks/get", &client_id)?;
+    if let Some(shim) = &opened.shim {
+        return get_shimmed(session, ctx, obs, &opened, &client_id, shim).await;
+    }
     let mut upstream = params;
     upstream.task_id = opened.task.id.clone();
     let request = ClientRequest::GetTaskRequest(Request::new(upstream));
@@ -235,15 +249,78 @@ pub(in crate::gateway) async fn get(
         TaskPayload::Completed { result: inlined } => {
             guard_result(session, ctx, obs, &opened, inlined)?;
         }
-        TaskPayload::Failed { error } => {
-            let text = serde_json::Value::Object(std::mem::take(error)).to_string();
-            let text = text.replace(&opened.task.id, &client_id);
-            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) {
-                *error = map;
-            }
-        }
+        TaskPayload::Failed { error } => hide_id_in(error, &opened.task.id, &client_id),
         _ => {}
     }
+    Ok(result)
+}
+
+/// Replaces the upstream's task id with the client's anywhere in `object`.
+fn hide_id_in(object: &mut rmcp::model::JsonObject, upstream_id: &str, client_id: &str) {
+    let text = serde_json::Value::Object(std::mem::take(object)).to_string();
+    let text = text.replace(upstream_id, client_id);
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) {
+        *object = map;
+    }
+}
+
+/// How long `tasks/get` waits for the result of a shimmed task the
+/// upstream says has ended (its held `tasks/result` is answering).
+const OUTCOME_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `tasks/get` of a shimmed 2025-11-25 task: the upstream's own `tasks/get`
+/// for its state, the input requests waiting here, and once it ended the
+/// result or error its held `tasks/result` answered.
+async fn get_shimmed(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+    opened: &Opened,
+    client_id: &str,
+    shim: &Shim,
+) -> Result<GetTaskResult, ErrorData> {
+    let upstream_id = opened.task.id.as_str();
+    let request = legacy::task_request("tasks/get", upstream_id);
+    let answer = forward(session, ctx, opened, client_id, request).await?;
+    let malformed = || {
+        ErrorData::internal_error(
+            format!(
+                "upstream `{}` answered tasks/get with something other than a task",
+                opened.target.upstream
+            ),
+            None,
+        )
+    };
+    let state = legacy::task_result_to_2025(answer, None).ok_or_else(malformed)?;
+    let mut task = legacy::task_from_2025(&state).ok_or_else(malformed)?;
+    task.task_id = client_id.to_owned();
+    let payload = match task.status {
+        TaskStatus::Cancelled => TaskPayload::Cancelled,
+        TaskStatus::Completed | TaskStatus::Failed => match shim.outcome(OUTCOME_WAIT).await {
+            // A tool's own error is a completed task in 2026-07-28 (`failed`
+            // is for JSON-RPC errors), whatever the 2025 status said.
+            Some(Ok(mut result)) => {
+                hide_id_in(&mut result, upstream_id, client_id);
+                guard_result(session, ctx, obs, opened, &mut result)?;
+                TaskPayload::Completed { result }
+            }
+            Some(Err(mut error)) => {
+                hide_id_in(&mut error, upstream_id, client_id);
+                TaskPayload::Failed { error }
+            }
+            // Not answered yet: the client polls again.
+            None => TaskPayload::Working,
+        },
+        _ => {
+            let input_requests = shim.input_requests();
+            match input_requests.is_empty() {
+                true => TaskPayload::Working,
+                false => TaskPayload::InputRequired { input_requests },
+            }
+        }
+    };
+    let mut result = GetTaskResult::new(DetailedTask::new(task, payload));
+    result.result_type = ResultType::COMPLETE;
     Ok(result)
 }
 
@@ -286,11 +363,13 @@ pub(in crate::gateway) async fn update(
     obs: &mut Observation<'_>,
 ) -> Result<(), ErrorData> {
     let client_id = std::mem::take(&mut params.task_id);
-    acknowledged(session, ctx, obs, "tasks/update", client_id, |id| {
-        params.task_id = id;
-        ClientRequest::UpdateTaskRequest(Request::new(params))
-    })
-    .await
+    let opened = open(session, ctx, obs, "tasks/update", &client_id)?;
+    if let Some(shim) = &opened.shim {
+        return shim.answer(params.input_responses);
+    }
+    params.task_id = opened.task.id.clone();
+    let request = ClientRequest::UpdateTaskRequest(Request::new(params));
+    acknowledged(session, ctx, &opened, &client_id, request).await
 }
 
 /// `tasks/cancel`: cooperative; the upstream decides the final status.
@@ -301,26 +380,27 @@ pub(in crate::gateway) async fn cancel(
     obs: &mut Observation<'_>,
 ) -> Result<(), ErrorData> {
     let client_id = std::mem::take(&mut params.task_id);
-    acknowledged(session, ctx, obs, "tasks/cancel", client_id, |id| {
-        params.task_id = id;
-        ClientRequest::CancelTaskRequest(Request::new(params))
-    })
-    .await
+    let opened = open(session, ctx, obs, "tasks/cancel", &client_id)?;
+    let request = match &opened.shim {
+        // The 2025 `tasks/cancel` (its answer, the task, is not needed).
+        Some(_) => legacy::task_request("tasks/cancel", &opened.task.id),
+        None => {
+            params.task_id = opened.task.id.clone();
+            ClientRequest::CancelTaskRequest(Request::new(params))
+        }
+    };
+    acknowledged(session, ctx, &opened, &client_id, request).await
 }
 
-/// A request the upstream acknowledges with an empty result, sent under the
-/// upstream's task id (`request` builds it from that id).
+/// Sends a request the client is answered with an empty result for.
 async fn acknowledged(
     session: &Session,
     ctx: &RequestContext<RoleServer>,
-    obs: &mut Observation<'_>,
-    method: &'static str,
-    client_id: String,
-    request: impl FnOnce(String) -> ClientRequest,
+    opened: &Opened,
+    client_id: &str,
+    request: ClientRequest,
 ) -> Result<(), ErrorData> {
-    let opened = open(session, ctx, obs, method, &client_id)?;
-    let request = request(opened.task.id.clone());
-    forward(session, ctx, &opened, &client_id, request)
+    forward(session, ctx, opened, client_id, request)
         .await
         .map(|_| ())
 }

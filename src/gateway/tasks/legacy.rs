@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    CreateTaskResult, CustomNotification, ErrorData, JsonObject, ServerNotification, ServerResult,
-    Task, TaskStatus,
+    ClientRequest, CreateTaskResult, CustomNotification, CustomRequest, ErrorData, JsonObject,
+    ServerNotification, ServerResult, Task, TaskStatus,
 };
 use rmcp::service::{Peer, RoleServer};
 use serde_json::Value;
@@ -85,9 +85,17 @@ pub(crate) fn created(result: &Value) -> Option<CreateTaskResult> {
     Some(created)
 }
 
+/// A 2025 request about the upstream's task `id` (`tasks/get`,
+/// `tasks/result`, `tasks/cancel`): rmcp would send its own `tasks/*` in
+/// the 2026-07-28 shape.
+pub(crate) fn task_request(method: &str, id: &str) -> ClientRequest {
+    let params = serde_json::json!({ "taskId": id });
+    ClientRequest::CustomRequest(CustomRequest::new(method.to_owned(), Some(params)))
+}
+
 /// A 2025 `Task` object as rmcp's `Task` (`ttl`/`pollInterval` become
 /// `ttlMs`/`pollIntervalMs`; the values are milliseconds in both).
-fn task_from_2025(task: &Value) -> Option<Task> {
+pub(crate) fn task_from_2025(task: &Value) -> Option<Task> {
     let mut task = task.as_object()?.clone();
     task.get("taskId")?.as_str()?;
     if let Some(ttl) = task.remove("ttl") {

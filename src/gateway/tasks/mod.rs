@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::seal::Sealer;
 
 pub(super) mod extension;
+pub(super) mod shim;
 
 /// Where a task lives: the upstream that owns it and the id it gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
