@@ -153,6 +153,27 @@ def test_tools_of_a_2026_upstream_with_the_tasks_extension_are_optional_tasks(pr
     assert seen["execution"]["legacy__slow"] is None, seen
 
 
+def test_a_2026_client_is_told_nothing_of_2025_task_support(procs):
+    # 2026-07-28 has neither field (tasks there are an extension).
+    from test_eras import post_2026
+
+    gw = tasks_gateway(procs)
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    }
+    auth = {"authorization": f"Bearer {ALICE}"}
+    listed = post_2026(gw.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}, auth)
+    tools = {t["name"]: t for t in listed["result"]["tools"]}
+    assert "execution" not in tools["everything__simulate-research-query"], tools
+    discovered = post_2026(gw.url, {"jsonrpc": "2.0", "id": 2, "method": "server/discover", "params": {"_meta": meta}}, auth)
+    assert "tools" in discovered["result"]["capabilities"], discovered
+    assert "tasks" not in discovered["result"]["capabilities"], discovered
+    # The same gateway tells a 2025 client.
+    assert client(gw, ALICE, "listing")["execution"]["everything__simulate-research-query"]
+
+
 class Direct:
     """A server reached without the gateway, for `client`."""
 
