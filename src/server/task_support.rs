@@ -95,26 +95,37 @@ pub(super) async fn complete(
         Kind::ToolsList => Execution::of(registry, endpoint).await,
     };
     let complete_one = move |payload: &str| edit(payload, &wanted, &|name| execution.get(name));
+    edit_answer(resp, &content_type, complete_one).await
+}
+
+/// The answer with its JSON-RPC message(s) passed through `edit`, as an
+/// SSE stream or one JSON body; any other body passes untouched.
+async fn edit_answer(
+    resp: Response<Body>,
+    content_type: &str,
+    edit: impl FnMut(&str) -> Option<String> + Send + Sync + 'static,
+) -> Response<Body> {
     if content_type.starts_with("text/event-stream") {
-        resp.map(|body| edit_events(body, complete_one))
-    } else if content_type.starts_with("application/json") {
-        let (mut parts, body) = resp.into_parts();
-        let Ok(collected) = body.collect().await else {
-            return super::text(http::StatusCode::BAD_GATEWAY, "answer lost\n");
-        };
-        let bytes = collected.to_bytes();
-        let bytes = std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(complete_one)
-            .map(Bytes::from)
-            .unwrap_or(bytes);
-        parts
-            .headers
-            .insert(http::header::CONTENT_LENGTH, bytes.len().into());
-        Response::from_parts(parts, Full::new(bytes).map_err(|e| match e {}).boxed())
-    } else {
-        resp
+        return resp.map(|body| edit_events(body, edit));
     }
+    if !content_type.starts_with("application/json") {
+        return resp;
+    }
+    let mut edit = edit;
+    let (mut parts, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return super::text(http::StatusCode::BAD_GATEWAY, "the answer broke off\n");
+    };
+    let bytes = collected.to_bytes();
+    let bytes = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(&mut edit)
+        .map(Bytes::from)
+        .unwrap_or(bytes);
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, bytes.len().into());
+    Response::from_parts(parts, Full::new(bytes).map_err(|e| match e {}).boxed())
 }
 
 /// Looks up the `execution` of a tool an endpoint shows, by exposed name.
@@ -384,6 +395,25 @@ mod tests {
         assert_eq!(edited["result"]["capabilities"]["tools"], json!({}));
         let older = answer.replace("2025-11-25", "2025-06-18");
         assert_eq!(edit(&older, &wanted, &|_| None), None);
+    }
+
+    #[tokio::test]
+    async fn a_json_answer_is_edited_and_other_bodies_pass() {
+        let wanted = Wanted {
+            kind: Kind::ToolsList,
+            id: json!("r1"),
+        };
+        let answer = r#"{"jsonrpc":"2.0","id":"r1","result":{"tools":[{"name":"up__research"}]}}"#;
+        let body = || Full::new(Bytes::from(answer)).map_err(|e| match e {}).boxed();
+        let complete = move |p: &str| edit(p, &wanted, &research);
+        let resp = edit_answer(Response::new(body()), "application/json", complete.clone()).await;
+        let length = resp.headers()[http::header::CONTENT_LENGTH].clone();
+        let out = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(length, out.len().to_string().as_str());
+        assert!(String::from_utf8_lossy(&out).contains("taskSupport"));
+        let resp = edit_answer(Response::new(body()), "text/plain", complete).await;
+        let out = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(out, answer.as_bytes());
     }
 
     #[tokio::test]

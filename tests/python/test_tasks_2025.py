@@ -142,6 +142,10 @@ def test_a_2025_client_sees_the_tasks_capability_and_each_tools_task_support(pro
     assert seen["protocol"] == "2025-11-25"
     assert seen["tasks_capability"]["requests"]["tools"]["call"] == {}, seen["tasks_capability"]
     assert "list" in seen["tasks_capability"] and "cancel" in seen["tasks_capability"]
+    # What server-everything declared at initialize is kept too.
+    status, body = http_get(gw.endpoint("/admin/api/upstreams"))
+    [everything] = [u for u in json.loads(body)["upstreams"] if u["name"] == "everything"]
+    assert everything["tasks_2025"]["requests"]["tools"]["call"] == {}, everything
 
 
 def test_tools_of_a_2026_upstream_with_the_tasks_extension_are_optional_tasks(procs):
