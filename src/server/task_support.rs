@@ -355,7 +355,8 @@ mod tests {
         );
         assert_eq!(wanted(LIST.as_bytes(), &headers(Some("2026-07-28"))), None);
         assert_eq!(wanted(LIST.as_bytes(), &headers(Some("2025-06-18"))), None);
-        let call = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"tools/list"}}"#;
+        let call =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"tools/list"}}"#;
         assert_eq!(wanted(call, &headers(Some("2025-11-25"))), None);
     }
 
@@ -370,7 +371,8 @@ mod tests {
             id: json!("r1"),
         };
         let answer = r#"{"jsonrpc":"2.0","id":"r1","result":{"tools":[{"name":"up__research","inputSchema":{}},{"name":"up__echo","inputSchema":{}}]}}"#;
-        let edited: Value = serde_json::from_str(&edit(answer, &wanted, &research).unwrap()).unwrap();
+        let edited: Value =
+            serde_json::from_str(&edit(answer, &wanted, &research).unwrap()).unwrap();
         let tools = edited["result"]["tools"].as_array().unwrap();
         assert_eq!(tools[0]["execution"], json!({"taskSupport": "required"}));
         assert!(tools[1].get("execution").is_none());
@@ -387,7 +389,8 @@ mod tests {
             id: json!(0),
         };
         let answer = r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"p","version":"1"}}}"#;
-        let edited: Value = serde_json::from_str(&edit(answer, &wanted, &|_| None).unwrap()).unwrap();
+        let edited: Value =
+            serde_json::from_str(&edit(answer, &wanted, &|_| None).unwrap()).unwrap();
         assert_eq!(
             edited["result"]["capabilities"]["tasks"]["requests"]["tools"]["call"],
             json!({})
@@ -404,7 +407,11 @@ mod tests {
             id: json!("r1"),
         };
         let answer = r#"{"jsonrpc":"2.0","id":"r1","result":{"tools":[{"name":"up__research"}]}}"#;
-        let body = || Full::new(Bytes::from(answer)).map_err(|e| match e {}).boxed();
+        let body = || {
+            Full::new(Bytes::from(answer))
+                .map_err(|e| match e {})
+                .boxed()
+        };
         let complete = move |p: &str| edit(p, &wanted, &research);
         let resp = edit_answer(Response::new(body()), "application/json", complete.clone()).await;
         let length = resp.headers()[http::header::CONTENT_LENGTH].clone();
@@ -443,6 +450,9 @@ mod tests {
         let last = out.strip_prefix(&format!("{priming}{notice}")).unwrap();
         assert!(last.starts_with("event: message\ndata: {"), "{last}");
         assert!(last.ends_with("\nid: 7\n\n"), "{last}");
-        assert!(last.contains(r#""execution":{"taskSupport":"required"}"#), "{last}");
+        assert!(
+            last.contains(r#""execution":{"taskSupport":"required"}"#),
+            "{last}"
+        );
     }
 }

@@ -15,7 +15,7 @@ use rmcp::transport::Transport;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{ChildStdin, ChildStdout};
 
-use super::task_support::{TaskSupport, Tap};
+use super::task_support::{Tap, TaskSupport};
 use crate::config::StdioConfig;
 
 /// How long the child gets to exit after each step of shutdown.

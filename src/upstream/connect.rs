@@ -132,4 +132,3 @@ fn headers(h: &HttpUpstreamConfig) -> Result<HashMap<http::HeaderName, http::Hea
         })
         .collect()
 }
-

@@ -29,10 +29,7 @@ pub(crate) struct TracingClient {
 }
 
 impl TracingClient {
-    fn tap(
-        &self,
-        response: StreamableHttpPostResponse,
-    ) -> StreamableHttpPostResponse {
+    fn tap(&self, response: StreamableHttpPostResponse) -> StreamableHttpPostResponse {
         match response {
             StreamableHttpPostResponse::Sse(stream, session) => {
                 StreamableHttpPostResponse::Sse(tap_sse(stream, self.seen.clone()), session)

@@ -106,11 +106,7 @@ impl TaskSupport {
             return;
         };
         if let Ok(mut capability) = self.capability.write() {
-            *capability = handshake
-                .result
-                .capabilities
-                .tasks
-                .filter(Value::is_object);
+            *capability = handshake.result.capabilities.tasks.filter(Value::is_object);
         }
     }
 
