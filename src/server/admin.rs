@@ -47,6 +47,8 @@ pub(super) async fn upstreams(gateway: &Gateway) -> Response<Body> {
             "calls": calls,
             "errors": errors,
             "error_rate": if calls == 0 { 0.0 } else { errors as f64 / calls as f64 },
+            // The 2025-11-25 `tasks` capability it declared (rmcp drops it).
+            "tasks_2025": up.tasks_capability_2025(),
         }));
     }
     let body = json!({ "upstreams": list, "sessions": gateway.session_count() });

@@ -10,6 +10,7 @@ mod admin;
 mod auth;
 mod health;
 mod llm;
+mod task_support;
 mod tasks2025;
 
 use std::collections::HashMap;
@@ -145,7 +146,9 @@ impl Router {
             },
             None => None,
         };
-        let Some(mut service) = endpoint.and_then(|e| self.mcp.get(&e).cloned()) else {
+        let Some((endpoint, mut service)) =
+            endpoint.and_then(|e| self.mcp.get(&e).cloned().map(|s| (e, s)))
+        else {
             return text(
                 StatusCode::NOT_FOUND,
                 &format!("no MCP endpoint at {path}\n"),
@@ -160,13 +163,13 @@ impl Router {
             return too_many_requests(&refused);
         }
         let is_delete = req.method() == http::Method::DELETE;
-        let called = if tasks2025::candidate(&req) {
+        let (called, wanted) = if tasks2025::candidate(&req) {
             match tasks2025::rewrite(req, self.gateway.max_body_bytes()).await {
-                Ok(req) => service.call(req).await,
+                Ok((req, wanted)) => (service.call(req).await, wanted),
                 Err(refusal) => return refusal,
             }
         } else {
-            service.call(req).await
+            (service.call(req).await, None)
         };
         let mut resp = match called {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
@@ -181,7 +184,12 @@ impl Router {
             *resp.status_mut() = StatusCode::OK;
         }
         self.auth.bind(&resp, &identity);
-        resp
+        match wanted {
+            Some(wanted) => {
+                task_support::complete(resp, wanted, self.gateway.registry(), &endpoint).await
+            }
+            None => resp,
+        }
     }
 }
 

@@ -8,14 +8,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use super::task_support::Wanted;
 use super::{text, Body};
 
-/// Whether a request may carry a 2025 task request: a POST in a session
-/// (2026-07-28 requests carry no session) whose protocol is not 2026-07-28.
-/// Decided on headers alone.
+/// Whether a request may carry a 2025 task request, or be an `initialize`
+/// or `tools/list` whose answer `task_support` completes: a POST whose
+/// protocol is not 2026-07-28. Decided on headers alone.
 pub(super) fn candidate(req: &Request<Incoming>) -> bool {
     req.method() == http::Method::POST
-        && req.headers().contains_key("mcp-session-id")
         && req
             .headers()
             .get("mcp-protocol-version")
@@ -23,11 +23,12 @@ pub(super) fn candidate(req: &Request<Incoming>) -> bool {
 }
 
 /// The request with its body read (at most `limit` bytes) and, when it is
-/// a 2025 task request, its method renamed.
+/// a 2025 task request, its method renamed; and whether its answer must be
+/// completed for a 2025 client.
 pub(super) async fn rewrite(
     req: Request<Incoming>,
     limit: usize,
-) -> Result<Request<Full<Bytes>>, Response<Body>> {
+) -> Result<(Request<Full<Bytes>>, Option<Wanted>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let bytes = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -44,7 +45,14 @@ pub(super) async fn rewrite(
             ))
         }
     };
-    let bytes = match crate::gateway::rewrite_legacy_task_request(&bytes) {
+    let wanted = super::task_support::wanted(&bytes, &parts.headers);
+    // Task requests are renamed in a session only (2026-07-28 requests
+    // carry none, and a 2025 task needs one).
+    let in_session = parts.headers.contains_key("mcp-session-id");
+    let renamed = in_session
+        .then(|| crate::gateway::rewrite_legacy_task_request(&bytes))
+        .flatten();
+    let bytes = match renamed {
         Some(renamed) => {
             parts
                 .headers
@@ -53,5 +61,5 @@ pub(super) async fn rewrite(
         }
         None => bytes,
     };
-    Ok(Request::from_parts(parts, Full::new(bytes)))
+    Ok((Request::from_parts(parts, Full::new(bytes)), wanted))
 }

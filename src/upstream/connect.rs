@@ -1,22 +1,21 @@
 //! Opening one MCP client connection over the configured transport.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 
-use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
 use rmcp::service::{RoleClient, RunningService, ServiceExt};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use tokio::io::AsyncBufReadExt;
+use rmcp::transport::StreamableHttpClientTransport;
 
+use super::child::ChildTransport;
 use super::client::UpstreamClient;
 use super::http::TracingClient;
 use super::ordered::InOrder;
 use super::sse::SseClientTransport;
+use super::task_support::TaskSupport;
 use super::UpstreamError;
 use crate::config::UpstreamProtocol;
-use crate::config::{HttpUpstreamConfig, StdioConfig, Transport, UpstreamConfig};
+use crate::config::{HttpUpstreamConfig, Transport, UpstreamConfig};
 use rmcp::model::ProtocolVersion;
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
 
@@ -28,12 +27,15 @@ const MAX_CONCURRENT_POSTS: usize = 1024;
 pub(crate) type Service = RunningService<RoleClient, UpstreamClient>;
 
 /// Connects and performs the MCP handshake, within the connect timeout.
+/// Every message the server sends is shown to `seen` before rmcp parses it
+/// (see `task_support`).
 pub(crate) async fn connect(
     name: &str,
     config: &UpstreamConfig,
     protocol: UpstreamProtocol,
     client: UpstreamClient,
     http: &reqwest::Client,
+    seen: Arc<TaskSupport>,
 ) -> Result<Service, UpstreamError> {
     let fail = |message: String| UpstreamError::Connect {
         upstream: name.to_owned(),
@@ -48,7 +50,7 @@ pub(crate) async fn connect(
     let handshake = async {
         match transport {
             Transport::Stdio(stdio) => {
-                let child = spawn_child(name, &stdio)
+                let child = ChildTransport::spawn(name, &stdio, seen)
                     .map_err(|e| fail(format!("spawn `{}`: {e}", stdio.command)))?;
                 client
                     .serve_with_lifecycle(InOrder::new(child, upstream, routes), lifecycle)
@@ -63,7 +65,13 @@ pub(crate) async fn connect(
                 // A restarted server forgets our session: re-initialize and retry.
                 cfg.reinit_on_expired_session = true;
                 let transport = InOrder::new(
-                    StreamableHttpClientTransport::with_client(TracingClient(http.clone()), cfg),
+                    StreamableHttpClientTransport::with_client(
+                        TracingClient {
+                            http: http.clone(),
+                            seen,
+                        },
+                        cfg,
+                    ),
                     upstream,
                     routes,
                 );
@@ -80,6 +88,7 @@ pub(crate) async fn connect(
                     url,
                     header_map,
                     config.connect_timeout,
+                    seen,
                 )
                 .await
                 .map_err(|e| fail(e.to_string()))?;
@@ -122,31 +131,4 @@ fn headers(h: &HttpUpstreamConfig) -> Result<HashMap<http::HeaderName, http::Hea
             Ok((name, value))
         })
         .collect()
-}
-
-/// Starts the child in its own process group, so that stopping it also stops
-/// whatever it started (`npx` runs the real server as a grandchild), and
-/// logs its stderr under the upstream's name: our own stdout and stderr
-/// stay ours, which matters when the gateway itself speaks MCP on stdio.
-fn spawn_child(name: &str, stdio: &StdioConfig) -> std::io::Result<TokioChildProcess> {
-    let mut command = tokio::process::Command::new(&stdio.command);
-    command.args(&stdio.args).envs(&stdio.env);
-    if let Some(cwd) = &stdio.cwd {
-        command.current_dir(cwd);
-    }
-    let mut wrapped = CommandWrap::from(command);
-    wrapped.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
-    let (child, stderr) = TokioChildProcess::builder(wrapped)
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(stderr) = stderr {
-        let upstream: Arc<str> = name.into();
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "portcullis::upstream::stderr", upstream = %upstream, "{line}");
-            }
-        });
-    }
-    Ok(child)
 }

@@ -2,6 +2,8 @@
 //! reqwest, plus the request's W3C trace context as `traceparent` /
 //! `tracestate` headers, so HTTP-level tooling between the gateway and an
 //! upstream (proxies, the upstream's own HTTP tracing) joins the trace.
+//! Every SSE event the upstream sends is also shown to the connection's
+//! `TaskSupport` before rmcp parses it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,9 +17,28 @@ use rmcp::transport::streamable_http_client::{
 };
 use sse_stream::Sse;
 
+use super::task_support::{tap_sse, TaskSupport};
+
 /// reqwest with trace-context headers taken from each request's `_meta`.
 #[derive(Clone)]
-pub(crate) struct TracingClient(pub(crate) reqwest::Client);
+pub(crate) struct TracingClient {
+    /// The gateway's HTTP client.
+    pub(crate) http: reqwest::Client,
+    /// What the server says about 2025 tasks, read from its SSE events.
+    pub(crate) seen: Arc<TaskSupport>,
+}
+
+impl TracingClient {
+    fn tap(&self, response: StreamableHttpPostResponse) -> StreamableHttpPostResponse {
+        match response {
+            StreamableHttpPostResponse::Sse(stream, session) => {
+                StreamableHttpPostResponse::Sse(tap_sse(stream, self.seen.clone()), session)
+            }
+            // A JSON answer arrives parsed: what rmcp dropped is gone.
+            other => other,
+        }
+    }
+}
 
 /// The `traceparent` (and `tracestate`) headers for a request, from its
 /// `_meta`; empty for notifications and responses.
@@ -58,9 +79,10 @@ impl StreamableHttpClient for TracingClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let headers = with_trace_headers(&message, custom_headers);
-        self.0
+        self.http
             .post_message(uri, message, session_id, auth_header, headers)
             .await
+            .map(|r| self.tap(r))
     }
 
     async fn post_message_with_response_limits(
@@ -73,7 +95,7 @@ impl StreamableHttpClient for TracingClient {
         limits: StreamableHttpResponseLimits,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let headers = with_trace_headers(&message, custom_headers);
-        self.0
+        self.http
             .post_message_with_response_limits(
                 uri,
                 message,
@@ -83,6 +105,7 @@ impl StreamableHttpClient for TracingClient {
                 limits,
             )
             .await
+            .map(|r| self.tap(r))
     }
 
     async fn delete_session(
@@ -92,7 +115,7 @@ impl StreamableHttpClient for TracingClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<(), StreamableHttpError<Self::Error>> {
-        self.0
+        self.http
             .delete_session(uri, session_id, auth_header, custom_headers)
             .await
     }
@@ -105,9 +128,10 @@ impl StreamableHttpClient for TracingClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<Self::Error>> {
-        self.0
+        self.http
             .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
             .await
+            .map(|s| tap_sse(s, self.seen.clone()))
     }
 
     async fn get_stream_with_max_sse_event_size(
@@ -119,7 +143,7 @@ impl StreamableHttpClient for TracingClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> Result<BoxStream<'static, Result<Sse, SseError>>, StreamableHttpError<Self::Error>> {
-        self.0
+        self.http
             .get_stream_with_max_sse_event_size(
                 uri,
                 session_id,
@@ -129,5 +153,6 @@ impl StreamableHttpClient for TracingClient {
                 max_sse_event_size,
             )
             .await
+            .map(|s| tap_sse(s, self.seen.clone()))
     }
 }

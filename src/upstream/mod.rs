@@ -7,6 +7,7 @@
 //! list changes, log lines, server-to-client requests) is routed to the
 //! caller directly or published as an [`UpstreamEvent`].
 
+mod child;
 mod client;
 mod connect;
 mod eras;
@@ -15,6 +16,7 @@ mod ordered;
 mod pool;
 mod routes;
 mod sse;
+mod task_support;
 mod tasks;
 mod watching;
 
@@ -166,6 +168,8 @@ pub(crate) struct Connection {
     modern: bool,
     /// Resource URIs this (legacy) connection `resources/subscribe`d.
     subscribed: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// What the server said about 2025-11-25 tasks (rmcp drops it).
+    task_support: Arc<task_support::TaskSupport>,
 }
 
 impl Connection {
@@ -329,6 +333,20 @@ impl Upstream {
             .as_ref()
             .and_then(|c| c.peer.peer_info())
             .map(|info| offers_tasks(&info))
+    }
+
+    /// The `execution` object (2025-11-25: `taskSupport`) the upstream
+    /// listed for its tool `name` (its own name) on the shared connection,
+    /// if any; rmcp's `Tool` has no field for it. Unknown when the list
+    /// came as a JSON (not SSE) answer over streamable HTTP.
+    pub fn tool_execution(&self, name: &str) -> Option<serde_json::Value> {
+        self.shared.load().as_ref()?.task_support.execution(name)
+    }
+
+    /// The 2025-11-25 `tasks` capability the upstream declared when the
+    /// shared connection was made, if any (rmcp drops it).
+    pub fn tasks_capability_2025(&self) -> Option<serde_json::Value> {
+        self.shared.load().as_ref()?.task_support.capability()
     }
 
     fn unavailable(&self) -> UpstreamError {
@@ -556,12 +574,14 @@ impl Upstream {
         // The legacy connection of an `auto` upstream duplicates what the
         // shared one reports (list changes).
         let secondary = owner.is_none() && protocol != self.config.protocol;
+        let task_support = Arc::new(task_support::TaskSupport::default());
         let service = connect::connect(
             &self.name,
             &self.config,
             protocol,
             self.client(routes.clone(), owner, secondary),
             &self.http,
+            task_support.clone(),
         )
         .await?;
         let conn = Arc::new(Connection {
@@ -571,6 +591,7 @@ impl Upstream {
             closed: CancellationToken::new(),
             last_used: std::sync::Mutex::new(Instant::now()),
             subscribed: Default::default(),
+            task_support,
         });
         Ok((conn, service))
     }

@@ -6,6 +6,7 @@
 //! later `message` event carries one JSON-RPC message from the server.
 //! Responses to our POSTs arrive on the stream, not in the POST's body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,6 +17,8 @@ use rmcp::transport::Transport;
 use sse_stream::SseStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::task_support::TaskSupport;
 
 /// Messages from the server not yet taken by the service.
 const INBOX: usize = 256;
@@ -66,12 +69,14 @@ pub(crate) struct SseClientTransport {
 
 impl SseClientTransport {
     /// Opens the event stream and waits, up to `timeout`, for the server to
-    /// name its message endpoint.
+    /// name its message endpoint. Every message is shown to `seen` before
+    /// it is parsed.
     pub(crate) async fn connect(
         client: reqwest::Client,
         sse_url: reqwest::Url,
         headers: HeaderMap,
         timeout: Duration,
+        seen: Arc<TaskSupport>,
     ) -> Result<SseClientTransport, SseError> {
         let response = client
             .get(sse_url.clone())
@@ -121,6 +126,7 @@ impl SseClientTransport {
                     continue;
                 }
                 let Some(data) = event.data else { continue };
+                seen.observe(data.as_bytes());
                 match serde_json::from_str::<RxJsonRpcMessage<RoleClient>>(&data) {
                     Ok(message) => {
                         if tx.send(message).await.is_err() {

@@ -222,6 +222,18 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
         else:
             created = await session.experimental.call_tool_as_task(TOOL, {"topic": "own"}, ttl=60000)
         out["task_id"] = created.task.taskId
+    elif name == "listing":
+        # Every tool's `execution`, as the client's own types read it.
+        out["execution"] = {}
+        cursor = None
+        while True:
+            page = await session.list_tools(cursor=cursor) if cursor else await session.list_tools()
+            for tool in page.tools:
+                execution = tool.execution.model_dump(mode="json", exclude_none=True) if tool.execution else None
+                out["execution"][tool.name] = execution
+            cursor = page.nextCursor
+            if not cursor:
+                break
     elif name == "foreign":
         assert arg is not None
         out["get"] = await refused(session.experimental.get_task(arg))
@@ -242,6 +254,8 @@ async def main() -> None:
             init = await session.initialize()
             out = await scenario(session, name, arg)
             out["protocol"] = init.protocolVersion
+            tasks = init.capabilities.tasks
+            out["tasks_capability"] = tasks.model_dump(mode="json", by_alias=True, exclude_none=True) if tasks else None
     print(json.dumps(out))
 
 

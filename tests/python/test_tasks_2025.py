@@ -117,6 +117,77 @@ def test_input_mid_task_reaches_the_owning_client(procs, transport):
     assert "programming" in seen["result_text"], seen["result_text"]
 
 
+@pytest.mark.parametrize("transport", ["stdio", "streamableHttp", "sse"])
+def test_a_2025_client_sees_the_tasks_capability_and_each_tools_task_support(procs, transport):
+    # rmcp keeps neither the `tasks` capability nor a tool's `execution`:
+    # the gateway reads them off the upstream's bytes and completes its own
+    # answers to 2025-11-25 clients.
+    # The client itself speaks streamable HTTP only.
+    direct_url = procs.everything_http()
+    if transport == "stdio":
+        upstream = everything_stdio()
+    elif transport == "streamableHttp":
+        upstream = {"http": {"url": direct_url}}
+    else:
+        upstream = {"sse": {"url": procs.everything_http("sse")}}
+    gw = tasks_gateway(procs, upstream)
+    seen = client(gw, ALICE, "listing")
+    direct = client(Direct(direct_url), "", "listing")
+    assert direct["execution"]["simulate-research-query"] == {"taskSupport": "required"}, direct
+    assert seen["execution"]["everything__simulate-research-query"] == {"taskSupport": "required"}, seen
+    # Every tool as server-everything itself lists it, under the gateway's
+    # names (the gateway's connection can route roots and sampling, so it is
+    # shown a few more tools than this client).
+    assert {f"everything__{name}": e for name, e in direct["execution"].items()}.items() <= seen["execution"].items()
+    assert seen["protocol"] == "2025-11-25"
+    assert seen["tasks_capability"]["requests"]["tools"]["call"] == {}, seen["tasks_capability"]
+    assert "list" in seen["tasks_capability"] and "cancel" in seen["tasks_capability"]
+    # What server-everything declared at initialize is kept too.
+    status, body = http_get(gw.endpoint("/admin/api/upstreams"))
+    [everything] = [u for u in json.loads(body)["upstreams"] if u["name"] == "everything"]
+    assert everything["tasks_2025"]["requests"]["tools"]["call"] == {}, everything
+
+
+def test_tools_of_a_2026_upstream_with_the_tasks_extension_are_optional_tasks(procs):
+    gw = local_gateway(procs)
+    seen = client(gw, ALICE, "listing")
+    # The fixture offers the tasks extension in 2026-07-28; the 2025 fixture
+    # declares no `execution`, so none is invented.
+    assert seen["execution"]["modern__slow"] == {"taskSupport": "optional"}, seen
+    assert seen["execution"]["legacy__slow"] is None, seen
+
+
+def test_a_2026_client_is_told_nothing_of_2025_task_support(procs):
+    # 2026-07-28 has neither field (tasks there are an extension).
+    from test_eras import post_2026
+
+    gw = tasks_gateway(procs)
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+    }
+    auth = {"authorization": f"Bearer {ALICE}"}
+    listed = post_2026(gw.url, {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}, auth)
+    tools = {t["name"]: t for t in listed["result"]["tools"]}
+    assert "execution" not in tools["everything__simulate-research-query"], tools
+    discovered = post_2026(gw.url, {"jsonrpc": "2.0", "id": 2, "method": "server/discover", "params": {"_meta": meta}}, auth)
+    assert "tools" in discovered["result"]["capabilities"], discovered
+    assert "tasks" not in discovered["result"]["capabilities"], discovered
+    # The same gateway tells a 2025 client.
+    assert client(gw, ALICE, "listing")["execution"]["everything__simulate-research-query"]
+
+
+class Direct:
+    """A server reached without the gateway, for `client`."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def output(self) -> str:
+        return ""
+
+
 @pytest.mark.parametrize("kind", ["forwarded", "local"])
 def test_another_identitys_task_is_refused_and_not_listed(procs, kind):
     # A task server-everything holds, and one the gateway holds for a
