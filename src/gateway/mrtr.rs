@@ -65,15 +65,15 @@ pub(super) enum Kind {
 
 impl Kind {
     /// An upstream's server-to-client request as a 2026-07-28 input
-    /// request; the request back when a 2026-07-28 client cannot answer it.
-    pub(super) fn of(request: ServerRequest) -> Result<(Kind, InputRequest), ServerRequest> {
-        Ok(match request {
+    /// request; `None` for one a 2026-07-28 client cannot answer.
+    pub(super) fn of(request: ServerRequest) -> Option<(Kind, InputRequest)> {
+        Some(match request {
             ServerRequest::ElicitRequest(r) => (Kind::Elicitation, InputRequest::Elicitation(r)),
             ServerRequest::CreateMessageRequest(r) => {
                 (Kind::Sampling, InputRequest::CreateMessage(r))
             }
             ServerRequest::ListRootsRequest(r) => (Kind::Roots, InputRequest::ListRoots(r)),
-            other => return Err(other),
+            _ => return None,
         })
     }
 
@@ -190,8 +190,8 @@ impl Bridge {
         link: Option<CallLink>,
     ) -> Result<Round, ErrorData> {
         let (kind, request) = match Kind::of(asked.request) {
-            Ok(input) => input,
-            Err(_) => {
+            Some(input) => input,
+            None => {
                 let _ = asked.reply.send(Err(ErrorData::method_not_found::<
                     rmcp::model::CallToolRequestMethod,
                 >()));

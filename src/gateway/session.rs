@@ -751,9 +751,20 @@ impl ServerHandler for Session {
                 .is_some_and(|u| u.may_answer_input_required());
             let retry = (!modern && may_ask)
                 .then(|| ClientRequest::CallToolRequest(Request::new(params.clone())));
+            // A 2026-07-28 client that can take a task, calling a tool a
+            // 2025-11-25 upstream runs only as a task: ask for one, and
+            // shim it (`tasks/shim.rs`).
+            let shimmed = modern
+                && capabilities_of(&ctx).supports_tasks()
+                && self
+                    .gw
+                    .registry
+                    .upstream(&target.upstream)
+                    .is_some_and(|u| u.runs_only_as_2025_task(&target.original));
             // A 2025 client's task-augmented call keeps its `task` field.
             let request = match ctx.extensions.get::<legacy_tasks::Augmented>() {
                 Some(task) => task.request(params),
+                None if shimmed => legacy_tasks::Augmented::plain().request(params),
                 None => ClientRequest::CallToolRequest(Request::new(params)),
             };
             let link = call.link.clone();
@@ -902,9 +913,22 @@ impl ServerHandler for Session {
                     )?))
                 }
                 // The client gets the task under an id of the gateway's.
-                (_, CallToolResponse::Task(created)) => Ok(CallToolResponse::Task(
-                    extension::issue(&self.gw, &identity.subject, &target, &call, created)?,
-                )),
+                (_, CallToolResponse::Task(created)) => {
+                    let upstream_id = created.task.task_id.clone();
+                    let issued =
+                        extension::issue(&self.gw, &identity.subject, &target, &call, created)?;
+                    if shimmed {
+                        let client_id = &issued.task.task_id;
+                        self.hold_shimmed(
+                            &ctx,
+                            &target,
+                            call.link.clone(),
+                            &upstream_id,
+                            client_id,
+                        );
+                    }
+                    Ok(CallToolResponse::Task(issued))
+                }
                 (_, response) => Ok(response),
             }
         })

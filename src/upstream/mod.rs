@@ -349,6 +349,31 @@ impl Upstream {
         self.shared.load().as_ref()?.task_support.capability()
     }
 
+    /// Whether the shared connection speaks the 2025-11-25 design and the
+    /// upstream listed its tool `name` as runnable only as a task
+    /// (`taskSupport: required`): a 2026-07-28 client's call of it is
+    /// shimmed onto a 2025 task.
+    pub fn runs_only_as_2025_task(&self, name: &str) -> bool {
+        self.legacy_shared()
+            && self
+                .tool_execution(name)
+                .is_some_and(|e| e.get("taskSupport").and_then(|s| s.as_str()) == Some("required"))
+    }
+
+    /// Whether the shared connection speaks the 2025-11-25 design and the
+    /// upstream declared it makes tasks of tool calls.
+    pub fn makes_2025_tasks(&self) -> bool {
+        self.legacy_shared()
+            && self
+                .tasks_capability_2025()
+                .is_some_and(|c| c.pointer("/requests/tools/call").is_some())
+    }
+
+    fn legacy_shared(&self) -> bool {
+        self.config.session == SessionMode::Shared
+            && self.shared.load().as_ref().is_some_and(|c| !c.modern)
+    }
+
     fn unavailable(&self) -> UpstreamError {
         let reason = match &*self.health.borrow() {
             Health::Down { error, .. } => error.clone(),

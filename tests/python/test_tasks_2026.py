@@ -24,10 +24,13 @@ TASKS = "io.modelcontextprotocol/tasks"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def meta(tasks: bool = True) -> dict:
+def meta(tasks: bool = True, capabilities: dict | None = None) -> dict:
     return {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {"extensions": {TASKS: {}}} if tasks else {},
+        "io.modelcontextprotocol/clientCapabilities": {
+            **({"extensions": {TASKS: {}}} if tasks else {}),
+            **(capabilities or {}),
+        },
         "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
     }
 
@@ -35,16 +38,19 @@ def meta(tasks: bool = True) -> dict:
 class Raw:
     """A sessionless 2026-07-28 client: every request is its own POST."""
 
-    def __init__(self, url: str, headers: dict[str, str] | None = None, tasks: bool = True):
+    def __init__(
+        self, url: str, headers: dict[str, str] | None = None, tasks: bool = True, capabilities: dict | None = None
+    ):
         self.url = url
         self.headers = headers or {}
         self.tasks = tasks
+        self.capabilities = capabilities
         self.next_id = 0
         self.seen: list[str] = []  # every answer, to look for upstream ids
 
     def rpc(self, method: str, params: dict) -> dict:
         self.next_id += 1
-        body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": {**params, "_meta": meta(self.tasks)}}
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": {**params, "_meta": meta(self.tasks, self.capabilities)}}
         answer = post_2026(self.url, body, self.headers)
         self.seen.append(json.dumps(answer))
         return answer

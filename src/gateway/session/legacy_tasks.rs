@@ -33,10 +33,12 @@ use tracing::Instrument;
 use super::super::observe::{Observation, Outcome};
 use super::super::tasks::extension::{hide_id, with_policy, Opened};
 use super::super::tasks::legacy::{self, Issued, Local, Owner};
-use super::super::tasks::unknown_task;
+use super::super::tasks::{unknown_task, TaskRef};
+use super::super::REQUEST_TIMEOUT;
 use super::Session;
 use crate::policy::Direction;
 use crate::registry::Target;
+use crate::telemetry::audit::CallLink;
 
 impl Outcome for CustomResult {
     /// A task's result that reports a tool error counts as one, like a call's.
@@ -51,6 +53,11 @@ impl Outcome for CustomResult {
 pub(super) struct Augmented(Value);
 
 impl Augmented {
+    /// A task asked for with no parameters (the upstream's defaults).
+    pub(super) fn plain() -> Augmented {
+        Augmented(Value::Object(Default::default()))
+    }
+
     /// The upstream request: `tools/call` with the client's `task` field.
     pub(super) fn request(&self, params: CallToolRequestParams) -> ClientRequest {
         let mut value = serde_json::to_value(&params).unwrap_or_default();
@@ -291,6 +298,50 @@ impl Session {
             }
         }
         Ok(CustomResult(value))
+    }
+
+    /// Holds the 2025-11-25 task an upstream made for a 2026-07-28 client's
+    /// call (`tasks/shim.rs`): the task's `tasks/result` stays open on the
+    /// upstream, and its input requests, on that stream or marked with the
+    /// task, wait for the client's `tasks/update`.
+    pub(super) fn hold_shimmed(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        target: &Target,
+        link: Option<CallLink>,
+        upstream_id: &str,
+        client_id: &str,
+    ) {
+        let (inputs, arriving) = tokio::sync::mpsc::unbounded_channel();
+        let mut caller = self.caller(ctx);
+        caller.input_bridge = Some(inputs);
+        let session = self.state.id;
+        let up = self.gw.registry.upstream(&target.upstream).cloned();
+        if let Some(up) = &up {
+            up.track_task(session, upstream_id, client_id, Some(caller.clone()));
+        }
+        let task = TaskRef {
+            upstream: target.upstream.to_string(),
+            id: upstream_id.to_owned(),
+            tool: Some(target.original.clone()),
+            link,
+        };
+        let (gw, target, id) = (self.gw.clone(), target.clone(), upstream_id.to_owned());
+        let held = move |stop: tokio_util::sync::CancellationToken| async move {
+            let done = loop {
+                let request = legacy::task_request("tasks/result", &id);
+                match super::send_with(&gw, &target, request, caller.clone(), stop.clone())?.await {
+                    // The upstream's call timeout, not the task's end: ask again.
+                    Err(e) if e.code == REQUEST_TIMEOUT => continue,
+                    done => break done,
+                }
+            };
+            if let Some(up) = up {
+                up.forget_task(session, &id);
+            }
+            done
+        };
+        self.gw.shims.start(&task, held, arriving);
     }
 
     /// Drops the upstream routes of tasks the table let go.

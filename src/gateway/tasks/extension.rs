@@ -54,13 +54,12 @@ pub(in crate::gateway) fn offered(gw: &Gateway, endpoint: &Endpoint) -> bool {
         .any(|name| offered_by(gw, name))
 }
 
-/// Whether `upstream` offers the extension: a task it answers with is one
-/// of this design (a task of the 2025-11-25 design is not handled here).
+/// Whether `upstream` offers the extension: its own tasks, or tasks of
+/// the 2025-11-25 design the gateway shims (`shim.rs`).
 pub(in crate::gateway) fn offered_by(gw: &Gateway, upstream: &str) -> bool {
     gw.registry
         .upstream(upstream)
-        .and_then(|up| up.offers_tasks())
-        .unwrap_or(false)
+        .is_some_and(|up| up.offers_tasks() == Some(true) || up.makes_2025_tasks())
 }
 
 /// The task an upstream created for `subject`'s `call` of `target`, under

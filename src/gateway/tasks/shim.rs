@@ -166,8 +166,8 @@ fn error_object(e: &ErrorData) -> JsonObject {
 impl Shim {
     fn ask(&self, asked: BridgedRequest) {
         let (kind, request) = match Kind::of(asked.request) {
-            Ok(input) => input,
-            Err(_) => {
+            Some(input) => input,
+            None => {
                 let _ = asked.reply.send(Err(ErrorData::internal_error(
                     "the upstream sent a request a 2026-07-28 client cannot answer",
                     None,
