@@ -18,8 +18,10 @@ use super::routes::{Caller, Routes};
 use super::EventSink;
 
 /// How long a server-to-client request waits for its originating call to be
-/// registered (the registration races the upstream's reply by microseconds).
-const ASSOCIATION_WAIT: Duration = Duration::from_secs(2);
+/// registered (the registration races the upstream's reply by microseconds,
+/// but a loaded machine can stall the registering task for much longer; a
+/// request that never finds its call waits this long before its refusal).
+const ASSOCIATION_WAIT: Duration = Duration::from_secs(10);
 
 /// Client handler for one upstream connection.
 pub(crate) struct UpstreamClient {
@@ -149,6 +151,7 @@ impl Service<RoleClient> for UpstreamClient {
         let what = method_name(&request);
         let mut request = request;
         let origin = request.extensions().get::<InboundStreamOrigin>().cloned();
+        tracing::debug!(upstream = %self.upstream, method = what, ?origin, "server-to-client request");
         // A request about a task (`_meta` related-task) that arrived outside
         // any call's stream goes to the session that owns the task.
         // rmcp moved the request's `_meta` into the context.
@@ -185,6 +188,7 @@ impl Service<RoleClient> for UpstreamClient {
             if matches!(request, ServerRequest::ListRootsRequest(_)) {
                 return Ok(ClientResult::ListRootsResult(Default::default()));
             }
+            tracing::warn!(upstream = %self.upstream, method = what, ?origin, "server-to-client request matches no call in flight; refused");
             return Err(self.refuse(what));
         };
         if !client_can(&caller.capabilities, &request) {

@@ -38,7 +38,7 @@ use crate::config::{SessionMode, UpstreamConfig};
 pub(crate) use routes::log_level_passes;
 use routes::Routes;
 pub use routes::{BridgedRequest, Caller};
-pub(crate) use tasks::{relate, rename_related, STATUS_NOTIFICATION};
+pub(crate) use tasks::{relate, rename_related, unrelate, STATUS_NOTIFICATION};
 pub use watching::Watch;
 
 /// A failure to reach or hear from an upstream. Mapped to a JSON-RPC error

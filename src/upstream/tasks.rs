@@ -47,6 +47,21 @@ pub(crate) fn rename_related(meta: &mut serde_json::Map<String, Value>, client_i
     }
 }
 
+/// Removes the related-task mark from a result's `_meta` (and `_meta`
+/// itself when nothing else is left in it).
+pub(crate) fn unrelate(result: &mut serde_json::Map<String, Value>) {
+    let emptied = result
+        .get_mut("_meta")
+        .and_then(Value::as_object_mut)
+        .is_some_and(|meta| {
+            meta.remove(RELATED_TASK);
+            meta.is_empty()
+        });
+    if emptied {
+        result.remove("_meta");
+    }
+}
+
 /// Marks `meta` as belonging to the client's task `client_id`.
 pub(crate) fn relate(meta: &mut serde_json::Map<String, Value>, client_id: &str) {
     meta.insert(
@@ -137,6 +152,20 @@ impl Upstream {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unrelate_drops_only_the_task_mark() {
+        let mut r = serde_json::json!({"content": [], "_meta": {
+            "io.modelcontextprotocol/related-task": {"taskId": "t"}, "other": 1}});
+        let map = r.as_object_mut().unwrap();
+        super::unrelate(map);
+        assert_eq!(map["_meta"], serde_json::json!({"other": 1}));
+        let mut r = serde_json::json!({"content": [], "_meta": {
+            "io.modelcontextprotocol/related-task": {"taskId": "t"}}});
+        let map = r.as_object_mut().unwrap();
+        super::unrelate(map);
+        assert!(!map.contains_key("_meta"));
+    }
+
     use super::*;
     use rmcp::model::CustomResult;
     use serde_json::json;

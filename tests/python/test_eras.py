@@ -320,8 +320,14 @@ def test_mcp_param_headers_are_checked_downstream_and_sent_upstream_under_its_ow
         return status, frames[-1]
 
     # No client listed tools first: the gateway has the definition at hand
-    # from when the upstream came up. The first call may race that, so poll.
-    wait_for(lambda: call("us-east")[0] == 400, what="the tool's definition at the gateway")
+    # from when the upstream came up. The first call may race that, so poll
+    # until the gateway itself compares the header (until then the call goes
+    # through unchecked, and the upstream refuses it for a header the
+    # gateway's client did not yet know to mirror).
+    wait_for(
+        lambda: "does not match" in call("us-east")[1].get("error", {}).get("message", ""),
+        what="the tool's definition at the gateway",
+    )
     status, answer = call("eu-west")
     assert status == 200 and answer["result"]["content"][0]["text"] == "region=eu-west", answer
     status, answer = call("=?base64?ZXUtd2VzdA==?=")  # "eu-west", Base64-wrapped

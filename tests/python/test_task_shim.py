@@ -55,6 +55,8 @@ def test_a_2025_task_asks_for_input_and_completes_as_a_2026_task(procs):
     done = c.until(task_id, "completed", "failed", "cancelled")
     assert done["status"] == "completed" and done["resultType"] == "complete", done
     assert done["result"]["content"][0]["text"] == "color blue"
+    # The 2025 result's related-task mark is not carried into the 2026 one.
+    assert "io.modelcontextprotocol/related-task" not in done["result"].get("_meta", {})
     assert done["taskId"] == task_id
     # The upstream's own task id (a UUID) never reaches the client.
     assert all(shows_no_upstream_id(raw) for raw in c.seen), c.seen

@@ -299,6 +299,9 @@ async fn get_shimmed(
             // A tool's own error is a completed task in 2026-07-28 (`failed`
             // is for JSON-RPC errors), whatever the 2025 status said.
             Some(Ok(mut result)) => {
+                // The 2025 result names its task in `_meta`; a 2026 task's
+                // inlined result must not (the id is the task's own).
+                crate::upstream::unrelate(&mut result);
                 hide_id_in(&mut result, upstream_id, client_id);
                 guard_result(session, ctx, obs, opened, &mut result)?;
                 TaskPayload::Completed { result }
