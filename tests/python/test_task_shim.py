@@ -13,6 +13,7 @@ import hashlib
 import json
 
 import pytest
+import yaml
 
 from conftest import everything_stdio
 from test_tasks_2025 import PYTHON1, UPSTREAM
@@ -23,10 +24,10 @@ pytestmark = pytest.mark.skipif(not PYTHON1.exists(), reason="no venv-mcp1 (scri
 KEYS = {"alice": "key-alice-0001", "bob": "key-bob-0002"}
 
 
-def shim_gateway(procs, upstream=None):
+def shim_gateway(procs, upstream=None, **extra):
     auth = {"api_keys": [{"id": who, "sha256": hashlib.sha256(k.encode()).hexdigest()} for who, k in KEYS.items()]}
     up = upstream or {"stdio": {"command": str(PYTHON1), "args": [str(UPSTREAM)]}}
-    gw = procs.gateway({"upstreams": {"up": up}, "auth": auth})
+    gw = procs.gateway({"upstreams": {"up": up}, "auth": auth, **extra})
     gw.wait_up("up")
     return gw
 
@@ -90,3 +91,31 @@ def test_server_everything_research_runs_as_a_2026_task(procs):
     done = c.until(created["taskId"], "completed", "failed", "cancelled")
     assert done["status"] == "completed", done
     assert "tides" in json.dumps(done["result"])
+
+
+def test_policy_audits_a_shimmed_task_and_guards_its_result(procs, tmp_path):
+    """The shimmed task is one logical call: its `tasks/*` requests are
+    audited under the creating call's id, and its inlined result passes the
+    result guards like any call's."""
+    secret = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    rules = {
+        "rules": [{"id": "all", "match": {"upstream": "up"}, "action": "allow"}],
+        "guards": [{"id": "no-secrets-out", "detect": ["secrets"], "on": ["results"], "action": "redact"}],
+    }
+    (policies / "p.yaml").write_text(yaml.safe_dump(rules))
+    audit = tmp_path / "audit.jsonl"
+    gw = shim_gateway(procs, policies={"dir": str(policies), "audit": {"file": str(audit)}})
+    c = client(gw)
+    task_id = c.call("up__ask")["taskId"]
+    ((key, _),) = c.until(task_id, "input_required")["inputRequests"].items()
+    c.ok("tasks/update", {"taskId": task_id, "inputResponses": {key: {"action": "accept", "content": {"color": secret}}}})
+    done = c.until(task_id, "completed", "failed", "cancelled")
+    text = done["result"]["content"][0]["text"]
+    assert secret not in text and "[REDACTED" in text, text
+    lines = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+    [created] = [r for r in lines if r["method"] == "tools/call"]
+    later = [r for r in lines if r["method"].startswith("tasks/")]
+    assert {r["method"] for r in later} >= {"tasks/get", "tasks/update"}
+    assert all(r["call_id"] == created["call_id"] for r in later), later
