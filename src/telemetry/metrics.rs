@@ -41,6 +41,8 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     /// Reconnections after a connection ended or failed.
     pub upstream_restarts: IntCounterVec,
+    /// Liveness probes of upstream connections, by outcome (`ok`, `failed`).
+    pub upstream_probes: IntCounterVec,
     /// Catalogue lookups by list and result (hit or miss).
     pub list_cache: IntCounterVec,
     /// Downstream sessions currently open.
@@ -149,6 +151,11 @@ impl Metrics {
                 "portcullis_upstream_restarts_total",
                 "Upstream reconnections after a connection ended or failed.",
                 &["upstream"],
+            )?,
+            upstream_probes: counter(
+                "portcullis_upstream_probes_total",
+                "Liveness probes of upstream connections (ping, or server/discover for 2026-07-28), by outcome.",
+                &["upstream", "outcome"],
             )?,
             list_cache: counter(
                 "portcullis_list_cache_lookups_total",

@@ -648,12 +648,22 @@ async fn watch_liveness(up: &Upstream, conn: &Connection) {
             () = tokio::time::sleep(health.interval) => {}
             () = up.suspect.notified() => {}
         }
-        let ping = ClientRequest::PingRequest(Default::default());
+        // 2026-07-28 removed `ping`: a server of that revision is asked
+        // `server/discover` instead, which it must always answer.
+        let probe = match conn.modern {
+            true => ClientRequest::DiscoverRequest(rmcp::model::Request::new(Default::default())),
+            false => ClientRequest::PingRequest(Default::default()),
+        };
         let options = PeerRequestOptions::with_timeout(health.timeout);
-        let answered = match conn.peer.send_request_with_option(ping, options).await {
+        let answered = match conn.peer.send_request_with_option(probe, options).await {
             Ok(handle) => handle.await_response().await.is_ok(),
             Err(_) => false,
         };
+        let outcome = if answered { "ok" } else { "failed" };
+        up.metrics
+            .upstream_probes
+            .with_label_values(&[&up.name, outcome])
+            .inc();
         failed = if answered { 0 } else { failed + 1 };
         if failed >= health.failures.max(1) {
             return;

@@ -253,3 +253,19 @@ def test_idle_per_client_sessions_are_reaped(procs):
             assert echo.content[0].text == "Echo: again"
 
     run(go())
+
+
+@pytest.mark.parametrize("protocol", ["2026-07-28", "legacy"])
+def test_liveness_probes_keep_a_healthy_upstream_of_either_era(procs, protocol):
+    """2026-07-28 removed `ping`: the gateway probes such an upstream with
+    `server/discover`, so a healthy one is never torn down (with `ping` it
+    would answer -32601 and be reconnected after `failures` probes)."""
+    from test_ratelimit import metric
+
+    url = procs.fixture_http()
+    health = {"interval": "100ms", "timeout": "2s", "failures": 1}
+    gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}, "protocol": protocol, "health": health}}})
+    gw.wait_up("fx")
+    wait_for(lambda: metric(gw, "portcullis_upstream_probes_total", upstream="fx", outcome="ok") >= 5, what="probes")
+    assert metric(gw, "portcullis_upstream_probes_total", upstream="fx", outcome="failed") == 0
+    assert metric(gw, "portcullis_upstream_restarts_total", upstream="fx") == 0
