@@ -83,7 +83,9 @@ def test_a_client_without_the_extension_gets_the_upstreams_refusal(procs):
     assert refused, answer
 
 
-def test_server_everything_research_runs_as_a_2026_task(procs):
+def test_server_everything_research_runs_as_a_2026_task_and_asks_for_clarification(procs):
+    """The TypeScript SDK's 2025 tasks deliver a task's elicitation through
+    `tasks/result`: through the shim it is the 2026 task's input request."""
     gw = shim_gateway(procs, everything_stdio())
     c = client(gw)
     created = c.call("up__simulate-research-query", {"topic": "tides", "ambiguous": False})
@@ -91,6 +93,15 @@ def test_server_everything_research_runs_as_a_2026_task(procs):
     done = c.until(created["taskId"], "completed", "failed", "cancelled")
     assert done["status"] == "completed", done
     assert "tides" in json.dumps(done["result"])
+
+    task_id = c.call("up__simulate-research-query", {"topic": "python", "ambiguous": True})["taskId"]
+    ((key, request),) = c.until(task_id, "input_required")["inputRequests"].items()
+    assert "python" in request["params"]["message"]
+    choice = request["params"]["requestedSchema"]["properties"]["interpretation"]["oneOf"][0]["const"]
+    answer = {key: {"action": "accept", "content": {"interpretation": choice}}}
+    c.ok("tasks/update", {"taskId": task_id, "inputResponses": answer})
+    done = c.until(task_id, "completed", "failed", "cancelled")
+    assert done["status"] == "completed" and choice in json.dumps(done["result"]), done
 
 
 def test_policy_audits_a_shimmed_task_and_guards_its_result(procs, tmp_path):
