@@ -285,7 +285,7 @@ async fn stdio(config: Config) -> anyhow::Result<()> {
     let runtime = Runtime::start(config, Arc::new(Metrics::new()?), true)?;
     let session = runtime.gateway.session(Endpoint::Aggregate);
     let running = session
-        .serve(rmcp::transport::stdio())
+        .serve(portcullis::server::stdio(&runtime.gateway))
         .await
         .context("MCP handshake on stdio")?;
     tokio::select! {

@@ -10,8 +10,11 @@ mod admin;
 mod auth;
 mod health;
 mod llm;
+mod stdio;
 mod task_support;
 mod tasks2025;
+
+pub use stdio::stdio;
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -37,6 +37,13 @@ pub(super) struct Wanted {
     id: Value,
 }
 
+impl Wanted {
+    /// The id of the request whose answer is to be completed.
+    pub(super) fn id(&self) -> &Value {
+        &self.id
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
     Initialize,
@@ -90,12 +97,21 @@ pub(super) async fn complete(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let execution = match wanted.kind {
-        Kind::Initialize => Execution::default(),
-        Kind::ToolsList => Execution::of(registry, endpoint).await,
-    };
+    let execution = Execution::for_answer(wanted.kind, registry, endpoint).await;
     let complete_one = move |payload: &str| edit(payload, &wanted, &|name| execution.get(name));
     edit_answer(resp, &content_type, complete_one).await
+}
+
+/// One JSON-RPC message (the stdio front end's answer line) completed, or
+/// `None` when it is not the answer `wanted` names or needs nothing.
+pub(super) async fn complete_message(
+    payload: &str,
+    wanted: &Wanted,
+    registry: &Arc<Registry>,
+    endpoint: &Endpoint,
+) -> Option<String> {
+    let execution = Execution::for_answer(wanted.kind, registry, endpoint).await;
+    edit(payload, wanted, &|name| execution.get(name))
 }
 
 /// The answer with its JSON-RPC message(s) passed through `edit`, as an
@@ -133,6 +149,14 @@ async fn edit_answer(
 struct Execution(Option<(Arc<Registry>, Arc<NamedView<Tool>>)>);
 
 impl Execution {
+    /// What completing an answer of `kind` needs (nothing for `initialize`).
+    async fn for_answer(kind: Kind, registry: &Arc<Registry>, endpoint: &Endpoint) -> Execution {
+        match kind {
+            Kind::Initialize => Execution::default(),
+            Kind::ToolsList => Execution::of(registry, endpoint).await,
+        }
+    }
+
     async fn of(registry: &Arc<Registry>, endpoint: &Endpoint) -> Execution {
         // The view the answer was built from (cached: no second fetch).
         let view = registry.tools(endpoint).await;

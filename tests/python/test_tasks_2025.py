@@ -364,3 +364,26 @@ def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_pa
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_the_stdio_front_end_serves_2025_tasks(tmp_path):
+    """`portcullis stdio`, as a desktop client launches it: the 1.x client
+    sees the tasks capability and each tool's `execution`, and drives a
+    task through its life, including a question mid-task (on stdio the
+    gateway renames the task requests and completes the answers itself,
+    as its HTTP face does)."""
+    from conftest import GATEWAY
+
+    config = tmp_path / "stdio.yaml"
+    config.write_text(yaml.safe_dump({"upstreams": {"everything": everything_stdio()}}))
+    url = f"stdio:{GATEWAY}:{config}"
+    listing = client(Direct(url), "", "listing")
+    assert listing["protocol"] == "2025-11-25"
+    assert listing["tasks_capability"]["requests"]["tools"]["call"] == {}, listing
+    assert listing["execution"]["everything__simulate-research-query"] == {"taskSupport": "required"}, listing
+    seen = client(Direct(url), "", "lifecycle")
+    assert seen["final_status"] == "completed" and "Research Report: rust" in seen["result_text"], seen
+    assert seen["cancel_status"] == "cancelled" and seen["after_cancel"] == "cancelled", seen
+    assert not shows_an_upstream_id(seen["ids"][0])
+    asked = client(Direct(url), "", "input")
+    assert asked["waiting_status"] == "input_required" and "programming" in asked["result_text"], asked
