@@ -754,13 +754,15 @@ impl ServerHandler for Session {
             // A 2026-07-28 client that can take a task, calling a tool a
             // 2025-11-25 upstream runs only as a task: ask for one, and
             // shim it (`tasks/shim.rs`).
+            // The upstream's era is checked first: it settles the common
+            // case without copying the client's capabilities.
             let shimmed = modern
-                && capabilities_of(&ctx).supports_tasks()
                 && self
                     .gw
                     .registry
                     .upstream(&target.upstream)
-                    .is_some_and(|u| u.runs_only_as_2025_task(&target.original));
+                    .is_some_and(|u| u.runs_only_as_2025_task(&target.original))
+                && capabilities_of(&ctx).supports_tasks();
             // A 2025 client's task-augmented call keeps its `task` field.
             let request = match ctx.extensions.get::<legacy_tasks::Augmented>() {
                 Some(task) => task.request(params),

@@ -13,6 +13,7 @@
 use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderValue};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 
@@ -121,6 +122,20 @@ async fn outbound(
     }
 }
 
+/// What `complete` reads of an answer line.
+#[derive(Deserialize)]
+struct Answer {
+    id: Value,
+    #[serde(default)]
+    result: Option<AnswerResult>,
+}
+
+#[derive(Deserialize)]
+struct AnswerResult {
+    #[serde(rename = "protocolVersion", default)]
+    protocol_version: Option<String>,
+}
+
 /// The answer line completed, when it answers a noted request.
 async fn complete(line: &[u8], seen: &Mutex<Seen>, gateway: &Gateway) -> Option<Vec<u8>> {
     let wanted = {
@@ -128,12 +143,13 @@ async fn complete(line: &[u8], seen: &Mutex<Seen>, gateway: &Gateway) -> Option<
         if seen.wanted.is_empty() {
             return None;
         }
-        let message: Value = serde_json::from_slice(line).ok()?;
-        let id = message.get("id")?;
-        let at = seen.wanted.iter().position(|w| w.id() == id)?;
+        // Only the id and the negotiated version are read here (the rest
+        // of a long `tools/list` answer is skipped, not built).
+        let answer: Answer = serde_json::from_slice(line).ok()?;
+        let at = seen.wanted.iter().position(|w| *w.id() == answer.id)?;
         let wanted = seen.wanted.remove(at);
-        if let Some(version) = message.pointer("/result/protocolVersion") {
-            seen.version = version.as_str().map(str::to_owned);
+        if let Some(version) = answer.result.and_then(|r| r.protocol_version) {
+            seen.version = Some(version);
         }
         wanted
     };
