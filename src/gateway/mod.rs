@@ -32,6 +32,7 @@ pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
 pub use models::ModelAdmission;
 pub use session::Session;
 pub(crate) use tasks::legacy::rewrite_request as rewrite_legacy_task_request;
+pub use tasks::watch::ListenedTasks;
 
 /// What the gateway knows about one live downstream session.
 pub struct SessionState {
@@ -173,6 +174,19 @@ impl Gateway {
     /// Number of open `subscriptions/listen` streams.
     pub fn listen_count(&self) -> usize {
         self.listeners.len()
+    }
+
+    /// The task ids of `requested` that `identity` may be sent
+    /// `notifications/tasks` for on `endpoint` (those its `tasks/get`
+    /// would open), at most a bounded number: what a listen stream's
+    /// acknowledgement lists.
+    pub fn watchable_tasks(
+        &self,
+        identity: &crate::auth::Identity,
+        endpoint: &Endpoint,
+        requested: &[String],
+    ) -> Vec<String> {
+        tasks::watch::accepted(self, identity, endpoint, requested)
     }
 
     /// Number of live downstream sessions.

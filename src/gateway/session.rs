@@ -15,6 +15,7 @@ use super::mrtr::Round;
 use super::observe::Observation;
 use super::tasks::extension;
 use super::tasks::legacy::Local;
+use super::tasks::watch::{self, ListenedTasks};
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
 use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
@@ -1202,10 +1203,23 @@ impl ServerHandler for Session {
             sink: cx.sink().clone(),
             uris,
         };
+        let mut obs = obs;
+        let watched = match ctx
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<ListenedTasks>())
+        {
+            Some(ids) => watch::opened(self, ctx, &mut obs, &ids.0),
+            None => Vec::new(),
+        };
         // Answered with the open stream: the call itself is measured as done.
         let _ = obs.finish(Ok(()));
+        let watching = watch::follow_all(self, ctx, watched);
         let _registered = super::listen::register(&self.gw, listener, watches);
-        cx.cancelled().await;
+        tokio::select! {
+            _ = cx.cancelled() => {}
+            _ = watching => cx.cancelled().await,
+        }
         Ok(())
     }
 

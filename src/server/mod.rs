@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod health;
+mod listen;
 mod llm;
 mod stdio;
 mod task_support;
@@ -166,13 +167,19 @@ impl Router {
             return too_many_requests(&refused);
         }
         let is_delete = req.method() == http::Method::DELETE;
-        let (called, wanted) = if tasks2025::candidate(&req) {
+        let (called, wanted, listened) = if listen::candidate(&req) {
+            let limit = self.gateway.max_body_bytes();
+            match listen::prepare(req, limit, &self.gateway, &identity, &endpoint).await {
+                Ok((req, listened)) => (service.call(req).await, None, listened),
+                Err(refusal) => return refusal,
+            }
+        } else if tasks2025::candidate(&req) {
             match tasks2025::rewrite(req, self.gateway.max_body_bytes()).await {
-                Ok((req, wanted)) => (service.call(req).await, wanted),
+                Ok((req, wanted)) => (service.call(req).await, wanted, None),
                 Err(refusal) => return refusal,
             }
         } else {
-            (service.call(req).await, None)
+            (service.call(req).await, None, None)
         };
         let mut resp = match called {
             Ok(resp) => resp.map(|b| b.map_err(|e| Box::new(e) as _).boxed()),
@@ -187,6 +194,9 @@ impl Router {
             *resp.status_mut() = StatusCode::OK;
         }
         self.auth.bind(&resp, &identity);
+        if let Some(accepted) = listened {
+            return listen::acknowledge(resp, accepted);
+        }
         match wanted {
             Some(wanted) => {
                 task_support::complete(resp, wanted, self.gateway.registry(), &endpoint).await
@@ -257,6 +267,21 @@ async fn parse_error(resp: Response<Body>) -> Response<Body> {
         "error": { "code": -32700, "message": format!("Parse error: {message}") },
     });
     json(StatusCode::BAD_REQUEST, &body)
+}
+
+/// A request body, read whole up to `limit` bytes; 413 beyond it.
+pub(super) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body exceeds {limit} bytes\n"),
+        )),
+        Err(e) => Err(text(
+            StatusCode::BAD_REQUEST,
+            &format!("reading the request body failed: {e}\n"),
+        )),
+    }
 }
 
 /// A JSON response.

@@ -4,12 +4,12 @@
 //! methods before rmcp reads them (see `gateway::tasks::legacy`).
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Request, Response};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::task_support::Wanted;
-use super::{text, Body};
+use super::{read_body, Body};
 
 /// Whether a request may carry a 2025 task request, or be an `initialize`
 /// or `tools/list` whose answer `task_support` completes: a POST whose
@@ -30,21 +30,7 @@ pub(super) async fn rewrite(
     limit: usize,
 ) -> Result<(Request<Full<Bytes>>, Option<Wanted>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body exceeds {limit} bytes\n"),
-            ))
-        }
-        Err(e) => {
-            return Err(text(
-                StatusCode::BAD_REQUEST,
-                &format!("reading the request body failed: {e}\n"),
-            ))
-        }
-    };
+    let bytes = read_body(body, limit).await?;
     let wanted = super::task_support::wanted(&bytes, &parts.headers);
     // Task requests are renamed in a session only (2026-07-28 requests
     // carry none, and a 2025 task needs one).

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub sessions_open: IntGauge,
     /// `subscriptions/listen` streams currently open downstream.
     pub listen_streams: IntGauge,
+    /// `notifications/tasks` sent to listeners, by upstream and the task's
+    /// status.
+    pub task_notifications: IntCounterVec,
     /// Policy decisions by action and rule.
     pub policy_decisions: IntCounterVec,
     /// Further rounds of multi round-trip calls, by how the input was
@@ -164,6 +167,11 @@ impl Metrics {
             )?,
             sessions_open,
             listen_streams,
+            task_notifications: counter(
+                "portcullis_task_notifications_total",
+                "notifications/tasks sent on subscriptions/listen streams, by upstream and task status.",
+                &["upstream", "status"],
+            )?,
             policy_decisions: counter(
                 "portcullis_policy_decisions_total",
                 "Policy decisions, by action and deciding rule.",

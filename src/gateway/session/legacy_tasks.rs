@@ -31,7 +31,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use super::super::observe::{Observation, Outcome};
-use super::super::tasks::extension::{hide_id, with_policy, Opened};
+use super::super::tasks::extension::{self, hide_id, with_policy, Opened};
 use super::super::tasks::legacy::{self, Issued, Local, Owner};
 use super::super::tasks::{unknown_task, TaskRef};
 use super::super::REQUEST_TIMEOUT;
@@ -394,13 +394,7 @@ impl Session {
             task,
             shim: None,
         };
-        obs.routed(&opened.target);
-        if let Some(link) = &opened.task.link {
-            obs.linked(link);
-        }
-        with_policy(self, ctx, obs, &opened, method, |g, _, call, subject| {
-            g.record_task(call, subject);
-        });
+        extension::noted(self, ctx, obs, &opened, method);
         Ok((id.to_owned(), issued, opened))
     }
 
@@ -520,7 +514,7 @@ impl Session {
         with_policy(
             self,
             ctx,
-            obs,
+            &obs.span,
             &opened,
             "tasks/result",
             |g, set, call, subject| {

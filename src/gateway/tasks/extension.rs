@@ -17,7 +17,7 @@ use rmcp::model::{
 };
 use rmcp::model::{ClientRequest, ResultType};
 use rmcp::service::{RequestContext, RoleServer};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use std::sync::Arc;
 
@@ -90,22 +90,18 @@ pub(in crate::gateway) struct Opened {
     pub(in crate::gateway) shim: Option<Arc<Shim>>,
 }
 
-/// Opens the client's task id: refused alike when it was altered, issued
-/// to someone else, or names an upstream this endpoint does not show.
-fn open(
-    session: &Session,
-    ctx: &RequestContext<RoleServer>,
-    obs: &mut Observation<'_>,
+/// Resolves the client's task id `id` for `subject` on `endpoint`:
+/// refused alike when it was altered, issued to someone else, or names an
+/// upstream this endpoint does not show. Neither observed nor audited.
+pub(in crate::gateway) fn resolve(
+    gw: &Gateway,
+    endpoint: &Endpoint,
+    subject: &str,
     method: &'static str,
     id: &str,
 ) -> Result<Opened, ErrorData> {
-    let gw = &session.gw;
-    let identity = session.identity(ctx);
-    let task = gw.task_ids.open(&identity.subject, id)?;
-    if !gw
-        .registry
-        .endpoint_includes(&session.state.endpoint, &task.upstream)
-    {
+    let task = gw.task_ids.open(subject, id)?;
+    if !gw.registry.endpoint_includes(endpoint, &task.upstream) {
         tracing::debug!(upstream = %task.upstream, "task id of another endpoint refused");
         return Err(ErrorData::invalid_params("unknown task id", None));
     }
@@ -113,10 +109,6 @@ fn open(
         upstream: task.upstream.as_str().into(),
         original: task.tool.clone().unwrap_or_default(),
     };
-    obs.routed(&target);
-    if let Some(link) = &task.link {
-        obs.linked(link);
-    }
     // A task of the 2025-11-25 design (an upstream without the extension)
     // is driven with these methods only where the gateway shims it; say so
     // rather than forward.
@@ -135,11 +127,53 @@ fn open(
             Some(serde_json::json!({ "upstream": task.upstream })),
         ));
     }
-    let opened = Opened { task, target, shim };
-    with_policy(session, ctx, obs, &opened, method, |g, _, call, subject| {
-        g.record_task(call, subject);
-    });
+    Ok(Opened { task, target, shim })
+}
+
+/// Opens the client's task id for a `tasks/*` request ([`resolve`]), and
+/// records the request as about the task's call.
+fn open(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+    method: &'static str,
+    id: &str,
+) -> Result<Opened, ErrorData> {
+    let identity = session.identity(ctx);
+    let opened = resolve(
+        &session.gw,
+        &session.state.endpoint,
+        &identity.subject,
+        method,
+        id,
+    )?;
+    noted(session, ctx, obs, &opened, method);
     Ok(opened)
+}
+
+/// Records `method` as a request about the opened task: routed to its
+/// upstream, linked to its call, audited when policies audit.
+pub(in crate::gateway) fn noted(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+    opened: &Opened,
+    method: &'static str,
+) {
+    obs.routed(&opened.target);
+    if let Some(link) = &opened.task.link {
+        obs.linked(link);
+    }
+    with_policy(
+        session,
+        ctx,
+        &obs.span,
+        opened,
+        method,
+        |g, _, call, subject| {
+            g.record_task(call, subject);
+        },
+    );
 }
 
 /// Runs `f` with the policy's view of a request about the task (its tool
@@ -147,7 +181,7 @@ fn open(
 pub(in crate::gateway) fn with_policy<R>(
     session: &Session,
     ctx: &RequestContext<RoleServer>,
-    obs: &Observation<'_>,
+    span: &Span,
     opened: &Opened,
     method: &'static str,
     f: impl FnOnce(&Guardrails, &PolicySet, &CallInfo<'_>, &Subject<'_>) -> R,
@@ -167,7 +201,7 @@ pub(in crate::gateway) fn with_policy<R>(
         identity: &identity,
         session: session.state.id,
         method,
-        trace_id: trace::trace_id_of(&obs.span),
+        trace_id: trace::trace_id_of(span),
         link: opened.task.link.clone(),
     };
     Some(f(g, &g.policy(), &call, &subject))
@@ -218,15 +252,27 @@ pub(in crate::gateway) async fn get(
     ctx: &RequestContext<RoleServer>,
     obs: &mut Observation<'_>,
 ) -> Result<GetTaskResult, ErrorData> {
+    let opened = open(session, ctx, obs, "tasks/get", &params.task_id)?;
+    fetch(session, ctx, &obs.span, &opened, params).await
+}
+
+/// The opened task's state, as `tasks/get` answers it (also what a
+/// listener is sent in `notifications/tasks`).
+pub(in crate::gateway) async fn fetch(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    span: &Span,
+    opened: &Opened,
+    params: GetTaskParams,
+) -> Result<GetTaskResult, ErrorData> {
     let client_id = params.task_id.clone();
-    let opened = open(session, ctx, obs, "tasks/get", &client_id)?;
     if let Some(shim) = &opened.shim {
-        return get_shimmed(session, ctx, obs, &opened, &client_id, shim).await;
+        return get_shimmed(session, ctx, span, opened, &client_id, shim).await;
     }
     let mut upstream = params;
     upstream.task_id = opened.task.id.clone();
     let request = ClientRequest::GetTaskRequest(Request::new(upstream));
-    let answer = forward(session, ctx, &opened, &client_id, request).await?;
+    let answer = forward(session, ctx, opened, &client_id, request).await?;
     let mut result = match answer {
         ServerResult::GetTaskResult(r) => r,
         // The untagged result enum may have read it as another shape.
@@ -246,7 +292,7 @@ pub(in crate::gateway) async fn get(
     result.result_type = ResultType::COMPLETE;
     match &mut result.task.payload {
         TaskPayload::Completed { result: inlined } => {
-            guard_result(session, ctx, obs, &opened, inlined)?;
+            guard_result(session, ctx, span, opened, inlined)?;
         }
         TaskPayload::Failed { error } => hide_id_in(error, &opened.task.id, &client_id),
         _ => {}
@@ -273,7 +319,7 @@ const OUTCOME_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 async fn get_shimmed(
     session: &Session,
     ctx: &RequestContext<RoleServer>,
-    obs: &mut Observation<'_>,
+    span: &Span,
     opened: &Opened,
     client_id: &str,
     shim: &Shim,
@@ -303,7 +349,7 @@ async fn get_shimmed(
                 // inlined result must not (the id is the task's own).
                 crate::upstream::unrelate(&mut result);
                 hide_id_in(&mut result, upstream_id, client_id);
-                guard_result(session, ctx, obs, opened, &mut result)?;
+                guard_result(session, ctx, span, opened, &mut result)?;
                 TaskPayload::Completed { result }
             }
             Some(Err(mut error)) => {
@@ -331,14 +377,14 @@ async fn get_shimmed(
 fn guard_result(
     session: &Session,
     ctx: &RequestContext<RoleServer>,
-    obs: &Observation<'_>,
+    span: &Span,
     opened: &Opened,
     inlined: &mut rmcp::model::JsonObject,
 ) -> Result<(), ErrorData> {
     with_policy(
         session,
         ctx,
-        obs,
+        span,
         opened,
         "tasks/get",
         |g, set, call, subject| {

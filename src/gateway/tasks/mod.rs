@@ -14,6 +14,7 @@ use super::seal::Sealer;
 
 pub(super) mod extension;
 pub(super) mod shim;
+pub(super) mod watch;
 
 /// Where a task lives: the upstream that owns it and the id it gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

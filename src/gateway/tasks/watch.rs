@@ -1,0 +1,201 @@
+//! `notifications/tasks` on a `subscriptions/listen` stream (the tasks
+//! extension of 2026-07-28): a listener names the task ids it wants
+//! (`notifications.taskIds`) and is sent each task's full state whenever it
+//! changes, until the task ends.
+//!
+//! The gateway learns a task's state the way a client would, by asking the
+//! owning upstream (`tasks/get`, or the shim's combined view), on behalf of
+//! each listener: upstreams are not required to push task notifications,
+//! rmcp's upstream listen has no `taskIds`, and a shimmed 2025-11-25 task
+//! has no such notification at all. What a listener is sent is therefore
+//! exactly what its own `tasks/get` would answer, result guards included.
+//! Polls start quick and slow down while nothing changes.
+//!
+//! Which ids a listener gets is settled before rmcp acknowledges the
+//! stream (the HTTP layer reads `taskIds`, which rmcp's filter type drops,
+//! and asks [`accepted`]); the acknowledgement lists them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rmcp::model::{
+    ErrorCode, GetTaskParams, NotificationMetaObject, ServerNotification, TaskPayload,
+    TaskStatusNotification, TaskStatusNotificationParams,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use tracing::Instrument;
+
+use super::extension::{self, Opened};
+use crate::auth::Identity;
+use crate::gateway::observe::Observation;
+use crate::gateway::{Gateway, Session};
+use crate::registry::Endpoint;
+
+/// At most this many tasks per listen stream; the acknowledgement names
+/// the ones accepted, so a client asking for more knows which it got.
+pub(in crate::gateway) const MAX_WATCHED: usize = 64;
+/// The pause after a change (and before the second poll).
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+/// The longest pause between polls of an unchanged task.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// Task ids a `subscriptions/listen` request asked `notifications/tasks`
+/// for, as accepted by [`accepted`]. The HTTP layer puts them in the
+/// request's extensions for the session's `listen` to find.
+#[derive(Debug, Clone)]
+pub struct ListenedTasks(pub Arc<[String]>);
+
+/// The ids in `requested` that `identity` may watch on `endpoint`: those
+/// `tasks/get` would open (issued to this identity, of an upstream the
+/// endpoint shows, reachable), in order, without repeats, at most
+/// [`MAX_WATCHED`].
+pub(in crate::gateway) fn accepted(
+    gw: &Gateway,
+    identity: &Identity,
+    endpoint: &Endpoint,
+    requested: &[String],
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for id in requested {
+        if out.len() == MAX_WATCHED {
+            break;
+        }
+        if out.contains(id) {
+            continue;
+        }
+        let opens = extension::resolve(gw, endpoint, &identity.subject, "subscriptions/listen", id);
+        if opens.is_ok() {
+            out.push(id.clone());
+        }
+    }
+    out
+}
+
+/// Opens the tasks a listen stream of `ctx` watches, recording the listen
+/// request as about each; an id that no longer opens (a shim forgotten
+/// since it was accepted) is left out.
+pub(in crate::gateway) fn opened(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    obs: &mut Observation<'_>,
+    ids: &[String],
+) -> Vec<(Opened, String)> {
+    let identity = session.identity(ctx);
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let resolved = extension::resolve(
+            &session.gw,
+            &session.state.endpoint,
+            &identity.subject,
+            "subscriptions/listen",
+            id,
+        );
+        match resolved {
+            Ok(opened) => {
+                extension::noted(session, ctx, obs, &opened, "subscriptions/listen");
+                out.push((opened, id.clone()));
+            }
+            Err(e) => tracing::debug!(error = %e.message, "watched task vanished"),
+        }
+    }
+    out
+}
+
+/// Sends the `watched` tasks' states on the listen stream of `ctx` as they
+/// change; ends when every task has ended or vanished (the stream itself
+/// stays open).
+pub(in crate::gateway) async fn follow_all(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    watched: Vec<(Opened, String)>,
+) {
+    let mut all: FuturesUnordered<_> = watched
+        .into_iter()
+        .map(|(opened, id)| follow(session, ctx, opened, id))
+        .collect();
+    while all.next().await.is_some() {}
+}
+
+/// Polls one task and sends each new state, until it ends.
+async fn follow(
+    session: &Session,
+    ctx: &RequestContext<RoleServer>,
+    opened: Opened,
+    client_id: String,
+) {
+    let metrics = &session.gw.metrics;
+    let mut last: Option<String> = None;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let span = tracing::info_span!(
+            "notifications/tasks",
+            otel.name = "notifications/tasks",
+            otel.kind = "internal",
+            mcp.upstream = %opened.target.upstream,
+            portcullis.call.id = opened.task.link.as_ref().map(|l| l.call_id.as_str()),
+        );
+        let params = GetTaskParams::new(client_id.clone());
+        let polled = extension::fetch(session, ctx, &span, &opened, params)
+            .instrument(span.clone())
+            .await;
+        match polled {
+            Ok(result) => {
+                let state = serde_json::to_string(&result.task).ok();
+                if state.is_some() && state != last {
+                    let status = status_label(&result.task.payload);
+                    let ended = matches!(
+                        result.task.payload,
+                        TaskPayload::Completed { .. }
+                            | TaskPayload::Failed { .. }
+                            | TaskPayload::Cancelled
+                    );
+                    let mut meta = NotificationMetaObject::new();
+                    meta.set_subscription_id(ctx.id.clone());
+                    let params = TaskStatusNotificationParams::new(result.task).with_meta(meta);
+                    let note = ServerNotification::TaskStatusNotification(
+                        TaskStatusNotification::new(params),
+                    );
+                    if ctx.peer.send_notification(note).await.is_err() {
+                        // The stream is gone; `listen` ends with it.
+                        return;
+                    }
+                    metrics
+                        .task_notifications
+                        .with_label_values(&[&*opened.target.upstream, status])
+                        .inc();
+                    if ended {
+                        return;
+                    }
+                    last = state;
+                    pause = FIRST_PAUSE;
+                } else {
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+            }
+            // The upstream no longer knows the task (expired, or gone with
+            // a restart): nothing more will ever be sent for it.
+            Err(e) if e.code == ErrorCode::INVALID_PARAMS => {
+                tracing::debug!(error = %e.message, "watched task unknown upstream");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e.message, "polling a watched task failed");
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The metric label of a task state.
+fn status_label(payload: &TaskPayload) -> &'static str {
+    match payload {
+        TaskPayload::Working => "working",
+        TaskPayload::InputRequired { .. } => "input_required",
+        TaskPayload::Completed { .. } => "completed",
+        TaskPayload::Failed { .. } => "failed",
+        TaskPayload::Cancelled => "cancelled",
+        _ => "other",
+    }
+}

@@ -1,0 +1,364 @@
+//! The HTTP face of `notifications/tasks` (the tasks extension of
+//! 2026-07-28): a `subscriptions/listen` request names the tasks it wants
+//! in `params.notifications.taskIds`, a field rmcp's filter type drops, and
+//! the acknowledgement must list the ids the server accepted. So the body
+//! is read here first: a listener that asks for tasks without declaring
+//! the extension is refused (-32021), the ids it may watch are settled
+//! (`Gateway::watchable_tasks`) and handed to the session in the request's
+//! extensions ([`ListenedTasks`]), and the acknowledgement rmcp writes is
+//! completed with them on its way out. A listen request without `taskIds`
+//! passes as it came.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Frame;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{json, read_body, Body};
+use crate::auth::Identity;
+use crate::gateway::{Gateway, ListenedTasks};
+use crate::registry::Endpoint;
+
+const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+const ACKNOWLEDGED: &str = "notifications/subscriptions/acknowledged";
+/// The most the acknowledgement is buffered while looking for its end; an
+/// event longer than this passes unchanged.
+const MAX_ACK: usize = 64 * 1024;
+
+/// Whether a request says it is a `subscriptions/listen` (2026-07-28
+/// requests name their method in `Mcp-Method`; rmcp checks that it
+/// matches the body). Decided on headers alone.
+pub(super) fn candidate(req: &Request<Incoming>) -> bool {
+    req.method() == http::Method::POST
+        && req
+            .headers()
+            .get("mcp-method")
+            .is_some_and(|v| v.as_bytes() == b"subscriptions/listen")
+}
+
+#[derive(Deserialize)]
+struct Listen {
+    #[serde(default)]
+    id: Value,
+    method: String,
+    #[serde(default)]
+    params: Option<Params>,
+}
+
+#[derive(Deserialize)]
+struct Params {
+    #[serde(default)]
+    notifications: Option<Notifications>,
+    #[serde(rename = "_meta", default)]
+    meta: Option<Meta>,
+}
+
+#[derive(Deserialize)]
+struct Notifications {
+    #[serde(rename = "taskIds", default)]
+    task_ids: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    #[serde(rename = "io.modelcontextprotocol/clientCapabilities", default)]
+    capabilities: Option<Capabilities>,
+}
+
+#[derive(Deserialize)]
+struct Capabilities {
+    #[serde(default)]
+    extensions: Option<serde_json::Map<String, Value>>,
+}
+
+/// The listen request with its body read (at most `limit` bytes) and, when
+/// it asked for tasks, the ids accepted (also in its extensions); or the
+/// refusal to send instead.
+pub(super) async fn prepare(
+    req: Request<Incoming>,
+    limit: usize,
+    gw: &Gateway,
+    identity: &Identity,
+    endpoint: &Endpoint,
+) -> Result<(Request<Full<Bytes>>, Option<Vec<String>>), Response<Body>> {
+    let (mut parts, body) = req.into_parts();
+    let bytes = read_body(body, limit).await?;
+    // Anything unreadable here is rmcp's to refuse, in its own words.
+    let asked = serde_json::from_slice::<Listen>(&bytes)
+        .ok()
+        .filter(|l| l.method == "subscriptions/listen");
+    let accepted = match asked {
+        Some(Listen {
+            id,
+            params: Some(params),
+            ..
+        }) => match params.notifications.and_then(|n| n.task_ids) {
+            Some(requested) => {
+                let declared = params
+                    .meta
+                    .and_then(|m| m.capabilities)
+                    .and_then(|c| c.extensions)
+                    .is_some_and(|e| e.contains_key(TASKS_EXTENSION));
+                if !declared {
+                    return Err(missing_extension(id));
+                }
+                Some(gw.watchable_tasks(identity, endpoint, &requested))
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    if let Some(ids) = &accepted {
+        parts
+            .extensions
+            .insert(ListenedTasks(Arc::from(ids.as_slice())));
+    }
+    Ok((Request::from_parts(parts, Full::new(bytes)), accepted))
+}
+
+/// -32021 with the capability the request lacks, as the extension says.
+fn missing_extension(id: Value) -> Response<Body> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": -32021,
+            "message": "Missing required client capability: notifications/tasks needs the \
+                        io.modelcontextprotocol/tasks extension",
+            "data": { "requiredCapabilities": { "extensions": { TASKS_EXTENSION: {} } } },
+        },
+    });
+    json(StatusCode::BAD_REQUEST, &body)
+}
+
+/// The listen answer with `taskIds: accepted` added to its acknowledgement
+/// (the stream's first message). Any other answer (an error) is untouched.
+pub(super) fn acknowledge(resp: Response<Body>, accepted: Vec<String>) -> Response<Body> {
+    let streamed = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if !streamed {
+        return resp;
+    }
+    resp.map(|inner| {
+        http_body_util::BodyExt::boxed(Acknowledgement {
+            inner,
+            pending: Some((Vec::new(), Value::from(accepted))),
+            queued: None,
+        })
+    })
+}
+
+/// A listen stream whose first event is completed with the accepted ids.
+struct Acknowledgement {
+    inner: Body,
+    /// The bytes held back and the ids, until the first event has passed.
+    pending: Option<(Vec<u8>, Value)>,
+    /// A trailers frame that arrived while bytes were held.
+    queued: Option<Frame<Bytes>>,
+}
+
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl hyper::body::Body for Acknowledgement {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.queued.take() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        loop {
+            let Some((held, _)) = &mut this.pending else {
+                return Pin::new(&mut this.inner).poll_frame(cx);
+            };
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(frame) => frame,
+            };
+            match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        held.extend_from_slice(&data);
+                        let complete = first_event_end(held).is_some();
+                        if complete || held.len() > MAX_ACK {
+                            return Poll::Ready(this.release().map(|b| Ok(Frame::data(b))));
+                        }
+                    }
+                    // Trailers: whatever was held goes first.
+                    Err(trailers) => match this.release() {
+                        Some(held) => {
+                            this.queued = Some(trailers);
+                            return Poll::Ready(Some(Ok(Frame::data(held))));
+                        }
+                        None => return Poll::Ready(Some(Ok(trailers))),
+                    },
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(this.release().map(|b| Ok(Frame::data(b)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() && self.queued.is_none() && self.inner.is_end_stream()
+    }
+}
+
+impl Acknowledgement {
+    /// Ends the holding: the held bytes, their first event completed when
+    /// it is the acknowledgement; `None` when nothing was held.
+    fn release(&mut self) -> Option<Bytes> {
+        let (held, ids) = self.pending.take()?;
+        if held.is_empty() {
+            return None;
+        }
+        Some(match first_event_end(&held) {
+            Some(end) => {
+                let mut out =
+                    complete_event(&held[..end], &ids).unwrap_or_else(|| held[..end].to_vec());
+                out.extend_from_slice(&held[end..]);
+                Bytes::from(out)
+            }
+            None => Bytes::from(held),
+        })
+    }
+}
+
+/// Where the first SSE event ends (after its blank line).
+fn first_event_end(bytes: &[u8]) -> Option<usize> {
+    memchr::memmem::find(bytes, b"\n\n").map(|i| i + 2)
+}
+
+/// The event with `taskIds` added to its data, when its data is the
+/// acknowledgement; `None` to pass it unchanged.
+fn complete_event(event: &[u8], ids: &Value) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(event).ok()?;
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    let mut message: Value = serde_json::from_str(&data.join("\n")).ok()?;
+    if message.get("method").and_then(Value::as_str) != Some(ACKNOWLEDGED) {
+        return None;
+    }
+    let params = message.get_mut("params")?.as_object_mut()?;
+    let notifications = params
+        .entry("notifications")
+        .or_insert_with(|| Value::Object(Default::default()))
+        .as_object_mut()?;
+    notifications.insert("taskIds".into(), ids.clone());
+    let mut out = String::with_capacity(event.len() + 64);
+    let mut written = false;
+    for line in text.lines() {
+        if line.starts_with("data:") {
+            if !written {
+                out.push_str("data: ");
+                out.push_str(&message.to_string());
+                out.push('\n');
+                written = true;
+            }
+        } else if !line.is_empty() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    Some(out.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn streamed(chunks: Vec<&'static str>) -> Response<Body> {
+        let frames = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, BodyError>(Frame::data(Bytes::from(c)))),
+        );
+        let mut resp = Response::new(http_body_util::StreamBody::new(frames).boxed());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/event-stream"),
+        );
+        resp
+    }
+
+    async fn text(resp: Response<Body>) -> String {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    const ACK: &str = r#"{"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged","params":{"notifications":{"toolsListChanged":true},"_meta":{"io.modelcontextprotocol/subscriptionId":1}}}"#;
+
+    #[tokio::test]
+    async fn the_acknowledgement_lists_the_accepted_ids_even_split_across_frames() {
+        let first = Box::leak(format!("id: 0\ndata: {}", &ACK[..40]).into_boxed_str());
+        let second =
+            Box::leak(format!("{}\n\ndata: {{\"later\":1}}\n\n", &ACK[40..]).into_boxed_str());
+        let resp = acknowledge(
+            streamed(vec![first, second]),
+            vec!["t1".into(), "t2".into()],
+        );
+        let out = text(resp).await;
+        let (event, rest) = out.split_once("\n\n").unwrap();
+        assert!(event.starts_with("id: 0\n"), "{event}");
+        let data = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap();
+        let ack: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(
+            ack["params"]["notifications"]["taskIds"],
+            serde_json::json!(["t1", "t2"])
+        );
+        assert_eq!(ack["params"]["notifications"]["toolsListChanged"], true);
+        assert_eq!(
+            ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+            1
+        );
+        assert_eq!(rest, "data: {\"later\":1}\n\n");
+    }
+
+    #[tokio::test]
+    async fn only_the_acknowledgement_is_touched() {
+        let resp = acknowledge(
+            streamed(vec![
+                "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n",
+            ]),
+            vec!["t1".into()],
+        );
+        assert_eq!(
+            text(resp).await,
+            "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"
+        );
+        // An error answered as JSON is not a stream.
+        let mut resp = Response::new(Full::new(Bytes::from("{}")).map_err(|e| match e {}).boxed());
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        assert_eq!(text(acknowledge(resp, vec!["t1".into()])).await, "{}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_early_passes_what_it_sent() {
+        let resp = acknowledge(streamed(vec!["data: {\"jsonrpc\""]), vec![]);
+        assert_eq!(text(resp).await, "data: {\"jsonrpc\"");
+    }
+}
