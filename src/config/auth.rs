@@ -39,6 +39,35 @@ impl AuthConfig {
     }
 }
 
+/// How the opaque tokens the gateway hands clients (2026-07-28 task ids, a
+/// multi-round call's `requestState`) are sealed.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    /// Secrets (at least 32 bytes each, e.g. `${PORTCULLIS_TOKEN_SECRET}`)
+    /// the sealing keys are derived from: the first seals, every one opens,
+    /// so a secret is rotated by putting the new one first and dropping the
+    /// old one once its tokens have expired. Replicas with the same secrets
+    /// open each other's tokens, and tokens survive a restart. Empty (the
+    /// default): a random key per process.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for TokensConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokensConfig")
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .finish()
+    }
+}
+
+/// The shortest token secret accepted, in bytes.
+pub const MIN_TOKEN_SECRET: usize = 32;
+
 /// One static API key. The config holds only the key's SHA-256.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -97,6 +97,9 @@ pub struct Config {
     /// How downstream clients authenticate.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// How the tokens handed to clients are sealed.
+    #[serde(default)]
+    pub tokens: TokensConfig,
     /// Org-wide tool policy; unset: every call is allowed and not audited.
     #[serde(default)]
     pub policies: Option<PoliciesConfig>,

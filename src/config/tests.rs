@@ -119,3 +119,14 @@ auth:
     assert_eq!(field, "policies.dir");
     assert!(message.contains("not a directory"), "{message}");
 }
+
+#[test]
+fn token_secrets_must_be_long_and_never_print() {
+    let (field, message) = field_error("tokens:\n  secrets: ['short']\n");
+    assert_eq!(field, "tokens.secrets.0");
+    assert!(message.contains("32 bytes"), "{message}");
+    let secret = "s".repeat(40);
+    let config = parse(&format!("tokens:\n  secrets: ['{secret}']\n")).unwrap();
+    assert_eq!(config.tokens.secrets, vec![secret.clone()]);
+    assert!(!format!("{config:?}").contains(&secret));
+}

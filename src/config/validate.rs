@@ -36,6 +36,18 @@ impl Config {
             validate_upstream(file, name, upstream)?;
         }
         validate_auth(file, &self.auth)?;
+        for (i, secret) in self.tokens.secrets.iter().enumerate() {
+            if secret.len() < super::auth::MIN_TOKEN_SECRET {
+                return Err(ConfigError::field(
+                    file,
+                    format!("tokens.secrets.{i}"),
+                    format!(
+                        "must be at least {} bytes (e.g. `openssl rand -base64 48`)",
+                        super::auth::MIN_TOKEN_SECRET
+                    ),
+                ));
+            }
+        }
         if let Some(p) = &self.policies {
             let dir = self.resolve_path(&p.dir);
             if !dir.is_dir() {

@@ -90,6 +90,8 @@ impl Gateway {
     ) -> Arc<Gateway> {
         let default_identity = Identity::configured(&config.auth);
         let limits = Limits::new(&config.ratelimit, metrics.clone());
+        let bridge = mrtr::Bridge::new(&config.tokens.secrets);
+        let task_ids = tasks::TaskIds::new(&config.tokens.secrets);
         let gw = Arc::new(Gateway {
             limits,
             recent: RecentCalls::new(config.telemetry.recent_calls),
@@ -100,8 +102,8 @@ impl Gateway {
             next_session: AtomicU64::new(1),
             default_identity,
             guardrails,
-            bridge: mrtr::Bridge::new(),
-            task_ids: tasks::TaskIds::new(),
+            bridge,
+            task_ids,
             listeners: Default::default(),
             legacy_tasks: Default::default(),
             shims: tasks::shim::Shims::new(),

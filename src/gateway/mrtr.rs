@@ -149,11 +149,13 @@ pub(super) struct Flight {
 }
 
 impl Bridge {
-    /// A bridge with a fresh random sealing key (states do not survive a
-    /// restart, and neither do the parked calls they name).
-    pub(super) fn new() -> Bridge {
+    /// A bridge sealing with keys from `secrets` (`tokens.secrets`), or a
+    /// fresh random key when there are none. A parked call lives in this
+    /// process whatever the key: its state opens elsewhere but names no
+    /// call there.
+    pub(super) fn new(secrets: &[String]) -> Bridge {
         Bridge {
-            sealer: Sealer::new(),
+            sealer: Sealer::configured(secrets, "request-state"),
             parked: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
         }
@@ -345,7 +347,7 @@ mod tests {
 
     #[test]
     fn wrapped_upstream_state_opens_only_for_its_identity_and_unaltered() {
-        let bridge = Bridge::new();
+        let bridge = Bridge::new(&[]);
         let sealed = bridge
             .wrap(
                 "alice",
@@ -384,6 +386,6 @@ mod tests {
             .open("alice", &String::from_utf8(altered).unwrap())
             .is_err());
         // Another gateway process (another key) cannot open it either.
-        assert!(Bridge::new().open("alice", &sealed).is_err());
+        assert!(Bridge::new(&[]).open("alice", &sealed).is_err());
     }
 }

@@ -333,3 +333,31 @@ def test_a_task_id_is_refused_on_an_endpoint_that_does_not_show_its_upstream(pro
     # The aggregate endpoint shows both upstreams: the task is reachable there.
     assert Raw(gw.url).get(task_id)["status"] == "working"
     on_fx.ok("tasks/cancel", {"taskId": task_id})
+
+
+def test_replicas_sharing_a_token_secret_open_each_others_task_ids_and_request_states(procs):
+    """Behind a load balancer, the next request may reach another replica
+    (or this one after a restart): with the same `tokens.secrets` it opens
+    the task id and the wrapped `requestState` another replica issued;
+    with another secret it refuses them like any forged token."""
+    shared, other = "replica-secret-" + "s" * 32, "another-secret-" + "o" * 32
+    fixture_url = procs.fixture_http()
+
+    def replica(name: str, secret: str):
+        config = {"upstreams": {"fx": {"http": {"url": fixture_url}, "protocol": "2026-07-28"}}, "tokens": {"secrets": [secret]}}
+        gw = procs.gateway(config, name=name)
+        gw.wait_up("fx")
+        return gw
+
+    a, b, c = replica("replica-a", shared), replica("replica-b", shared), replica("replica-c", other)
+    task_id = Raw(a.url).call("fx__slow_compute", {"seconds": 0, "label": "shared"})["taskId"]
+    assert Raw(b.url).until(task_id, "completed")["result"]["content"][0]["text"].startswith("computed shared")
+    assert Raw(c.url).error("tasks/get", {"taskId": task_id})["code"] == -32602
+
+    asked = Raw(a.url).call("fx__test_input_required_result_request_state")
+    assert asked["resultType"] == "input_required", asked
+    (key,) = asked["inputRequests"]
+    retry = {"name": "fx__test_input_required_result_request_state", "arguments": {}, "requestState": asked["requestState"], "inputResponses": {key: {"action": "accept", "content": {"ok": True}}}}
+    done = Raw(b.url).ok("tools/call", retry)
+    assert done["content"][0]["text"] == "state-ok: confirmed", done
+    assert Raw(c.url).error("tools/call", retry)["code"] == -32602

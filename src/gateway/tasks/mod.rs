@@ -41,10 +41,12 @@ pub(super) struct TaskIds {
 }
 
 impl TaskIds {
-    /// Task ids with a fresh per-process key: ids do not survive a restart.
-    pub(super) fn new() -> TaskIds {
+    /// Task ids sealed with keys from `secrets` (`tokens.secrets`), or a
+    /// fresh per-process key when there are none (ids then do not survive
+    /// a restart, nor open on another replica).
+    pub(super) fn new(secrets: &[String]) -> TaskIds {
         TaskIds {
-            sealer: Sealer::new(),
+            sealer: Sealer::configured(secrets, "task-id"),
         }
     }
 
@@ -77,7 +79,7 @@ mod tests {
 
     #[test]
     fn a_task_id_opens_only_for_its_subject_and_unaltered() {
-        let ids = TaskIds::new();
+        let ids = TaskIds::new(&[]);
         let task = TaskRef {
             upstream: "everything".into(),
             id: "t-1".into(),
@@ -94,12 +96,12 @@ mod tests {
         assert!(ids
             .open("alice", &String::from_utf8(altered).unwrap())
             .is_err());
-        assert!(TaskIds::new().open("alice", &issued).is_err());
+        assert!(TaskIds::new(&[]).open("alice", &issued).is_err());
     }
 
     #[test]
     fn a_task_id_carries_its_tool_and_call() {
-        let ids = TaskIds::new();
+        let ids = TaskIds::new(&[]);
         let task = TaskRef {
             upstream: "fx".into(),
             id: "3e86259a-889d-4e88-93c4-ba0f55aa4d31".into(),
