@@ -37,7 +37,7 @@ use super::task_support::{tap_sse, TaskSupport};
 pub(crate) struct TracingClient {
     /// The gateway's HTTP client.
     pub(crate) http: reqwest::Client,
-    /// What the server says about 2025 tasks, read from its SSE events.
+    /// What the server says about 2025 tasks, read from its answers.
     pub(crate) seen: Arc<TaskSupport>,
 }
 
@@ -259,7 +259,9 @@ enum SseBodyError {
 }
 
 /// An SSE answer's events; the stream fails, and ends, once one event
-/// outgrows `max` bytes, before the parser has buffered it whole.
+/// outgrows `max` bytes, before the parser has buffered it whole. (rmcp
+/// recognises only its own bound's error as fatal; ours is a broken
+/// stream, resumed if an event id allows it and failed otherwise.)
 fn bounded_sse(
     response: reqwest::Response,
     max: usize,
@@ -323,7 +325,7 @@ impl EventBound {
                     if self.line == 0 {
                         self.comment = byte == b':';
                     }
-                    self.line += 1;
+                    self.line = self.line.saturating_add(1);
                     usize::from(!self.comment)
                 }
             };
