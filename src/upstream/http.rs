@@ -2,20 +2,33 @@
 //! reqwest, plus the request's W3C trace context as `traceparent` /
 //! `tracestate` headers, so HTTP-level tooling between the gateway and an
 //! upstream (proxies, the upstream's own HTTP tracing) joins the trace.
-//! Every SSE event the upstream sends is also shown to the connection's
-//! `TaskSupport` before rmcp parses it.
+//!
+//! Every message the upstream sends is also shown to the connection's
+//! `TaskSupport` before rmcp parses it: SSE events as they stream by, and
+//! the JSON body of an answer to `initialize` or `tools/list` (the only
+//! answers `TaskSupport` reads). rmcp's reqwest client parses a JSON body
+//! itself, so those two requests are posted here, with the headers,
+//! statuses, content types and size limits that client uses; every other
+//! request is rmcp's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
-use http::{HeaderName, HeaderValue};
-use rmcp::model::{ClientJsonRpcMessage, GetMeta, JsonRpcMessage};
-use rmcp::transport::streamable_http_client::{
-    SseError, StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
-    StreamableHttpResponseLimits,
+use futures::StreamExt;
+use http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientRequest, GetMeta, JsonRpcMessage, ServerJsonRpcMessage,
 };
-use sse_stream::Sse;
+use rmcp::transport::common::http_header::{
+    EVENT_STREAM_MIME_TYPE, HEADER_LAST_EVENT_ID, HEADER_SESSION_ID, JSON_MIME_TYPE,
+};
+use rmcp::transport::streamable_http_client::{
+    AuthRequiredError, HttpStatusError, InsufficientScopeError, SseError, StreamableHttpClient,
+    StreamableHttpError, StreamableHttpPostResponse, StreamableHttpResponseLimits,
+};
+use sse_stream::{Sse, SseStream};
 
 use super::task_support::{tap_sse, TaskSupport};
 
@@ -24,9 +37,14 @@ use super::task_support::{tap_sse, TaskSupport};
 pub(crate) struct TracingClient {
     /// The gateway's HTTP client.
     pub(crate) http: reqwest::Client,
-    /// What the server says about 2025 tasks, read from its SSE events.
+    /// What the server says about 2025 tasks, read from its answers.
     pub(crate) seen: Arc<TaskSupport>,
 }
+
+type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>;
+
+/// Headers rmcp sets itself and refuses among the configured ones.
+const RESERVED: [&str; 3] = ["accept", HEADER_SESSION_ID, HEADER_LAST_EVENT_ID];
 
 impl TracingClient {
     fn tap(&self, response: StreamableHttpPostResponse) -> StreamableHttpPostResponse {
@@ -34,9 +52,289 @@ impl TracingClient {
             StreamableHttpPostResponse::Sse(stream, session) => {
                 StreamableHttpPostResponse::Sse(tap_sse(stream, self.seen.clone()), session)
             }
-            // A JSON answer arrives parsed: what rmcp dropped is gone.
+            // A JSON answer `TaskSupport` reads was shown to it by
+            // `post_observed`; rmcp parsed any other.
             other => other,
         }
+    }
+
+    /// Posts `message` as rmcp's reqwest client does, but shows a JSON
+    /// answer's bytes to `seen` before parsing them.
+    async fn post_observed(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        headers: HashMap<HeaderName, HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> PostResult {
+        let mut request = self.http.post(uri.as_ref()).header(
+            ACCEPT,
+            format!("{EVENT_STREAM_MIME_TYPE}, {JSON_MIME_TYPE}"),
+        );
+        if let Some(token) = auth_header {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            if RESERVED
+                .iter()
+                .any(|r| name.as_str().eq_ignore_ascii_case(r))
+            {
+                return Err(StreamableHttpError::ReservedHeaderConflict(
+                    name.to_string(),
+                ));
+            }
+            request = request.header(name, value);
+        }
+        let had_session = session_id.is_some();
+        if let Some(id) = session_id {
+            request = request.header(HEADER_SESSION_ID, id.as_ref());
+        }
+        let mut response = request.json(&message).send().await?;
+        let status = response.status();
+        if let Some(refusal) = challenge(status, response.headers()) {
+            return Err(refusal);
+        }
+        if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
+            return Ok(StreamableHttpPostResponse::Accepted);
+        }
+        if status == StatusCode::NOT_FOUND && had_session {
+            return Err(StreamableHttpError::SessionExpired);
+        }
+        let session = response
+            .headers()
+            .get(HEADER_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
+        let json = is_type(content_type.as_ref(), JSON_MIME_TYPE);
+        if !status.is_success() {
+            return refused(response, json, session, limits).await;
+        }
+        if is_type(content_type.as_ref(), EVENT_STREAM_MIME_TYPE) {
+            let events = bounded_sse(response, limits.max_sse_event_size);
+            return Ok(StreamableHttpPostResponse::Sse(events, session));
+        }
+        if !json {
+            let shown = content_type.map(|ct| String::from_utf8_lossy(ct.as_bytes()).into_owned());
+            return Err(StreamableHttpError::UnexpectedContentType(shown));
+        }
+        let body = read_body(&mut response, limits.max_json_response_size, true).await?;
+        self.seen.observe(&body);
+        match serde_json::from_slice::<ServerJsonRpcMessage>(&body) {
+            Ok(answer) => Ok(StreamableHttpPostResponse::Json(answer, session)),
+            Err(e) => Err(StreamableHttpError::UnexpectedServerResponse(
+                format!("malformed JSON-RPC answer: {e}").into(),
+            )),
+        }
+    }
+}
+
+/// Whether the answer to `message` is one `TaskSupport` reads: the
+/// handshake's or a `tools/list` page.
+fn observed(message: &ClientJsonRpcMessage) -> bool {
+    matches!(
+        message,
+        JsonRpcMessage::Request(r) if matches!(
+            r.request,
+            ClientRequest::InitializeRequest(_) | ClientRequest::ListToolsRequest(_)
+        )
+    )
+}
+
+/// rmcp's errors for a 401 or 403 that carries a challenge. The gateway
+/// sends configured credentials and upgrades no scope, so none is parsed
+/// out of a 403's.
+fn challenge(
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<StreamableHttpError<reqwest::Error>> {
+    if !matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return None;
+    }
+    let Ok(value) = headers.get(WWW_AUTHENTICATE)?.to_str() else {
+        return Some(StreamableHttpError::UnexpectedServerResponse(
+            "invalid www-authenticate header value".into(),
+        ));
+    };
+    Some(if status == StatusCode::UNAUTHORIZED {
+        StreamableHttpError::AuthRequired(AuthRequiredError::new(value.to_owned()))
+    } else {
+        StreamableHttpError::InsufficientScope(InsufficientScopeError::new(value.to_owned(), None))
+    })
+}
+
+/// A non-success answer. A JSON-RPC error in a JSON body is the answer, as
+/// rmcp's client keeps it; otherwise the status (429 and 5xx with their
+/// `Retry-After`, which rmcp's retries read), or a prefix of the body.
+async fn refused(
+    mut response: reqwest::Response,
+    json: bool,
+    session: Option<String>,
+    limits: StreamableHttpResponseLimits,
+) -> PostResult {
+    let status = response.status();
+    let status_error =
+        (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()).then(|| {
+            let retry_after = response.headers().get(RETRY_AFTER);
+            let retry_after = retry_after.and_then(|v| v.to_str().ok()).map(str::to_owned);
+            HttpStatusError::new(status.as_u16(), retry_after)
+        });
+    let unexpected = |body: &[u8]| {
+        let shown = &body[..body.len().min(limits.max_error_response_size)];
+        StreamableHttpError::UnexpectedServerResponse(
+            format!("HTTP {status}: {}", String::from_utf8_lossy(shown)).into(),
+        )
+    };
+    // A challenge-less 401/403 and a 429 are not JSON-RPC answers.
+    let rpc = json
+        && !matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+        );
+    if !rpc {
+        if let Some(error) = status_error {
+            return Err(error.into());
+        }
+        let prefix = read_body(&mut response, limits.max_error_response_size, false).await;
+        return Err(unexpected(&prefix.unwrap_or_default()));
+    }
+    let body = match read_body(&mut response, limits.max_json_response_size, true).await {
+        Ok(body) => body,
+        Err(e) => return Err(status_error.map_or(e, Into::into)),
+    };
+    match serde_json::from_slice::<ServerJsonRpcMessage>(&body) {
+        Ok(error @ JsonRpcMessage::Error(_)) => {
+            Ok(StreamableHttpPostResponse::Json(error, session))
+        }
+        _ => Err(status_error.map_or_else(|| unexpected(&body), Into::into)),
+    }
+}
+
+/// Whether a `Content-Type` names `mime`, whatever its parameters and case.
+fn is_type(content_type: Option<&HeaderValue>, mime: &str) -> bool {
+    content_type
+        .and_then(|ct| std::str::from_utf8(ct.as_bytes()).ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(mime))
+}
+
+/// The body, up to `max` bytes. A `whole` body (a message to parse) is an
+/// error when longer; otherwise (a diagnostic) the rest is left unread.
+async fn read_body(
+    response: &mut reqwest::Response,
+    max: usize,
+    whole: bool,
+) -> Result<Vec<u8>, StreamableHttpError<reqwest::Error>> {
+    let too_large = StreamableHttpError::ResponseBodyTooLarge { max_size: max };
+    if whole && response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_large);
+    }
+    let mut body = Vec::new();
+    while whole || body.len() < max {
+        let Some(chunk) = response.chunk().await? else {
+            break;
+        };
+        let room = max - body.len();
+        if chunk.len() > room {
+            if whole {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk[..room]);
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Why an SSE answer's byte stream failed.
+#[derive(Debug, thiserror::Error)]
+enum SseBodyError {
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    #[error("SSE event exceeded the maximum size of {0} bytes")]
+    TooLarge(usize),
+}
+
+/// An SSE answer's events; the stream fails, and ends, once one event
+/// outgrows `max` bytes, before the parser has buffered it whole. (rmcp
+/// recognises only its own bound's error as fatal; ours is a broken
+/// stream, resumed if an event id allows it and failed otherwise.)
+fn bounded_sse(
+    response: reqwest::Response,
+    max: usize,
+) -> BoxStream<'static, Result<Sse, SseError>> {
+    let bytes = response
+        .bytes_stream()
+        .scan(EventBound::new(max), move |bound, chunk| {
+            let item = match chunk {
+                _ if bound.failed => None,
+                Ok(chunk) if bound.fits(&chunk) => Some(Ok(chunk)),
+                Ok(_) => Some(Err(SseBodyError::TooLarge(max))),
+                Err(e) => Some(Err(SseBodyError::Http(e))),
+            };
+            bound.failed |= matches!(item, Some(Err(_)));
+            futures::future::ready(item)
+        });
+    SseStream::from_bytes_stream(bytes).boxed()
+}
+
+/// The size of the SSE event being received: the bytes of its lines (not
+/// comments), each with its line end.
+struct EventBound {
+    max: usize,
+    event: usize,
+    /// Bytes of the current line so far.
+    line: usize,
+    comment: bool,
+    /// The last byte was a CR (a following LF ends no second line).
+    after_cr: bool,
+    failed: bool,
+}
+
+impl EventBound {
+    fn new(max: usize) -> Self {
+        EventBound {
+            max,
+            event: 0,
+            line: 0,
+            comment: false,
+            after_cr: false,
+            failed: false,
+        }
+    }
+
+    /// Counts `chunk`; false once the event is over the limit.
+    fn fits(&mut self, chunk: &[u8]) -> bool {
+        for &byte in chunk {
+            let after_cr = std::mem::replace(&mut self.after_cr, byte == b'\r');
+            let counted = match byte {
+                b'\n' if after_cr => 0,
+                b'\r' | b'\n' if self.line == 0 => {
+                    // A blank line: the event is complete.
+                    self.event = 0;
+                    0
+                }
+                b'\r' | b'\n' => {
+                    self.line = 0;
+                    usize::from(!self.comment)
+                }
+                _ => {
+                    if self.line == 0 {
+                        self.comment = byte == b':';
+                    }
+                    self.line = self.line.saturating_add(1);
+                    usize::from(!self.comment)
+                }
+            };
+            self.event = self.event.saturating_add(counted);
+            if self.event > self.max {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -78,11 +376,15 @@ impl StreamableHttpClient for TracingClient {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
-        let headers = with_trace_headers(&message, custom_headers);
-        self.http
-            .post_message(uri, message, session_id, auth_header, headers)
-            .await
-            .map(|r| self.tap(r))
+        self.post_message_with_response_limits(
+            uri,
+            message,
+            session_id,
+            auth_header,
+            custom_headers,
+            StreamableHttpResponseLimits::default(),
+        )
+        .await
     }
 
     async fn post_message_with_response_limits(
@@ -95,17 +397,22 @@ impl StreamableHttpClient for TracingClient {
         limits: StreamableHttpResponseLimits,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let headers = with_trace_headers(&message, custom_headers);
-        self.http
-            .post_message_with_response_limits(
-                uri,
-                message,
-                session_id,
-                auth_header,
-                headers,
-                limits,
-            )
-            .await
-            .map(|r| self.tap(r))
+        let response = if observed(&message) {
+            self.post_observed(uri, message, session_id, auth_header, headers, limits)
+                .await
+        } else {
+            self.http
+                .post_message_with_response_limits(
+                    uri,
+                    message,
+                    session_id,
+                    auth_header,
+                    headers,
+                    limits,
+                )
+                .await
+        };
+        response.map(|r| self.tap(r))
     }
 
     async fn delete_session(
@@ -154,5 +461,313 @@ impl StreamableHttpClient for TracingClient {
             )
             .await
             .map(|s| tap_sse(s, self.seen.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-11-25","capabilities":{"tasks":{"requests":{"tools":{"call":{}}}}},"serverInfo":{"name":"s","version":"1"}}}"#;
+    const LIST: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"report","inputSchema":{},"execution":{"taskSupport":"required"}}]}}"#;
+
+    fn request(id: u32, method: &str) -> ClientJsonRpcMessage {
+        let params = match method {
+            "initialize" => json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "c", "version": "1"}}),
+            _ => json!({}),
+        };
+        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        serde_json::from_value(message).unwrap()
+    }
+
+    fn client() -> TracingClient {
+        TracingClient {
+            http: reqwest::Client::new(),
+            seen: Arc::new(TaskSupport::default()),
+        }
+    }
+
+    /// Answers one request with `head` (status line and headers) and
+    /// `body`; yields the request as received.
+    async fn answer_once(
+        head: &'static str,
+        body: String,
+    ) -> (Arc<str>, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The headers, then the body they announce.
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    if seen.len() >= end + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+            }
+            let answer = format!(
+                "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            sock.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        (url.into(), server)
+    }
+
+    async fn post(
+        client: &TracingClient,
+        url: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session: Option<&str>,
+        limits: StreamableHttpResponseLimits,
+    ) -> PostResult {
+        let headers = HashMap::from([(
+            HeaderName::from_static("x-upstream-key"),
+            HeaderValue::from_static("k1"),
+        )]);
+        client
+            .post_message_with_response_limits(
+                url,
+                message,
+                session.map(Arc::from),
+                None,
+                headers,
+                limits,
+            )
+            .await
+    }
+
+    #[test]
+    fn only_the_handshake_and_tools_pages_are_posted_here() {
+        assert!(observed(&request(1, "initialize")));
+        assert!(observed(&request(2, "tools/list")));
+        assert!(!observed(&request(3, "ping")));
+        assert!(!observed(&request(4, "prompts/list")));
+    }
+
+    #[tokio::test]
+    async fn a_json_handshake_and_tools_page_are_seen_before_rmcp_parses_them() {
+        let client = client();
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nMcp-Session-Id: s-1";
+        let (url, server) = answer_once(ok, INIT.to_owned()).await;
+        let answer = post(
+            &client,
+            url,
+            request(1, "initialize"),
+            None,
+            Default::default(),
+        )
+        .await;
+        let Ok(StreamableHttpPostResponse::Json(JsonRpcMessage::Response(_), Some(session))) =
+            answer
+        else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(session, "s-1");
+        let sent = server.await.unwrap().to_lowercase();
+        assert!(
+            sent.contains("accept: text/event-stream, application/json"),
+            "{sent}"
+        );
+        assert!(
+            sent.contains("x-upstream-key: k1") && !sent.contains("mcp-session-id"),
+            "{sent}"
+        );
+        assert_eq!(
+            client.seen.capability(),
+            Some(json!({"requests": {"tools": {"call": {}}}}))
+        );
+
+        let (url, server) = answer_once(ok, LIST.to_owned()).await;
+        let answer = post(
+            &client,
+            url,
+            request(2, "tools/list"),
+            Some("s-1"),
+            Default::default(),
+        )
+        .await;
+        assert!(
+            matches!(answer, Ok(StreamableHttpPostResponse::Json(..))),
+            "{answer:?}"
+        );
+        assert!(server
+            .await
+            .unwrap()
+            .to_lowercase()
+            .contains("mcp-session-id: s-1"));
+        assert_eq!(
+            client.seen.execution("report"),
+            Some(json!({"taskSupport": "required"}))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_sse_handshake_is_tapped_too() {
+        let client = client();
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream";
+        let (url, _server) = answer_once(head, format!("event: message\ndata: {INIT}\n\n")).await;
+        let answer = post(
+            &client,
+            url,
+            request(1, "initialize"),
+            None,
+            Default::default(),
+        )
+        .await;
+        let Ok(StreamableHttpPostResponse::Sse(mut events, None)) = answer else {
+            panic!("{answer:?}");
+        };
+        let event = events.next().await.unwrap().unwrap();
+        assert_eq!(event.data.as_deref(), Some(INIT));
+        assert!(client.seen.capability().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_response_limits_hold() {
+        let client = client();
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json";
+        let mut limits = StreamableHttpResponseLimits::default();
+        limits.max_json_response_size = INIT.len() - 1;
+        limits.max_sse_event_size = 64;
+        let (url, _server) = answer_once(ok, INIT.to_owned()).await;
+        let answer = post(&client, url, request(1, "initialize"), None, limits).await;
+        assert!(
+            matches!(
+                answer,
+                Err(StreamableHttpError::ResponseBodyTooLarge { .. })
+            ),
+            "{answer:?}"
+        );
+        assert_eq!(client.seen.capability(), None);
+
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream";
+        let (url, _server) = answer_once(head, format!("data: {INIT}\n\n")).await;
+        let answer = post(&client, url, request(1, "initialize"), None, limits).await;
+        let Ok(StreamableHttpPostResponse::Sse(mut events, _)) = answer else {
+            panic!("{answer:?}");
+        };
+        let error = events.next().await.unwrap().unwrap_err();
+        assert!(
+            error.to_string().contains("maximum size of 64 bytes"),
+            "{error}"
+        );
+        assert!(events.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn failures_keep_rmcps_meaning() {
+        let client = client();
+        // A JSON-RPC error in a failed answer is the answer.
+        let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"no"}}"#;
+        let head = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json";
+        let (url, _server) = answer_once(head, error.to_owned()).await;
+        let answer = post(
+            &client,
+            url,
+            request(1, "initialize"),
+            None,
+            Default::default(),
+        )
+        .await;
+        assert!(
+            matches!(
+                answer,
+                Ok(StreamableHttpPostResponse::Json(
+                    JsonRpcMessage::Error(_),
+                    _
+                ))
+            ),
+            "{answer:?}"
+        );
+        // Overload keeps its status and Retry-After, for rmcp's retries.
+        let head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 3";
+        let (url, _server) = answer_once(head, "busy".to_owned()).await;
+        let answer = post(
+            &client,
+            url,
+            request(1, "initialize"),
+            None,
+            Default::default(),
+        )
+        .await;
+        let Err(StreamableHttpError::HttpStatus(status)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(
+            (status.status, status.retry_after.as_deref()),
+            (503, Some("3"))
+        );
+        // A forgotten session is one to re-initialize.
+        let head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain";
+        let (url, _server) = answer_once(head, String::new()).await;
+        let answer = post(
+            &client,
+            url,
+            request(2, "tools/list"),
+            Some("gone"),
+            Default::default(),
+        )
+        .await;
+        assert!(
+            matches!(answer, Err(StreamableHttpError::SessionExpired)),
+            "{answer:?}"
+        );
+        // Anything else says what came back.
+        let head = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain";
+        let (url, _server) = answer_once(head, "Missing session ID".to_owned()).await;
+        let answer = post(
+            &client,
+            url,
+            request(2, "tools/list"),
+            None,
+            Default::default(),
+        )
+        .await;
+        let Err(StreamableHttpError::UnexpectedServerResponse(text)) = answer else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(text, "HTTP 400 Bad Request: Missing session ID");
+        // So does an answer that is neither JSON nor SSE.
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/html";
+        let (url, _server) = answer_once(head, "<p>".to_owned()).await;
+        let answer = post(
+            &client,
+            url,
+            request(1, "initialize"),
+            None,
+            Default::default(),
+        )
+        .await;
+        assert!(
+            matches!(answer, Err(StreamableHttpError::UnexpectedContentType(Some(ref t))) if t == "text/html"),
+            "{answer:?}"
+        );
+    }
+
+    #[test]
+    fn an_event_is_measured_by_its_lines_not_comments_or_what_came_before() {
+        let mut bound = EventBound::new(10);
+        // "data: abc" and its line end: 10 bytes, across chunks, CRLF once.
+        assert!(bound.fits(b"data: a"));
+        assert!(bound.fits(b"bc\r"));
+        assert!(bound.fits(b"\n"));
+        assert!(!EventBound::new(10).fits(b"data: abcd\n"));
+        // A blank line ends the event; comments do not count.
+        assert!(bound.fits(b"\r\n: a long keep-alive comment\ndata: abc\n"));
+        assert!(!bound.fits(b"x"));
     }
 }

@@ -337,8 +337,7 @@ impl Upstream {
 
     /// The `execution` object (2025-11-25: `taskSupport`) the upstream
     /// listed for its tool `name` (its own name) on the shared connection,
-    /// if any; rmcp's `Tool` has no field for it. Unknown when the list
-    /// came as a JSON (not SSE) answer over streamable HTTP.
+    /// if any; rmcp's `Tool` has no field for it.
     pub fn tool_execution(&self, name: &str) -> Option<serde_json::Value> {
         self.shared.load().as_ref()?.task_support.execution(name)
     }

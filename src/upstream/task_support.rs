@@ -4,9 +4,9 @@
 //! for either and drop them while parsing, so the transports hand every
 //! message's raw JSON to a [`TaskSupport`] first: the stdio child's stdout
 //! through [`Tap`], a streamable HTTP answer's SSE events through
-//! [`tap_sse`], the legacy SSE transport's events directly. A JSON (not
-//! SSE) answer to a streamable HTTP POST is parsed inside rmcp before we
-//! see it, so what it says is lost.
+//! [`tap_sse`] and its JSON body (to `initialize` or `tools/list`, which
+//! `http.rs` posts itself for this) directly, the legacy SSE transport's
+//! events directly.
 //!
 //! A message costs two substring searches; only one that mentions
 //! `"inputSchema"` (a `tools/list` page) or `"serverInfo"` (a handshake

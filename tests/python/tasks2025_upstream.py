@@ -1,12 +1,17 @@
-"""A 2025-11-25 MCP server over stdio with task tools, run by the venv with
-the 1.x `mcp` SDK: `report` creates a task that, after the task was handed
-back, reports progress under the call's progress token and sends
-`notifications/tasks/status`, then completes once the test says so (by
-calling `release`); `ask` creates a task that asks the client a question
-(elicitation marked with the task's related-task `_meta`) and answers
-with the reply."""
+"""A 2025-11-25 MCP server with task tools, run by the venv with the 1.x
+`mcp` SDK: over stdio, or with the argument `http` over streamable HTTP
+answering every POST with a JSON body, never an SSE stream (it prints
+`listening on URL` first, on a port the OS chose). `report` creates a task
+that, after the task was handed back, reports progress under the call's
+progress token and sends `notifications/tasks/status`, then completes once
+the test says so (by calling `release`); `ask` creates a task that asks the
+client a question (elicitation marked with the task's related-task
+`_meta`) and answers with the reply."""
 
 from __future__ import annotations
+
+import socket
+import sys
 
 import anyio
 
@@ -71,5 +76,24 @@ async def main() -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
+async def main_http() -> None:
+    import uvicorn
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+    manager = StreamableHTTPSessionManager(app=server, json_response=True)
+
+    async def app(scope, receive, send) -> None:
+        await manager.handle_request(scope, receive, send)
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    # Listening before the URL is printed, so whoever reads it can connect.
+    sock.listen()
+    print(f"listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    async with manager.run():
+        await uvicorn.Server(config).serve(sockets=[sock])
+
+
 if __name__ == "__main__":
-    anyio.run(main)
+    anyio.run(main_http if sys.argv[1:] == ["http"] else main)

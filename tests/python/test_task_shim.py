@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from conftest import everything_stdio
-from test_tasks_2025 import PYTHON1, UPSTREAM
+from test_tasks_2025 import PYTHON1, UPSTREAM, json_upstream
 from test_tasks_2026 import TASKS, Raw, shows_no_upstream_id
 
 pytestmark = pytest.mark.skipif(not PYTHON1.exists(), reason="no venv-mcp1 (scripts/install-peers.sh)")
@@ -72,6 +72,20 @@ def test_a_2025_task_is_cancelled_and_refused_to_another_identity(procs):
     assert bob.error("tasks/cancel", {"taskId": task_id})["code"] == -32602
     assert alice.ok("tasks/cancel", {"taskId": task_id}) == {"resultType": "complete"}
     assert alice.until(task_id, "cancelled", "completed", "failed")["status"] == "cancelled"
+
+
+def test_a_json_answering_http_upstreams_required_tool_runs_as_a_2026_task(procs):
+    """Over streamable HTTP answered with JSON bodies, the tool's
+    `taskSupport: required` is still seen, so its call is shimmed."""
+    gw = shim_gateway(procs, json_upstream(procs))
+    c = client(gw)
+    created = c.call("up__report")
+    assert created["resultType"] == "task" and created["status"] == "working", created
+    task_id = created["taskId"]
+    assert c.call("up__release")["content"][0]["text"] == "released"
+    done = c.until(task_id, "completed", "failed", "cancelled")
+    assert done["status"] == "completed" and done["result"]["content"][0]["text"] == "reported", done
+    assert all(shows_no_upstream_id(raw) for raw in c.seen), c.seen
 
 
 def test_a_client_without_the_extension_gets_the_upstreams_refusal(procs):

@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -321,6 +322,44 @@ def test_a_question_marked_with_its_task_reaches_the_owner_under_its_id(procs):
     [question] = seen["elicited"]
     related = question["meta"]["io.modelcontextprotocol/related-task"]["taskId"]
     assert related == seen["task_id"]
+
+
+def json_upstream(procs) -> dict:
+    """`tasks2025_upstream.py` over streamable HTTP, answering each POST
+    with a JSON body (which rmcp parses before the gateway sees it)."""
+    url = procs.listening("tasks2025-http", [str(PYTHON1), str(UPSTREAM), "http"])
+    # It does answer with JSON, not SSE, or the tests using it prove nothing.
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(init).encode(),
+        headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.headers.get_content_type() == "application/json", answer.headers
+        assert "tasks" in json.loads(answer.read())["result"]["capabilities"]
+    return {"http": {"url": url}}
+
+
+def test_a_json_answering_http_upstreams_task_support_reaches_a_2025_client(procs):
+    # What rmcp drops from a JSON answer is read off its bytes, as from an
+    # SSE event's.
+    gw = procs.gateway({"upstreams": {"up": json_upstream(procs)}})
+    gw.wait_up("up")
+    seen = client(gw, "", "listing")
+    assert seen["execution"]["up__report"] == {"taskSupport": "required"}, seen
+    assert seen["execution"]["up__ask"] == {"taskSupport": "required"}, seen
+    assert seen["execution"]["up__release"] is None, seen
+    assert seen["tasks_capability"]["requests"]["tools"]["call"] == {}, seen
+    # The `tasks` capability the upstream declared at initialize is kept.
+    status, body = http_get(gw.endpoint("/admin/api/upstreams"))
+    [up] = [u for u in json.loads(body)["upstreams"] if u["name"] == "up"]
+    assert up["tasks_2025"]["requests"]["tools"]["call"] == {}, up
 
 
 def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_path):
