@@ -118,7 +118,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(pin(Config::load(&config)?, upstream))
         }
         Command::Serve { config } => runtime()?.block_on(serve(Config::load(&config)?)),
-        Command::Stdio { config } => runtime()?.block_on(stdio(Config::load(&config)?)),
+        Command::Stdio { config } => {
+            let rt = runtime()?;
+            let result = rt.block_on(stdio(Config::load(&config)?));
+            // Reading stdin occupies a blocking thread until a line or EOF
+            // arrives; a signal must not wait for the client's next line.
+            rt.shutdown_timeout(std::time::Duration::from_millis(250));
+            result
+        }
     }
 }
 

@@ -32,7 +32,7 @@ pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
 pub use models::ModelAdmission;
 pub use session::Session;
 pub(crate) use tasks::legacy::rewrite_request as rewrite_legacy_task_request;
-pub use tasks::watch::ListenedTasks;
+pub use tasks::watch::{ListenedTasks, LISTEN_TASKS_META};
 
 /// What the gateway knows about one live downstream session.
 pub struct SessionState {
@@ -176,6 +176,12 @@ impl Gateway {
     /// Number of open `subscriptions/listen` streams.
     pub fn listen_count(&self) -> usize {
         self.listeners.len()
+    }
+
+    /// The identity of `portcullis stdio` sessions (and of HTTP callers
+    /// when auth is off).
+    pub fn stdio_identity(&self) -> &crate::auth::Identity {
+        &self.default_identity
     }
 
     /// The task ids of `requested` that `identity` may be sent

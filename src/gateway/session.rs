@@ -15,7 +15,7 @@ use super::mrtr::Round;
 use super::observe::Observation;
 use super::tasks::extension;
 use super::tasks::legacy::Local;
-use super::tasks::watch::{self, ListenedTasks};
+use super::tasks::watch;
 use super::{capabilities_of, Gateway, SessionState};
 use crate::auth::Identity;
 use crate::policy::{Action, Direction, Kind, PolicySet, Subject};
@@ -1204,14 +1204,7 @@ impl ServerHandler for Session {
             uris,
         };
         let mut obs = obs;
-        let watched = match ctx
-            .extensions
-            .get::<http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<ListenedTasks>())
-        {
-            Some(ids) => watch::opened(self, ctx, &mut obs, &ids.0),
-            None => Vec::new(),
-        };
+        let watched = watch::opened(self, ctx, &mut obs, &watch::requested(ctx));
         // Answered with the open stream: the call itself is measured as done.
         let _ = obs.finish(Ok(()));
         let watching = watch::follow_all(self, ctx, watched);

@@ -78,6 +78,37 @@ struct Capabilities {
     extensions: Option<serde_json::Map<String, Value>>,
 }
 
+/// What a `subscriptions/listen` request asked of `notifications/tasks`.
+pub(super) struct Asked {
+    /// The request's JSON-RPC id.
+    pub(super) id: Value,
+    /// `params.notifications.taskIds`.
+    pub(super) task_ids: Vec<String>,
+    /// Whether it declared the tasks extension.
+    pub(super) declared: bool,
+}
+
+/// The task ids a listen request's body asks for; `None` when it is not a
+/// listen request, asks for none, or cannot be read (rmcp refuses it then,
+/// in its own words).
+pub(super) fn asked(body: &[u8]) -> Option<Asked> {
+    let listen = serde_json::from_slice::<Listen>(body)
+        .ok()
+        .filter(|l| l.method == "subscriptions/listen")?;
+    let params = listen.params?;
+    let task_ids = params.notifications.and_then(|n| n.task_ids)?;
+    let declared = params
+        .meta
+        .and_then(|m| m.capabilities)
+        .and_then(|c| c.extensions)
+        .is_some_and(|e| e.contains_key(TASKS_EXTENSION));
+    Some(Asked {
+        id: listen.id,
+        task_ids,
+        declared,
+    })
+}
+
 /// The listen request with its body read (at most `limit` bytes) and, when
 /// it asked for tasks, the ids accepted (also in its extensions); or the
 /// refusal to send instead.
@@ -90,30 +121,12 @@ pub(super) async fn prepare(
 ) -> Result<(Request<Full<Bytes>>, Option<Vec<String>>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let bytes = read_body(body, limit).await?;
-    // Anything unreadable here is rmcp's to refuse, in its own words.
-    let asked = serde_json::from_slice::<Listen>(&bytes)
-        .ok()
-        .filter(|l| l.method == "subscriptions/listen");
-    let accepted = match asked {
-        Some(Listen {
-            id,
-            params: Some(params),
-            ..
-        }) => match params.notifications.and_then(|n| n.task_ids) {
-            Some(requested) => {
-                let declared = params
-                    .meta
-                    .and_then(|m| m.capabilities)
-                    .and_then(|c| c.extensions)
-                    .is_some_and(|e| e.contains_key(TASKS_EXTENSION));
-                if !declared {
-                    return Err(missing_extension(id));
-                }
-                Some(gw.watchable_tasks(identity, endpoint, &requested))
-            }
-            None => None,
-        },
-        _ => None,
+    let accepted = match asked(&bytes) {
+        Some(asked) if !asked.declared => {
+            return Err(json(StatusCode::BAD_REQUEST, &missing_extension(asked.id)))
+        }
+        Some(asked) => Some(gw.watchable_tasks(identity, endpoint, &asked.task_ids)),
+        None => None,
     };
     if let Some(ids) = &accepted {
         parts
@@ -124,8 +137,8 @@ pub(super) async fn prepare(
 }
 
 /// -32021 with the capability the request lacks, as the extension says.
-fn missing_extension(id: Value) -> Response<Body> {
-    let body = serde_json::json!({
+pub(super) fn missing_extension(id: Value) -> Value {
+    serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
         "error": {
@@ -134,8 +147,36 @@ fn missing_extension(id: Value) -> Response<Body> {
                         io.modelcontextprotocol/tasks extension",
             "data": { "requiredCapabilities": { "extensions": { TASKS_EXTENSION: {} } } },
         },
-    });
-    json(StatusCode::BAD_REQUEST, &body)
+    })
+}
+
+/// Adds `taskIds: ids` to `message` when it is a listen acknowledgement
+/// (of the listen request `of`, when given); whether it was one.
+pub(super) fn acknowledge_message(message: &mut Value, ids: &Value, of: Option<&Value>) -> bool {
+    if message.get("method").and_then(Value::as_str) != Some(ACKNOWLEDGED) {
+        return false;
+    }
+    let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    if let Some(of) = of {
+        let subscription = params
+            .get("_meta")
+            .and_then(|m| m.get("io.modelcontextprotocol/subscriptionId"));
+        if subscription != Some(of) {
+            return false;
+        }
+    }
+    let notifications = params
+        .entry("notifications")
+        .or_insert_with(|| Value::Object(Default::default()));
+    match notifications.as_object_mut() {
+        Some(n) => {
+            n.insert("taskIds".into(), ids.clone());
+            true
+        }
+        None => false,
+    }
 }
 
 /// The listen answer with `taskIds: accepted` added to its acknowledgement
@@ -252,15 +293,9 @@ fn complete_event(event: &[u8], ids: &Value) -> Option<Vec<u8>> {
         .map(|d| d.strip_prefix(' ').unwrap_or(d))
         .collect();
     let mut message: Value = serde_json::from_str(&data.join("\n")).ok()?;
-    if message.get("method").and_then(Value::as_str) != Some(ACKNOWLEDGED) {
+    if !acknowledge_message(&mut message, ids, None) {
         return None;
     }
-    let params = message.get_mut("params")?.as_object_mut()?;
-    let notifications = params
-        .entry("notifications")
-        .or_insert_with(|| Value::Object(Default::default()))
-        .as_object_mut()?;
-    notifications.insert("taskIds".into(), ids.clone());
     let mut out = String::with_capacity(event.len() + 64);
     let mut written = false;
     for line in text.lines() {

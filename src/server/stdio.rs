@@ -5,21 +5,34 @@
 //! `initialize` and `tools/list` completed with the `tasks` capability and
 //! each tool's `execution` (`task_support`).
 //!
+//! Likewise for `notifications/tasks` (see `listen`): a listen request's
+//! `taskIds` are settled here (or refused, -32021, without the tasks
+//! extension), handed to the session in the request's `_meta`
+//! (`LISTEN_TASKS_META`, a key only this pump writes), and added to the
+//! acknowledgement on its way out.
+//!
 //! Messages are newline-delimited JSON both ways, so each is one line:
 //! rmcp is given in-process pipes, and two pumps carry lines between them
 //! and the real stdio, looking at each (a byte scan; a parse only for the
-//! few lines that can match).
+//! few lines that can match). Both pumps write whole lines to stdout under
+//! one lock, so a refusal the inbound pump answers itself never splits a
+//! line of rmcp's.
 
 use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, HeaderValue};
+use memchr::memmem;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 
+use super::listen;
 use super::task_support::{self, Wanted};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, LISTEN_TASKS_META};
 use crate::registry::Endpoint;
+
+/// The process's stdout, shared by both pumps; each writes whole lines.
+type Output = Arc<tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>>;
 
 /// Buffer of each in-process pipe; a longer line simply takes more turns.
 const PIPE: usize = 64 * 1024;
@@ -31,6 +44,9 @@ struct Seen {
     version: Option<String>,
     /// Requests whose answers are to be completed.
     wanted: Vec<Wanted>,
+    /// Listen requests whose acknowledgement is to list these task ids:
+    /// `(request id, ids)`.
+    listens: Vec<(Value, Value)>,
 }
 
 /// The transport for rmcp, `(reader, writer)`, with the pumps between it
@@ -39,19 +55,28 @@ pub fn stdio(gateway: &Arc<Gateway>) -> (DuplexStream, DuplexStream) {
     let (to_rmcp, rmcp_reads) = tokio::io::duplex(PIPE);
     let (rmcp_writes, from_rmcp) = tokio::io::duplex(PIPE);
     let seen = Arc::new(Mutex::new(Seen::default()));
-    tokio::spawn(inbound(tokio::io::stdin(), to_rmcp, seen.clone()));
-    tokio::spawn(outbound(
-        from_rmcp,
-        tokio::io::stdout(),
-        seen,
+    let output: Output = Arc::new(tokio::sync::Mutex::new(Box::new(tokio::io::stdout())));
+    tokio::spawn(inbound(
+        tokio::io::stdin(),
+        to_rmcp,
+        seen.clone(),
         gateway.clone(),
+        output.clone(),
     ));
+    tokio::spawn(outbound(from_rmcp, output, seen, gateway.clone()));
     (rmcp_reads, rmcp_writes)
 }
 
-/// Client to rmcp: renames a legacy session's task requests, and notes
-/// the requests whose answers `outbound` completes.
-async fn inbound(input: impl AsyncRead + Unpin, mut to_rmcp: DuplexStream, seen: Arc<Mutex<Seen>>) {
+/// Client to rmcp: renames a legacy session's task requests, settles a
+/// listen request's task ids, and notes the requests whose answers
+/// `outbound` completes.
+async fn inbound(
+    input: impl AsyncRead + Unpin,
+    mut to_rmcp: DuplexStream,
+    seen: Arc<Mutex<Seen>>,
+    gateway: Arc<Gateway>,
+    output: Output,
+) {
     let mut input = BufReader::new(input);
     let mut line = Vec::new();
     loop {
@@ -60,11 +85,23 @@ async fn inbound(input: impl AsyncRead + Unpin, mut to_rmcp: DuplexStream, seen:
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let renamed = match seen.lock() {
-            Ok(mut seen) => inspect_request(&line, &mut seen),
-            Err(_) => None,
+        let rewritten = match seen.lock() {
+            Ok(mut seen) => match listen_request(&line, &gateway, &mut seen) {
+                Some(Listened::Refused(refusal)) => Err(refusal),
+                Some(Listened::Forward(line)) => Ok(Some(line)),
+                None => Ok(inspect_request(&line, &mut seen)),
+            },
+            Err(_) => Ok(None),
         };
-        let out = renamed.as_deref().unwrap_or(&line);
+        let out = match &rewritten {
+            Ok(rewritten) => rewritten.as_deref().unwrap_or(&line),
+            Err(refusal) => {
+                if write_line(&output, refusal).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
         if to_rmcp.write_all(out).await.is_err() {
             break;
         }
@@ -74,6 +111,63 @@ async fn inbound(input: impl AsyncRead + Unpin, mut to_rmcp: DuplexStream, seen:
     }
     // rmcp sees the end of its input, as it would the end of stdin.
     let _ = to_rmcp.shutdown().await;
+}
+
+/// Writes one line to stdout, whole.
+async fn write_line(output: &Output, line: &[u8]) -> std::io::Result<()> {
+    let mut out = output.lock().await;
+    out.write_all(line).await?;
+    if !line.ends_with(b"\n") {
+        out.write_all(b"\n").await?;
+    }
+    out.flush().await
+}
+
+/// What becomes of a listen request line.
+enum Listened {
+    /// Forward this line instead.
+    Forward(Vec<u8>),
+    /// Answer the client with this line; rmcp never sees the request.
+    Refused(Vec<u8>),
+}
+
+/// A `subscriptions/listen` line with its task ids settled into `_meta`
+/// (and noted for the acknowledgement), or refused; `None` for any other
+/// line, or a listen request the pump leaves as it is.
+fn listen_request(line: &[u8], gw: &Gateway, seen: &mut Seen) -> Option<Listened> {
+    memmem::find(line, b"subscriptions/listen")?;
+    let mut message: Value = serde_json::from_slice(line).ok()?;
+    if message.get("method").and_then(Value::as_str) != Some("subscriptions/listen") {
+        return None;
+    }
+    let meta = message
+        .get_mut("params")
+        .and_then(|p| p.get_mut("_meta"))
+        .and_then(Value::as_object_mut);
+    // The key is the pump's alone, whatever the client wrote.
+    let stripped = meta.is_some_and(|m| m.remove(LISTEN_TASKS_META).is_some());
+    let forward = |message: &Value| serde_json::to_vec(message).ok().map(Listened::Forward);
+    match listen::asked(line) {
+        Some(asked) if !asked.declared => {
+            let refusal = listen::missing_extension(asked.id).to_string();
+            Some(Listened::Refused(refusal.into_bytes()))
+        }
+        Some(asked) => {
+            let accepted =
+                gw.watchable_tasks(gw.stdio_identity(), &Endpoint::Aggregate, &asked.task_ids);
+            let ids = Value::from(accepted);
+            // The extension was declared, so `_meta` is an object.
+            let meta = message
+                .get_mut("params")
+                .and_then(|p| p.get_mut("_meta"))
+                .and_then(Value::as_object_mut)?;
+            meta.insert(LISTEN_TASKS_META.into(), ids.clone());
+            seen.listens.push((asked.id, ids));
+            forward(&message)
+        }
+        None if stripped => forward(&message),
+        None => None,
+    }
 }
 
 /// Notes a request whose answer is to be completed; the line renamed when
@@ -98,11 +192,12 @@ fn inspect_request(line: &[u8], seen: &mut Seen) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// rmcp to client: completes the answers `inbound` noted, and learns the
+/// rmcp to client: completes the answers `inbound` noted and the
+/// acknowledgements of listen requests it settled, and learns the
 /// negotiated version from the `initialize` answer.
 async fn outbound(
     from_rmcp: DuplexStream,
-    mut output: impl AsyncWrite + Unpin,
+    output: Output,
     seen: Arc<Mutex<Seen>>,
     gateway: Arc<Gateway>,
 ) {
@@ -114,12 +209,34 @@ async fn outbound(
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        let completed = complete(&line, &seen, &gateway).await;
+        let completed = match acknowledgement(&line, &seen) {
+            Some(acknowledged) => Some(acknowledged),
+            None => complete(&line, &seen, &gateway).await,
+        };
         let out = completed.as_deref().unwrap_or(&line);
-        if output.write_all(out).await.is_err() || output.flush().await.is_err() {
+        if write_line(&output, out).await.is_err() {
             break;
         }
     }
+}
+
+/// The acknowledgement line of a listen request `inbound` settled, with
+/// its task ids.
+fn acknowledgement(line: &[u8], seen: &Mutex<Seen>) -> Option<Vec<u8>> {
+    let mut seen = seen.lock().ok()?;
+    if seen.listens.is_empty() {
+        return None;
+    }
+    memmem::find(line, b"notifications/subscriptions/acknowledged")?;
+    let mut message: Value = serde_json::from_slice(line).ok()?;
+    let at = seen
+        .listens
+        .iter()
+        .position(|(id, ids)| listen::acknowledge_message(&mut message, ids, Some(id)))?;
+    seen.listens.remove(at);
+    let mut out = serde_json::to_vec(&message).ok()?;
+    out.push(b'\n');
+    Some(out)
 }
 
 /// What `complete` reads of an answer line.
@@ -193,5 +310,27 @@ mod tests {
         seen.version = Some("2025-11-25".into());
         inspect_request(list, &mut seen);
         assert_eq!(seen.wanted.len(), 2);
+    }
+
+    #[test]
+    fn only_the_settled_listens_acknowledgement_gets_its_task_ids() {
+        let seen = Mutex::new(Seen {
+            listens: vec![(Value::from(2), serde_json::json!(["t-1"]))],
+            ..Seen::default()
+        });
+        let ack = |id: u32| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/subscriptions/acknowledged","params":{{"_meta":{{"io.modelcontextprotocol/subscriptionId":{id}}},"notifications":{{}}}}}}"#
+            )
+        };
+        assert!(acknowledgement(ack(3).as_bytes(), &seen).is_none());
+        let done = acknowledgement(ack(2).as_bytes(), &seen).unwrap();
+        let done: Value = serde_json::from_slice(&done).unwrap();
+        assert_eq!(
+            done["params"]["notifications"]["taskIds"],
+            serde_json::json!(["t-1"])
+        );
+        // Settled once: a second acknowledgement of that id is not touched.
+        assert!(acknowledgement(ack(2).as_bytes(), &seen).is_none());
     }
 }

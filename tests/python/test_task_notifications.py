@@ -17,13 +17,16 @@ import hashlib
 import http.client
 import json
 import queue
+import signal
 import socket
+import subprocess
 import threading
 import urllib.parse
 
 import pytest
+import yaml
 
-from conftest import http_get
+from conftest import GATEWAY, Proc, fixture_stdio, http_get, wait_for
 from test_tasks_2026 import Raw, meta, modern
 
 ALICE, BOB = "key-alice-0001", "key-bob-0002"
@@ -207,3 +210,79 @@ def test_a_shimmed_2025_task_is_heard_asking_and_completing(procs):
         assert done["status"] == "completed" and done["result"]["content"][0]["text"] == "color red", done
     finally:
         listener.close()
+
+
+class StdioGateway:
+    """`portcullis stdio` spoken to in 2026-07-28, a line per message."""
+
+    def __init__(self, procs, config: dict):
+        path = procs.tmp / "stdio.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.proc = subprocess.Popen(
+            [str(GATEWAY), "stdio", "--config", str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(procs.tmp / "stdio.log", "wb"),
+        )
+        procs.started.append(Proc(self.proc, procs.tmp / "stdio.log"))
+        self.messages: queue.Queue = queue.Queue()
+        self.next_id = 100
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.messages.put(json.loads(line))
+
+    def send(self, method: str, params: dict, tasks: bool = True) -> int:
+        self.next_id += 1
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": {**params, "_meta": meta(tasks)}}
+        self.proc.stdin.write((json.dumps(body) + "\n").encode())
+        self.proc.stdin.flush()
+        return self.next_id
+
+    def next(self, timeout: float = 30) -> dict:
+        return self.messages.get(timeout=timeout)
+
+    def answer(self, rid: int, seen: list | None = None) -> dict:
+        while True:
+            message = self.next()
+            if message.get("id") == rid and "method" not in message:
+                return message
+            if seen is not None:
+                seen.append(message)
+
+
+def test_the_stdio_front_end_sends_task_states_too(procs):
+    """The same on `portcullis stdio`, which has no HTTP request to carry
+    the accepted ids: the pump settles them, refuses a listener without
+    the extension, and completes the acknowledgement."""
+    gw = StdioGateway(procs, {"upstreams": {"fx": {**fixture_stdio(), "protocol": "2026-07-28"}}})
+
+    def slow_compute_listed() -> bool:
+        tools = gw.answer(gw.send("tools/list", {}))["result"]["tools"]
+        return any(t["name"] == "fx__slow_compute" for t in tools)
+
+    wait_for(slow_compute_listed, what="fx up behind portcullis stdio")
+    created = gw.answer(gw.send("tools/call", {"name": "fx__slow_compute", "arguments": {"seconds": 1, "label": "stdio"}}))
+    task_id = created["result"]["taskId"]
+
+    refused = gw.answer(gw.send("subscriptions/listen", {"notifications": {"taskIds": [task_id]}}, tasks=False))
+    assert refused["error"]["code"] == -32021
+
+    rid = gw.send("subscriptions/listen", {"notifications": {"taskIds": [task_id, "forged"]}})
+    ack = gw.next()
+    assert ack["method"] == "notifications/subscriptions/acknowledged", ack
+    assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == rid
+    assert ack["params"]["notifications"]["taskIds"] == [task_id]
+    states = []
+    while not states or states[-1]["status"] not in ("completed", "failed", "cancelled"):
+        message = gw.next()
+        if message.get("method") == "notifications/tasks":
+            assert message["params"]["taskId"] == task_id
+            states.append(message["params"])
+    assert states[0]["status"] == "working"
+    assert states[-1]["status"] == "completed" and states[-1]["result"]["content"][0]["text"].startswith("computed stdio")
+    # A signal ends the gateway while its client keeps stdin open and the
+    # listen stream runs (it used to wait for the client's next line).
+    gw.proc.send_signal(signal.SIGTERM)
+    assert gw.proc.wait(timeout=15) == 0

@@ -46,6 +46,34 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ListenedTasks(pub Arc<[String]>);
 
+/// Where `portcullis stdio` (which has no HTTP request to carry
+/// [`ListenedTasks`]) puts the accepted ids instead: this key of the listen
+/// request's `_meta`, set or removed by the stdio pump on every listen
+/// request. Read only where there is no HTTP request; whatever it names is
+/// opened for the caller like any task id, so a client writing it itself
+/// gains nothing.
+pub const LISTEN_TASKS_META: &str = "io.portcullis/listenTaskIds";
+
+/// The task ids the listen request of `ctx` is to be sent states of.
+pub(in crate::gateway) fn requested(ctx: &RequestContext<RoleServer>) -> Vec<String> {
+    match ctx.extensions.get::<http::request::Parts>() {
+        Some(parts) => parts
+            .extensions
+            .get::<ListenedTasks>()
+            .map(|t| t.0.to_vec())
+            .unwrap_or_default(),
+        None => ctx
+            .meta
+            .get(LISTEN_TASKS_META)
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+            .map(|mut ids| {
+                ids.truncate(MAX_WATCHED);
+                ids
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// The ids in `requested` that `identity` may watch on `endpoint`: those
 /// `tasks/get` would open (issued to this identity, of an upstream the
 /// endpoint shows, reachable), in order, without repeats, at most
