@@ -401,10 +401,6 @@ def test_policy_refuses_before_a_task_exists_and_guards_the_result(procs, tmp_pa
     assert about_task and all(l.get("call_id") == allowed["call_id"] for l in about_task), lines
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def test_the_stdio_front_end_serves_2025_tasks(tmp_path):
     """`portcullis stdio`, as a desktop client launches it: the 1.x client
     sees the tasks capability and each tool's `execution`, and drives a
@@ -426,3 +422,7 @@ def test_the_stdio_front_end_serves_2025_tasks(tmp_path):
     assert not shows_an_upstream_id(seen["ids"][0])
     asked = client(Direct(url), "", "input")
     assert asked["waiting_status"] == "input_required" and "programming" in asked["result_text"], asked
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
