@@ -1250,6 +1250,16 @@ impl ServerHandler for Session {
         request: CustomRequest,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CustomResult, ErrorData> {
+        // The private methods are what a legacy session's 2025 task
+        // requests are renamed to; a 2026-07-28 request is never renamed,
+        // so for it they do not exist.
+        if is_modern(&ctx) {
+            return Err(ErrorData::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                request.method,
+                None,
+            ));
+        }
         self.legacy_task_request(request, ctx).await
     }
 

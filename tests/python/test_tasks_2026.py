@@ -204,6 +204,11 @@ def test_the_extension_is_gated_and_the_removed_methods_are_gone(procs):
     # 2026-07-28 dropped tasks/result and tasks/list.
     assert c.error("tasks/result", {"taskId": "x"})["code"] == -32601
     assert c.error("tasks/list", {})["code"] == -32601
+    # Nor are the gateway's private names for a legacy session's 2025 task
+    # requests a way to them (nor to a 2025-design task).
+    for private in ("portcullis/tasks-2025/list", "portcullis/tasks-2025/get", "portcullis/tasks-2025/tools/call"):
+        params = {"name": "fx__slow_compute", "arguments": {}, "task": {}} if private.endswith("call") else {"taskId": "x"}
+        assert c.error(private, params)["code"] == -32601, private
 
 
 @pytest.mark.parametrize(
