@@ -30,6 +30,7 @@ use super::extension::{self, Opened};
 use crate::auth::Identity;
 use crate::gateway::observe::Observation;
 use crate::gateway::{Gateway, Session};
+use crate::gateway::{RATE_LIMITED, REQUEST_TIMEOUT, UPSTREAM_UNAVAILABLE};
 use crate::registry::Endpoint;
 
 /// At most this many tasks per listen stream; the acknowledgement names
@@ -201,19 +202,33 @@ async fn follow(
                     pause = (pause * 2).min(MAX_PAUSE);
                 }
             }
-            // The upstream no longer knows the task (expired, or gone with
-            // a restart): nothing more will ever be sent for it.
-            Err(e) if e.code == ErrorCode::INVALID_PARAMS => {
-                tracing::debug!(error = %e.message, "watched task unknown upstream");
-                return;
-            }
-            Err(e) => {
+            // The upstream down or slow: ask again later.
+            Err(e) if transient(e.code) => {
                 tracing::debug!(error = %e.message, "polling a watched task failed");
                 pause = (pause * 2).min(MAX_PAUSE);
+            }
+            // Anything else is final: the upstream no longer knows the task
+            // (expired, or gone with a restart), or the policy withholds
+            // its result (asking again would only audit the refusal again).
+            // The client's own `tasks/get` shows why.
+            Err(e) => {
+                tracing::debug!(error = %e.message, "no more states of a watched task");
+                return;
             }
         }
         tokio::time::sleep(pause).await;
     }
+}
+
+/// Whether a failed poll may succeed later without anything changing.
+fn transient(code: ErrorCode) -> bool {
+    [
+        UPSTREAM_UNAVAILABLE,
+        REQUEST_TIMEOUT,
+        RATE_LIMITED,
+        ErrorCode::INTERNAL_ERROR,
+    ]
+    .contains(&code)
 }
 
 /// The metric label of a task state.
@@ -225,5 +240,27 @@ fn status_label(payload: &TaskPayload) -> &'static str {
         TaskPayload::Failed { .. } => "failed",
         TaskPayload::Cancelled => "cancelled",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::POLICY_DENIED;
+
+    #[test]
+    fn only_an_unreachable_or_busy_upstream_is_polled_again() {
+        for code in [UPSTREAM_UNAVAILABLE, REQUEST_TIMEOUT, RATE_LIMITED] {
+            assert!(transient(code), "{code:?}");
+        }
+        // An unknown task and a withheld result end the following: polling
+        // on would only repeat the refusal (and its audit line).
+        for code in [
+            ErrorCode::INVALID_PARAMS,
+            POLICY_DENIED,
+            ErrorCode::METHOD_NOT_FOUND,
+        ] {
+            assert!(!transient(code), "{code:?}");
+        }
     }
 }
