@@ -57,18 +57,30 @@ fn private_method(method: &str, params: Option<&Value>) -> Option<&'static str> 
     }
 }
 
+/// The prefix of the private methods.
+const PRIVATE: &str = "portcullis/tasks-2025/";
+/// What a client's own use of a private name becomes: a method no handler
+/// knows, so the private names are reachable by renaming alone.
+const FORGED: &str = "portcullis/tasks-2025/unknown";
+
 /// The body with a 2025 task request's method renamed to its private
-/// method, or `None` when the body is anything else. Only bodies that
-/// mention `"task` are parsed, so other requests cost one byte scan.
+/// method (and a private name the client sent itself to one that does not
+/// exist), or `None` when the body is anything else. Only bodies that
+/// mention `"task` or the private prefix are parsed, so other requests
+/// cost two byte scans.
 pub(crate) fn rewrite_request(body: &[u8]) -> Option<Vec<u8>> {
-    const NEEDLE: &[u8] = b"\"task";
-    if !body.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+    if memchr::memmem::find(body, b"\"task").is_none()
+        && memchr::memmem::find(body, PRIVATE.as_bytes()).is_none()
+    {
         return None;
     }
     let mut message: Value = serde_json::from_slice(body).ok()?;
     let object = message.as_object_mut()?;
     let method = object.get("method")?.as_str()?;
-    let private = private_method(method, object.get("params"))?;
+    let private = match method.starts_with(PRIVATE) {
+        true => FORGED,
+        false => private_method(method, object.get("params"))?,
+    };
     object.insert("method".into(), Value::String(private.into()));
     serde_json::to_vec(&message).ok()
 }
@@ -548,6 +560,26 @@ fn purge(tasks: &mut HashMap<String, Issued>, now: Instant) -> Vec<Issued> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_renaming_reaches_a_private_method() {
+        let get = br#"{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{"taskId":"t"}}"#;
+        let renamed: Value = serde_json::from_slice(&rewrite_request(get).unwrap()).unwrap();
+        assert_eq!(renamed["method"], GET);
+        // A client naming a private method itself reaches none of them,
+        // whether or not its body mentions a task.
+        for sent in [
+            r#"{"jsonrpc":"2.0","id":2,"method":"portcullis/tasks-2025/get","params":{"taskId":"t"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"portcullis/tasks-2025/list"}"#,
+        ] {
+            let out: Value =
+                serde_json::from_slice(&rewrite_request(sent.as_bytes()).unwrap()).unwrap();
+            assert_eq!(out["method"], FORGED, "{sent}");
+            assert!(![CALL, GET, RESULT, LIST, CANCEL].contains(&FORGED));
+        }
+        let other = br#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#;
+        assert!(rewrite_request(other).is_none());
+    }
+
     use super::*;
     use serde_json::json;
 
