@@ -115,12 +115,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: PolicyCommand::Test { files },
         } => policy_test(&files),
         Command::Pin { config, upstream } => {
-            runtime()?.block_on(pin(Config::load(&config)?, upstream))
+            let config = Config::load(&config)?;
+            runtime(&config)?.block_on(pin(config, upstream))
         }
-        Command::Serve { config } => runtime()?.block_on(serve(Config::load(&config)?)),
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            runtime(&config)?.block_on(serve(config))
+        }
         Command::Stdio { config } => {
-            let rt = runtime()?;
-            let result = rt.block_on(stdio(Config::load(&config)?));
+            let config = Config::load(&config)?;
+            let rt = runtime(&config)?;
+            let result = rt.block_on(stdio(config));
             // Reading stdin occupies a blocking thread until a line or EOF
             // arrives; a signal must not wait for the client's next line.
             rt.shutdown_timeout(std::time::Duration::from_millis(250));
@@ -150,8 +155,12 @@ fn policy_test(files: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.runtime.worker_threads {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")

@@ -91,6 +91,9 @@ pub struct Config {
     /// Logging output.
     #[serde(default)]
     pub log: LogConfig,
+    /// The async runtime.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// Metrics, traces and the admin view.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
@@ -421,6 +424,18 @@ pub struct LogConfig {
     /// A `tracing` filter such as `info,portcullis=debug`; `RUST_LOG` wins.
     #[serde(default)]
     pub level: Option<String>,
+}
+
+/// The async runtime.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; unset: `TOKIO_WORKER_THREADS`, else one per core.
+    /// One worker avoids cross-thread wakeups, which at low load cost more
+    /// than they give (see docs/benchmarks.md); more serve more calls at
+    /// once.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 /// Metrics, traces and the admin view.

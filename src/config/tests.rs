@@ -130,3 +130,12 @@ fn token_secrets_must_be_long_and_never_print() {
     assert_eq!(config.tokens.secrets, vec![secret.clone()]);
     assert!(!format!("{config:?}").contains(&secret));
 }
+
+#[test]
+fn worker_threads_must_be_positive() {
+    let (field, _) = field_error("runtime: { worker_threads: 0 }\n");
+    assert_eq!(field, "runtime.worker_threads");
+    let config = parse("runtime: { worker_threads: 2 }\n").unwrap();
+    assert_eq!(config.runtime.worker_threads, Some(2));
+    assert_eq!(parse("").unwrap().runtime.worker_threads, None);
+}

@@ -36,6 +36,13 @@ impl Config {
             validate_upstream(file, name, upstream)?;
         }
         validate_auth(file, &self.auth)?;
+        if self.runtime.worker_threads == Some(0) {
+            return Err(ConfigError::field(
+                file,
+                "runtime.worker_threads",
+                "must be at least 1",
+            ));
+        }
         for (i, secret) in self.tokens.secrets.iter().enumerate() {
             if secret.len() < super::auth::MIN_TOKEN_SECRET {
                 return Err(ConfigError::field(

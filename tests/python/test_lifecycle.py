@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import mcp.types as types
 import pytest
 from mcp.shared.exceptions import MCPError
 from mcp import Client, StdioServerParameters
 
-from conftest import EVERYTHING, GATEWAY, everything_stdio, run, time_stdio, wait_for
+from conftest import EVERYTHING, GATEWAY, everything_stdio, fixture_stdio, run, time_stdio, wait_for
 from procutil import alive, cmdline, descendants, zombies
 
 
@@ -269,3 +270,20 @@ def test_liveness_probes_keep_a_healthy_upstream_of_either_era(procs, protocol):
     wait_for(lambda: metric(gw, "portcullis_upstream_probes_total", upstream="fx", outcome="ok") >= 5, what="probes")
     assert metric(gw, "portcullis_upstream_probes_total", upstream="fx", outcome="failed") == 0
     assert metric(gw, "portcullis_upstream_restarts_total", upstream="fx") == 0
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_runtime_worker_threads_sets_the_workers(procs, workers):
+    """`runtime.worker_threads` is the number of async workers (one avoids
+    cross-thread wakeups at low load; docs/benchmarks.md), and the gateway
+    serves calls with it."""
+    gw = procs.gateway({"upstreams": {"fx": fixture_stdio()}, "runtime": {"worker_threads": workers}})
+    gw.wait_up("fx")
+    names = [Path(f"/proc/{gw.proc.pid}/task/{t}/comm").read_text().strip() for t in os.listdir(f"/proc/{gw.proc.pid}/task")]
+    assert names.count("tokio-rt-worker") == workers, names
+
+    async def call():
+        async with Client(gw.url) as c:
+            return await c.call_tool("fx__echo", {"message": "one worker"})
+
+    assert run(call()).content[0].text.endswith("one worker")
