@@ -32,7 +32,7 @@ pub use guardrails::{Guardrails, GuardrailsError, POLICY_DENIED};
 pub use models::ModelAdmission;
 pub use session::Session;
 pub(crate) use tasks::legacy::rewrite_request as rewrite_legacy_task_request;
-pub use tasks::watch::{ListenedTasks, LISTEN_TASKS_META};
+pub use tasks::watch::LISTEN_TASKS_META;
 
 /// What the gateway knows about one live downstream session.
 pub struct SessionState {

@@ -1169,7 +1169,7 @@ impl ServerHandler for Session {
 
     async fn listen(&self, cx: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
         let ctx = cx.request_context();
-        let obs = self.observe("subscriptions/listen", ctx);
+        let mut obs = self.observe("subscriptions/listen", ctx);
         let mut uris = std::collections::HashMap::new();
         let mut watches = Vec::new();
         if let Some(wanted) = &cx.accepted().resource_subscriptions {
@@ -1203,7 +1203,6 @@ impl ServerHandler for Session {
             sink: cx.sink().clone(),
             uris,
         };
-        let mut obs = obs;
         let watched = watch::opened(self, ctx, &mut obs, &watch::requested(ctx));
         // Answered with the open stream: the call itself is measured as done.
         let _ = obs.finish(Ok(()));

@@ -1,16 +1,18 @@
-//! The HTTP face of `notifications/tasks` (the tasks extension of
-//! 2026-07-28): a `subscriptions/listen` request names the tasks it wants
-//! in `params.notifications.taskIds`, a field rmcp's filter type drops, and
-//! the acknowledgement must list the ids the server accepted. So the body
-//! is read here first: a listener that asks for tasks without declaring
-//! the extension is refused (-32021), the ids it may watch are settled
-//! (`Gateway::watchable_tasks`) and handed to the session in the request's
-//! extensions ([`ListenedTasks`]), and the acknowledgement rmcp writes is
-//! completed with them on its way out. A listen request without `taskIds`
-//! passes as it came.
+//! `notifications/tasks` (the tasks extension of 2026-07-28) at the edge:
+//! a `subscriptions/listen` request names the tasks it wants in
+//! `params.notifications.taskIds`, a field rmcp's filter type drops, and
+//! the acknowledgement must list the ids the server accepted. So the
+//! request is [`settle`]d before rmcp reads it, by the HTTP face and by
+//! `portcullis stdio` alike: a listener that asks for tasks without
+//! declaring the extension is refused (-32021), and the ids it may watch
+//! (`Gateway::watchable_tasks`) are written into its `_meta` under
+//! `LISTEN_TASKS_META`, a key only this code writes (it is stripped from
+//! whatever the client sent), for the session to follow. The
+//! acknowledgement rmcp writes is completed with them on its way out
+//! ([`acknowledge`] for an SSE answer, [`acknowledge_message`] for one
+//! message). A listen request without `taskIds` passes as it came.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -23,7 +25,7 @@ use serde_json::Value;
 
 use super::{json, read_body, Body};
 use crate::auth::Identity;
-use crate::gateway::{Gateway, ListenedTasks};
+use crate::gateway::{Gateway, LISTEN_TASKS_META};
 use crate::registry::Endpoint;
 
 const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
@@ -52,7 +54,7 @@ struct Listen {
     params: Option<Params>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct Params {
     #[serde(default)]
     notifications: Option<Notifications>,
@@ -78,66 +80,91 @@ struct Capabilities {
     extensions: Option<serde_json::Map<String, Value>>,
 }
 
-/// What a `subscriptions/listen` request asked of `notifications/tasks`.
-pub(super) struct Asked {
-    /// The request's JSON-RPC id.
-    pub(super) id: Value,
-    /// `params.notifications.taskIds`.
-    pub(super) task_ids: Vec<String>,
-    /// Whether it declared the tasks extension.
-    pub(super) declared: bool,
+/// What becomes of a listen request.
+pub(super) enum Settled {
+    /// Answer the client with this JSON-RPC error instead (-32021).
+    Refused(Value),
+    /// Pass this body on instead. When it asked for tasks, the
+    /// acknowledgement of request `.0` is to list the ids `.1`.
+    Forward {
+        body: Vec<u8>,
+        acknowledge: Option<(Value, Value)>,
+    },
 }
 
-/// The task ids a listen request's body asks for; `None` when it is not a
-/// listen request, asks for none, or cannot be read (rmcp refuses it then,
-/// in its own words).
-pub(super) fn asked(body: &[u8]) -> Option<Asked> {
-    let listen = serde_json::from_slice::<Listen>(body)
+/// Settles a `subscriptions/listen` request of `identity` on `endpoint`;
+/// `None` for anything else, and for a listen request that passes as it
+/// came. A body that cannot be read is rmcp's to refuse, in its own words.
+pub(super) fn settle(
+    body: &[u8],
+    gw: &Gateway,
+    identity: &Identity,
+    endpoint: &Endpoint,
+) -> Option<Settled> {
+    let mut message: Value = serde_json::from_slice(body).ok()?;
+    let listen = Listen::deserialize(&message)
         .ok()
         .filter(|l| l.method == "subscriptions/listen")?;
-    let params = listen.params?;
-    let task_ids = params.notifications.and_then(|n| n.task_ids)?;
+    let meta = message
+        .pointer_mut("/params/_meta")
+        .and_then(Value::as_object_mut);
+    // The key is this code's alone, whatever the client wrote.
+    let stripped = meta.is_some_and(|m| m.remove(LISTEN_TASKS_META).is_some());
+    let params = listen.params.unwrap_or_default();
+    let Some(requested) = params.notifications.and_then(|n| n.task_ids) else {
+        let body = stripped.then(|| serde_json::to_vec(&message).ok())??;
+        return Some(Settled::Forward {
+            body,
+            acknowledge: None,
+        });
+    };
     let declared = params
         .meta
         .and_then(|m| m.capabilities)
         .and_then(|c| c.extensions)
         .is_some_and(|e| e.contains_key(TASKS_EXTENSION));
-    Some(Asked {
-        id: listen.id,
-        task_ids,
-        declared,
+    if !declared {
+        return Some(Settled::Refused(missing_extension(listen.id)));
+    }
+    let ids = Value::from(gw.watchable_tasks(identity, endpoint, &requested));
+    // The extension was declared, so `_meta` is an object.
+    message
+        .pointer_mut("/params/_meta")
+        .and_then(Value::as_object_mut)?
+        .insert(LISTEN_TASKS_META.into(), ids.clone());
+    Some(Settled::Forward {
+        body: serde_json::to_vec(&message).ok()?,
+        acknowledge: Some((listen.id, ids)),
     })
 }
 
-/// The listen request with its body read (at most `limit` bytes) and, when
-/// it asked for tasks, the ids accepted (also in its extensions); or the
-/// refusal to send instead.
+/// The listen request with its body read (at most `limit` bytes) and
+/// settled, and the ids its acknowledgement is to list; or the refusal to
+/// send instead.
 pub(super) async fn prepare(
     req: Request<Incoming>,
     limit: usize,
     gw: &Gateway,
     identity: &Identity,
     endpoint: &Endpoint,
-) -> Result<(Request<Full<Bytes>>, Option<Vec<String>>), Response<Body>> {
+) -> Result<(Request<Full<Bytes>>, Option<Value>), Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let bytes = read_body(body, limit).await?;
-    let accepted = match asked(&bytes) {
-        Some(asked) if !asked.declared => {
-            return Err(json(StatusCode::BAD_REQUEST, &missing_extension(asked.id)))
+    let (bytes, ids) = match settle(&bytes, gw, identity, endpoint) {
+        Some(Settled::Refused(error)) => return Err(json(StatusCode::BAD_REQUEST, &error)),
+        Some(Settled::Forward { body, acknowledge }) => {
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, body.len().into());
+            (Bytes::from(body), acknowledge.map(|(_, ids)| ids))
         }
-        Some(asked) => Some(gw.watchable_tasks(identity, endpoint, &asked.task_ids)),
-        None => None,
+        None => (bytes, None),
     };
-    if let Some(ids) = &accepted {
-        parts
-            .extensions
-            .insert(ListenedTasks(Arc::from(ids.as_slice())));
-    }
-    Ok((Request::from_parts(parts, Full::new(bytes)), accepted))
+    Ok((Request::from_parts(parts, Full::new(bytes)), ids))
 }
 
 /// -32021 with the capability the request lacks, as the extension says.
-pub(super) fn missing_extension(id: Value) -> Value {
+fn missing_extension(id: Value) -> Value {
     serde_json::json!({
         "jsonrpc": "2.0",
         "id": id,
@@ -181,7 +208,7 @@ pub(super) fn acknowledge_message(message: &mut Value, ids: &Value, of: Option<&
 
 /// The listen answer with `taskIds: accepted` added to its acknowledgement
 /// (the stream's first message). Any other answer (an error) is untouched.
-pub(super) fn acknowledge(resp: Response<Body>, accepted: Vec<String>) -> Response<Body> {
+pub(super) fn acknowledge(resp: Response<Body>, ids: Value) -> Response<Body> {
     let streamed = resp
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -192,7 +219,7 @@ pub(super) fn acknowledge(resp: Response<Body>, accepted: Vec<String>) -> Respon
     resp.map(|inner| {
         http_body_util::BodyExt::boxed(Acknowledgement {
             inner,
-            pending: Some((Vec::new(), Value::from(accepted))),
+            pending: Some((Vec::new(), ids)),
             queued: None,
         })
     })
@@ -348,7 +375,7 @@ mod tests {
             Box::leak(format!("{}\n\ndata: {{\"later\":1}}\n\n", &ACK[40..]).into_boxed_str());
         let resp = acknowledge(
             streamed(vec![first, second]),
-            vec!["t1".into(), "t2".into()],
+            serde_json::json!(["t1", "t2"]),
         );
         let out = text(resp).await;
         let (event, rest) = out.split_once("\n\n").unwrap();
@@ -376,7 +403,7 @@ mod tests {
             streamed(vec![
                 "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n",
             ]),
-            vec!["t1".into()],
+            serde_json::json!(["t1"]),
         );
         assert_eq!(
             text(resp).await,
@@ -388,12 +415,15 @@ mod tests {
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
-        assert_eq!(text(acknowledge(resp, vec!["t1".into()])).await, "{}");
+        assert_eq!(
+            text(acknowledge(resp, serde_json::json!(["t1"]))).await,
+            "{}"
+        );
     }
 
     #[tokio::test]
     async fn a_stream_that_ends_early_passes_what_it_sent() {
-        let resp = acknowledge(streamed(vec!["data: {\"jsonrpc\""]), vec![]);
+        let resp = acknowledge(streamed(vec!["data: {\"jsonrpc\""]), serde_json::json!([]));
         assert_eq!(text(resp).await, "data: {\"jsonrpc\"");
     }
 }

@@ -5,11 +5,10 @@
 //! `initialize` and `tools/list` completed with the `tasks` capability and
 //! each tool's `execution` (`task_support`).
 //!
-//! Likewise for `notifications/tasks` (see `listen`): a listen request's
-//! `taskIds` are settled here (or refused, -32021, without the tasks
-//! extension), handed to the session in the request's `_meta`
-//! (`LISTEN_TASKS_META`, a key only this pump writes), and added to the
-//! acknowledgement on its way out.
+//! Likewise for `notifications/tasks`: a listen request is settled as on
+//! HTTP (`listen::settle`: refused, -32021, without the tasks extension, or
+//! its accepted ids put in its `_meta`), and its acknowledgement completed
+//! on its way out.
 //!
 //! Messages are newline-delimited JSON both ways, so each is one line:
 //! rmcp is given in-process pipes, and two pumps carry lines between them
@@ -24,11 +23,13 @@ use http::{HeaderMap, HeaderValue};
 use memchr::memmem;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream,
+};
 
-use super::listen;
+use super::listen::{self, Settled};
 use super::task_support::{self, Wanted};
-use crate::gateway::{Gateway, LISTEN_TASKS_META};
+use crate::gateway::Gateway;
 use crate::registry::Endpoint;
 
 /// The process's stdout, shared by both pumps; each writes whole lines.
@@ -79,19 +80,19 @@ async fn inbound(
 ) {
     let mut input = BufReader::new(input);
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        match input.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let rewritten = match seen.lock() {
-            Ok(mut seen) => match listen_request(&line, &gateway, &mut seen) {
-                Some(Listened::Refused(refusal)) => Err(refusal),
-                Some(Listened::Forward(line)) => Ok(Some(line)),
-                None => Ok(inspect_request(&line, &mut seen)),
-            },
-            Err(_) => Ok(None),
+    while next_line(&mut input, &mut line).await {
+        let rewritten = match listen_request(&line, &gateway) {
+            Some(Settled::Refused(refusal)) => Err(refusal.to_string().into_bytes()),
+            Some(Settled::Forward { body, acknowledge }) => {
+                if let (Some(noted), Ok(mut seen)) = (acknowledge, seen.lock()) {
+                    seen.listens.push(noted);
+                }
+                Ok(Some(body))
+            }
+            None => Ok(seen
+                .lock()
+                .ok()
+                .and_then(|mut seen| inspect_request(&line, &mut seen))),
         };
         let out = match &rewritten {
             Ok(rewritten) => rewritten.as_deref().unwrap_or(&line),
@@ -113,6 +114,13 @@ async fn inbound(
     let _ = to_rmcp.shutdown().await;
 }
 
+/// Reads the next line into `line`; false at the end of the input or on
+/// an error.
+async fn next_line(reader: &mut (impl AsyncBufRead + Unpin), line: &mut Vec<u8>) -> bool {
+    line.clear();
+    matches!(reader.read_until(b'\n', line).await, Ok(n) if n > 0)
+}
+
 /// Writes one line to stdout, whole.
 async fn write_line(output: &Output, line: &[u8]) -> std::io::Result<()> {
     let mut out = output.lock().await;
@@ -123,51 +131,11 @@ async fn write_line(output: &Output, line: &[u8]) -> std::io::Result<()> {
     out.flush().await
 }
 
-/// What becomes of a listen request line.
-enum Listened {
-    /// Forward this line instead.
-    Forward(Vec<u8>),
-    /// Answer the client with this line; rmcp never sees the request.
-    Refused(Vec<u8>),
-}
-
-/// A `subscriptions/listen` line with its task ids settled into `_meta`
-/// (and noted for the acknowledgement), or refused; `None` for any other
-/// line, or a listen request the pump leaves as it is.
-fn listen_request(line: &[u8], gw: &Gateway, seen: &mut Seen) -> Option<Listened> {
+/// A `subscriptions/listen` line as [`listen::settle`] settles it for the
+/// stdio identity; `None` for any other line (one byte scan).
+fn listen_request(line: &[u8], gw: &Gateway) -> Option<Settled> {
     memmem::find(line, b"subscriptions/listen")?;
-    let mut message: Value = serde_json::from_slice(line).ok()?;
-    if message.get("method").and_then(Value::as_str) != Some("subscriptions/listen") {
-        return None;
-    }
-    let meta = message
-        .get_mut("params")
-        .and_then(|p| p.get_mut("_meta"))
-        .and_then(Value::as_object_mut);
-    // The key is the pump's alone, whatever the client wrote.
-    let stripped = meta.is_some_and(|m| m.remove(LISTEN_TASKS_META).is_some());
-    let forward = |message: &Value| serde_json::to_vec(message).ok().map(Listened::Forward);
-    match listen::asked(line) {
-        Some(asked) if !asked.declared => {
-            let refusal = listen::missing_extension(asked.id).to_string();
-            Some(Listened::Refused(refusal.into_bytes()))
-        }
-        Some(asked) => {
-            let accepted =
-                gw.watchable_tasks(gw.stdio_identity(), &Endpoint::Aggregate, &asked.task_ids);
-            let ids = Value::from(accepted);
-            // The extension was declared, so `_meta` is an object.
-            let meta = message
-                .get_mut("params")
-                .and_then(|p| p.get_mut("_meta"))
-                .and_then(Value::as_object_mut)?;
-            meta.insert(LISTEN_TASKS_META.into(), ids.clone());
-            seen.listens.push((asked.id, ids));
-            forward(&message)
-        }
-        None if stripped => forward(&message),
-        None => None,
-    }
+    listen::settle(line, gw, gw.stdio_identity(), &Endpoint::Aggregate)
 }
 
 /// Notes a request whose answer is to be completed; the line renamed when
@@ -203,12 +171,7 @@ async fn outbound(
 ) {
     let mut from_rmcp = BufReader::new(from_rmcp);
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        match from_rmcp.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
+    while next_line(&mut from_rmcp, &mut line).await {
         let completed = match acknowledgement(&line, &seen) {
             Some(acknowledged) => Some(acknowledged),
             None => complete(&line, &seen, &gateway).await,
@@ -223,11 +186,11 @@ async fn outbound(
 /// The acknowledgement line of a listen request `inbound` settled, with
 /// its task ids.
 fn acknowledgement(line: &[u8], seen: &Mutex<Seen>) -> Option<Vec<u8>> {
+    memmem::find(line, b"notifications/subscriptions/acknowledged")?;
     let mut seen = seen.lock().ok()?;
     if seen.listens.is_empty() {
         return None;
     }
-    memmem::find(line, b"notifications/subscriptions/acknowledged")?;
     let mut message: Value = serde_json::from_slice(line).ok()?;
     let at = seen
         .listens

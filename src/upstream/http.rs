@@ -550,6 +550,26 @@ mod tests {
             .await
     }
 
+    /// One request of `method`, answered once with `head` and `body`, with
+    /// the default limits.
+    async fn exchange(
+        client: &TracingClient,
+        head: &'static str,
+        body: &str,
+        (id, method): (u32, &str),
+        session: Option<&str>,
+    ) -> PostResult {
+        let (url, _server) = answer_once(head, body.to_owned()).await;
+        post(
+            client,
+            url,
+            request(id, method),
+            session,
+            Default::default(),
+        )
+        .await
+    }
+
     #[test]
     fn only_the_handshake_and_tools_pages_are_posted_here() {
         assert!(observed(&request(1, "initialize")));
@@ -619,13 +639,12 @@ mod tests {
     async fn an_sse_handshake_is_tapped_too() {
         let client = client();
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream";
-        let (url, _server) = answer_once(head, format!("event: message\ndata: {INIT}\n\n")).await;
-        let answer = post(
+        let answer = exchange(
             &client,
-            url,
-            request(1, "initialize"),
+            head,
+            &format!("event: message\ndata: {INIT}\n\n"),
+            (1, "initialize"),
             None,
-            Default::default(),
         )
         .await;
         let Ok(StreamableHttpPostResponse::Sse(mut events, None)) = answer else {
@@ -674,15 +693,7 @@ mod tests {
         // A JSON-RPC error in a failed answer is the answer.
         let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"no"}}"#;
         let head = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json";
-        let (url, _server) = answer_once(head, error.to_owned()).await;
-        let answer = post(
-            &client,
-            url,
-            request(1, "initialize"),
-            None,
-            Default::default(),
-        )
-        .await;
+        let answer = exchange(&client, head, error, (1, "initialize"), None).await;
         assert!(
             matches!(
                 answer,
@@ -695,15 +706,7 @@ mod tests {
         );
         // Overload keeps its status and Retry-After, for rmcp's retries.
         let head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 3";
-        let (url, _server) = answer_once(head, "busy".to_owned()).await;
-        let answer = post(
-            &client,
-            url,
-            request(1, "initialize"),
-            None,
-            Default::default(),
-        )
-        .await;
+        let answer = exchange(&client, head, "busy", (1, "initialize"), None).await;
         let Err(StreamableHttpError::HttpStatus(status)) = answer else {
             panic!("{answer:?}");
         };
@@ -713,45 +716,21 @@ mod tests {
         );
         // A forgotten session is one to re-initialize.
         let head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain";
-        let (url, _server) = answer_once(head, String::new()).await;
-        let answer = post(
-            &client,
-            url,
-            request(2, "tools/list"),
-            Some("gone"),
-            Default::default(),
-        )
-        .await;
+        let answer = exchange(&client, head, "", (2, "tools/list"), Some("gone")).await;
         assert!(
             matches!(answer, Err(StreamableHttpError::SessionExpired)),
             "{answer:?}"
         );
         // Anything else says what came back.
         let head = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain";
-        let (url, _server) = answer_once(head, "Missing session ID".to_owned()).await;
-        let answer = post(
-            &client,
-            url,
-            request(2, "tools/list"),
-            None,
-            Default::default(),
-        )
-        .await;
+        let answer = exchange(&client, head, "Missing session ID", (2, "tools/list"), None).await;
         let Err(StreamableHttpError::UnexpectedServerResponse(text)) = answer else {
             panic!("{answer:?}");
         };
         assert_eq!(text, "HTTP 400 Bad Request: Missing session ID");
         // So does an answer that is neither JSON nor SSE.
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/html";
-        let (url, _server) = answer_once(head, "<p>".to_owned()).await;
-        let answer = post(
-            &client,
-            url,
-            request(1, "initialize"),
-            None,
-            Default::default(),
-        )
-        .await;
+        let answer = exchange(&client, head, "<p>", (1, "initialize"), None).await;
         assert!(
             matches!(answer, Err(StreamableHttpError::UnexpectedContentType(Some(ref t))) if t == "text/html"),
             "{answer:?}"

@@ -64,6 +64,28 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
         return e.code, e.read()
 
 
+def legacy_initialize(url: str) -> tuple[int, str, dict]:
+    """A raw 2025-11-25 `initialize` POST straight at a server: the HTTP
+    status, the answer's content type and its JSON body."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(init).encode(),
+        method="POST",
+        headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers.get_content_type(), json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get_content_type(), json.loads(e.read())
+
+
 def everything_stdio() -> dict[str, Any]:
     return {"stdio": {"command": str(NODE), "args": [str(EVERYTHING), "stdio"]}}
 

@@ -14,7 +14,7 @@ import mcp.types as types
 import pytest
 from mcp import Client
 
-from conftest import http_get, run, wait_for
+from conftest import http_get, legacy_initialize, run, wait_for
 
 CLIENTS = ["2026-07-28", "legacy"]
 UPSTREAMS = ["2026-07-28", "legacy"]
@@ -117,27 +117,9 @@ def test_a_modern_only_upstream_serves_every_client_era(procs):
     that refuses every other request with 400 and -32022) works with the
     default `protocol: auto`, for clients of both eras: lists, calls and an
     input round."""
-    import json
-    import urllib.error
-    import urllib.request
-
     url = procs.fixture_http("--modern-only")
-    legacy_init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(legacy_init).encode(),
-        method="POST",
-        headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
-    )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(req, timeout=10)
-    assert refused.value.code == 400
-    assert json.loads(refused.value.read())["error"]["code"] == -32022
+    status, _, refused = legacy_initialize(url)
+    assert status == 400 and refused["error"]["code"] == -32022, refused
 
     gw = procs.gateway({"upstreams": {"fx": {"http": {"url": url}}}})
     gw.wait_up("fx")

@@ -13,13 +13,12 @@ import json
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import PEERS, everything_stdio, fixture_stdio, http_get, wait_for
+from conftest import PEERS, everything_stdio, fixture_stdio, http_get, legacy_initialize, wait_for
 from test_cancel import upstream_cancellations
 
 PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
@@ -329,20 +328,9 @@ def json_upstream(procs) -> dict:
     with a JSON body (which rmcp parses before the gateway sees it)."""
     url = procs.listening("tasks2025-http", [str(PYTHON1), str(UPSTREAM), "http"])
     # It does answer with JSON, not SSE, or the tests using it prove nothing.
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(init).encode(),
-        headers={"content-type": "application/json", "accept": "application/json, text/event-stream"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.headers.get_content_type() == "application/json", answer.headers
-        assert "tasks" in json.loads(answer.read())["result"]["capabilities"]
+    status, content_type, answer = legacy_initialize(url)
+    assert (status, content_type) == (200, "application/json"), (status, content_type)
+    assert "tasks" in answer["result"]["capabilities"]
     return {"http": {"url": url}}
 
 

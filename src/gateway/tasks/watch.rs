@@ -12,10 +12,10 @@
 //! Polls start quick and slow down while nothing changes.
 //!
 //! Which ids a listener gets is settled before rmcp acknowledges the
-//! stream (the HTTP layer reads `taskIds`, which rmcp's filter type drops,
-//! and asks [`accepted`]); the acknowledgement lists them.
+//! stream (the edge reads `taskIds`, which rmcp's filter type drops, asks
+//! [`accepted`], and hands them on under [`LISTEN_TASKS_META`]); the
+//! acknowledgement lists them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -24,6 +24,7 @@ use rmcp::model::{
     TaskStatusNotification, TaskStatusNotificationParams,
 };
 use rmcp::service::{RequestContext, RoleServer};
+use serde::Deserialize;
 use tracing::Instrument;
 
 use super::extension::{self, Opened};
@@ -41,38 +42,23 @@ const FIRST_PAUSE: Duration = Duration::from_millis(250);
 /// The longest pause between polls of an unchanged task.
 const MAX_PAUSE: Duration = Duration::from_secs(5);
 
-/// Task ids a `subscriptions/listen` request asked `notifications/tasks`
-/// for, as accepted by [`accepted`]. The HTTP layer puts them in the
-/// request's extensions for the session's `listen` to find.
-#[derive(Debug, Clone)]
-pub struct ListenedTasks(pub Arc<[String]>);
-
-/// Where `portcullis stdio` (which has no HTTP request to carry
-/// [`ListenedTasks`]) puts the accepted ids instead: this key of the listen
-/// request's `_meta`, set or removed by the stdio pump on every listen
-/// request. Read only where there is no HTTP request; whatever it names is
-/// opened for the caller like any task id, so a client writing it itself
-/// gains nothing.
+/// Where the edge (`server::listen`, on HTTP and stdio alike) puts the
+/// task ids it accepted for a listen request: this key of the request's
+/// `_meta`, which it strips from whatever the client sent. Whatever it
+/// names is opened for the caller like any task id (`opened`), so even a
+/// key that reached rmcp some other way gains a client nothing.
 pub const LISTEN_TASKS_META: &str = "io.portcullis/listenTaskIds";
 
 /// The task ids the listen request of `ctx` is to be sent states of.
 pub(in crate::gateway) fn requested(ctx: &RequestContext<RoleServer>) -> Vec<String> {
-    match ctx.extensions.get::<http::request::Parts>() {
-        Some(parts) => parts
-            .extensions
-            .get::<ListenedTasks>()
-            .map(|t| t.0.to_vec())
-            .unwrap_or_default(),
-        None => ctx
-            .meta
-            .get(LISTEN_TASKS_META)
-            .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
-            .map(|mut ids| {
-                ids.truncate(MAX_WATCHED);
-                ids
-            })
-            .unwrap_or_default(),
-    }
+    ctx.meta
+        .get(LISTEN_TASKS_META)
+        .and_then(|v| Vec::<String>::deserialize(v).ok())
+        .map(|mut ids| {
+            ids.truncate(MAX_WATCHED);
+            ids
+        })
+        .unwrap_or_default()
 }
 
 /// The ids in `requested` that `identity` may watch on `endpoint`: those
