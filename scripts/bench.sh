@@ -351,15 +351,31 @@ idle_run() {
     local per=$(((after - before) * 1024 / IDLE_SESSIONS))
     echo "  $target: $(cat "$fifo"); RSS $before KB -> $after KB = $per bytes per session" >&2
     note idle "$target" sessions "$IDLE_SESSIONS" rss_before_kb "$before" rss_after_kb "$after" bytes_per_session "$per"
+    # A gateway that hibernates idle sessions: measured again once all are asleep.
+    if [ -n "${4:-}" ]; then
+        local asleep=0
+        for i in $(seq 1 600); do
+            asleep=$(curl -s "$4" | awk '/^portcullis_sessions_hibernated /{print int($2)}')
+            [ "${asleep:-0}" -ge "$IDLE_SESSIONS" ] && break
+            sleep 0.1
+        done
+        sleep 1 # the sweep that hibernated the last ones hands their pages back
+        after=$(status_kb "$pid" VmRSS)
+        per=$(((after - before) * 1024 / IDLE_SESSIONS))
+        echo "  $target, $asleep hibernated: RSS $before KB -> $after KB = $per bytes per session" >&2
+        note idle "$target (hibernated)" sessions "$IDLE_SESSIONS" hibernated "$asleep" rss_before_kb "$before" rss_after_kb "$after" bytes_per_session "$per"
+    fi
     kill $lg 2>/dev/null || true
     wait $lg 2>/dev/null || true
 }
 
 if want idle; then
     log "idle: $IDLE_SESSIONS sessions held open (memory per session)"
-    gateway_config "$OUT/gateway-idle.yaml"
+    # Sessions hibernate after 10 s idle here (60 s by default), so the run
+    # sees both costs: a session awake, and one asleep.
+    gateway_config "$OUT/gateway-idle.yaml" "http: { session_hibernate_after: 10s }"
     start_gateway gateway-idle "$OUT/gateway-idle.yaml"
-    idle_run portcullis "$GW_PID" "$GW_URL"
+    idle_run portcullis "$GW_PID" "$GW_URL" "${GW_URL%/mcp}/metrics"
     stop "$GW_PID"
     # The fixture alone, for reference: rmcp's own per-session cost.
     start fixture-idle "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --no-sse-priming

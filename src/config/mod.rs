@@ -151,6 +151,14 @@ pub struct HttpConfig {
     /// Idle downstream sessions are closed after this long.
     #[serde(default = "default_session_idle", with = "humantime_serde")]
     pub session_idle_timeout: Duration,
+    /// A downstream session idle this long, with no stream open and no
+    /// state beyond its `initialize` (no log level, subscription or
+    /// per-client upstream connection), gives up its worker and keeps only
+    /// its `initialize` parameters; its next request rebuilds it, unseen by
+    /// the client. `0s` keeps every session's worker until
+    /// `session_idle_timeout`.
+    #[serde(default = "default_session_hibernate", with = "humantime_serde")]
+    pub session_hibernate_after: Duration,
     /// Items per page in list results the gateway returns.
     #[serde(default = "default_page_size")]
     pub page_size: usize,
@@ -168,6 +176,7 @@ impl Default for HttpConfig {
             allowed_origins: Vec::new(),
             max_body_bytes: default_max_body(),
             session_idle_timeout: default_session_idle(),
+            session_hibernate_after: default_session_hibernate(),
             page_size: default_page_size(),
             list_ttl: default_list_ttl(),
         }
@@ -186,6 +195,12 @@ fn default_max_body() -> usize {
 
 fn default_session_idle() -> Duration {
     Duration::from_secs(30 * 60)
+}
+
+/// rmcp keeps a finished response stream for `Last-Event-ID` resumption
+/// for 60 s; a session hibernated sooner would forget it.
+fn default_session_hibernate() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_list_ttl() -> Duration {

@@ -14,7 +14,7 @@ mod tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use rmcp::model::{ClientCapabilities, LoggingLevel};
 use rmcp::service::{Peer, RoleServer};
@@ -49,6 +49,33 @@ pub struct SessionState {
 impl SessionState {
     fn peer(&self) -> Option<Peer<RoleServer>> {
         self.peer.lock().ok().and_then(|p| p.clone())
+    }
+}
+
+/// What the HTTP session layer may ask of a downstream session it did not
+/// build: whether the gateway holds anything for it that replaying its
+/// `initialize` would not rebuild. The layer puts one in the `initialize`
+/// request's extensions; the session binds itself to it.
+#[derive(Debug, Default)]
+pub struct SessionLink(std::sync::OnceLock<(Weak<Gateway>, Weak<SessionState>)>);
+
+impl SessionLink {
+    fn bind(&self, gw: &Arc<Gateway>, state: &Arc<SessionState>) {
+        let _ = self.0.set((Arc::downgrade(gw), Arc::downgrade(state)));
+    }
+
+    /// True when the session's gateway-side state is only what `initialize`
+    /// sets up: no log level, no resource subscription, no per-client
+    /// upstream connection. False for a session never bound (it may hold
+    /// anything) or already gone.
+    pub fn restorable(&self) -> bool {
+        let Some((gw, state)) = self.0.get() else {
+            return false;
+        };
+        match (gw.upgrade(), state.upgrade()) {
+            (Some(gw), Some(state)) => gw.restorable(&state),
+            _ => false,
+        }
     }
 }
 
@@ -200,6 +227,17 @@ impl Gateway {
     /// Number of live downstream sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    fn restorable(&self, state: &SessionState) -> bool {
+        let plain = state.log_level.lock().is_ok_and(|l| l.is_none())
+            && state.subscriptions.lock().is_ok_and(|s| s.is_empty());
+        plain
+            && !self
+                .registry
+                .upstreams()
+                .values()
+                .any(|up| up.serves_session(state.id))
     }
 
     fn close_session(&self, id: u64) {

@@ -582,6 +582,18 @@ mod rounds;
 use rounds::{Ask, Resume, RoundLog};
 
 impl ServerHandler for Session {
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        if let Some(link) = context.extensions.get::<Arc<super::SessionLink>>() {
+            link.bind(&self.gw, &self.state);
+        }
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
     fn get_info(&self) -> ServerConfig {
         let mut capabilities = ServerCapabilities::builder()
             .enable_tools()

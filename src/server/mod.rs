@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod health;
+mod hibernate;
 mod listen;
 mod llm;
 mod stdio;
@@ -38,7 +39,7 @@ use crate::ratelimit::Refused;
 use crate::registry::Endpoint;
 use crate::runtime::Runtime;
 
-type McpService = StreamableHttpService<Session, LocalSessionManager>;
+type McpService = StreamableHttpService<Session, hibernate::Hibernating>;
 /// Response body type of every route.
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -73,6 +74,7 @@ impl Router {
                 .keys()
                 .map(|v| Endpoint::Virtual(v.as_str().into())),
         );
+        let mut managers = Vec::new();
         let mcp = endpoints
             .into_iter()
             .map(|endpoint| {
@@ -80,18 +82,31 @@ impl Router {
                 let ep = endpoint.clone();
                 // One session manager per endpoint: a session id issued on
                 // one path must not be usable on another.
-                let mut sessions = LocalSessionManager::default();
+                let mut local = LocalSessionManager::default();
                 let mut session_config = SessionConfig::default();
                 session_config.keep_alive = Some(config.http.session_idle_timeout);
-                sessions.session_config = session_config;
-                let service = StreamableHttpService::new(
-                    move || Ok(gw.session(ep.clone())),
-                    Arc::new(sessions),
-                    mcp_config(config, runtime.shutdown_token()),
-                );
+                local.session_config = session_config;
+                let sessions = Arc::new(hibernate::Hibernating::new(
+                    local,
+                    config.http.session_hibernate_after,
+                    config.http.session_idle_timeout,
+                    gateway.metrics().clone(),
+                ));
+                managers.push(Arc::downgrade(&sessions));
+                let mut http = mcp_config(config, runtime.shutdown_token());
+                if !config.http.session_hibernate_after.is_zero() {
+                    http.session_store = Some(sessions.store());
+                }
+                let service =
+                    StreamableHttpService::new(move || Ok(gw.session(ep.clone())), sessions, http);
                 (endpoint, service)
             })
             .collect();
+        hibernate::spawn_sweeper(
+            managers,
+            config.http.session_hibernate_after,
+            runtime.shutdown_token(),
+        );
         Router {
             mcp,
             gateway,

@@ -45,8 +45,13 @@ pub struct Metrics {
     pub upstream_probes: IntCounterVec,
     /// Catalogue lookups by list and result (hit or miss).
     pub list_cache: IntCounterVec,
-    /// Downstream sessions currently open.
+    /// Downstream sessions open and awake.
     pub sessions_open: IntGauge,
+    /// Downstream sessions hibernated: no worker, only their `initialize`
+    /// parameters kept.
+    pub sessions_hibernated: IntGauge,
+    /// Hibernated sessions woken by a request.
+    pub session_restores: IntCounter,
     /// `subscriptions/listen` streams currently open downstream.
     pub listen_streams: IntGauge,
     /// `notifications/tasks` sent to listeners, by upstream and the task's
@@ -112,9 +117,19 @@ impl Metrics {
         let call_labels = &["mcp_method_name", "upstream", "gen_ai_tool_name", "outcome"];
         let sessions_open = IntGauge::new(
             "portcullis_sessions_open",
-            "Downstream MCP sessions currently open.",
+            "Downstream MCP sessions open and awake (hibernated ones: portcullis_sessions_hibernated).",
         )?;
         registry.register(Box::new(sessions_open.clone()))?;
+        let sessions_hibernated = IntGauge::new(
+            "portcullis_sessions_hibernated",
+            "Downstream MCP sessions hibernated (no worker; rebuilt on their next request).",
+        )?;
+        registry.register(Box::new(sessions_hibernated.clone()))?;
+        let session_restores = IntCounter::new(
+            "portcullis_session_restores_total",
+            "Hibernated downstream sessions rebuilt for a request.",
+        )?;
+        registry.register(Box::new(session_restores.clone()))?;
         let listen_streams = IntGauge::new(
             "portcullis_listen_streams_open",
             "Downstream subscriptions/listen streams currently open.",
@@ -166,6 +181,8 @@ impl Metrics {
                 &["list", "result"],
             )?,
             sessions_open,
+            sessions_hibernated,
+            session_restores,
             listen_streams,
             task_notifications: counter(
                 "portcullis_task_notifications_total",

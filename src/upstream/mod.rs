@@ -630,6 +630,11 @@ impl Upstream {
         }
     }
 
+    /// Whether a downstream session has a per-client connection here.
+    pub fn serves_session(&self, session: u64) -> bool {
+        self.per_client.get(session).is_some()
+    }
+
     /// Closes every per-client connection of a downstream session.
     pub fn session_closed(&self, session: u64) {
         self.per_client.remove(session);
