@@ -151,12 +151,12 @@ pub struct HttpConfig {
     /// Idle downstream sessions are closed after this long.
     #[serde(default = "default_session_idle", with = "humantime_serde")]
     pub session_idle_timeout: Duration,
-    /// A downstream session idle this long, with no stream open and no
+    /// A downstream session idle this long, with no call in flight and no
     /// state beyond its `initialize` (no log level, subscription or
     /// per-client upstream connection), gives up its worker and keeps only
-    /// its `initialize` parameters; its next request rebuilds it, unseen by
-    /// the client. `0s` keeps every session's worker until
-    /// `session_idle_timeout`.
+    /// its `initialize` parameters; its GET stream stays open, and its next
+    /// request rebuilds it, unseen by the client. `0s` keeps every
+    /// session's worker until `session_idle_timeout`.
     #[serde(default = "default_session_hibernate", with = "humantime_serde")]
     pub session_hibernate_after: Duration,
     /// Items per page in list results the gateway returns.

@@ -103,6 +103,16 @@ pub struct Gateway {
     shims: tasks::shim::Shims,
     /// Open `subscriptions/listen` streams of 2026-07-28 clients.
     listeners: listen::Listeners,
+    /// Where list changes go for an endpoint's sessions that have no
+    /// worker now (hibernated by the HTTP layer).
+    dormant: Mutex<Vec<(Endpoint, Weak<dyn Dormant>)>>,
+}
+
+/// The sessions of an endpoint that are kept outside the gateway while
+/// they sleep: told of list changes they would otherwise have been sent.
+pub trait Dormant: Send + Sync {
+    /// The endpoint's `kind` list changed.
+    fn list_changed(&self, kind: crate::upstream::ListKind);
 }
 
 impl Gateway {
@@ -132,6 +142,7 @@ impl Gateway {
             bridge,
             task_ids,
             listeners: Default::default(),
+            dormant: Mutex::new(Vec::new()),
             legacy_tasks: Default::default(),
             shims: tasks::shim::Shims::new(),
         });
@@ -198,6 +209,14 @@ impl Gateway {
         }
         self.metrics.sessions_open.inc();
         Session::new(self.clone(), state)
+    }
+
+    /// Registers where `endpoint`'s sleeping sessions hear list changes.
+    pub fn add_dormant(&self, endpoint: Endpoint, sessions: Weak<dyn Dormant>) {
+        if let Ok(mut dormant) = self.dormant.lock() {
+            dormant.retain(|(_, d)| d.strong_count() > 0);
+            dormant.push((endpoint, sessions));
+        }
     }
 
     /// Number of open `subscriptions/listen` streams.
@@ -393,6 +412,21 @@ impl Gateway {
                 if let Err(e) = sent {
                     tracing::debug!(error = %e, "list_changed not delivered to a listener");
                 }
+            }
+        }
+        let dormant: Vec<(Endpoint, Arc<dyn Dormant>)> = self
+            .dormant
+            .lock()
+            .map(|d| {
+                d.iter()
+                    .filter(|(e, _)| self.registry.endpoint_includes(e, upstream))
+                    .filter_map(|(e, d)| Some((e.clone(), d.upgrade()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (endpoint, sessions) in dormant {
+            for kind in kinds.iter().filter(|k| shows(&endpoint, **k)) {
+                sessions.list_changed(*kind);
             }
         }
         for s in self.sessions_showing(upstream) {

@@ -7,7 +7,7 @@
 //! gateway's memory is made of.
 //!
 //! [`Hibernating`] wraps the local manager. A session idle for
-//! `http.session_hibernate_after`, with no stream open and nothing in the
+//! `http.session_hibernate_after`, with no call in flight and nothing in the
 //! gateway beyond what its `initialize` set up ([`SessionLink::restorable`]),
 //! has its worker closed; the [`Shelf`] keeps only its `initialize`
 //! parameters, serialized. The shelf is also the rmcp `SessionStore`: the
@@ -17,16 +17,26 @@
 //! same session. Shelved sessions expire after `http.session_idle_timeout`
 //! of inactivity, as live ones do.
 //!
+//! Its GET stream, if open, stays open ([`Relay`]): the shelf writes to it
+//! the list changes the gateway hands it (the only thing such a session's
+//! stream would carry), and it rejoins the rebuilt worker's stream.
+//!
 //! What a hibernated session forgets is only what rmcp kept in its worker:
 //! finished response streams cached for `Last-Event-ID` resumption (hence
 //! the 60 s default, rmcp's own retention).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use rmcp::model::ClientJsonRpcMessage;
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientNotification, JsonRpcMessage, ServerJsonRpcMessage,
+    ServerNotification,
+};
 use rmcp::transport::common::server_side_http::ServerSseMessage;
 use rmcp::transport::streamable_http_server::session::local::{
     LocalSessionManager, LocalSessionManagerError,
@@ -38,8 +48,9 @@ use rmcp::transport::streamable_http_server::session::EventStore;
 use rmcp::transport::streamable_http_server::{RestoreOutcome, SessionId, SessionManager};
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::SessionLink;
+use crate::gateway::{Dormant, SessionLink};
 use crate::telemetry::metrics::Metrics;
+use crate::upstream::ListKind;
 
 /// A session id as the shelf keeps it: rmcp's ids are UUIDs, held inline
 /// here so a sleeping session's entry is not a string allocated among its
@@ -68,8 +79,13 @@ struct Entry {
     link: Option<Arc<SessionLink>>,
     /// Whether the session has a worker.
     awake: bool,
-    /// Streams (responses, the GET stream, resumptions) open now.
+    /// Response streams and resumptions open now.
     open: u32,
+    /// The session's GET stream, which outlives the worker.
+    listener: Option<Weak<Listener>>,
+    /// A restore is under way: the GET stream joins the rebuilt worker once
+    /// its handshake is replayed.
+    rejoin_due: bool,
     last_active: Instant,
     /// Closes still to come from workers this shelf put to sleep: rmcp
     /// closes a session when its worker ends, and that close must not end
@@ -84,6 +100,8 @@ impl Entry {
             link: None,
             awake: true,
             open: 0,
+            listener: None,
+            rejoin_due: false,
             last_active: now,
             stale_closes: 0,
         }
@@ -156,6 +174,9 @@ impl Shelf {
         if !e.awake {
             self.metrics.sessions_hibernated.dec();
         }
+        if let Some(listener) = e.listener.as_ref().and_then(Weak::upgrade) {
+            listener.close();
+        }
         if let Some(shared) = e.initialize {
             // Two owners left: the pool's and this one.
             if Arc::strong_count(&shared) <= 2 {
@@ -199,6 +220,152 @@ where
         let _ = &busy;
         m
     })
+}
+
+/// The GET stream of a session: while the session sleeps it is kept open
+/// here, carrying what the gateway would have sent through the worker
+/// (list changes: a session with any other state stays awake), and it
+/// carries on from the rebuilt worker's stream once the session wakes.
+#[derive(Default)]
+struct Listener {
+    state: Mutex<Relayed>,
+    wake: tokio::sync::Notify,
+}
+
+type SseStream = Pin<Box<dyn Stream<Item = ServerSseMessage> + Send + Sync>>;
+
+#[derive(Default)]
+struct Relayed {
+    /// The worker's stream ends because the session sleeps, not because
+    /// the session ended.
+    asleep: bool,
+    /// The session ended while asleep.
+    closed: bool,
+    /// List changes heard while asleep, one per kind.
+    pending: VecDeque<(ListKind, ServerSseMessage)>,
+    /// The rebuilt worker's stream.
+    rejoin: Option<SseStream>,
+}
+
+impl Listener {
+    fn state(&self) -> MutexGuard<'_, Relayed> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sleep(&self) {
+        self.state().asleep = true;
+    }
+
+    fn close(&self) {
+        self.state().closed = true;
+        self.wake.notify_one();
+    }
+
+    fn rejoin(&self, stream: SseStream) {
+        let mut state = self.state();
+        state.asleep = false;
+        state.rejoin = Some(stream);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    fn list_changed(&self, kind: ListKind) {
+        let mut state = self.state();
+        // A list change says "look again": one pending per kind says it all.
+        if !state.asleep || state.pending.iter().any(|(k, _)| *k == kind) {
+            return;
+        }
+        let notification = match kind {
+            ListKind::Tools => ServerNotification::ToolListChangedNotification(Default::default()),
+            ListKind::Prompts => {
+                ServerNotification::PromptListChangedNotification(Default::default())
+            }
+            ListKind::Resources => {
+                ServerNotification::ResourceListChangedNotification(Default::default())
+            }
+        };
+        let message =
+            ServerSseMessage::from_message(ServerJsonRpcMessage::notification(notification));
+        state.pending.push_back((kind, message));
+        drop(state);
+        self.wake.notify_one();
+    }
+}
+
+/// The stream handed to rmcp for a GET: the worker's, then (while the
+/// session sleeps) the shelf's, then the rebuilt worker's.
+struct Relay {
+    worker: Option<SseStream>,
+    listener: Arc<Listener>,
+    waiting: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
+}
+
+impl Stream for Relay {
+    type Item = ServerSseMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ServerSseMessage>> {
+        let this = &mut *self;
+        loop {
+            if let Some(worker) = this.worker.as_mut() {
+                match worker.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(message)) => return Poll::Ready(Some(message)),
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        this.worker = None;
+                        let mut state = this.listener.state();
+                        if let Some(next) = state.rejoin.take() {
+                            this.worker = Some(next);
+                            continue;
+                        }
+                        if !state.asleep {
+                            return Poll::Ready(None);
+                        }
+                        tracing::debug!("a GET stream outlives its sleeping session's worker");
+                    }
+                }
+            }
+            {
+                let mut state = this.listener.state();
+                if let Some((_, message)) = state.pending.pop_front() {
+                    return Poll::Ready(Some(message));
+                }
+                if let Some(next) = state.rejoin.take() {
+                    this.worker = Some(next);
+                    continue;
+                }
+                if state.closed {
+                    return Poll::Ready(None);
+                }
+            }
+            let listener = this.listener.clone();
+            let waiting = this
+                .waiting
+                .get_or_insert_with(|| Box::pin(async move { listener.wake.notified().await }));
+            match waiting.as_mut().poll(cx) {
+                Poll::Ready(()) => this.waiting = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Dormant for Shelf {
+    fn list_changed(&self, kind: ListKind) {
+        let listeners: Vec<Arc<Listener>> = self
+            .entries()
+            .values()
+            .filter(|e| !e.awake)
+            .filter_map(|e| e.listener.as_ref()?.upgrade())
+            .collect();
+        tracing::debug!(
+            listeners = listeners.len(),
+            ?kind,
+            "list change for sleeping sessions"
+        );
+        for listener in listeners {
+            listener.list_changed(kind);
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -251,6 +418,13 @@ impl Hibernating {
         }
     }
 
+    /// Where the gateway tells this endpoint's sleeping sessions of list
+    /// changes.
+    pub(super) fn dormant(&self) -> Weak<dyn Dormant> {
+        let shelf: Arc<dyn Dormant> = self.shelf.clone();
+        Arc::downgrade(&shelf)
+    }
+
     /// The store to give rmcp's `StreamableHttpServerConfig`.
     pub(super) fn store(&self) -> Arc<dyn SessionStore> {
         self.shelf.clone()
@@ -297,6 +471,11 @@ impl Hibernating {
                         e.awake = false;
                         e.stale_closes += 1;
                         e.link = None;
+                        // Before the worker goes, so its stream's end reads
+                        // as sleep.
+                        if let Some(listener) = e.listener.as_ref().and_then(Weak::upgrade) {
+                            listener.sleep();
+                        }
                     }
                     _ => continue,
                 }
@@ -426,17 +605,49 @@ impl SessionManager for Hibernating {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<(), Self::Error> {
+        let initialized = matches!(
+            &message,
+            JsonRpcMessage::Notification(n)
+                if matches!(n.notification, ClientNotification::InitializedNotification(_))
+        );
         self.shelf.touch(id);
-        self.inner.accept_message(id, message).await
+        self.inner.accept_message(id, message).await?;
+        if initialized {
+            let listener = self
+                .shelf
+                .with(id, |e| {
+                    let due = std::mem::take(&mut e.rejoin_due);
+                    e.listener.as_ref().filter(|_| due)?.upgrade()
+                })
+                .flatten();
+            if let Some(listener) = listener {
+                match self.inner.create_standalone_stream(id).await {
+                    Ok(stream) => listener.rejoin(Box::pin(stream)),
+                    Err(e) => {
+                        tracing::debug!(session = %id, error = %e, "the GET stream could not rejoin its session");
+                        listener.close();
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn create_standalone_stream(
         &self,
         id: &SessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        let busy = self.shelf.open(id);
         let stream = self.inner.create_standalone_stream(id).await?;
-        Ok(busy_while(stream, busy))
+        let listener = Arc::new(Listener::default());
+        self.shelf.with(id, |e| {
+            e.listener = Some(Arc::downgrade(&listener));
+            e.last_active = Instant::now();
+        });
+        Ok(Relay {
+            worker: Some(Box::pin(stream)),
+            listener,
+            waiting: None,
+        })
     }
 
     async fn resume(
@@ -458,6 +669,7 @@ impl SessionManager for Hibernating {
         if let RestoreOutcome::Restored(_) = &outcome {
             let woke = self.shelf.with(&id, |e| {
                 e.last_active = Instant::now();
+                e.rejoin_due = true;
                 !std::mem::replace(&mut e.awake, true)
             });
             if woke == Some(true) {
@@ -542,5 +754,88 @@ mod tests {
             !e.may_sleep(later, Duration::from_secs(1)),
             "already asleep"
         );
+    }
+
+    /// A worker's stream fed from a channel, as rmcp's is.
+    fn worker() -> (
+        tokio::sync::mpsc::UnboundedSender<ServerSseMessage>,
+        SseStream,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            let message = rx.recv().await?;
+            Some((message, rx))
+        });
+        (tx, Box::pin(stream))
+    }
+
+    fn method(message: Option<ServerSseMessage>) -> String {
+        let message = message.and_then(|m| m.message).expect("a message");
+        serde_json::to_value(&*message).expect("serializes")["method"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_get_stream_outlives_its_sleeping_worker_and_rejoins_the_next() {
+        let listener = Arc::new(Listener::default());
+        let (first, stream) = worker();
+        let mut relay = Relay {
+            worker: Some(stream),
+            listener: listener.clone(),
+            waiting: None,
+        };
+        let ping = || {
+            ServerSseMessage::from_message(ServerJsonRpcMessage::notification(
+                ServerNotification::ToolListChangedNotification(Default::default()),
+            ))
+        };
+        first.send(ping()).expect("relay listening");
+        assert_eq!(
+            method(relay.next().await),
+            "notifications/tools/list_changed"
+        );
+
+        // Awake, a change is the worker's to send: the shelf adds nothing.
+        listener.list_changed(ListKind::Prompts);
+        listener.sleep();
+        drop(first);
+        listener.list_changed(ListKind::Resources);
+        listener.list_changed(ListKind::Resources);
+        assert_eq!(
+            method(relay.next().await),
+            "notifications/resources/list_changed"
+        );
+
+        let (second, stream) = worker();
+        listener.rejoin(stream);
+        second.send(ping()).expect("relay listening");
+        assert_eq!(
+            method(relay.next().await),
+            "notifications/tools/list_changed"
+        );
+        // Said once per kind, and nothing from before the sleep.
+        assert!(listener.state().pending.is_empty());
+
+        // The rebuilt worker's stream ends while awake: the session ended.
+        drop(second);
+        assert!(relay.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_get_stream_ends_with_its_sleeping_session() {
+        let listener = Arc::new(Listener::default());
+        let (tx, stream) = worker();
+        let mut relay = Relay {
+            worker: Some(stream),
+            listener: listener.clone(),
+            waiting: None,
+        };
+        listener.sleep();
+        drop(tx);
+        let waiting = tokio::spawn(async move { relay.next().await.is_none() });
+        listener.close();
+        assert!(waiting.await.expect("relay task"));
     }
 }

@@ -93,6 +93,7 @@ impl Router {
                     gateway.metrics().clone(),
                 ));
                 managers.push(Arc::downgrade(&sessions));
+                gateway.add_dormant(endpoint.clone(), sessions.dormant());
                 let mut http = mcp_config(config, runtime.shutdown_token());
                 if !config.http.session_hibernate_after.is_zero() {
                     http.session_store = Some(sessions.store());

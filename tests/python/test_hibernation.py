@@ -10,7 +10,7 @@ import json
 import urllib.error
 import urllib.request
 
-from conftest import fixture_stdio, http_get, mcp_session, run, wait_for
+from conftest import http_get, mcp_session, run, wait_for
 
 
 def metric(gw, name: str) -> float:
@@ -73,7 +73,10 @@ class RawSession:
 
 
 def gateway(procs, **extra):
-    gw = procs.gateway({"upstreams": {"fx": fixture_stdio()}, "http": {"session_hibernate_after": "1s"}, **extra})
+    # An HTTP upstream: a stdio server in `auto` runs a second child for
+    # legacy clients, whose list changes are not the listened ones.
+    upstream = {"http": {"url": procs.fixture_http()}}
+    gw = procs.gateway({"upstreams": {"fx": upstream}, "http": {"session_hibernate_after": "1s"}, **extra})
     gw.wait_up("fx")
     return gw
 
@@ -113,32 +116,65 @@ def test_a_sleeping_session_can_be_ended(procs):
     assert metric(gw, "portcullis_session_restores_total") == 0
 
 
-def test_sessions_holding_state_or_a_stream_stay_awake(procs):
+def test_a_session_holding_state_stays_awake(procs):
+    gw = gateway(procs)
+    leveled = RawSession(gw.url)
+    status, answer = leveled.request("logging/setLevel", {"level": "debug"})
+    assert status == 200 and "result" in answer, answer
+    plain = RawSession(gw.url)
+    # `leveled` was idle longer than `plain`: the sweep that put `plain` to
+    # sleep passed it over.
+    wait_for(lambda: metric(gw, "portcullis_sessions_hibernated") == 1, what="the plain session to hibernate")
+    status, answer = leveled.echo("leveled")
+    assert status == 200 and "leveled" in json.dumps(answer["result"]), answer
+    assert metric(gw, "portcullis_session_restores_total") == 0
+    status, answer = plain.echo("plain")
+    assert status == 200 and "plain" in json.dumps(answer["result"]), answer
+    assert metric(gw, "portcullis_session_restores_total") == 1
+
+
+def test_a_sleeping_sdk_session_keeps_its_get_stream_and_hears_list_changes(procs):
+    """The SDK holds a GET stream open for the session's whole life. The
+    stream outlives the sleeping worker, carries the list changes the
+    gateway would have sent, and carries on from the rebuilt worker."""
+    from mcp import types
+
     gw = gateway(procs)
 
     async def go():
-        # The SDK client holds the GET stream open for server notifications.
-        async with mcp_session(gw.url) as sdk:
+        changes = asyncio.Queue()
+
+        async def on_message(message):
+            if isinstance(message, types.ToolListChangedNotification):
+                changes.put_nowait(message)
+
+        async with mcp_session(gw.url, message_handler=on_message) as sdk:
             await sdk.call_tool("fx__echo", {"message": "sdk"})
-            leveled = RawSession(gw.url)
-            status, answer = leveled.request("logging/setLevel", {"level": "debug"})
-            assert status == 200 and "result" in answer, answer
-            plain = RawSession(gw.url)
-            # Both others were idle longer than `plain`: the sweep that put
-            # it to sleep passed them over.
             await asyncio.to_thread(
                 wait_for,
                 lambda: metric(gw, "portcullis_sessions_hibernated") == 1,
-                what="the plain session to hibernate",
+                what="the SDK's session to hibernate",
             )
-            result = await sdk.call_tool("fx__echo", {"message": "still here"})
-            assert "still here" in json.dumps(result.model_dump(mode="json"))
-            status, answer = leveled.echo("leveled")
-            assert status == 200 and "leveled" in json.dumps(answer["result"]), answer
-            assert metric(gw, "portcullis_session_restores_total") == 0
-            status, answer = plain.echo("plain")
-            assert status == 200 and "plain" in json.dumps(answer["result"]), answer
+            # Another session makes the upstream announce a tools change.
+            other = RawSession(gw.url)
+            status, answer = await asyncio.to_thread(
+                other.request, "tools/call", {"name": "fx__test_trigger_tool_change", "arguments": {}}
+            )
+            assert status == 200 and "result" in answer, answer
+            await asyncio.wait_for(changes.get(), 30)
+            assert metric(gw, "portcullis_session_restores_total") == 0, "hearing must not wake the session"
+
+            result = await sdk.call_tool("fx__echo", {"message": "awake"})
+            assert "awake" in json.dumps(result.model_dump(mode="json"))
             assert metric(gw, "portcullis_session_restores_total") == 1
+            # Awake again, the session's changes reach the same GET stream
+            # through its rebuilt worker.
+            status, answer = await asyncio.to_thread(
+                other.request, "tools/call", {"name": "fx__test_trigger_tool_change", "arguments": {}}
+            )
+            assert status == 200 and "result" in answer, answer
+            await asyncio.wait_for(changes.get(), 30)
+            assert metric(gw, "portcullis_sessions_hibernated") == 0
 
     run(go())
 
