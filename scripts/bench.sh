@@ -325,14 +325,16 @@ if want list; then
     stop "$FX100_PID"
 fi
 
-# idle_run TARGET PID URL: holds IDLE_SESSIONS sessions open and notes the
-# resident memory they cost the process at PID.
+# idle_run TARGET PID URL [METRICS_URL [LOADGEN_ARGS...]]: holds
+# IDLE_SESSIONS sessions open and notes the resident memory they cost the
+# process at PID; with METRICS_URL, again once all have hibernated.
 idle_run() {
-    local target=$1 pid=$2 url=$3 before after fifo
+    local target=$1 pid=$2 url=$3 metrics=${4:-} before after fifo
+    shift 4 2>/dev/null || shift $#
     before=$(status_kb "$pid" VmRSS)
     fifo=$OUT/idle-$$.out
     : >"$fifo"
-    "$BIN/portcullis-loadgen" "$url" --idle-sessions "$IDLE_SESSIONS" -c 32 --hold 600s >"$fifo" 2>"$OUT/idle.err" &
+    "$BIN/portcullis-loadgen" "$url" --idle-sessions "$IDLE_SESSIONS" -c 32 --hold 600s "$@" >"$fifo" 2>"$OUT/idle.err" &
     local lg=$!
     local i
     for i in $(seq 1 3000); do
@@ -352,10 +354,10 @@ idle_run() {
     echo "  $target: $(cat "$fifo"); RSS $before KB -> $after KB = $per bytes per session" >&2
     note idle "$target" sessions "$IDLE_SESSIONS" rss_before_kb "$before" rss_after_kb "$after" bytes_per_session "$per"
     # A gateway that hibernates idle sessions: measured again once all are asleep.
-    if [ -n "${4:-}" ]; then
+    if [ -n "$metrics" ]; then
         local asleep=0
         for i in $(seq 1 600); do
-            asleep=$(curl -s "$4" | awk '/^portcullis_sessions_hibernated /{print int($2)}')
+            asleep=$(curl -s "$metrics" | awk '/^portcullis_sessions_hibernated /{print int($2)}')
             [ "${asleep:-0}" -ge "$IDLE_SESSIONS" ] && break
             sleep 0.1
         done
@@ -377,9 +379,17 @@ if want idle; then
     start_gateway gateway-idle "$OUT/gateway-idle.yaml"
     idle_run portcullis "$GW_PID" "$GW_URL" "${GW_URL%/mcp}/metrics"
     stop "$GW_PID"
+    # As SDK clients hold them: each session with a GET stream open, on a
+    # connection of its own.
+    start_gateway gateway-idle-get "$OUT/gateway-idle.yaml"
+    idle_run "portcullis, GET streams" "$GW_PID" "$GW_URL" "${GW_URL%/mcp}/metrics" --listen
+    stop "$GW_PID"
     # The fixture alone, for reference: rmcp's own per-session cost.
     start fixture-idle "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --no-sse-priming
     idle_run "direct (fixture)" "$STARTED_PID" "$(awk '{print $3}' <<<"$STARTED_LINE")"
+    stop "$STARTED_PID"
+    start fixture-idle-get "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --no-sse-priming
+    idle_run "direct (fixture), GET streams" "$STARTED_PID" "$(awk '{print $3}' <<<"$STARTED_LINE")" "" --listen
     stop "$STARTED_PID"
     if [ $HAVE_MCPGW = 1 ]; then
         start_mcpgw mcp-gateway-idle "$FX_URL"

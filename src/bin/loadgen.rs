@@ -13,7 +13,7 @@
 //! ```text
 //! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list]
 //!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--json]
-//! portcullis-loadgen URL --idle-sessions N [--hold 30s]   # open and hold N sessions
+//! portcullis-loadgen URL --idle-sessions N [--listen] [--hold 30s]   # open and hold N sessions (each with a GET stream)
 //! portcullis-loadgen URL --setup-rate [--duration 10s]    # initialize+initialized+DELETE per second
 //! portcullis-loadgen http://HOST/v1/chat/completions --chat MODEL [--stream]
 //! ```
@@ -100,6 +100,10 @@ struct Cli {
     /// Open this many sessions, print `ready`, and hold them.
     #[arg(long, value_name = "N")]
     idle_sessions: Option<usize>,
+    /// With `--idle-sessions`: each session also holds a GET stream open (its
+    /// own connection), as SDK clients do for server notifications.
+    #[arg(long)]
+    listen: bool,
     /// With `--idle-sessions`: exit after this long (default: until SIGTERM or Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     hold: Option<Duration>,
@@ -1078,10 +1082,51 @@ async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> 
     })
 }
 
+/// Opens a GET stream for each session, each on its own connection, and
+/// returns the tasks that read them (aborted to close them).
+async fn hold_get_streams(
+    ep: &Arc<Endpoint>,
+    sessions: &[Session],
+    parallel: usize,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use futures::StreamExt as _;
+    let opened = futures::stream::iter(sessions.iter().cloned())
+        .map(|session| {
+            let ep = ep.clone();
+            async move {
+                let mut conn = Conn::new(ep);
+                let req = conn.request(Method::GET, Some(&session), Bytes::new())?;
+                let resp = conn.sender().await?.send_request(req).await?;
+                let sse = resp
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                if resp.status() != StatusCode::OK || !sse {
+                    bail!("GET stream refused: HTTP {}", resp.status());
+                }
+                let mut body = resp.into_body();
+                Ok::<_, anyhow::Error>(tokio::spawn(async move {
+                    // Keep-alive comments and notifications are read and dropped.
+                    while let Some(Ok(_)) = body.frame().await {}
+                    drop(conn);
+                }))
+            }
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    opened.into_iter().collect()
+}
+
 async fn run_idle(cli: &Cli, ep: Arc<Endpoint>, n: usize) -> anyhow::Result<()> {
     let begun = Instant::now();
     let parallel = cli.concurrency.max(16);
     let sessions = open_sessions(&ep, &cli.protocol_version, n, parallel).await?;
+    let streams = match cli.listen {
+        true => hold_get_streams(&ep, &sessions, parallel).await?,
+        false => Vec::new(),
+    };
     let took = begun.elapsed().as_secs_f64();
     if cli.json {
         println!(
@@ -1098,6 +1143,9 @@ async fn run_idle(cli: &Cli, ep: Arc<Endpoint>, n: usize) -> anyhow::Result<()> 
             () = stop_signal() => {}
         },
         None => stop_signal().await,
+    }
+    for stream in streams {
+        stream.abort();
     }
     // End the sessions so the server can be measured again afterwards.
     let sessions = Arc::new(Mutex::new(sessions));

@@ -517,7 +517,8 @@ pub(super) fn spawn_sweeper(
             }
             if slept > 0 {
                 tracing::debug!(sessions = slept, "sessions hibernated");
-                release_freed_memory();
+                // It walks the whole heap: off the async workers.
+                tokio::task::spawn_blocking(release_freed_memory);
             }
         }
     });
