@@ -269,11 +269,13 @@ impl Listener {
         self.wake.notify_one();
     }
 
-    fn list_changed(&self, kind: ListKind) {
+    /// Queues a list change for a sleeping session's stream; false when it
+    /// is awake (the worker sends it) or one of that kind is queued.
+    fn list_changed(&self, kind: ListKind) -> bool {
         let mut state = self.state();
         // A list change says "look again": one pending per kind says it all.
         if !state.asleep || state.pending.iter().any(|(k, _)| *k == kind) {
-            return;
+            return false;
         }
         let notification = match kind {
             ListKind::Tools => ServerNotification::ToolListChangedNotification(Default::default()),
@@ -289,6 +291,7 @@ impl Listener {
         state.pending.push_back((kind, message));
         drop(state);
         self.wake.notify_one();
+        true
     }
 }
 
@@ -363,7 +366,9 @@ impl Dormant for Shelf {
             "list change for sleeping sessions"
         );
         for listener in listeners {
-            listener.list_changed(kind);
+            if listener.list_changed(kind) {
+                self.metrics.session_relayed.inc();
+            }
         }
     }
 }
@@ -799,11 +804,11 @@ mod tests {
         );
 
         // Awake, a change is the worker's to send: the shelf adds nothing.
-        listener.list_changed(ListKind::Prompts);
+        assert!(!listener.list_changed(ListKind::Prompts));
         listener.sleep();
         drop(first);
-        listener.list_changed(ListKind::Resources);
-        listener.list_changed(ListKind::Resources);
+        assert!(listener.list_changed(ListKind::Resources));
+        assert!(!listener.list_changed(ListKind::Resources), "once per kind");
         assert_eq!(
             method(relay.next().await),
             "notifications/resources/list_changed"

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub sessions_hibernated: IntGauge,
     /// Hibernated sessions woken by a request.
     pub session_restores: IntCounter,
+    /// List changes written to hibernated sessions' GET streams.
+    pub session_relayed: IntCounter,
     /// `subscriptions/listen` streams currently open downstream.
     pub listen_streams: IntGauge,
     /// `notifications/tasks` sent to listeners, by upstream and the task's
@@ -130,6 +132,11 @@ impl Metrics {
             "Hibernated downstream sessions rebuilt for a request.",
         )?;
         registry.register(Box::new(session_restores.clone()))?;
+        let session_relayed = IntCounter::new(
+            "portcullis_session_relayed_notifications_total",
+            "List changes written to hibernated sessions' GET streams.",
+        )?;
+        registry.register(Box::new(session_relayed.clone()))?;
         let listen_streams = IntGauge::new(
             "portcullis_listen_streams_open",
             "Downstream subscriptions/listen streams currently open.",
@@ -183,6 +190,7 @@ impl Metrics {
             sessions_open,
             sessions_hibernated,
             session_restores,
+            session_relayed,
             listen_streams,
             task_notifications: counter(
                 "portcullis_task_notifications_total",

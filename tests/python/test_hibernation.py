@@ -163,6 +163,7 @@ def test_a_sleeping_sdk_session_keeps_its_get_stream_and_hears_list_changes(proc
             assert status == 200 and "result" in answer, answer
             await asyncio.wait_for(changes.get(), 30)
             assert metric(gw, "portcullis_session_restores_total") == 0, "hearing must not wake the session"
+            assert metric(gw, "portcullis_session_relayed_notifications_total") == 1
 
             result = await sdk.call_tool("fx__echo", {"message": "awake"})
             assert "awake" in json.dumps(result.model_dump(mode="json"))
