@@ -147,13 +147,16 @@ impl Shelf {
     }
 
     fn open(self: &Arc<Self>, id: &str) -> Busy {
-        self.with(id, |e| {
-            e.open += 1;
-            e.last_active = Instant::now();
-        });
+        let key = Key::of(id);
+        if let Some(k) = key {
+            if let Some(e) = self.entries().get_mut(&k) {
+                e.open += 1;
+                e.last_active = Instant::now();
+            }
+        }
         Busy {
             shelf: self.clone(),
-            key: Key::of(id),
+            key,
         }
     }
 
@@ -178,9 +181,9 @@ impl Shelf {
             listener.close();
         }
         if let Some(shared) = e.initialize {
+            let mut pool = self.initializes.lock().unwrap_or_else(|e| e.into_inner());
             // Two owners left: the pool's and this one.
             if Arc::strong_count(&shared) <= 2 {
-                let mut pool = self.initializes.lock().unwrap_or_else(|e| e.into_inner());
                 pool.remove(&shared);
             }
         }
@@ -311,24 +314,14 @@ impl Stream for Relay {
         loop {
             if let Some(worker) = this.worker.as_mut() {
                 match worker.as_mut().poll_next(cx) {
-                    Poll::Ready(Some(message)) => return Poll::Ready(Some(message)),
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(None) => {
-                        this.worker = None;
-                        let mut state = this.listener.state();
-                        if let Some(next) = state.rejoin.take() {
-                            this.worker = Some(next);
-                            continue;
-                        }
-                        if !state.asleep {
-                            return Poll::Ready(None);
-                        }
-                        tracing::debug!("a GET stream outlives its sleeping session's worker");
-                    }
+                    Poll::Ready(None) => this.worker = None,
+                    other => return other,
                 }
             }
             {
                 let mut state = this.listener.state();
+                // What was heard while asleep goes out before the rebuilt
+                // worker's stream takes over.
                 if let Some((_, message)) = state.pending.pop_front() {
                     return Poll::Ready(Some(message));
                 }
@@ -336,7 +329,9 @@ impl Stream for Relay {
                     this.worker = Some(next);
                     continue;
                 }
-                if state.closed {
+                // A worker's stream that ends while the session is awake
+                // means the session ended.
+                if state.closed || !state.asleep {
                     return Poll::Ready(None);
                 }
             }
@@ -827,6 +822,38 @@ mod tests {
         // The rebuilt worker's stream ends while awake: the session ended.
         drop(second);
         assert!(relay.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn what_was_heard_asleep_goes_out_before_the_rebuilt_workers_stream() {
+        let listener = Arc::new(Listener::default());
+        let (first, stream) = worker();
+        let mut relay = Relay {
+            worker: Some(stream),
+            listener: listener.clone(),
+            waiting: None,
+        };
+        listener.sleep();
+        drop(first);
+        assert!(listener.list_changed(ListKind::Prompts));
+        // The session wakes before the relay has seen its old worker end.
+        let (second, stream) = worker();
+        listener.rejoin(stream);
+        second
+            .send(ServerSseMessage::from_message(
+                ServerJsonRpcMessage::notification(
+                    ServerNotification::ToolListChangedNotification(Default::default()),
+                ),
+            ))
+            .expect("relay listening");
+        assert_eq!(
+            method(relay.next().await),
+            "notifications/prompts/list_changed"
+        );
+        assert_eq!(
+            method(relay.next().await),
+            "notifications/tools/list_changed"
+        );
     }
 
     #[tokio::test]

@@ -91,6 +91,15 @@ pub struct Metrics {
 #[error("metrics registration failed: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
+/// Registers `metric` and hands it back.
+fn registered<M>(registry: &Registry, metric: M) -> Result<M, MetricsError>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
 impl Metrics {
     /// Creates and registers every family.
     pub fn new() -> Result<Metrics, MetricsError> {
@@ -101,55 +110,66 @@ impl Metrics {
                     HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
                     labels,
                 )?;
-                registry.register(Box::new(h.clone()))?;
-                Ok(h)
+                registered(&registry, h)
             };
         let counter =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
+                registered(
+                    &registry,
+                    IntCounterVec::new(Opts::new(name, help), labels)?,
+                )
             };
         let gauge =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
-                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(g.clone()))?;
-                Ok(g)
+                registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
             };
         let call_labels = &["mcp_method_name", "upstream", "gen_ai_tool_name", "outcome"];
-        let sessions_open = IntGauge::new(
-            "portcullis_sessions_open",
-            "Downstream MCP sessions open and awake (hibernated ones: portcullis_sessions_hibernated).",
+        let sessions_open = registered(
+            &registry,
+            IntGauge::new(
+                "portcullis_sessions_open",
+                "Downstream MCP sessions open and awake (hibernated ones: portcullis_sessions_hibernated).",
+            )?,
         )?;
-        registry.register(Box::new(sessions_open.clone()))?;
-        let sessions_hibernated = IntGauge::new(
-            "portcullis_sessions_hibernated",
-            "Downstream MCP sessions hibernated (no worker; rebuilt on their next request).",
+        let sessions_hibernated = registered(
+            &registry,
+            IntGauge::new(
+                "portcullis_sessions_hibernated",
+                "Downstream MCP sessions hibernated (no worker; rebuilt on their next request).",
+            )?,
         )?;
-        registry.register(Box::new(sessions_hibernated.clone()))?;
-        let session_restores = IntCounter::new(
-            "portcullis_session_restores_total",
-            "Hibernated downstream sessions rebuilt for a request.",
+        let session_restores = registered(
+            &registry,
+            IntCounter::new(
+                "portcullis_session_restores_total",
+                "Hibernated downstream sessions rebuilt for a request.",
+            )?,
         )?;
-        registry.register(Box::new(session_restores.clone()))?;
-        let session_relayed = IntCounter::new(
-            "portcullis_session_relayed_notifications_total",
-            "List changes written to hibernated sessions' GET streams.",
+        let session_relayed = registered(
+            &registry,
+            IntCounter::new(
+                "portcullis_session_relayed_notifications_total",
+                "List changes written to hibernated sessions' GET streams.",
+            )?,
         )?;
-        registry.register(Box::new(session_relayed.clone()))?;
-        let listen_streams = IntGauge::new(
-            "portcullis_listen_streams_open",
-            "Downstream subscriptions/listen streams currently open.",
+        let listen_streams = registered(
+            &registry,
+            IntGauge::new(
+                "portcullis_listen_streams_open",
+                "Downstream subscriptions/listen streams currently open.",
+            )?,
         )?;
-        registry.register(Box::new(listen_streams.clone()))?;
-        let ratelimit_backend_errors = IntCounter::new(
-            "portcullis_ratelimit_backend_errors_total",
-            "Rate-limit checks the shared backend (Redis) failed to answer.",
+        let ratelimit_backend_errors = registered(
+            &registry,
+            IntCounter::new(
+                "portcullis_ratelimit_backend_errors_total",
+                "Rate-limit checks the shared backend (Redis) failed to answer.",
+            )?,
         )?;
-        registry.register(Box::new(ratelimit_backend_errors.clone()))?;
-        let policy_rules =
-            IntGauge::new("portcullis_policy_rules", "Rules in the policy in force.")?;
-        registry.register(Box::new(policy_rules.clone()))?;
+        let policy_rules = registered(
+            &registry,
+            IntGauge::new("portcullis_policy_rules", "Rules in the policy in force.")?,
+        )?;
         Ok(Metrics {
             server_duration: histogram(
                 "mcp_server_operation_duration_seconds",
@@ -372,30 +392,31 @@ impl LlmMetrics {
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
                 labels,
             )?;
-            registry.register(Box::new(h.clone()))?;
-            Ok::<_, MetricsError>(h)
+            registered(registry, h)
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, MetricsError>(c)
+            registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
         };
-        let cost = CounterVec::new(
-            Opts::new(
-                "portcullis_llm_cost_usd_total",
-                "Model cost in US dollars, from the configured prices.",
-            ),
-            &["identity", "alias", "provider", "model"],
+        let cost = registered(
+            registry,
+            CounterVec::new(
+                Opts::new(
+                    "portcullis_llm_cost_usd_total",
+                    "Model cost in US dollars, from the configured prices.",
+                ),
+                &["identity", "alias", "provider", "model"],
+            )?,
         )?;
-        registry.register(Box::new(cost.clone()))?;
-        let cooling_down = IntGaugeVec::new(
-            Opts::new(
-                "portcullis_llm_target_cooling_down",
-                "1 while a target's circuit breaker keeps it out.",
-            ),
-            &["alias", "provider", "model"],
+        let cooling_down = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_llm_target_cooling_down",
+                    "1 while a target's circuit breaker keeps it out.",
+                ),
+                &["alias", "provider", "model"],
+            )?,
         )?;
-        registry.register(Box::new(cooling_down.clone()))?;
         let genai = &[
             "gen_ai_operation_name",
             "gen_ai_provider_name",

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -62,6 +63,20 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def metric(gw, name: str, **labels: str) -> float:
+    """One sample from the gateway's /metrics (0 when absent)."""
+    _, body = http_get(gw.endpoint("/metrics"))
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in body.decode().splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = ",".join(sorted((m.group(2) or "").split(","))) if m.group(2) else ""
+        if got == want:
+            return float(m.group(3))
+    return 0.0
 
 
 def legacy_initialize(url: str) -> tuple[int, str, dict]:

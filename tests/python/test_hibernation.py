@@ -10,15 +10,7 @@ import json
 import urllib.error
 import urllib.request
 
-from conftest import http_get, mcp_session, run, wait_for
-
-
-def metric(gw, name: str) -> float:
-    _, body = http_get(gw.endpoint("/metrics"))
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return float("nan")
+from conftest import mcp_session, metric, run, wait_for
 
 
 class RawSession:

@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import time
@@ -20,23 +19,9 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from conftest import fixture_stdio, free_port, http_get, mcp_session, run, wait_for
+from conftest import fixture_stdio, free_port, http_get, mcp_session, metric, run, wait_for
 
 RATE_LIMITED = -32029
-
-
-def metric(gw, name: str, **labels: str) -> float:
-    """One sample from the gateway's /metrics (0 when absent)."""
-    _, body = http_get(gw.endpoint("/metrics"))
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in body.decode().splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = ",".join(sorted((m.group(2) or "").split(","))) if m.group(2) else ""
-        if got == want:
-            return float(m.group(3))
-    return 0.0
 
 
 def forwarded_calls(gw, upstream: str) -> float:
