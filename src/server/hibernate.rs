@@ -770,6 +770,17 @@ mod tests {
         (tx, Box::pin(stream))
     }
 
+    /// A GET stream's relay over `stream`, and its listener.
+    fn relay(stream: SseStream) -> (Arc<Listener>, Relay) {
+        let listener = Arc::new(Listener::default());
+        let relay = Relay {
+            worker: Some(stream),
+            listener: listener.clone(),
+            waiting: None,
+        };
+        (listener, relay)
+    }
+
     fn method(message: Option<ServerSseMessage>) -> String {
         let message = message.and_then(|m| m.message).expect("a message");
         serde_json::to_value(&*message).expect("serializes")["method"]
@@ -780,13 +791,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_get_stream_outlives_its_sleeping_worker_and_rejoins_the_next() {
-        let listener = Arc::new(Listener::default());
         let (first, stream) = worker();
-        let mut relay = Relay {
-            worker: Some(stream),
-            listener: listener.clone(),
-            waiting: None,
-        };
+        let (listener, mut relay) = relay(stream);
         let ping = || {
             ServerSseMessage::from_message(ServerJsonRpcMessage::notification(
                 ServerNotification::ToolListChangedNotification(Default::default()),
@@ -826,13 +832,8 @@ mod tests {
 
     #[tokio::test]
     async fn what_was_heard_asleep_goes_out_before_the_rebuilt_workers_stream() {
-        let listener = Arc::new(Listener::default());
         let (first, stream) = worker();
-        let mut relay = Relay {
-            worker: Some(stream),
-            listener: listener.clone(),
-            waiting: None,
-        };
+        let (listener, mut relay) = relay(stream);
         listener.sleep();
         drop(first);
         assert!(listener.list_changed(ListKind::Prompts));
@@ -858,13 +859,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_get_stream_ends_with_its_sleeping_session() {
-        let listener = Arc::new(Listener::default());
         let (tx, stream) = worker();
-        let mut relay = Relay {
-            worker: Some(stream),
-            listener: listener.clone(),
-            waiting: None,
-        };
+        let (listener, mut relay) = relay(stream);
         listener.sleep();
         drop(tx);
         let waiting = tokio::spawn(async move { relay.next().await.is_none() });
