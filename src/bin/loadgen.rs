@@ -912,10 +912,7 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
     let start = Instant::now();
     let measure_from = start + cli.warmup;
     let end = measure_from + cli.duration;
-    let interval = cli
-        .rate
-        .filter(|r| *r > 0.0)
-        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let rate = cli.rate.filter(|r| *r > 0.0);
     let tickets = Arc::new(AtomicU64::new(0));
     let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
     let mut workers = Vec::with_capacity(concurrency);
@@ -931,12 +928,21 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
             let mut conn = Conn::new(ep);
             conn.expect = expect;
             let mut tally = Tally::default();
-            let mut id = 1u64;
+            // Workers may share a session (`--sessions` < `--concurrency`),
+            // and a session's requests in flight must have distinct ids: when
+            // every worker counted from the same id, the fixture lost one of
+            // two equal ids' answers and that worker waited forever. So
+            // worker `w` uses ids `w + 1 + k * concurrency` (0 is `initialize`'s).
+            let mut id = w as u64 + 1;
+            let stride = concurrency as u64;
             loop {
-                let due = match interval {
-                    Some(iv) => {
+                let due = match rate {
+                    Some(r) => {
                         let k = tickets.fetch_add(1, Ordering::Relaxed);
-                        let due = start + iv.mul_f64(k as f64);
+                        // `k / r`, not `k` times a rounded `1 / r`: at 30/s the
+                        // rounded interval put request 30 just inside a 1 s
+                        // window, one request more than the rate.
+                        let due = start + Duration::from_secs_f64(k as f64 / r);
                         if due >= end {
                             break;
                         }
@@ -952,10 +958,9 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
                     }
                 };
                 let measured = due >= measure_from;
-                if measured && interval.is_some() && due.elapsed() > Duration::from_millis(1) {
+                if measured && rate.is_some() && due.elapsed() > Duration::from_millis(1) {
                     tally.late += 1;
                 }
-                id += 1;
                 let result = match (&chat, session) {
                     (Some(body), _) => conn
                         .chat(body.clone(), stream)
@@ -966,6 +971,7 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
                         .await
                         .map(|(r, _)| (r.error, r.tool_error, Instant::now())),
                 };
+                id += stride;
                 if !measured {
                     continue;
                 }
@@ -1128,6 +1134,10 @@ async fn run_idle(cli: &Cli, ep: Arc<Endpoint>, n: usize) -> anyhow::Result<()> 
         false => Vec::new(),
     };
     let took = begun.elapsed().as_secs_f64();
+    // Listen before saying `ready`: a SIGTERM sent on reading it used to
+    // arrive before the handler existed and kill the process, leaving every
+    // session open on the server.
+    let stop = stop_signal();
     if cli.json {
         println!(
             "{}",
@@ -1140,9 +1150,9 @@ async fn run_idle(cli: &Cli, ep: Arc<Endpoint>, n: usize) -> anyhow::Result<()> 
     match cli.hold {
         Some(d) => tokio::select! {
             () = tokio::time::sleep(d) => {}
-            () = stop_signal() => {}
+            () = stop => {}
         },
-        None => stop_signal().await,
+        None => stop.await,
     }
     for stream in streams {
         stream.abort();
@@ -1168,17 +1178,25 @@ async fn run_idle(cli: &Cli, ep: Arc<Endpoint>, n: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
+/// Resolves on SIGTERM or SIGINT; the handlers are installed by the call
+/// itself, not when the future is first polled.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        match signals {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
