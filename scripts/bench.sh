@@ -631,7 +631,7 @@ fi
 if [ "$CF_UP" = 1 ]; then
     # Its sandbox pools' processes hold memory too, though no call uses them:
     # their proportional share (Pss; they are forks sharing pages).
-    note contextforge contextforge peak_rss_kb "$(status_kb "$CF_PID" VmHWM)" \
+    note echo+setup contextforge peak_rss_kb "$(status_kb "$CF_PID" VmHWM)" \
         sandbox_children_pss_kb "$(for p in $(cat /proc/"$CF_PID"/task/*/children 2>/dev/null); do
             awk '$1 == "Pss:" { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null
         done | awk '{ s += $1 } END { print s + 0 }')"
