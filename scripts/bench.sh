@@ -7,16 +7,22 @@
 # Builds release binaries, starts the fixture MCP server over HTTP and the
 # gateway in front of it (both on OS-chosen ports), and runs the same load
 # with portcullis-loadgen straight at the fixture, through portcullis and,
-# when installed, through mcp-gateway (crates.io), in the same run. Prints
-# each result, the ratios, each process's CPU time per call (/proc/PID/stat
-# over the measured window) and peak memory (VmHWM).
+# when installed, through the peers a user would pick instead, in the same
+# run: mcp-gateway (crates.io) and IBM ContextForge (PyPI) on the MCP path,
+# the LiteLLM proxy (PyPI) on the model path. Prints each result, the ratios,
+# each process's CPU time per call (/proc/PID/stat over the measured window)
+# and peak memory (VmHWM).
 #
 # Environment:
 #   BENCH_DURATION=10s BENCH_WARMUP=2s    measured time and warm-up per run
 #   BENCH_IDLE_SESSIONS=10000             sessions held open in `idle`
 #   BENCH_OUT=target/bench                configs, logs and results.jsonl
 #   BENCH_MCP_GATEWAY=auto|skip           auto: install mcp-gateway if missing
-#   PEERS_DIR=.peers                      where mcp-gateway is installed
+#   BENCH_CONTEXTFORGE=auto|skip          auto: pip-install ContextForge if missing
+#   BENCH_LITELLM=auto|skip               auto: pip-install the LiteLLM proxy if missing
+#   BENCH_PYTHON=python3.12               the Python for their venvs (3.12 or 3.13;
+#                                         default: the first found on PATH or in pyenv)
+#   PEERS_DIR=.peers                      where the peers are installed
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +34,8 @@ OUT=${BENCH_OUT:-$ROOT/target/bench}
 PEERS=${PEERS_DIR:-$ROOT/.peers}
 MCPGW_ROOT=$PEERS/mcp-gateway
 MCPGW=$MCPGW_ROOT/bin/mcp-gateway
+CF_ROOT=$PEERS/contextforge
+LITELLM_ROOT=$PEERS/litellm
 SCENARIOS=("$@")
 [ ${#SCENARIOS[@]} -eq 0 ] && SCENARIOS=(echo policy list idle setup llm)
 
@@ -147,6 +155,56 @@ if [ "${BENCH_MCP_GATEWAY:-auto}" != skip ]; then
 fi
 if [ $HAVE_MCPGW = 0 ]; then echo "mcp-gateway: not available; its rows are skipped" >&2; fi
 
+# python_for_peers: prints a Python 3.12 or 3.13 interpreter (ContextForge
+# needs one of them), or fails.
+python_for_peers() {
+    local py
+    for py in "${BENCH_PYTHON:-}" python3.12 python3.13 \
+        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3 \
+        "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3; do
+        [ -n "$py" ] && command -v "$py" >/dev/null 2>&1 || continue
+        if "$py" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 12), (3, 13)))' 2>/dev/null; then
+            echo "$py"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# pip_peer NAME SWITCH SPEC EXE: 0 when peer NAME is wanted (SWITCH is not
+# `skip`) and $PEERS/NAME/bin/EXE exists, pip-installing SPEC into the venv
+# $PEERS/NAME first if it is missing; otherwise says why and returns 1.
+pip_peer() {
+    local name=$1 switch=$2 spec=$3 exe=$4 dir=$PEERS/$1 py
+    if [ "$switch" = skip ]; then
+        echo "$name: skipped by request; its rows are skipped" >&2
+        return 1
+    fi
+    if [ ! -x "$dir/bin/$exe" ]; then
+        if ! py=$(python_for_peers); then
+            echo "$name: no Python 3.12 or 3.13 found (set BENCH_PYTHON); its rows are skipped" >&2
+            return 1
+        fi
+        log "$name not installed: pip install '$spec' into $dir ($py)"
+        if ! { "$py" -m venv "$dir" && "$dir/bin/pip" install "$spec"; } >"$OUT/$name-install.log" 2>&1; then
+            echo "$name install failed (see $OUT/$name-install.log); its rows are skipped" >&2
+            return 1
+        fi
+    fi
+    [ -x "$dir/bin/$exe" ] && return 0
+    echo "$name: no $dir/bin/$exe after install (see $OUT/$name-install.log); its rows are skipped" >&2
+    return 1
+}
+
+HAVE_CF=0 HAVE_LITELLM=0
+if { want echo || want setup; } &&
+    pip_peer contextforge "${BENCH_CONTEXTFORGE:-auto}" mcp-contextforge-gateway mcpgateway; then
+    HAVE_CF=1
+fi
+if want llm && pip_peer litellm "${BENCH_LITELLM:-auto}" 'litellm[proxy]' litellm; then
+    HAVE_LITELLM=1
+fi
+
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # start_mcpgw NAME FIXTURE_URL: mcp-gateway with one streamable-HTTP backend `fx`,
@@ -175,6 +233,90 @@ EOF
     wait_http "http://127.0.0.1:$port/health"
 }
 
+# start_contextforge NAME FIXTURE_URL: ContextForge (one uvicorn process; its
+# child processes are sandbox pools for jq and JSON-schema checks that a
+# proxied call does not use) with a fresh SQLite database in $OUT, the
+# fixture registered as gateway `fx` over streamable HTTP, and a virtual
+# server holding its echo tool. Stateful sessions on, so that it hands out
+# session ids as the fixture and portcullis do; its rate limiter off; no
+# response cache exists to turn off (its caches hold catalogue lookups, as
+# portcullis' does); plugins and observability off (its defaults). Sets
+# CF_PID, CF_URL (the virtual server's MCP endpoint), CF_AUTH (the header
+# with a JWT its CLI minted) and CF_TOOL (the echo tool's name there).
+# Fails (returns 1) with the reason on stderr.
+start_contextforge() {
+    local name=$1 upstream=$2 port base envfile token tool_id server_id
+    port=$(free_port)
+    base=http://127.0.0.1:$port
+    envfile=$OUT/$name.env
+    rm -f "$OUT/$name.db"
+    python3 - "$OUT/$name.db" >"$envfile" <<'EOF'
+import secrets, sys
+password = "Bench-" + secrets.token_urlsafe(18)
+for k, v in {
+    "DATABASE_URL": "sqlite:///" + sys.argv[1],
+    "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+    "AUTH_ENCRYPTION_SECRET": secrets.token_urlsafe(48),
+    "PLATFORM_ADMIN_EMAIL": "bench@example.com",
+    "PLATFORM_ADMIN_PASSWORD": password,
+    "DEFAULT_USER_PASSWORD": password,
+    "BASIC_AUTH_PASSWORD": password,
+    "USE_STATEFUL_SESSIONS": "true",
+    "RATE_LIMITING_ENABLED": "false",
+    "SSRF_ALLOW_LOCALHOST": "true",
+    "LOG_LEVEL": "ERROR",
+}.items():
+    print(f"{k}={v}")
+EOF
+    # Its CLI and its token minter both read their settings from the environment.
+    (set -a && . "$envfile" && exec "$CF_ROOT/bin/mcpgateway" --host 127.0.0.1 --port "$port") \
+        >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    CF_PID=$!
+    PIDS+=("$CF_PID")
+    wait_http "$base/health" || return 1
+    token=$(set -a && . "$envfile" &&
+        "$CF_ROOT/bin/python" -m mcpgateway.utils.create_jwt_token -u bench@example.com --admin -e 600 2>>"$OUT/$name.err") ||
+        { echo "$name: could not mint a JWT (see $OUT/$name.err)" >&2; return 1; }
+    CF_AUTH="Authorization: Bearer $token"
+    curl -fsS -X POST "$base/v1/gateways" -H "$CF_AUTH" -H 'Content-Type: application/json' \
+        -d "{\"name\": \"fx\", \"url\": \"$upstream\", \"transport\": \"STREAMABLEHTTP\"}" >"$OUT/$name-gateway.json" ||
+        { echo "$name: registering the fixture failed: $(head -c 300 "$OUT/$name-gateway.json")" >&2; return 1; }
+    # The tool whose upstream name is `echo`: its id, and the name it exposes.
+    read -r tool_id CF_TOOL < <(curl -fsS "$base/v1/tools" -H "$CF_AUTH" | python3 -c '
+import json, sys
+tools = json.load(sys.stdin)
+tools = tools if isinstance(tools, list) else tools.get("items", [])
+tool = next(t for t in tools if t.get("originalName") == "echo" and t.get("gatewaySlug") == "fx")
+print(tool["id"], tool["name"])
+' 2>>"$OUT/$name.err") ||
+        { echo "$name: the fixture's echo tool is not in its catalogue" >&2; return 1; }
+    server_id=$(curl -fsS -X POST "$base/v1/servers" -H "$CF_AUTH" -H 'Content-Type: application/json' \
+        -d "{\"server\": {\"name\": \"bench\", \"associated_tools\": [\"$tool_id\"]}}" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') ||
+        { echo "$name: creating the virtual server failed" >&2; return 1; }
+    CF_URL=$base/v1/virtual-servers/$server_id/mcp
+    echo "  $name: $CF_URL, tool $CF_TOOL" >&2
+}
+
+# start_litellm NAME PROVIDER_BASE: the LiteLLM proxy with one model `bench`
+# on the OpenAI-compatible provider, no database (so no spend logs), its
+# default settings otherwise. Sets LITELLM_PID and LITELLM_BASE.
+start_litellm() {
+    local name=$1 provider=$2 port
+    port=$(free_port)
+    cat >"$OUT/$name.yaml" <<EOF
+model_list:
+  - model_name: bench
+    litellm_params: { model: openai/fake-model, api_base: "$provider/v1", api_key: bench }
+EOF
+    LITELLM_MASTER_KEY=sk-bench "$LITELLM_ROOT/bin/litellm" --config "$OUT/$name.yaml" \
+        --host 127.0.0.1 --port "$port" >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    LITELLM_PID=$!
+    PIDS+=("$LITELLM_PID")
+    LITELLM_BASE=http://127.0.0.1:$port
+    wait_http "$LITELLM_BASE/health/liveliness"
+}
+
 # --- the fixture and the plain gateway -------------------------------------------
 
 # No SSE priming events: mcp-gateway's client cannot parse an event with
@@ -182,6 +324,31 @@ EOF
 start fixture "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --no-sse-priming
 FX_PID=$STARTED_PID
 FX_URL=$(awk '{print $3}' <<<"$STARTED_LINE")
+
+# contextforge_up: starts ContextForge in front of the fixture the first time
+# a scenario asks (it takes tens of seconds), for echo and setup; 0 when up.
+CF_UP=
+contextforge_up() {
+    [ $HAVE_CF = 1 ] || return 1
+    if [ -z "$CF_UP" ]; then
+        log "starting ContextForge"
+        if start_contextforge contextforge "$FX_URL"; then
+            CF_UP=1
+        else
+            echo "contextforge: did not start (see $OUT/contextforge.err); its rows are skipped" >&2
+            stop "$CF_PID"
+            CF_UP=0
+        fi
+    fi
+    [ "$CF_UP" = 1 ]
+}
+
+# cf_load SCENARIO C [loadgen args...]: one run through ContextForge.
+cf_load() {
+    local scenario=$1 c=$2
+    shift 2
+    load "$scenario" contextforge "$CF_URL" "$c" -H "$CF_AUTH" --watch-pid "$CF_PID" "$@"
+}
 
 # gateway_config FILE [extra yaml]: one upstream `fx` over HTTP.
 gateway_config() {
@@ -219,6 +386,7 @@ if want echo; then
     GW1_PID=$GW_PID GW1_URL=$GW_URL
     GW_PID=$GW_DEFAULT_PID GW_URL=$GW_DEFAULT_URL
     if [ $HAVE_MCPGW = 1 ]; then start_mcpgw mcp-gateway "$FX_URL"; fi
+    contextforge_up || true
     for c in 1 32; do
         load echo direct "$FX_URL" $c "${ECHO_ARGS[@]}" --watch-pid "$FX_PID"
         load echo portcullis "$GW_URL" $c "${GW_ECHO_ARGS[@]}" --watch-pid "$GW_PID" --watch-pid "$FX_PID"
@@ -226,6 +394,9 @@ if want echo; then
         if [ $HAVE_MCPGW = 1 ]; then
             load echo mcp-gateway "$MCPGW_URL" $c "${ECHO_ARGS[@]}" \
                 --mcp-gateway-invoke fx --watch-pid "$MCPGW_PID" --watch-pid "$FX_PID"
+        fi
+        if [ "$CF_UP" = 1 ]; then
+            cf_load echo $c --tool "$CF_TOOL" --args '{"message":"hello"}' --expect hello --watch-pid "$FX_PID"
         fi
     done
     note echo portcullis peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
@@ -403,12 +574,14 @@ if want setup; then
     gateway_config "$OUT/gateway-setup.yaml"
     start_gateway gateway-setup "$OUT/gateway-setup.yaml"
     if [ $HAVE_MCPGW = 1 ]; then start_mcpgw mcp-gateway-setup "$FX_URL"; fi
+    contextforge_up || true
     for c in 1 32; do
         load setup direct "$FX_URL" $c --setup-rate --watch-pid "$FX_PID"
         load setup portcullis "$GW_URL" $c --setup-rate --watch-pid "$GW_PID"
         if [ $HAVE_MCPGW = 1 ]; then
             load setup mcp-gateway "$MCPGW_URL" $c --setup-rate --watch-pid "$MCPGW_PID"
         fi
+        if [ "$CF_UP" = 1 ]; then cf_load setup $c --setup-rate; fi
     done
     stop "$GW_PID"
     if [ $HAVE_MCPGW = 1 ]; then stop "$MCPGW_PID"; fi
@@ -428,18 +601,42 @@ models:
   bench: { targets: [ { provider: fake, model: fake-model } ] }"
         start_gateway gateway-llm "$OUT/gateway-llm.yaml"
         GW_BASE=${GW_URL%/mcp}
+        if [ $HAVE_LITELLM = 1 ] && ! start_litellm litellm "$LLM_BASE"; then
+            echo "litellm: did not start (see $OUT/litellm.err); its rows are skipped" >&2
+            stop "$LITELLM_PID"
+            HAVE_LITELLM=0
+        fi
+        LITELLM_ARGS=(-H "Authorization: Bearer sk-bench" --watch-pid "${LITELLM_PID:-}" --watch-pid "$LLM_PID")
         for c in 1 32; do
             load llm direct "$LLM_BASE/v1/chat/completions" $c --chat fake-model --watch-pid "$LLM_PID"
             load llm portcullis "$GW_BASE/v1/chat/completions" $c --chat bench --watch-pid "$GW_PID" --watch-pid "$LLM_PID"
+            if [ $HAVE_LITELLM = 1 ]; then
+                load llm litellm "$LITELLM_BASE/v1/chat/completions" $c --chat bench "${LITELLM_ARGS[@]}"
+            fi
         done
         load llm-stream direct "$LLM_BASE/v1/chat/completions" 1 --chat fake-model --stream --watch-pid "$LLM_PID"
         load llm-stream portcullis "$GW_BASE/v1/chat/completions" 1 --chat bench --stream --watch-pid "$GW_PID" --watch-pid "$LLM_PID"
+        if [ $HAVE_LITELLM = 1 ]; then
+            load llm-stream litellm "$LITELLM_BASE/v1/chat/completions" 1 --chat bench --stream "${LITELLM_ARGS[@]}"
+            note llm litellm peak_rss_kb "$(status_kb "$LITELLM_PID" VmHWM)"
+            stop "$LITELLM_PID"
+        fi
         note llm portcullis peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
+        note llm direct peak_rss_kb "$(status_kb "$LLM_PID" VmHWM)"
         stop "$GW_PID"
         stop "$LLM_PID"
     fi
 fi
 
+if [ "$CF_UP" = 1 ]; then
+    # Its sandbox pools' processes hold memory too, though no call uses them:
+    # their proportional share (Pss; they are forks sharing pages).
+    note echo+setup contextforge peak_rss_kb "$(status_kb "$CF_PID" VmHWM)" \
+        sandbox_children_pss_kb "$(for p in $(cat /proc/"$CF_PID"/task/*/children 2>/dev/null); do
+            awk '$1 == "Pss:" { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null
+        done | awk '{ s += $1 } END { print s + 0 }')"
+    stop "$CF_PID"
+fi
 stop "$FX_PID"
 
 # --- summary --------------------------------------------------------------------

@@ -33,8 +33,8 @@ def main(path: str) -> int:
         by_scenario[r["scenario"]][r["concurrency"]].append(r)
 
     header = (
-        f"{'scenario':<11}{'c':>3}  {'target':<26}{'req/s':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>10}"
-        f"{'x thr':>7}{'+p50':>8}{'cpu/req':>9}{'up cpu':>8}  err"
+        f"{'scenario':<11}{'c':>3}  {'target':<26}{'req/s':>9}{'p50':>11}{'p90':>11}{'p99':>11}{'max':>11}"
+        f"{'x thr':>7}{'+p50':>10}{'cpu/req':>10}{'up cpu':>8}  err"
     )
     print(header)
     print("-" * len(header))
@@ -46,14 +46,15 @@ def main(path: str) -> int:
                 l = r["latency_us"]
                 ratio = added = ""
                 if base is not None and r is not base and base["throughput"] > 0:
-                    ratio = f"{r['throughput'] / base['throughput']:.2f}"
+                    x = r["throughput"] / base["throughput"]
+                    ratio = f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
                     added = f"{l['p50'] - base['latency_us']['p50']:+.0f}"
                 cpu = r.get("cpu") or []
                 own = f"{cpu[0]['us_per_request']:.1f}" if cpu else ""
                 up = f"{cpu[1]['us_per_request']:.1f}" if len(cpu) > 1 else ""
                 print(
-                    f"{scenario:<11}{c:>3}  {r['target']:<26}{r['throughput']:>9.0f}{l['p50']:>9.1f}"
-                    f"{l['p90']:>9.1f}{l['p99']:>9.1f}{l['max']:>10.1f}{ratio:>7}{added:>8}{own:>9}{up:>8}"
+                    f"{scenario:<11}{c:>3}  {r['target']:<26}{r['throughput']:>9.0f}{l['p50']:>11.1f}"
+                    f"{l['p90']:>11.1f}{l['p99']:>11.1f}{l['max']:>11.1f}{ratio:>7}{added:>10}{own:>10}{up:>8}"
                     f"  {r['errors']}"
                 )
     print("latencies in microseconds; x thr = throughput / direct; +p50 = added median latency;")
@@ -64,7 +65,7 @@ def main(path: str) -> int:
         for n in notes:
             facts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in n.items() if k not in ("kind", "scenario", "target"))
-            print(f"{n['scenario']:<11}{n['target']:<28}{facts}")
+            print(f"{n['scenario']:<11} {n['target']:<28}{facts}")
 
     print()
     print("targets:")
