@@ -117,9 +117,11 @@ impl Session {
         pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
         complete: fn(C) -> T,
     ) -> Result<T, ErrorData> {
-        let result = self
-            .send(target, request, self.caller(ctx), ctx.ct.clone())?
-            .await?;
+        // Bound first: a `?` on the future's `Result` inside the awaiting
+        // statement keeps that temporary alive across the await, which
+        // doubles this future's size.
+        let call = self.send(target, request, self.caller(ctx), ctx.ct.clone())?;
+        let result = call.await?;
         convert(target, result, pick, complete)
     }
 
@@ -580,6 +582,58 @@ mod legacy_tasks;
 mod rounds;
 
 use rounds::{Ask, Resume, RoundLog};
+
+impl Session {
+    /// `subscriptions/listen`: opens the stream, then follows the watched
+    /// resources and list changes until the client cancels it.
+    async fn listen_boxed(&self, cx: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let ctx = cx.request_context();
+        let mut obs = self.observe("subscriptions/listen", ctx);
+        let mut uris = std::collections::HashMap::new();
+        let mut watches = Vec::new();
+        if let Some(wanted) = &cx.accepted().resource_subscriptions {
+            let view = self.gw.registry.resources(self.endpoint()).await;
+            for exposed in wanted {
+                let Some(target) = view.route(exposed, self.single()) else {
+                    continue;
+                };
+                if !self.may_see_resource(ctx, &target) {
+                    continue;
+                }
+                let Some(up) = self.gw.registry.upstream(&target.upstream) else {
+                    continue;
+                };
+                match up.watch(&target.original).await {
+                    Ok(w) => watches.push(w),
+                    // The stream is open already; an upstream that refuses
+                    // the URI just never reports it.
+                    Err(e) => {
+                        tracing::debug!(uri = %exposed, error = %e, "resource not watched upstream")
+                    }
+                }
+                uris.insert(
+                    (target.upstream.clone(), target.original.clone()),
+                    exposed.clone(),
+                );
+            }
+        }
+        let listener = super::listen::Listener {
+            endpoint: self.endpoint().clone(),
+            sink: cx.sink().clone(),
+            uris,
+        };
+        let watched = watch::opened(self, ctx, &mut obs, &watch::requested(ctx));
+        // Answered with the open stream: the call itself is measured as done.
+        let _ = obs.finish(Ok(()));
+        let watching = watch::follow_all(self, ctx, watched);
+        let _registered = super::listen::register(&self.gw, listener, watches);
+        tokio::select! {
+            _ = cx.cancelled() => {}
+            _ = watching => cx.cancelled().await,
+        }
+        Ok(())
+    }
+}
 
 impl ServerHandler for Session {
     async fn initialize(
@@ -1180,51 +1234,10 @@ impl ServerHandler for Session {
     }
 
     async fn listen(&self, cx: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
-        let ctx = cx.request_context();
-        let mut obs = self.observe("subscriptions/listen", ctx);
-        let mut uris = std::collections::HashMap::new();
-        let mut watches = Vec::new();
-        if let Some(wanted) = &cx.accepted().resource_subscriptions {
-            let view = self.gw.registry.resources(self.endpoint()).await;
-            for exposed in wanted {
-                let Some(target) = view.route(exposed, self.single()) else {
-                    continue;
-                };
-                if !self.may_see_resource(ctx, &target) {
-                    continue;
-                }
-                let Some(up) = self.gw.registry.upstream(&target.upstream) else {
-                    continue;
-                };
-                match up.watch(&target.original).await {
-                    Ok(w) => watches.push(w),
-                    // The stream is open already; an upstream that refuses
-                    // the URI just never reports it.
-                    Err(e) => {
-                        tracing::debug!(uri = %exposed, error = %e, "resource not watched upstream")
-                    }
-                }
-                uris.insert(
-                    (target.upstream.clone(), target.original.clone()),
-                    exposed.clone(),
-                );
-            }
-        }
-        let listener = super::listen::Listener {
-            endpoint: self.endpoint().clone(),
-            sink: cx.sink().clone(),
-            uris,
-        };
-        let watched = watch::opened(self, ctx, &mut obs, &watch::requested(ctx));
-        // Answered with the open stream: the call itself is measured as done.
-        let _ = obs.finish(Ok(()));
-        let watching = watch::follow_all(self, ctx, watched);
-        let _registered = super::listen::register(&self.gw, listener, watches);
-        tokio::select! {
-            _ = cx.cancelled() => {}
-            _ = watching => cx.cancelled().await,
-        }
-        Ok(())
+        // Boxed, as is every rare handler with a large future: rmcp runs each
+        // request as a task sized for the largest handler, and copies that
+        // task's whole size when it spawns and finishes it.
+        Box::pin(self.listen_boxed(cx)).await
     }
 
     async fn complete(
@@ -1271,7 +1284,7 @@ impl ServerHandler for Session {
                 None,
             ));
         }
-        self.legacy_task_request(request, ctx).await
+        Box::pin(self.legacy_task_request(request, ctx)).await
     }
 
     async fn on_roots_list_changed(&self, _ctx: rmcp::service::NotificationContext<RoleServer>) {
@@ -1632,14 +1645,15 @@ struct LegacyRun {
 
 impl LegacyRun {
     async fn forward(&self, request: ClientRequest) -> Result<ServerResult, ErrorData> {
-        send_with(
+        // Bound first, as in `Session::forward`.
+        let call = send_with(
             &self.gw,
             &self.target,
             request,
             self.caller.clone(),
             self.ct.clone(),
-        )?
-        .await
+        )?;
+        call.await
     }
 
     /// Runs the request. A 2026-07-28 upstream asks for input in its
@@ -1670,12 +1684,13 @@ impl LegacyRun {
                 related = task.issued().await;
                 task.set(TaskStatus::InputRequired, None);
             }
-            let answers = answer_inputs(
+            // Boxed: input rounds are rare, and their future is large.
+            let answers = Box::pin(answer_inputs(
                 &self.caller,
                 r.input_requests.clone().unwrap_or_default(),
                 related.as_deref(),
                 &self.ct,
-            )
+            ))
             .await?;
             if let Some(task) = local {
                 task.set(TaskStatus::Working, None);

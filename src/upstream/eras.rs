@@ -12,6 +12,8 @@
 
 use std::sync::{Arc, Weak};
 
+use arc_swap::ArcSwapOption;
+
 use rmcp::model::{ClientRequest, ErrorCode, ServerResult};
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +32,32 @@ struct Opened {
 /// The legacy connection of an `auto` upstream, if one was opened.
 #[derive(Default)]
 pub(crate) struct LegacyConnection {
-    slot: tokio::sync::Mutex<Option<Opened>>,
+    /// What was opened last: every legacy request reads it without waiting.
+    current: ArcSwapOption<Opened>,
+    /// Serializes opening: concurrent first requests open one connection.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl LegacyConnection {
+    /// The connection for `primary` if one is settled: the legacy one while
+    /// it is open, or `primary` itself when the server refused `initialize`.
+    /// `None` when nothing was opened for `primary` or the legacy one closed.
+    fn settled(&self, primary: &Arc<Connection>) -> Option<Arc<Connection>> {
+        let opened = self.current.load();
+        let opened = opened.as_deref()?;
+        if !opened
+            .primary
+            .upgrade()
+            .is_some_and(|p| Arc::ptr_eq(&p, primary))
+        {
+            return None;
+        }
+        match &opened.conn {
+            Some(conn) if !conn.closed.is_cancelled() => Some(conn.clone()),
+            Some(_) => None,
+            None => Some(primary.clone()),
+        }
+    }
 }
 
 impl Upstream {
@@ -70,20 +97,20 @@ impl Upstream {
         if self.config.protocol != UpstreamProtocol::Auto {
             return primary;
         }
-        // Serialized: concurrent first requests open one connection.
-        let mut slot = self.legacy.slot.lock().await;
-        if let Some(opened) = slot.as_ref() {
-            let same = opened
-                .primary
-                .upgrade()
-                .is_some_and(|p| Arc::ptr_eq(&p, &primary));
-            if same {
-                match &opened.conn {
-                    Some(conn) if !conn.closed.is_cancelled() => return conn.clone(),
-                    Some(_) => {}
-                    None => return primary,
-                }
-            }
+        if let Some(conn) = self.legacy.settled(&primary) {
+            return conn;
+        }
+        // Boxed: opening is a large future, needed once per connection,
+        // and every legacy call's future would otherwise carry its size.
+        Box::pin(self.open_legacy(primary)).await
+    }
+
+    /// Opens the legacy connection for `primary`, once for concurrent
+    /// first requests.
+    async fn open_legacy(&self, primary: Arc<Connection>) -> Arc<Connection> {
+        let _opening = self.legacy.opening.lock().await;
+        if let Some(conn) = self.legacy.settled(&primary) {
+            return conn;
         }
         let conn = match self.open_as(None, UpstreamProtocol::Legacy).await {
             Ok((conn, service)) => {
@@ -102,10 +129,10 @@ impl Upstream {
                 None
             }
         };
-        *slot = Some(Opened {
+        self.legacy.current.store(Some(Arc::new(Opened {
             primary: Arc::downgrade(&primary),
             conn: conn.clone(),
-        });
+        })));
         conn.unwrap_or(primary)
     }
 }

@@ -409,8 +409,9 @@ impl Upstream {
             SessionMode::Shared => {
                 let conn = self.shared.load_full().ok_or_else(|| self.unavailable())?;
                 if caller.legacy && conn.modern {
-                    // Boxed like the per-client open below: rarely taken.
-                    return Box::pin(self.request_legacy(conn, caller, request, ct)).await;
+                    // Not boxed: every 2025 client's call takes this path
+                    // when the upstream speaks 2026-07-28 too.
+                    return self.request_legacy(conn, caller, request, ct).await;
                 }
                 conn
             }
@@ -486,7 +487,8 @@ impl Upstream {
             }),
             () = ct.cancelled() => {
                 let params = CancelledNotificationParam::new(Some(id), Some("cancelled by the downstream client".into()));
-                let _ = conn.peer.notify_cancelled(params).await;
+                // Boxed: rare, and every call's future would carry its size.
+                let _ = Box::pin(conn.peer.notify_cancelled(params)).await;
                 Err(UpstreamError::Cancelled)
             }
             () = conn.closed.cancelled() => Err(UpstreamError::Closed { upstream: self.name.to_string() }),

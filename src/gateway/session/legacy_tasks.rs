@@ -330,7 +330,8 @@ impl Session {
         let held = move |stop: tokio_util::sync::CancellationToken| async move {
             let done = loop {
                 let request = legacy::task_request("tasks/result", &id);
-                match super::send_with(&gw, &target, request, caller.clone(), stop.clone())?.await {
+                let call = super::send_with(&gw, &target, request, caller.clone(), stop.clone())?;
+                match call.await {
                     // The upstream's call timeout, not the task's end: ask again.
                     Err(e) if e.code == REQUEST_TIMEOUT => continue,
                     done => break done,
@@ -418,8 +419,8 @@ impl Session {
             );
         }
         let request = legacy::task_request(method, &issued.task.id);
-        self.send(&opened.target, request, caller, ctx.ct.clone())?
-            .await
+        let call = self.send(&opened.target, request, caller, ctx.ct.clone())?;
+        call.await
             .map_err(|e| hide_id(e, &issued.task.id, client_id))
     }
 
