@@ -586,7 +586,7 @@ use rounds::{Ask, Resume, RoundLog};
 impl Session {
     /// `subscriptions/listen`: opens the stream, then follows the watched
     /// resources and list changes until the client cancels it.
-    async fn listen_boxed(&self, cx: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+    async fn run_listen(&self, cx: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
         let ctx = cx.request_context();
         let mut obs = self.observe("subscriptions/listen", ctx);
         let mut uris = std::collections::HashMap::new();
@@ -1237,7 +1237,7 @@ impl ServerHandler for Session {
         // Boxed, as is every rare handler with a large future: rmcp runs each
         // request as a task sized for the largest handler, and copies that
         // task's whole size when it spawns and finishes it.
-        Box::pin(self.listen_boxed(cx)).await
+        Box::pin(self.run_listen(cx)).await
     }
 
     async fn complete(
