@@ -365,6 +365,26 @@ mod closed_loop {
     }
 
     #[test]
+    fn an_answer_past_the_timeout_is_an_error_and_the_run_goes_on() {
+        // Each call sleeps far past both the timeout and the window: without
+        // the timeout the worker would wait out its first call and the run
+        // would end with that one answer counted as ok.
+        let r = fixture_report(&[
+            "--tool",
+            "slow",
+            "--args",
+            r#"{"ms":5000}"#,
+            "--timeout",
+            "200ms",
+        ]);
+        assert_eq!(r["ok"], 0, "{r}");
+        // A one-second window holds several 200 ms timeouts, each followed
+        // by a new connection and a new call.
+        assert!(num(&r, "errors") >= 2.0, "{r}");
+        assert!(samples(&r).contains("no answer within 200ms"), "{r}");
+    }
+
+    #[test]
     fn list_mode_sends_tools_list() {
         // Only a tools/list answer names the fixture's tools.
         let r = fixture_report(&["-c", "2", "--list", "--expect", "test_simple_text"]);

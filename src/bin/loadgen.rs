@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list]
-//!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--json]
+//!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--timeout 30s] [--json]
 //! portcullis-loadgen URL --idle-sessions N [--listen] [--hold 30s]   # open and hold N sessions (each with a GET stream)
 //! portcullis-loadgen URL --setup-rate [--duration 10s]    # initialize+initialized+DELETE per second
 //! portcullis-loadgen http://HOST/v1/chat/completions --chat MODEL [--stream]
@@ -91,6 +91,11 @@ struct Cli {
     /// Unmeasured time before it (connections, caches, JIT-free but warm).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// How long one answer may take before it counts as an error (and its
+    /// connection is opened again): a server that never answers one request
+    /// must not stall the whole run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     /// Extra request header, `Name: value` (repeatable), e.g. authorization.
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
@@ -139,10 +144,12 @@ struct Endpoint {
     authority: HeaderValue,
     path: String,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// `--timeout`: the longest wait for one answer.
+    timeout: Duration,
 }
 
 impl Endpoint {
-    fn parse(url: &str, headers: &[String]) -> anyhow::Result<Endpoint> {
+    fn parse(url: &str, headers: &[String], timeout: Duration) -> anyhow::Result<Endpoint> {
         let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
         if uri.scheme_str() != Some("http") {
             bail!("only http:// URLs are supported: {url}");
@@ -180,6 +187,7 @@ impl Endpoint {
             authority: HeaderValue::try_from(authority.as_str())?,
             path,
             headers,
+            timeout,
         })
     }
 }
@@ -296,6 +304,16 @@ fn check_expected(mut reply: Reply, raw: &[u8], expect: Option<&str>) -> Reply {
     reply
 }
 
+/// `work`'s result, or an error once `limit` has passed without one.
+async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, work)
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("no answer within {limit:?}")))
+}
+
 /// One HTTP/1.1 connection, re-opened after a failure.
 struct Conn {
     ep: Arc<Endpoint>,
@@ -371,7 +389,8 @@ impl Conn {
         body: Bytes,
         keep_result: bool,
     ) -> anyhow::Result<(Reply, Option<HeaderValue>)> {
-        let result = self.call_inner(session, id, body, keep_result).await;
+        let limit = self.ep.timeout;
+        let result = within(limit, self.call_inner(session, id, body, keep_result)).await;
         if result.is_err() {
             // The connection may be mid-response: start over next time.
             self.sender = None;
@@ -497,7 +516,8 @@ impl Conn {
     /// Sends one chat completion; returns when the answer (or, streamed,
     /// its first content delta) arrived. The stream is read to its end.
     async fn chat(&mut self, body: Bytes, stream: bool) -> anyhow::Result<Instant> {
-        let result = self.chat_inner(body, stream).await;
+        let limit = self.ep.timeout;
+        let result = within(limit, self.chat_inner(body, stream)).await;
         if result.is_err() {
             self.sender = None;
         }
@@ -1202,7 +1222,7 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ep = Arc::new(Endpoint::parse(&cli.url, &cli.headers)?);
+    let ep = Arc::new(Endpoint::parse(&cli.url, &cli.headers, cli.timeout)?);
     if let Some(n) = cli.idle_sessions {
         return run_idle(&cli, ep, n).await;
     }
