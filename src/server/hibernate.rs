@@ -781,6 +781,22 @@ mod tests {
         (listener, relay)
     }
 
+    /// A relay whose session went to sleep and whose worker has ended.
+    fn asleep() -> (Arc<Listener>, Relay) {
+        let (tx, stream) = worker();
+        let (listener, relay) = relay(stream);
+        listener.sleep();
+        drop(tx);
+        (listener, relay)
+    }
+
+    /// A worker's tools list change, as it would send one.
+    fn tools_changed() -> ServerSseMessage {
+        ServerSseMessage::from_message(ServerJsonRpcMessage::notification(
+            ServerNotification::ToolListChangedNotification(Default::default()),
+        ))
+    }
+
     fn method(message: Option<ServerSseMessage>) -> String {
         let message = message.and_then(|m| m.message).expect("a message");
         serde_json::to_value(&*message).expect("serializes")["method"]
@@ -793,12 +809,7 @@ mod tests {
     async fn a_get_stream_outlives_its_sleeping_worker_and_rejoins_the_next() {
         let (first, stream) = worker();
         let (listener, mut relay) = relay(stream);
-        let ping = || {
-            ServerSseMessage::from_message(ServerJsonRpcMessage::notification(
-                ServerNotification::ToolListChangedNotification(Default::default()),
-            ))
-        };
-        first.send(ping()).expect("relay listening");
+        first.send(tools_changed()).expect("relay listening");
         assert_eq!(
             method(relay.next().await),
             "notifications/tools/list_changed"
@@ -817,7 +828,7 @@ mod tests {
 
         let (second, stream) = worker();
         listener.rejoin(stream);
-        second.send(ping()).expect("relay listening");
+        second.send(tools_changed()).expect("relay listening");
         assert_eq!(
             method(relay.next().await),
             "notifications/tools/list_changed"
@@ -832,21 +843,12 @@ mod tests {
 
     #[tokio::test]
     async fn what_was_heard_asleep_goes_out_before_the_rebuilt_workers_stream() {
-        let (first, stream) = worker();
-        let (listener, mut relay) = relay(stream);
-        listener.sleep();
-        drop(first);
+        let (listener, mut relay) = asleep();
         assert!(listener.list_changed(ListKind::Prompts));
         // The session wakes before the relay has seen its old worker end.
         let (second, stream) = worker();
         listener.rejoin(stream);
-        second
-            .send(ServerSseMessage::from_message(
-                ServerJsonRpcMessage::notification(
-                    ServerNotification::ToolListChangedNotification(Default::default()),
-                ),
-            ))
-            .expect("relay listening");
+        second.send(tools_changed()).expect("relay listening");
         assert_eq!(
             method(relay.next().await),
             "notifications/prompts/list_changed"
@@ -859,10 +861,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_get_stream_ends_with_its_sleeping_session() {
-        let (tx, stream) = worker();
-        let (listener, mut relay) = relay(stream);
-        listener.sleep();
-        drop(tx);
+        let (listener, mut relay) = asleep();
         let waiting = tokio::spawn(async move { relay.next().await.is_none() });
         listener.close();
         assert!(waiting.await.expect("relay task"));
