@@ -135,7 +135,8 @@ load() {
 # --- build ------------------------------------------------------------------
 
 log "building release binaries"
-if ! cargo build --release --bins >"$OUT/build.log" 2>&1; then
+# BENCH_FEATURES: cargo features to build the gateway with (e.g. mimalloc).
+if ! cargo build --release --bins ${BENCH_FEATURES:+--features "$BENCH_FEATURES"} >"$OUT/build.log" 2>&1; then
     tail -n 30 "$OUT/build.log" >&2
     echo "release build failed (log: $OUT/build.log)" >&2
     exit 1

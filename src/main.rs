@@ -12,6 +12,11 @@ use portcullis::telemetry::Metrics;
 use portcullis::{server, telemetry};
 use rmcp::ServiceExt;
 
+// Opt-in: it trades idle-session memory for CPU per call (see Cargo.toml).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An MCP gateway: one endpoint for many MCP servers.
 #[derive(Parser)]
 #[command(name = "portcullis", version, about)]
