@@ -105,7 +105,20 @@ impl Session {
             input_bridge: None,
             identity: self.identity(ctx),
             legacy: !is_modern(ctx),
+            answers: None,
         }
+    }
+
+    /// [`Session::caller`], with its answers to the upstream screened by
+    /// `answers`.
+    fn caller_screened(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        answers: &Option<Arc<AnswerGuard>>,
+    ) -> Caller {
+        let mut caller = self.caller(ctx);
+        caller.answers = rounds::as_check(answers);
+        caller
     }
 
     /// Forwards `request` to the target's upstream and converts the answer.
@@ -350,9 +363,9 @@ impl Session {
         arguments: &mut Option<JsonObject>,
         resuming: bool,
         link: &mut Option<CallLink>,
-    ) -> Result<(Option<Ask>, Option<RoundLog>), ErrorData> {
+    ) -> Result<Authorized, ErrorData> {
         let Some(g) = &self.gw.guardrails else {
-            return Ok((None, None));
+            return Ok(Authorized::default());
         };
         let identity = self.identity(ctx);
         let exposed = match kind {
@@ -377,26 +390,22 @@ impl Session {
             trace_id: trace::trace_id_of(&obs.span),
             link: link.clone(),
         };
+        let set = g.policy();
+        let answers = AnswerGuard::new(RoundLog::new(g, &identity, &call, &subject), set.clone());
         if resuming {
             g.record_round(&call, &subject);
-            return Ok((None, None));
+            return Ok(Authorized {
+                answers,
+                ..Authorized::default()
+            });
         }
-        let set = g.policy();
         let enforced = self
             .enforce((g, &set), &call, &subject, arguments, ctx, modern)
             .instrument(tracing::info_span!("policy", otel.name = %format_args!("policy {method}")))
             .await?;
         // A legacy client's further rounds (a 2026-07-28 upstream asking
         // for input) are asked and audited by the gateway.
-        let rounds = (!modern).then(|| RoundLog {
-            guardrails: g.clone(),
-            identity: identity.clone(),
-            session: self.state.id,
-            method,
-            trace_id: call.trace_id.clone(),
-            subject: call_subject(&subject),
-            link: link.clone(),
-        });
+        let log = (!modern).then(|| RoundLog::new(g, &identity, &call, &subject));
         let ask = enforced.approval.map(|approval| Ask {
             approval,
             guardrails: g.clone(),
@@ -406,7 +415,7 @@ impl Session {
             method,
             link: link.as_ref().map(CallLink::next),
         });
-        Ok((ask, rounds))
+        Ok(Authorized { ask, log, answers })
     }
 
     /// The first half of a `prompts/get` or `resources/read`: opens a 2026
@@ -434,7 +443,7 @@ impl Session {
         let state = request_state.take().filter(|_| modern);
         let mut resume =
             self.open_state(&identity.subject, state, target, &args_hash, &mut link)?;
-        let (ask, log) = self
+        let Authorized { ask, log, answers } = self
             .authorize(
                 ctx,
                 obs,
@@ -449,11 +458,15 @@ impl Session {
         if let Some(l) = &link {
             obs.linked(l);
         }
-        let answers = resume.route(request_state, input_responses);
+        let parked = resume.route(request_state, input_responses);
+        if let Some(a) = &answers {
+            a.screen_all(input_responses.as_mut())?;
+        }
         Ok(ReadPlan {
             rounds: modern.then_some((resume, ask, link, args_hash)),
             log,
-            input_responses: answers,
+            input_responses: parked,
+            answers,
         })
     }
 
@@ -476,6 +489,7 @@ impl Session {
             rounds,
             log,
             input_responses,
+            answers,
         } = plan;
         let Some((resume, ask, link, args_hash)) = rounds else {
             let may_ask = self
@@ -486,7 +500,7 @@ impl Session {
             let run = LegacyRun {
                 gw: self.gw.clone(),
                 target: target.clone(),
-                caller: self.caller(ctx),
+                caller: self.caller_screened(ctx, &answers),
                 retry: may_ask.then(|| request.clone()),
                 ct: ctx.ct.clone(),
                 local: None,
@@ -514,6 +528,7 @@ impl Session {
                 &identity.subject,
                 link,
                 args_hash,
+                answers,
             )
             .await?;
         match round {
@@ -581,7 +596,7 @@ macro_rules! observed {
 mod legacy_tasks;
 mod rounds;
 
-use rounds::{Ask, Resume, RoundLog};
+use rounds::{AnswerGuard, Ask, Resume, RoundLog};
 
 impl Session {
     /// `subscriptions/listen`: opens the stream, then follows the watched
@@ -808,6 +823,14 @@ impl ServerHandler for Session {
                         .await?,
                 ),
             };
+            // What the user answers the upstream's questions during the
+            // call is screened as its arguments were.
+            let answers = policy.as_ref().and_then(|(g, set)| {
+                AnswerGuard::new(RoundLog::new(g, &identity, &call, &subject), set.clone())
+            });
+            if let Some(a) = &answers {
+                a.screen_all(params.input_responses.as_mut())?;
+            }
             params.name = target.original.clone().into();
             // Kept for a further round only where one can happen: a legacy
             // client of an upstream that may answer `InputRequiredResult`.
@@ -848,23 +871,13 @@ impl ServerHandler for Session {
                 let run = LegacyRun {
                     gw: self.gw.clone(),
                     target: target.clone(),
-                    caller: self.caller(&ctx),
+                    caller: self.caller_screened(&ctx, &answers),
                     retry,
                     ct: local.token(),
                     local: Some(local.clone()),
                 };
-                let mut audit = policy.map(|(g, set)| {
-                    let log = RoundLog {
-                        guardrails: g.clone(),
-                        identity: identity.clone(),
-                        session: self.state.id,
-                        method: "tools/call",
-                        trace_id: call.trace_id.clone(),
-                        subject: call_subject(&subject),
-                        link,
-                    };
-                    (log, set)
-                });
+                let mut audit =
+                    policy.map(|(g, set)| (RoundLog::new(g, &identity, &call, &subject), set));
                 let running = local.clone();
                 tokio::spawn(
                     async move {
@@ -936,6 +949,7 @@ impl ServerHandler for Session {
                         &identity.subject,
                         link,
                         args_hash,
+                        answers.clone(),
                     )
                     .await?;
                 match round {
@@ -946,7 +960,7 @@ impl ServerHandler for Session {
                 let run = LegacyRun {
                     gw: self.gw.clone(),
                     target: target.clone(),
-                    caller: self.caller(&ctx),
+                    caller: self.caller_screened(&ctx, &answers),
                     retry,
                     ct: ctx.ct.clone(),
                     local: None,
@@ -994,6 +1008,7 @@ impl ServerHandler for Session {
                             call.link.clone(),
                             &upstream_id,
                             client_id,
+                            &answers,
                         );
                     }
                     Ok(CallToolResponse::Task(issued))
@@ -1350,6 +1365,18 @@ struct ReadPlan {
     /// A legacy client's further rounds' audit.
     log: Option<RoundLog>,
     input_responses: Option<InputResponses>,
+    answers: Option<Arc<AnswerGuard>>,
+}
+
+/// The policy step's outcome for a `prompts/get` or `resources/read`.
+#[derive(Default)]
+struct Authorized {
+    /// The approval question to ask first, if a rule asks one.
+    ask: Option<Ask>,
+    /// A legacy client's further rounds' audit.
+    log: Option<RoundLog>,
+    /// The screen for the user's answers to the upstream.
+    answers: Option<Arc<AnswerGuard>>,
 }
 
 /// A question for the human before a call proceeds.
@@ -1578,11 +1605,12 @@ async fn answer_inputs(
         if let Some(task) = related {
             crate::upstream::relate(request.get_meta_mut(), task);
         }
-        let answer = tokio::select! {
+        let mut answer = tokio::select! {
             answer = caller.peer.send_request(request) => answer
                 .map_err(|e| ErrorData::internal_error(format!("{method} failed: {e}"), None))?,
             () = ct.cancelled() => return Err(ErrorData::internal_error("the call was cancelled", None)),
         };
+        caller.screen(&mut answer)?;
         let value = serde_json::to_value(&answer)
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         answers.insert(key, value);

@@ -204,9 +204,11 @@ impl Service<RoleClient> for UpstreamClient {
                 .send(crate::upstream::BridgedRequest { request, reply })
                 .map_err(|_| ErrorData::internal_error("downstream call ended", None))?;
             return tokio::select! {
-                answer = answer => answer.unwrap_or_else(|_| {
-                    Err(ErrorData::internal_error("the client did not answer", None))
-                }),
+                answer = answer => answer
+                    .unwrap_or_else(|_| {
+                        Err(ErrorData::internal_error("the client did not answer", None))
+                    })
+                    .and_then(|mut a| caller.screen(&mut a).map(|()| a)),
                 () = context.ct.cancelled() => {
                     Err(ErrorData::new(ErrorCode::INTERNAL_ERROR, "cancelled", None))
                 }
@@ -226,10 +228,12 @@ impl Service<RoleClient> for UpstreamClient {
             .map_err(|e| ErrorData::internal_error(format!("downstream unreachable: {e}"), None))?;
         let downstream_id = handle.id.clone();
         tokio::select! {
-            answer = handle.await_response() => answer.map_err(|e| match e {
-                rmcp::ServiceError::McpError(e) => e,
-                other => ErrorData::internal_error(format!("downstream failed: {other}"), None),
-            }),
+            answer = handle.await_response() => answer
+                .map_err(|e| match e {
+                    rmcp::ServiceError::McpError(e) => e,
+                    other => ErrorData::internal_error(format!("downstream failed: {other}"), None),
+                })
+                .and_then(|mut a| caller.screen(&mut a).map(|()| a)),
             () = context.ct.cancelled() => {
                 let params = rmcp::model::CancelledNotificationParam::new(Some(downstream_id), Some("cancelled by upstream".into()));
                 let _ = caller.peer.notify_cancelled(params).await;

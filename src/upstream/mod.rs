@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{SessionMode, UpstreamConfig};
 pub(crate) use routes::log_level_passes;
 use routes::Routes;
-pub use routes::{BridgedRequest, Caller};
+pub use routes::{AnswerCheck, BridgedRequest, Caller};
 pub(crate) use tasks::{relate, rename_related, unrelate, STATUS_NOTIFICATION};
 pub use watching::Watch;
 

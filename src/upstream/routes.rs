@@ -45,6 +45,19 @@ pub struct Caller {
     /// The downstream client speaks a protocol before 2026-07-28 (it has a
     /// session and answers server-to-client requests).
     pub legacy: bool,
+    /// Screens what the client types into an upstream's form before the
+    /// answer goes upstream; `None` where policy has nothing to screen.
+    pub answers: Option<Arc<dyn AnswerCheck>>,
+}
+
+/// Policy's screening of a user's answers to an upstream's elicitation.
+/// What the user types into a tool's form is data for the tool, as its
+/// arguments are, so it passes the same guards on its way upstream. The
+/// gateway implements this; the upstream layer only calls it.
+pub trait AnswerCheck: Send + Sync + std::fmt::Debug {
+    /// Redacts `content` (an accepted elicitation's fields) in place, or
+    /// refuses the answer when a blocking guard fires.
+    fn check(&self, content: &mut serde_json::Value) -> Result<(), ErrorData>;
 }
 
 /// A server-to-client request from an upstream, waiting for the answer a
@@ -57,6 +70,17 @@ pub struct BridgedRequest {
 }
 
 impl Caller {
+    /// Screens the client's `answer` to an upstream's request (see
+    /// [`AnswerCheck`]); only an elicitation's content carries user input.
+    pub(crate) fn screen(&self, answer: &mut rmcp::model::ClientResult) -> Result<(), ErrorData> {
+        match (&self.answers, answer) {
+            (Some(check), rmcp::model::ClientResult::ElicitResult(r)) => {
+                r.content.as_mut().map_or(Ok(()), |c| check.check(c))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the session wants a log message at `level`.
     pub(crate) fn wants_log(&self, level: LoggingLevel) -> bool {
         let min = self.log_level.lock().ok().and_then(|l| *l);

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
 
+from mcp import Client
+
 from conftest import FIXTURE, GATEWAY, fixture_stdio, http_get, mcp_session, run, wait_for
 
 KEYS = {"reader": "key-reader-1", "admin": "key-admin-1", "bot": "key-bot-1"}
@@ -675,3 +677,77 @@ def test_prompt_and_resource_approval_in_both_eras(procs, tmp_path, mode):
         linked = [l for l in lines if l.get("call_id") == first["call_id"]]
         # The retry is recorded as round 2 before its answer is.
         assert [(l["event"], l["round"]) for l in linked][:3] == [("decision", 1), ("round", 2), ("approval", 2)]
+
+
+@pytest.mark.parametrize("mode", ["2026-07-28", "legacy"])
+def test_answers_to_an_upstreams_questions_pass_the_argument_guards(procs, tmp_path, mode):
+    """What a user types into an upstream's elicitation form is data for the
+    tool, like its arguments, and passes the same guards on its way up: a
+    legacy upstream's server-to-client question (answered directly by a
+    legacy client, bridged for a 2026-07-28 one) and a 2026-07-28 upstream's
+    `InputRequiredResult` (answered in the client's retry, or asked of a
+    legacy client by the gateway)."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    guards = [
+        {"id": "no-keys-in", "detect": ["secret.aws_access_key"], "on": ["arguments"], "action": "block"},
+        {"id": "mask-emails-in", "detect": ["pii.email"], "on": ["arguments"], "action": "redact"},
+    ]
+    (policies / "guards.yaml").write_text(yaml.safe_dump({"guards": guards}))
+    audit = tmp_path / "audit.jsonl"
+    gw = procs.gateway(
+        {
+            "upstreams": {
+                "old": {**fixture_stdio(), "protocol": "legacy"},
+                "new": {"http": {"url": procs.fixture_http("--modern-only")}, "protocol": "2026-07-28"},
+            },
+            "policies": {"dir": str(policies), "default": "allow", "audit": {"file": str(audit)}},
+        }
+    )
+    gw.wait_up("old", "new")
+    typed: list[dict] = []
+
+    async def elicit(context, params):
+        return types.ElicitResult(action="accept", content=typed.pop(0))
+
+    async def go():
+        async with Client(gw.url, mode=mode, elicitation_callback=elicit) as c:
+            # A legacy upstream asks by server-to-client request.
+            typed.append({"username": "ada", "email": "ada@example.com"})
+            text = (await c.call_tool("old__test_elicitation", {"message": "Who?"})).content[0].text
+            assert "action=accept" in text and '"username":"ada"' in text, text
+            assert "ada@example.com" not in text and "[REDACTED" in text, text
+            typed.append({"username": AWS, "email": "a@b.c"})
+            r = await c.call_tool("old__test_elicitation", {"message": "Who?"})
+            assert AWS not in r.content[0].text
+            assert "blocked by guard `no-keys-in`" in r.content[0].text, r.content[0].text
+            # A 2026-07-28 upstream asks in its result.
+            typed.append({"name": "ada@example.com"})
+            text = (await c.call_tool("new__test_input_required_result_elicitation", {})).content[0].text
+            assert text.startswith("Hello, [REDACTED") and "ada@example.com" not in text, text
+            typed.append({"name": AWS})
+            with pytest.raises(MCPError) as e:
+                await c.call_tool("new__test_input_required_result_elicitation", {})
+            assert denied(e).error.data["guard"] == "no-keys-in"
+            # So are a prompt's rounds (and a resource's: the same path).
+            typed.append({"context": "mail ada@example.com"})
+            prompt = await c.get_prompt("new__test_input_required_result_prompt")
+            assert prompt.messages[0].content.text.startswith("Use this context: mail [REDACTED"), prompt
+            typed.append({"context": AWS})
+            with pytest.raises(MCPError) as e:
+                await c.get_prompt("new__test_input_required_result_prompt")
+            assert denied(e).error.data["guard"] == "no-keys-in"
+        assert typed == []
+
+    run(go())
+    lines = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+    assert AWS not in json.dumps(lines) and "ada@example.com" not in json.dumps(lines)
+    hits = {
+        (l["target"], h["detector"], h["direction"], h["action"])
+        for l in lines
+        if l["event"] == "guard"
+        for h in l["hits"]
+    }
+    for tool in ("test_elicitation", "test_input_required_result_elicitation", "test_input_required_result_prompt"):
+        assert (tool, "pii.email", "arguments", "redact") in hits, hits
+        assert (tool, "secret.aws_access_key", "arguments", "block") in hits, hits

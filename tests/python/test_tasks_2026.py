@@ -366,3 +366,36 @@ def test_replicas_sharing_a_token_secret_open_each_others_task_ids_and_request_s
     done = Raw(b.url).ok("tools/call", retry)
     assert done["content"][0]["text"] == "state-ok: confirmed", done
     assert Raw(c.url).error("tools/call", retry)["code"] == -32602
+
+
+def test_answers_sent_with_tasks_update_pass_the_argument_guards(procs, tmp_path):
+    """What the user answers a task's questions is data for the task's tool,
+    like its arguments: redacted or refused by the argument guards before
+    `tasks/update` carries it upstream."""
+    (tmp_path / "p").mkdir()
+    guards = [
+        {"id": "no-keys-in", "detect": ["secret.aws_access_key"], "on": ["arguments"], "action": "block"},
+        {"id": "mask-emails-in", "detect": ["pii.email"], "on": ["arguments"], "action": "redact"},
+    ]
+    (tmp_path / "p" / "g.yaml").write_text(json.dumps({"guards": guards}))
+    _, gw = modern(procs, policies={"dir": str(tmp_path / "p"), "default": "allow"})
+    c = Raw(gw.url)
+    task_id = c.call("fx__multi_input")["taskId"]
+    waiting = wait_for(
+        lambda: (t := c.get(task_id))["status"] == "input_required" and len(t["inputRequests"]) == 2 and t,
+        what="two pending questions",
+    )
+    assert sorted(waiting["inputRequests"]) == ["confirm", "name"]
+    key = "AKIA" + "ABCDEFGHIJKLMNOP"
+    refused = c.error("tasks/update", {"taskId": task_id, "inputResponses": {"name": {"action": "accept", "content": {"name": key}}}})
+    assert refused["code"] == -32003 and refused["data"]["guard"] == "no-keys-in", refused
+    assert key not in json.dumps(refused)
+    # Refused whole: the question is still open.
+    assert sorted(c.get(task_id)["inputRequests"]) == ["confirm", "name"]
+    answers = {
+        "name": {"action": "accept", "content": {"name": "ada@example.com"}},
+        "confirm": {"action": "accept", "content": {"confirm": True}},
+    }
+    c.ok("tasks/update", {"taskId": task_id, "inputResponses": answers})
+    text = c.until(task_id, "completed")["result"]["content"][0]["text"]
+    assert text.startswith("name=[REDACTED") and "ada@example.com" not in text and text.endswith("confirm=true"), text

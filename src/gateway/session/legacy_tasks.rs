@@ -35,7 +35,7 @@ use super::super::tasks::extension::{self, hide_id, with_policy, Opened};
 use super::super::tasks::legacy::{self, Issued, Local, Owner};
 use super::super::tasks::{unknown_task, TaskRef};
 use super::super::REQUEST_TIMEOUT;
-use super::Session;
+use super::{AnswerGuard, RoundLog, Session};
 use crate::policy::Direction;
 use crate::registry::Target;
 use crate::telemetry::audit::CallLink;
@@ -311,9 +311,10 @@ impl Session {
         link: Option<CallLink>,
         upstream_id: &str,
         client_id: &str,
+        answers: &Option<Arc<AnswerGuard>>,
     ) {
         let (inputs, arriving) = tokio::sync::mpsc::unbounded_channel();
-        let mut caller = self.caller(ctx);
+        let mut caller = self.caller_screened(ctx, answers);
         caller.input_bridge = Some(inputs);
         let session = self.state.id;
         let up = self.gw.registry.upstream(&target.upstream).cloned();
@@ -399,6 +400,22 @@ impl Session {
         Ok((id.to_owned(), issued, opened))
     }
 
+    /// The screen for what the user answers the questions of the task
+    /// `opened` (its tool's argument guards), asked about in `method`.
+    pub(in crate::gateway) fn task_answers(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        opened: &Opened,
+        method: &'static str,
+    ) -> Option<Arc<AnswerGuard>> {
+        let identity = self.identity(ctx);
+        let span = tracing::Span::current();
+        with_policy(self, ctx, &span, opened, method, |g, set, call, subject| {
+            AnswerGuard::new(RoundLog::new(g, &identity, call, subject), set.clone())
+        })
+        .flatten()
+    }
+
     /// Sends `method` about the task to its upstream, under the upstream's
     /// id. With `follow`, the task's server-to-client requests travel on
     /// this request's stream from now on.
@@ -409,7 +426,11 @@ impl Session {
         method: &'static str,
         follow: bool,
     ) -> Result<ServerResult, ErrorData> {
-        let caller = self.caller(ctx);
+        // A follower answers the task's questions: screened as the call's.
+        let answers = follow
+            .then(|| self.task_answers(ctx, opened, method))
+            .flatten();
+        let caller = self.caller_screened(ctx, &answers);
         if let Some(up) = self.gw.registry.upstream(&opened.target.upstream) {
             up.track_task(
                 issued.session,

@@ -9,13 +9,17 @@ use std::sync::Arc;
 use rmcp::model::{ClientRequest, ErrorData, InputResponses, ServerResult};
 use rmcp::service::{RequestContext, RoleServer};
 
+use serde_json::Value;
+
 use super::super::guardrails::{Asker, CallInfo, Guardrails};
 use super::super::mrtr::{Flight, Opened, Round};
-use super::{Approval, OwnedSubject, Session};
+use super::{call_subject, Approval, OwnedSubject, Session};
 use crate::auth::Identity;
+use crate::policy::{Direction, PolicySet, Subject};
 use crate::ratelimit::Admission;
 use crate::registry::Target;
 use crate::telemetry::audit::CallLink;
+use crate::upstream::AnswerCheck;
 
 /// What a 2026-07-28 retry's `requestState` resumes.
 pub(super) enum Resume {
@@ -89,6 +93,24 @@ pub(super) struct RoundLog {
 }
 
 impl RoundLog {
+    /// The audit of `call` on `subject`, owned.
+    pub(super) fn new(
+        guardrails: &Arc<Guardrails>,
+        identity: &Arc<Identity>,
+        call: &CallInfo<'_>,
+        subject: &Subject<'_>,
+    ) -> Self {
+        RoundLog {
+            guardrails: guardrails.clone(),
+            identity: identity.clone(),
+            session: call.session,
+            method: call.method,
+            trace_id: call.trace_id.clone(),
+            subject: call_subject(subject),
+            link: call.link.clone(),
+        }
+    }
+
     /// The call as its audit records name it, at the current round.
     pub(super) fn call(&self) -> CallInfo<'_> {
         CallInfo {
@@ -109,6 +131,67 @@ impl RoundLog {
         self.guardrails
             .record_round(&self.call(), &self.subject.subject());
     }
+}
+
+/// The argument guards over what the user answers an upstream's
+/// elicitation during one call (see [`AnswerCheck`]), audited as the
+/// call's own guard records.
+pub(in crate::gateway) struct AnswerGuard {
+    log: RoundLog,
+    set: Arc<PolicySet>,
+}
+
+impl AnswerGuard {
+    /// The screen for the call `log` records; `None` when the policy has
+    /// no guards, so that callers skip the work.
+    pub(super) fn new(log: RoundLog, set: Arc<PolicySet>) -> Option<Arc<Self>> {
+        (set.guard_count() > 0).then(|| Arc::new(AnswerGuard { log, set }))
+    }
+
+    /// Screens the answers a 2026-07-28 client sends upstream in
+    /// `inputResponses`: an elicitation's answer is the one with an
+    /// `action`, and its `content` is what the user typed.
+    pub(in crate::gateway) fn screen_all(
+        &self,
+        responses: Option<&mut InputResponses>,
+    ) -> Result<(), ErrorData> {
+        let answers = responses.into_iter().flat_map(|r| r.values_mut());
+        for answer in answers.filter_map(Value::as_object_mut) {
+            if !answer.contains_key("action") {
+                continue;
+            }
+            if let Some(content) = answer.get_mut("content") {
+                self.check(content)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AnswerCheck for AnswerGuard {
+    fn check(&self, content: &mut Value) -> Result<(), ErrorData> {
+        let log = &self.log;
+        log.guardrails.guard(
+            &self.set,
+            &log.call(),
+            &log.subject.subject(),
+            Direction::Arguments,
+            content,
+        )
+    }
+}
+
+impl std::fmt::Debug for AnswerGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerGuard")
+            .field("subject", &self.log.subject.exposed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `guard` as the [`Caller`](crate::upstream::Caller)'s type.
+pub(super) fn as_check(guard: &Option<Arc<AnswerGuard>>) -> Option<Arc<dyn AnswerCheck>> {
+    guard.clone().map(|g| g as Arc<dyn AnswerCheck>)
 }
 
 impl Session {
@@ -178,6 +261,7 @@ impl Session {
         subject: &str,
         link: Option<CallLink>,
         args_hash: String,
+        answers: Option<Arc<AnswerGuard>>,
     ) -> Result<Round, ErrorData> {
         let round = match parked {
             Some((id, answers)) => self.gw.bridge.resume(subject, id, answers, &ctx.ct).await?,
@@ -185,6 +269,7 @@ impl Session {
                 let (tx, inputs) = tokio::sync::mpsc::unbounded_channel();
                 let mut caller = self.caller(ctx);
                 caller.input_bridge = Some(tx.clone());
+                caller.answers = as_check(&answers);
                 let cancel = tokio_util::sync::CancellationToken::new();
                 let call = self.send(target, request, caller, cancel.clone())?;
                 let flight = Flight {

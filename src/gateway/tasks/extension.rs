@@ -184,7 +184,7 @@ pub(in crate::gateway) fn with_policy<R>(
     span: &Span,
     opened: &Opened,
     method: &'static str,
-    f: impl FnOnce(&Guardrails, &PolicySet, &CallInfo<'_>, &Subject<'_>) -> R,
+    f: impl FnOnce(&Arc<Guardrails>, &Arc<PolicySet>, &CallInfo<'_>, &Subject<'_>) -> R,
 ) -> Option<R> {
     let gw = &session.gw;
     let g = gw.guardrails.as_ref()?;
@@ -412,8 +412,13 @@ pub(in crate::gateway) async fn update(
 ) -> Result<(), ErrorData> {
     let client_id = std::mem::take(&mut params.task_id);
     let opened = open(session, ctx, obs, "tasks/update", &client_id)?;
+    // A shim's answers reach its upstream as answers to the upstream's own
+    // requests, screened on the way (`upstream::AnswerCheck`).
     if let Some(shim) = &opened.shim {
         return shim.answer(params.input_responses);
+    }
+    if let Some(answers) = session.task_answers(ctx, &opened, "tasks/update") {
+        answers.screen_all(Some(&mut params.input_responses))?;
     }
     params.task_id = opened.task.id.clone();
     let request = ClientRequest::UpdateTaskRequest(Request::new(params));
