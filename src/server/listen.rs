@@ -64,8 +64,10 @@ struct Params {
 
 #[derive(Deserialize)]
 struct Notifications {
+    /// Read loosely, so that a malformed list is refused in words rather
+    /// than passed to rmcp, whose filter type drops it unseen.
     #[serde(rename = "taskIds", default)]
-    task_ids: Option<Vec<String>>,
+    task_ids: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -82,7 +84,8 @@ struct Capabilities {
 
 /// What becomes of a listen request.
 pub(super) enum Settled {
-    /// Answer the client with this JSON-RPC error instead (-32021).
+    /// Answer the client with this JSON-RPC error instead (-32021, or
+    /// -32602 for a `taskIds` that is not a list of ids).
     Refused(Value),
     /// Pass this body on instead. When it asked for tasks, the
     /// acknowledgement of request `.0` is to list the ids `.1`.
@@ -117,6 +120,9 @@ pub(super) fn settle(
             body,
             acknowledge: None,
         });
+    };
+    let Ok(requested) = Vec::<String>::deserialize(&requested) else {
+        return Some(Settled::Refused(not_a_list(listen.id)));
     };
     let declared = params
         .meta
@@ -161,6 +167,18 @@ pub(super) async fn prepare(
         None => (bytes, None),
     };
     Ok((Request::from_parts(parts, Full::new(bytes)), ids))
+}
+
+/// -32602 for a `taskIds` that is not an array of strings.
+fn not_a_list(id: Value) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": -32602,
+            "message": "notifications.taskIds must be an array of task id strings",
+        },
+    })
 }
 
 /// -32021 with the capability the request lacks, as the extension says.

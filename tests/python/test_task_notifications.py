@@ -165,7 +165,7 @@ def test_a_task_asking_for_input_is_heard_asking_and_answered(procs):
         listener.close()
 
 
-def test_asking_for_tasks_without_the_extension_is_refused(procs):
+def test_asking_for_tasks_without_the_extension_or_with_a_malformed_list_is_refused(procs):
     _, gw = modern(procs)
     task_id = Raw(gw.url).call("fx__slow_compute", {"seconds": 0, "label": "x"})["taskId"]
     listener = Listener(gw.url, [task_id], tasks=False)
@@ -176,6 +176,15 @@ def test_asking_for_tasks_without_the_extension_is_refused(procs):
         assert error["data"]["requiredCapabilities"] == {"extensions": {"io.modelcontextprotocol/tasks": {}}}
     finally:
         listener.close()
+    # A list of ids that is not one is refused in words, not dropped.
+    for malformed in ("abc", [task_id, 7], {"id": task_id}):
+        listener = Listener(gw.url, malformed)
+        try:
+            assert listener.status == 400, malformed
+            error = listener.next()["error"]
+            assert error["code"] == -32602 and "taskIds" in error["message"], error
+        finally:
+            listener.close()
     # A listen stream without taskIds needs no extension.
     plain = Listener(gw.url, None, tasks=False)
     try:

@@ -27,7 +27,8 @@ use rmcp::model::{
     ClientResult, ErrorData, InputRequest, InputRequests, InputResponses, JsonObject, ServerResult,
 };
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::TaskRef;
@@ -54,6 +55,10 @@ pub(in crate::gateway) struct Shims {
 pub(in crate::gateway) struct Shim {
     pending: Mutex<Pending>,
     outcome: watch::Sender<Option<Outcome>>,
+    /// Woken whenever what `tasks/get` shows changes (a question asked or
+    /// answered, the task ended), so that listeners need not wait for their
+    /// next poll to hear it.
+    changed: Notify,
     /// Ends the held `tasks/result` when the task is forgotten.
     _stop: DropGuard,
 }
@@ -107,6 +112,7 @@ impl Shims {
         let shim = Arc::new(Shim {
             pending: Mutex::new(Pending::default()),
             outcome: watch::channel(None).0,
+            changed: Notify::new(),
             _stop: stop.drop_guard(),
         });
         self.tasks.insert(key(task), shim.clone());
@@ -133,6 +139,7 @@ impl Shims {
             };
             if let Some(shim) = held.upgrade() {
                 shim.outcome.send_replace(Some(outcome));
+                shim.changed.notify_waiters();
             }
         });
     }
@@ -187,6 +194,13 @@ impl Shim {
                 },
             );
         }
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves at the task's next change; register it (`enable`) before
+    /// reading the state it is to follow, or a change in between is missed.
+    pub(in crate::gateway) fn changed(&self) -> Notified<'_> {
+        self.changed.notified()
     }
 
     /// The input requests waiting for the client.
@@ -205,6 +219,16 @@ impl Shim {
     /// lets a server do. A malformed answer is refused and its request
     /// stays waiting.
     pub(in crate::gateway) fn answer(&self, responses: InputResponses) -> Result<(), ErrorData> {
+        let mut answered = false;
+        let delivered = self.deliver(responses, &mut answered);
+        if answered {
+            self.changed.notify_waiters();
+        }
+        delivered
+    }
+
+    /// [`Shim::answer`], setting `answered` once a request was answered.
+    fn deliver(&self, responses: InputResponses, answered: &mut bool) -> Result<(), ErrorData> {
         let Ok(mut p) = self.pending.lock() else {
             return Err(ErrorData::internal_error("task state unavailable", None));
         };
@@ -215,6 +239,7 @@ impl Shim {
             match asked.kind.answer(value) {
                 Ok(result) => {
                     let _ = asked.reply.send(Ok(result));
+                    *answered = true;
                 }
                 Err(e) => {
                     let message = format!("inputResponses.{key}: {e}");
@@ -316,6 +341,58 @@ mod tests {
             .unwrap();
         assert_eq!(outcome["content"][0]["text"], "color blue");
         assert!(!outcome.contains_key("resultType"));
+    }
+
+    /// Waits for `changed` (enabled before the change), failing the test
+    /// rather than hanging when it never comes.
+    async fn woken(changed: std::pin::Pin<&mut Notified<'_>>) {
+        tokio::time::timeout(Duration::from_secs(10), changed)
+            .await
+            .expect("the shim's change woke no one");
+    }
+
+    #[tokio::test]
+    async fn every_change_wakes_whoever_follows_the_task() {
+        let shims = Shims::new();
+        let (inputs, rx) = mpsc::unbounded_channel();
+        let (finish, finished) = oneshot::channel::<Result<ServerResult, ErrorData>>();
+        shims.start(&task(), |_| async move { finished.await.unwrap() }, rx);
+        let shim = shims.get(&task()).unwrap();
+
+        // A question arrives.
+        let mut changed = std::pin::pin!(shim.changed());
+        changed.as_mut().enable();
+        let (reply, _answer) = oneshot::channel();
+        inputs
+            .send(BridgedRequest {
+                request: elicitation(),
+                reply,
+            })
+            .unwrap();
+        woken(changed).await;
+        let key = shim.input_requests().keys().next().unwrap().clone();
+
+        // A malformed answer changes nothing; the good one does.
+        let mut changed = std::pin::pin!(shim.changed());
+        changed.as_mut().enable();
+        let mut bad = InputResponses::new();
+        bad.insert(key.clone(), serde_json::json!({"action": 7}));
+        assert!(shim.answer(bad).is_err());
+        assert!(futures::poll!(changed.as_mut()).is_pending());
+        let mut good = InputResponses::new();
+        good.insert(key, serde_json::json!({"action": "decline"}));
+        shim.answer(good).unwrap();
+        woken(changed).await;
+
+        // The task ends.
+        let mut changed = std::pin::pin!(shim.changed());
+        changed.as_mut().enable();
+        let result = CallToolResult::success(vec![ContentBlock::text("done")]);
+        finish
+            .send(Ok(ServerResult::CallToolResult(result)))
+            .unwrap();
+        woken(changed).await;
+        assert!(shim.outcome(Duration::ZERO).await.is_some());
     }
 
     #[tokio::test]

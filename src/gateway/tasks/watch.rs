@@ -28,6 +28,7 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use super::extension::{self, Opened};
+use super::shim::Shim;
 use crate::auth::Identity;
 use crate::gateway::observe::Observation;
 use crate::gateway::{Gateway, Session};
@@ -143,6 +144,13 @@ async fn follow(
     let mut last: Option<String> = None;
     let mut pause = FIRST_PAUSE;
     loop {
+        // A shimmed task's changes happen here, in the gateway: they wake
+        // the follower at once instead of at its next poll. Registered
+        // before the poll, so that a change during it is not missed.
+        let mut changed = std::pin::pin!(opened.shim.as_deref().map(Shim::changed));
+        if let Some(changed) = changed.as_mut().as_pin_mut() {
+            changed.enable();
+        }
         let span = tracing::info_span!(
             "notifications/tasks",
             otel.name = "notifications/tasks",
@@ -202,7 +210,16 @@ async fn follow(
                 return;
             }
         }
-        tokio::time::sleep(pause).await;
+        let woken = async {
+            match changed.as_mut().as_pin_mut() {
+                Some(changed) => changed.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = woken => {}
+        }
     }
 }
 
