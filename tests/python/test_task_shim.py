@@ -127,7 +127,10 @@ def test_policy_audits_a_shimmed_task_and_guards_its_result(procs, tmp_path):
     policies.mkdir()
     rules = {
         "rules": [{"id": "all", "match": {"upstream": "up"}, "action": "allow"}],
-        "guards": [{"id": "no-secrets-out", "detect": ["secrets"], "on": ["results"], "action": "redact"}],
+        "guards": [
+            {"id": "no-secrets-out", "detect": ["secrets"], "on": ["results"], "action": "redact"},
+            {"id": "mask-emails-in", "detect": ["pii.email"], "on": ["arguments"], "action": "redact"},
+        ],
     }
     (policies / "p.yaml").write_text(yaml.safe_dump(rules))
     audit = tmp_path / "audit.jsonl"
@@ -144,3 +147,12 @@ def test_policy_audits_a_shimmed_task_and_guards_its_result(procs, tmp_path):
     later = [r for r in lines if r["method"].startswith("tasks/")]
     assert {r["method"] for r in later} >= {"tasks/get", "tasks/update"}
     assert all(r["call_id"] == created["call_id"] for r in later), later
+    # What the user answers goes upstream through the argument guards.
+    task_id = c.call("up__ask")["taskId"]
+    ((key, _),) = c.until(task_id, "input_required")["inputRequests"].items()
+    c.ok("tasks/update", {"taskId": task_id, "inputResponses": {key: {"action": "accept", "content": {"color": "ada@example.com"}}}})
+    text = c.until(task_id, "completed", "failed", "cancelled")["result"]["content"][0]["text"]
+    assert text.startswith("color [REDACTED") and "ada@example.com" not in text, text
+    lines = [json.loads(line) for line in audit.read_text().splitlines() if line.strip()]
+    hits = [(h["detector"], h["direction"]) for r in lines if r["event"] == "guard" for h in r["hits"]]
+    assert ("pii.email", "arguments") in hits, hits
