@@ -5,7 +5,9 @@
 //! It implements every tool, resource, resource template, prompt and utility
 //! that the suite's server scenarios call (`test_simple_text`,
 //! `test://static-text`, `test_simple_prompt`, ...), plus a few tools for the
-//! gateway's tests: `echo`, `slow` and `add`.
+//! gateway's tests: `echo`, `slow` and `add`, and the gates (`gate_wait`,
+//! `gate_elicit`, `gate_open`, `gate_waiting`) that hold calls in flight
+//! until a test lets them on.
 //!
 //! Usage:
 //!
@@ -27,6 +29,8 @@
 // purpose.
 #![allow(deprecated)]
 
+#[path = "fixture/gates.rs"]
+mod gates;
 #[path = "fixture/tasks.rs"]
 mod tasks;
 
@@ -669,6 +673,7 @@ fn tools() -> Vec<Tool> {
     all.extend(stateless::tools());
     all.extend(custom_header::tools());
     all.extend(tasks::tools());
+    all.extend(gates::tools());
     all
 }
 
@@ -1378,6 +1383,9 @@ impl ServerHandler for Fixture {
         }
         if let Some(answer) = tasks::call(&request, &cx).await {
             return answer;
+        }
+        if let Some(answer) = gates::call(&request, &cx).await {
+            return answer.map(CallToolResponse::from);
         }
         let args = request.arguments.unwrap_or_default();
         self.run_tool(&request.name, &args, &cx)

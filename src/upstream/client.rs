@@ -14,7 +14,7 @@ use rmcp::service::{
     Service,
 };
 
-use super::routes::{Caller, Routes};
+use super::routes::{Caller, Guess, Routes};
 use super::EventSink;
 
 /// How long a server-to-client request waits for its originating call to be
@@ -70,15 +70,43 @@ pub(crate) fn advertised(
 }
 
 impl UpstreamClient {
-    async fn caller_for(&self, origin: Option<&InboundStreamOrigin>) -> Option<Arc<Caller>> {
-        match origin {
+    /// The call a server-to-client request of `origin` belongs to; an
+    /// error when the transport cannot say and calls of several sessions
+    /// are in flight (see [`Routes::unassociated`]).
+    async fn caller_for(
+        &self,
+        origin: Option<&InboundStreamOrigin>,
+        what: &str,
+    ) -> Result<Option<Arc<Caller>>, ErrorData> {
+        Ok(match origin {
             Some(InboundStreamOrigin::OutboundRequest(id)) => {
                 self.routes.caller_of(id, ASSOCIATION_WAIT).await
             }
-            Some(InboundStreamOrigin::Unassociated) => self.owner.clone(),
-            // stdio and SSE cannot say which call a message belongs to.
-            None => self.routes.latest().or_else(|| self.owner.clone()),
-        }
+            // On an HTTP upstream's GET stream (where a server before
+            // 2026-07-28 may send a call's requests), or over stdio and SSE,
+            // which cannot say which call a message belongs to.
+            Some(InboundStreamOrigin::Unassociated) | None => {
+                match self.routes.unassociated(ASSOCIATION_WAIT).await {
+                    Guess::Caller(caller) => Some(caller),
+                    Guess::Nobody => self.owner.clone(),
+                    Guess::Ambiguous { sessions } => {
+                        tracing::warn!(upstream = %self.upstream, method = what, sessions, "server-to-client request of no known call while calls of several sessions are in flight; refused");
+                        self.count(what, "ambiguous");
+                        return Err(ErrorData::new(
+                            ErrorCode::INTERNAL_ERROR,
+                            format!(
+                            "portcullis: upstream `{}` sent {what} without saying which call it \
+                             belongs to, while calls of {sessions} sessions are in flight; \
+                             refused rather than guessed (a `session: per-client` upstream \
+                             keeps each client's questions apart)",
+                            self.upstream
+                        ),
+                            None,
+                        ));
+                    }
+                }
+            }
+        })
     }
 
     /// Answers `sampling/createMessage` through the model router.
@@ -106,6 +134,14 @@ impl UpstreamClient {
         serde_json::from_value(result)
             .map(ClientResult::CreateMessageResult)
             .map_err(|e| ErrorData::internal_error(format!("portcullis: {e}"), None))
+    }
+
+    /// Counts a server-to-client request by where it went.
+    fn count(&self, what: &str, outcome: &str) {
+        self.metrics
+            .client_requests_routed
+            .with_label_values(&[what, outcome])
+            .inc();
     }
 
     fn refuse(&self, what: &str) -> ErrorData {
@@ -150,7 +186,13 @@ impl Service<RoleClient> for UpstreamClient {
         }
         let what = method_name(&request);
         let mut request = request;
-        let origin = request.extensions().get::<InboundStreamOrigin>().cloned();
+        // rmcp moves the request's extensions, where its transport marked
+        // the stream the request arrived on, into the context.
+        let origin = context
+            .extensions
+            .get::<InboundStreamOrigin>()
+            .or_else(|| request.extensions().get::<InboundStreamOrigin>())
+            .cloned();
         tracing::debug!(upstream = %self.upstream, method = what, ?origin, "server-to-client request");
         // A request about a task (`_meta` related-task) that arrived outside
         // any call's stream goes to the session that owns the task.
@@ -163,8 +205,8 @@ impl Service<RoleClient> for UpstreamClient {
                 Some(route.caller.clone())
             }
             _ => self
-                .caller_for(origin.as_ref())
-                .await
+                .caller_for(origin.as_ref(), what)
+                .await?
                 .or_else(|| task.as_ref().map(|(route, _)| route.caller.clone())),
         };
         if let Some((_, client_id)) = &task {
@@ -189,15 +231,18 @@ impl Service<RoleClient> for UpstreamClient {
                 return Ok(ClientResult::ListRootsResult(Default::default()));
             }
             tracing::warn!(upstream = %self.upstream, method = what, ?origin, "server-to-client request matches no call in flight; refused");
+            self.count(what, "no_call");
             return Err(self.refuse(what));
         };
         if !client_can(&caller.capabilities, &request) {
+            self.count(what, "not_declared");
             return Err(ErrorData::new(
                 ErrorCode::METHOD_NOT_FOUND,
                 format!("portcullis: the calling client did not declare support for {what}"),
                 None,
             ));
         }
+        self.count(what, "client");
         if let Some(bridge) = &caller.input_bridge {
             let (reply, answer) = tokio::sync::oneshot::channel();
             bridge

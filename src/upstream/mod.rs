@@ -458,6 +458,9 @@ impl Upstream {
         options.meta = caller
             .as_deref()
             .and_then(|caller| self.request_meta(conn, caller));
+        // From here until it is registered, an unassociated message waits
+        // for this call rather than guessing without it.
+        let expected = caller.as_ref().map(|_| conn.routes.expect());
         let handle = conn
             .peer
             .send_request_with_option(request, options)
@@ -477,6 +480,7 @@ impl Upstream {
             }
             registration
         });
+        drop(expected);
         let result = tokio::select! {
             result = handle.await_response() => result.map_err(|e| {
                 let e = self.map_error(e);

@@ -16,7 +16,7 @@ use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 
 use super::client::forward_progress;
-use super::routes::Routes;
+use super::routes::{Guess, Routes};
 
 /// A transport that forwards a call's notifications as it receives them.
 pub(crate) struct InOrder<T> {
@@ -72,7 +72,12 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
                             self.routes.caller_of(id, Duration::ZERO).await
                         }
                         Some(InboundStreamOrigin::Unassociated) => None,
-                        None => self.routes.latest().filter(|c| !c.legacy),
+                        // Not waited for: this loop also carries what
+                        // the registering call may be waiting on.
+                        None => match self.routes.unassociated(Duration::ZERO).await {
+                            Guess::Caller(c) if !c.legacy => Some(c),
+                            _ => None,
+                        },
                     };
                     let Some(caller) = caller else {
                         return Some(message);

@@ -109,6 +109,39 @@ pub(crate) fn log_level_passes(min: Option<LoggingLevel>, level: LoggingLevel) -
     min.is_none_or(|min| rank(level) >= rank(min))
 }
 
+/// Who an unassociated message belongs to (see [`Routes::unassociated`]).
+pub(crate) enum Guess {
+    /// No call is in flight.
+    Nobody,
+    /// The latest call in flight, all of them being one session's.
+    Caller(Arc<Caller>),
+    /// Calls of this many sessions are in flight.
+    Ambiguous {
+        /// How many sessions.
+        sessions: usize,
+    },
+}
+
+/// [`Routes::unassociated`]'s choice among the calls registered in `t`.
+fn guess(t: &Table) -> Guess {
+    let mut callers = t.order.iter().rev().filter_map(|id| t.by_request.get(id));
+    let Some(latest) = callers.next() else {
+        return Guess::Nobody;
+    };
+    let mut sessions: Vec<u64> = callers
+        .map(|c| c.session)
+        .filter(|s| *s != latest.session)
+        .collect();
+    if sessions.is_empty() {
+        return Guess::Caller(latest.clone());
+    }
+    sessions.sort_unstable();
+    sessions.dedup();
+    Guess::Ambiguous {
+        sessions: sessions.len() + 1,
+    }
+}
+
 /// Progress that arrived before its request was registered; bounded so an
 /// upstream sending stray tokens cannot grow memory.
 const MAX_EARLY_PROGRESS: usize = 256;
@@ -124,6 +157,10 @@ struct Table {
     /// Tasks created by calls on this connection, by the upstream's task id:
     /// they outlive their call, and so do their routes.
     tasks: HashMap<String, TaskRoute>,
+    /// Calls handed to the transport and not registered yet, by the order
+    /// they were sent in (see [`Routes::expect`]).
+    pending: std::collections::BTreeSet<u64>,
+    next_pending: u64,
 }
 
 /// Where a task's messages go after the call that created it returned.
@@ -143,6 +180,21 @@ pub(crate) struct TaskRoute {
 pub(crate) struct Routes {
     table: Mutex<Table>,
     registered: Notify,
+}
+
+/// A call about to be handed to the transport, until it is registered (or
+/// fails to be sent): an unassociated message waits for it, as it may be
+/// that call's (see [`Routes::unassociated`]).
+pub(crate) struct Expected {
+    routes: Arc<Routes>,
+    seq: u64,
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.routes.lock().pending.remove(&self.seq);
+        self.routes.registered.notify_waiters();
+    }
 }
 
 /// Removes a registration when the forwarded call ends, however it ends.
@@ -255,11 +307,45 @@ impl Routes {
         }
     }
 
-    /// Best guess when the transport cannot associate a message with a
-    /// request (stdio): the most recent call still in flight.
-    pub(crate) fn latest(&self) -> Option<Arc<Caller>> {
-        let t = self.lock();
-        t.order.last().and_then(|id| t.by_request.get(id)).cloned()
+    /// Marks a call as on its way to the transport; hold the result until
+    /// the call is registered.
+    pub(crate) fn expect(self: &Arc<Self>) -> Expected {
+        let mut t = self.lock();
+        let seq = t.next_pending;
+        t.next_pending += 1;
+        t.pending.insert(seq);
+        Expected {
+            routes: self.clone(),
+            seq,
+        }
+    }
+
+    /// Whose a message is when the transport cannot say which request it
+    /// belongs to (stdio, legacy SSE, rmcp's HTTP GET stream): the most
+    /// recent call in flight, but only while every call in flight is of
+    /// one session. Across sessions a guess could hand one user's question
+    /// (and its answer) to another, so it is [`Guess::Ambiguous`] instead.
+    ///
+    /// Calls sent before the message arrived may not be registered yet (a
+    /// fast upstream answers within microseconds, a loaded machine can
+    /// stall the registering task far longer): those are waited for, up to
+    /// `wait`, since the message may be theirs.
+    pub(crate) async fn unassociated(&self, wait: Duration) -> Guess {
+        let deadline = tokio::time::Instant::now() + wait;
+        let arrived = self.lock().next_pending;
+        loop {
+            // Created before the check: `notify_waiters` reaches it unpolled.
+            let notified = self.registered.notified();
+            {
+                let t = self.lock();
+                if t.pending.first().is_none_or(|seq| *seq >= arrived) {
+                    return guess(&t);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return guess(&self.lock());
+            }
+        }
     }
 
     /// Names the client's id for an upstream task, and makes `caller` (the
@@ -300,5 +386,41 @@ impl Routes {
     /// Number of calls in flight on this connection.
     pub(crate) fn in_flight(&self) -> usize {
         self.lock().by_request.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unassociated_message_waits_for_calls_sent_before_it() {
+        let routes = Arc::new(Routes::default());
+        // Nothing in flight or on its way: answered at once.
+        assert!(matches!(
+            routes.unassociated(Duration::from_secs(10)).await,
+            Guess::Nobody
+        ));
+        // A call handed to the transport, not registered yet: the message
+        // may be its, so the guess waits for it.
+        let expected = routes.expect();
+        let guess = tokio::spawn({
+            let routes = routes.clone();
+            async move { routes.unassociated(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!guess.is_finished());
+        // A call sent after the message arrived is not waited for.
+        let later = routes.expect();
+        drop(expected);
+        assert!(matches!(guess.await.unwrap(), Guess::Nobody));
+        // And one that never registers is waited for only so long.
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            routes.unassociated(Duration::from_secs(10)).await,
+            Guess::Nobody
+        ));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        drop(later);
     }
 }

@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from conftest import everything_stdio, run, time_stdio
+from conftest import everything_stdio, fixture_stdio, metric, run, time_stdio
 
 
 @pytest.fixture
@@ -123,6 +123,70 @@ def test_client_without_elicitation_does_not_see_or_answer_it(gateway):
     result = run(go())
     assert result.is_error
     assert "did not declare support for elicitation/create" in str(result.content)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_question_goes_to_its_call_and_is_never_guessed_across_sessions(procs, transport):
+    """Over streamable HTTP the upstream's question arrives on its call's
+    own stream and reaches that call's client, whichever call is the
+    latest. A stdio upstream cannot say which call its question belongs
+    to: with only one session's calls in flight it goes to that session;
+    while calls of several sessions are in flight it is refused rather than
+    guessed, so no user is asked (and answers) another's question. The
+    fixture's gates hold each call in flight until opened."""
+    upstream = fixture_stdio() if transport == "stdio" else {"http": {"url": procs.fixture_http()}}
+    gw = procs.gateway({"upstreams": {"fx": upstream}})
+    gw.wait_up("fx")
+    asked: dict[str, int] = {"a": 0, "b": 0}
+
+    def answers_as(who):
+        async def elicit(context, params):
+            asked[who] += 1
+            return types.ElicitResult(action="accept", content={"name": who})
+
+        return elicit
+
+    async def text(call) -> str:
+        return (await call).content[0].text
+
+    async def until_waiting(c, gate: str):
+        deadline = asyncio.get_running_loop().time() + 30
+        while await text(c.call_tool("fx__gate_waiting", {"gate": gate})) != "1":
+            assert asyncio.get_running_loop().time() < deadline, f"no call waits at {gate}"
+            await asyncio.sleep(0.02)
+
+    async def go():
+        async with (
+            Client(gw.url, mode="legacy", elicitation_callback=answers_as("a")) as a,
+            Client(gw.url, mode="legacy", elicitation_callback=answers_as("b")) as b,
+            Client(gw.url, mode="legacy") as ctl,
+        ):
+            # One session in flight (its own gate_open too): asked.
+            alone = asyncio.create_task(text(a.call_tool("fx__gate_elicit", {"gate": "g0"})))
+            await until_waiting(a, "g0")
+            await a.call_tool("fx__gate_open", {"gate": "g0"})
+            answered = await alone
+            assert "action=accept" in answered and '"name":"a"' in answered, answered
+            # A's question while B's call is in flight too (and B's is the
+            # later one): over HTTP it is A's; over stdio nobody is asked,
+            # and A's upstream hears why.
+            mine = asyncio.create_task(text(a.call_tool("fx__gate_elicit", {"gate": "g1"})))
+            await until_waiting(a, "g1")
+            theirs = asyncio.create_task(text(b.call_tool("fx__gate_wait", {"gate": "g2"})))
+            await until_waiting(a, "g2")
+            await ctl.call_tool("fx__gate_open", {"gate": "g1"})
+            outcome = await mine
+            if transport == "http":
+                assert '"name":"a"' in outcome, outcome
+            else:
+                assert "refused rather than guessed" in outcome, outcome
+            await ctl.call_tool("fx__gate_open", {"gate": "g2"})
+            assert await theirs == "passed g2"
+
+    run(go())
+    assert asked == {"a": 2 if transport == "http" else 1, "b": 0}
+    ambiguous = metric(gw, "portcullis_server_to_client_requests_total", mcp_method_name="elicitation/create", outcome="ambiguous")
+    assert ambiguous == (0 if transport == "http" else 1)
 
 
 def test_virtual_server_shows_only_its_tools(procs):
