@@ -19,7 +19,7 @@ use futures::StreamExt;
 use http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientRequest, GetMeta, JsonRpcMessage, ServerJsonRpcMessage,
+    ClientJsonRpcMessage, ClientRequest, GetMeta, JsonRpcMessage, RequestId, ServerJsonRpcMessage,
 };
 use rmcp::transport::common::http_header::{
     EVENT_STREAM_MIME_TYPE, HEADER_LAST_EVENT_ID, HEADER_SESSION_ID, JSON_MIME_TYPE,
@@ -30,6 +30,7 @@ use rmcp::transport::streamable_http_client::{
 };
 use sse_stream::{Sse, SseStream};
 
+use super::related;
 use super::task_support::{tap_sse, TaskSupport};
 
 /// reqwest with trace-context headers taken from each request's `_meta`.
@@ -47,9 +48,16 @@ type PostResult = Result<StreamableHttpPostResponse, StreamableHttpError<reqwest
 const RESERVED: [&str; 3] = ["accept", HEADER_SESSION_ID, HEADER_LAST_EVENT_ID];
 
 impl TracingClient {
-    fn tap(&self, response: StreamableHttpPostResponse) -> StreamableHttpPostResponse {
+    /// Shows a streamed answer to `seen`, and marks its log lines as the
+    /// posted request's (`related`).
+    fn tap(
+        &self,
+        response: StreamableHttpPostResponse,
+        request: Option<RequestId>,
+    ) -> StreamableHttpPostResponse {
         match response {
             StreamableHttpPostResponse::Sse(stream, session) => {
+                let stream = related::mark(stream, request);
                 StreamableHttpPostResponse::Sse(tap_sse(stream, self.seen.clone()), session)
             }
             // A JSON answer `TaskSupport` reads was shown to it by
@@ -397,6 +405,10 @@ impl StreamableHttpClient for TracingClient {
         limits: StreamableHttpResponseLimits,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
         let headers = with_trace_headers(&message, custom_headers);
+        let request = match &message {
+            JsonRpcMessage::Request(r) => Some(r.id.clone()),
+            _ => None,
+        };
         let response = if observed(&message) {
             self.post_observed(uri, message, session_id, auth_header, headers, limits)
                 .await
@@ -412,7 +424,7 @@ impl StreamableHttpClient for TracingClient {
                 )
                 .await
         };
-        response.map(|r| self.tap(r))
+        response.map(|r| self.tap(r, request))
     }
 
     async fn delete_session(
@@ -438,7 +450,7 @@ impl StreamableHttpClient for TracingClient {
         self.http
             .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
             .await
-            .map(|s| tap_sse(s, self.seen.clone()))
+            .map(|s| tap_sse(related::mark(s, None), self.seen.clone()))
     }
 
     async fn get_stream_with_max_sse_event_size(
@@ -460,7 +472,7 @@ impl StreamableHttpClient for TracingClient {
                 max_sse_event_size,
             )
             .await
-            .map(|s| tap_sse(s, self.seen.clone()))
+            .map(|s| tap_sse(related::mark(s, None), self.seen.clone()))
     }
 }
 

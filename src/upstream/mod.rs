@@ -14,6 +14,7 @@ mod eras;
 mod http;
 mod ordered;
 mod pool;
+mod related;
 mod routes;
 mod sse;
 mod task_support;

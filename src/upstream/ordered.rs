@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{JsonRpcMessage, ServerNotification};
-use rmcp::service::InboundStreamOrigin;
 use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 
 use super::client::forward_progress;
+use super::related;
 use super::routes::{Guess, Routes};
 
 /// A transport that forwards a call's notifications as it receives them.
@@ -48,11 +48,11 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
         loop {
-            let message = self.inner.receive().await?;
-            let JsonRpcMessage::Notification(notification) = &message else {
+            let mut message = self.inner.receive().await?;
+            let JsonRpcMessage::Notification(notification) = &mut message else {
                 return Some(message);
             };
-            match &notification.notification {
+            match &mut notification.notification {
                 ServerNotification::ProgressNotification(progress) => {
                     // A progress token nobody registered yet is held by
                     // `routes` and replayed when its call registers.
@@ -61,29 +61,29 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
                     }
                 }
                 ServerNotification::LoggingMessageNotification(log) => {
-                    // Only a log line that arrived on a call's own stream
-                    // belongs to that call; the rest go to every session.
-                    // Where the transport cannot say (stdio, and rmcp's HTTP
-                    // client), a 2026-07-28 caller has no session to get
-                    // them: the latest call gets it if it is such a caller
-                    // (as for server-to-client requests).
-                    let caller = match log.extensions.get::<InboundStreamOrigin>() {
-                        Some(InboundStreamOrigin::OutboundRequest(id)) => {
-                            self.routes.caller_of(id, Duration::ZERO).await
-                        }
-                        Some(InboundStreamOrigin::Unassociated) => None,
-                        // Not waited for: this loop also carries what
-                        // the registering call may be waiting on.
+                    // Only a line that arrived on a call's own stream
+                    // belongs to that call (marked so by the HTTP client,
+                    // see `related`): it goes to that call's client. The
+                    // rest go to every session. Where the transport cannot
+                    // say (stdio), a 2026-07-28 caller has no session to
+                    // get them: the latest call gets it if it is such a
+                    // caller and its session the only one in flight (as
+                    // for server-to-client requests).
+                    let marked = match related::take(&mut log.extensions) {
+                        Some(id) => self.routes.caller_of(&id, Duration::ZERO).await,
+                        None => None,
+                    };
+                    let caller = match marked {
+                        Some(caller) => caller,
+                        // Not waited for: this loop also carries what the
+                        // registering call may be waiting on.
                         None => match self.routes.unassociated(Duration::ZERO).await {
-                            Guess::Caller(c) if !c.legacy => Some(c),
-                            _ => None,
+                            Guess::Caller(c) if !c.legacy => c,
+                            _ => return Some(message),
                         },
                     };
-                    let Some(caller) = caller else {
-                        return Some(message);
-                    };
-                    if caller.wants_log(log.params.level) {
-                        let mut params = log.params.clone();
+                    let mut params = log.params.clone();
+                    if caller.wants_log(params.level) {
                         if params.logger.is_none() {
                             params.logger = Some(self.upstream.to_string());
                         }

@@ -5,12 +5,9 @@ URL` once it accepts connections."""
 
 from __future__ import annotations
 
-import socket
-
-import anyio
-import uvicorn
 
 from mcp.server.mcpserver import Context, MCPServer
+from sdk_http import serve
 
 app = MCPServer("get-stream-upstream")
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
@@ -24,15 +21,5 @@ async def ask_on_get(ctx: Context) -> str:
     return f"Hello, {(reply.content or {}).get('name', 'nobody')}!"
 
 
-async def main() -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app.streamable_http_app(), log_level="warning"))
-    print(f"listening on http://127.0.0.1:{port}/mcp", flush=True)
-    await server.serve(sockets=[sock])
-
-
 if __name__ == "__main__":
-    anyio.run(main)
+    serve(app)

@@ -4,6 +4,8 @@ logging/setLevel, resource subscriptions, roots, completions, ping."""
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 import mcp.types as types
 import pytest
@@ -96,3 +98,42 @@ def test_ping(gateway):
             await c.send_ping()
 
     run(go())
+
+
+def test_a_calls_log_lines_reach_only_its_own_client(procs):
+    """Log lines an HTTP upstream sends on a call's own stream (the Python
+    SDK's `ctx.log`) are that call's: another session at the same level does
+    not get them, while a line the upstream sends to the whole connection
+    reaches both."""
+    script = Path(__file__).with_name("log_upstream.py")
+    url = procs.listening("log-upstream", [sys.executable, str(script)])
+    gw = procs.gateway({"upstreams": {"lg": {"http": {"url": url}, "protocol": "legacy"}}})
+    gw.wait_up("lg")
+    lines: dict[str, list[str]] = {"a": [], "b": []}
+    heard = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    def listener(who):
+        async def on_log(params):
+            lines[who].append(str(params.data))
+            if params.data == "to everyone":
+                heard[who].set()
+
+        return on_log
+
+    async def go():
+        async with (
+            Client(gw.url, mode="legacy", logging_callback=listener("a")) as a,
+            Client(gw.url, mode="legacy", logging_callback=listener("b")) as b,
+        ):
+            await a.set_logging_level("info")
+            await b.set_logging_level("info")
+            assert (await a.call_tool("lg__log_lines", {})).content[0].text == "logged"
+            # The connection-wide line comes after the call's lines (a full
+            # round trip later); once B has it, B would have had theirs.
+            assert (await a.call_tool("lg__log_to_connection", {"message": "to everyone"})).content[0].text == "logged"
+            await asyncio.wait_for(asyncio.gather(heard["a"].wait(), heard["b"].wait()), 30)
+
+    run(go())
+    call_lines = ["call started", "call working", "call done"]
+    assert [l for l in lines["a"] if l in call_lines] == call_lines, lines
+    assert not [l for l in lines["b"] if l in call_lines], lines
