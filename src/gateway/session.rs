@@ -23,7 +23,7 @@ use crate::ratelimit::LimitOverride;
 use crate::registry::{self, Endpoint, Target};
 use crate::telemetry::audit::CallLink;
 use crate::telemetry::trace;
-use crate::upstream::Caller;
+use crate::upstream::{AnswerCheck, Caller};
 
 /// One downstream session's handler. Dropped when the session ends, which
 /// releases its per-client upstream connections.
@@ -117,7 +117,7 @@ impl Session {
         answers: &Option<Arc<AnswerGuard>>,
     ) -> Caller {
         let mut caller = self.caller(ctx);
-        caller.answers = rounds::as_check(answers);
+        caller.answers = answers.clone().map(|g| g as Arc<dyn AnswerCheck>);
         caller
     }
 
@@ -1775,8 +1775,8 @@ fn guard_result(
     subject: &Subject<'_>,
     result: CallToolResult,
 ) -> Result<CallToolResult, ErrorData> {
-    // Without guards there is nothing to scan: skip the JSON round trip.
-    if set.guard_count() == 0 {
+    // Without result guards there is nothing to scan: skip the JSON round trip.
+    if !set.guards_on(Direction::Results) {
         return Ok(result);
     }
     let Some(mut value) = guardrails::result_to_value(&result) else {

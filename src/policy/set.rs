@@ -94,6 +94,12 @@ impl PolicySet {
         self.guards.len()
     }
 
+    /// Whether any content guard scans `dir` (for someone): without one,
+    /// callers skip building the JSON the guards would scan.
+    pub fn guards_on(&self, dir: Direction) -> bool {
+        self.guards.iter().any(|g| g.applies_to(dir))
+    }
+
     /// The decision when no enforcing rule matches.
     pub fn default_action(&self) -> DefaultAction {
         self.default

@@ -103,10 +103,13 @@ impl HttpAuth {
                 if owner != identity.subject {
                     return Err(json(
                         StatusCode::FORBIDDEN,
-                        &serde_json::json!({
-                            "jsonrpc": "2.0", "id": null,
-                            "error": {"code": -32600, "message": "this MCP session belongs to another identity"},
-                        }),
+                        &super::rpc_error(
+                            serde_json::Value::Null,
+                            rmcp::model::ErrorData::invalid_request(
+                                "this MCP session belongs to another identity",
+                                None,
+                            ),
+                        ),
                     ));
                 }
             }

@@ -20,10 +20,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Frame;
 use hyper::body::Incoming;
+use rmcp::model::{ErrorCode, ErrorData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{json, read_body, Body};
+use super::{json, read_body, rpc_error, Body};
 use crate::auth::Identity;
 use crate::gateway::{Gateway, LISTEN_TASKS_META};
 use crate::registry::Endpoint;
@@ -171,28 +172,28 @@ pub(super) async fn prepare(
 
 /// -32602 for a `taskIds` that is not an array of strings.
 fn not_a_list(id: Value) -> Value {
-    serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {
-            "code": -32602,
-            "message": "notifications.taskIds must be an array of task id strings",
-        },
-    })
+    rpc_error(
+        id,
+        ErrorData::invalid_params(
+            "notifications.taskIds must be an array of task id strings",
+            None,
+        ),
+    )
 }
 
 /// -32021 with the capability the request lacks, as the extension says.
 fn missing_extension(id: Value) -> Value {
-    serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {
-            "code": -32021,
-            "message": "Missing required client capability: notifications/tasks needs the \
-                        io.modelcontextprotocol/tasks extension",
-            "data": { "requiredCapabilities": { "extensions": { TASKS_EXTENSION: {} } } },
-        },
-    })
+    rpc_error(
+        id,
+        ErrorData::new(
+            ErrorCode(-32021),
+            "Missing required client capability: notifications/tasks needs the \
+             io.modelcontextprotocol/tasks extension",
+            Some(serde_json::json!({
+                "requiredCapabilities": { "extensions": { TASKS_EXTENSION: {} } }
+            })),
+        ),
+    )
 }
 
 /// Adds `taskIds: ids` to `message` when it is a listen acknowledgement

@@ -28,8 +28,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rmcp::model::ErrorData;
 use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tower::Service;
 
@@ -277,12 +279,13 @@ async fn parse_error(resp: Response<Body>) -> Response<Body> {
                 .boxed(),
         );
     }
-    let body = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": null,
-        "error": { "code": -32700, "message": format!("Parse error: {message}") },
-    });
-    json(StatusCode::BAD_REQUEST, &body)
+    let error = ErrorData::parse_error(format!("Parse error: {message}"), None);
+    json(StatusCode::BAD_REQUEST, &rpc_error(Value::Null, error))
+}
+
+/// A JSON-RPC error answer to request `id` (`null` when it is unknown).
+pub(super) fn rpc_error(id: Value, error: ErrorData) -> Value {
+    serde_json::json!({ "jsonrpc": "2.0", "id": id, "error": error })
 }
 
 /// A request body, read whole up to `limit` bytes; 413 beyond it.

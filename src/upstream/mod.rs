@@ -468,10 +468,13 @@ impl Upstream {
             .await
             .map_err(|e| self.map_error(e))?;
         let id = handle.id.clone();
-        let mut registration = caller.map(|caller| {
-            let (registration, early) =
-                conn.routes
-                    .register(id.clone(), handle.progress_token.clone(), caller.clone());
+        let mut registration = caller.zip(expected).map(|(caller, expected)| {
+            let (registration, early) = conn.routes.register(
+                expected,
+                id.clone(),
+                handle.progress_token.clone(),
+                caller.clone(),
+            );
             if !early.is_empty() {
                 tokio::spawn(async move {
                     for params in early {
@@ -481,7 +484,6 @@ impl Upstream {
             }
             registration
         });
-        drop(expected);
         let result = tokio::select! {
             result = handle.await_response() => result.map_err(|e| {
                 let e = self.map_error(e);

@@ -188,12 +188,17 @@ pub(crate) struct Routes {
 pub(crate) struct Expected {
     routes: Arc<Routes>,
     seq: u64,
+    /// Settled by [`Routes::register`], under the lock it registers in.
+    registered: bool,
 }
 
 impl Drop for Expected {
     fn drop(&mut self) {
-        self.routes.lock().pending.remove(&self.seq);
-        self.routes.registered.notify_waiters();
+        // A call that was never sent is no longer to be waited for.
+        if !self.registered {
+            self.routes.lock().pending.remove(&self.seq);
+            self.routes.registered.notify_waiters();
+        }
     }
 }
 
@@ -245,15 +250,19 @@ impl Routes {
     }
 
     /// Records that upstream request `id` (with progress token `token`)
-    /// serves `caller`. Returns progress that had already arrived for it.
+    /// serves `caller`, settling its `expected` mark in the same step.
+    /// Returns progress that had already arrived for it.
     pub(crate) fn register(
         self: &Arc<Self>,
+        mut expected: Expected,
         id: RequestId,
         token: ProgressToken,
         caller: Arc<Caller>,
     ) -> (Registration, Vec<ProgressNotificationParam>) {
         let early = {
             let mut t = self.lock();
+            t.pending.remove(&expected.seq);
+            expected.registered = true;
             t.by_request.insert(id.clone(), caller.clone());
             t.by_progress.insert(token.clone(), caller);
             t.order.push(id.clone());
@@ -307,8 +316,8 @@ impl Routes {
         }
     }
 
-    /// Marks a call as on its way to the transport; hold the result until
-    /// the call is registered.
+    /// Marks a call as on its way to the transport; hand the result to
+    /// [`Routes::register`] (dropped unregistered, it unmarks the call).
     pub(crate) fn expect(self: &Arc<Self>) -> Expected {
         let mut t = self.lock();
         let seq = t.next_pending;
@@ -317,6 +326,7 @@ impl Routes {
         Expected {
             routes: self.clone(),
             seq,
+            registered: false,
         }
     }
 

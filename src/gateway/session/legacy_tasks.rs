@@ -540,10 +540,10 @@ impl Session {
             &opened,
             "tasks/result",
             |g, set, call, subject| {
-                // Without guards there is nothing to scan.
-                match set.guard_count() {
-                    0 => Ok(()),
-                    _ => g.guard(set, call, subject, Direction::Results, &mut value),
+                // Without result guards there is nothing to scan.
+                match set.guards_on(Direction::Results) {
+                    false => Ok(()),
+                    true => g.guard(set, call, subject, Direction::Results, &mut value),
                 }
             },
         )

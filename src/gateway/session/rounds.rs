@@ -142,10 +142,11 @@ pub(in crate::gateway) struct AnswerGuard {
 }
 
 impl AnswerGuard {
-    /// The screen for the call `log` records; `None` when the policy has
-    /// no guards, so that callers skip the work.
+    /// The screen for the call `log` records; `None` when no guard scans
+    /// arguments, so that callers skip the work.
     pub(super) fn new(log: RoundLog, set: Arc<PolicySet>) -> Option<Arc<Self>> {
-        (set.guard_count() > 0).then(|| Arc::new(AnswerGuard { log, set }))
+        set.guards_on(Direction::Arguments)
+            .then(|| Arc::new(AnswerGuard { log, set }))
     }
 
     /// Screens the answers a 2026-07-28 client sends upstream in
@@ -187,11 +188,6 @@ impl std::fmt::Debug for AnswerGuard {
             .field("subject", &self.log.subject.exposed)
             .finish_non_exhaustive()
     }
-}
-
-/// `guard` as the [`Caller`](crate::upstream::Caller)'s type.
-pub(super) fn as_check(guard: &Option<Arc<AnswerGuard>>) -> Option<Arc<dyn AnswerCheck>> {
-    guard.clone().map(|g| g as Arc<dyn AnswerCheck>)
 }
 
 impl Session {
@@ -267,9 +263,8 @@ impl Session {
             Some((id, answers)) => self.gw.bridge.resume(subject, id, answers, &ctx.ct).await?,
             None => {
                 let (tx, inputs) = tokio::sync::mpsc::unbounded_channel();
-                let mut caller = self.caller(ctx);
+                let mut caller = self.caller_screened(ctx, &answers);
                 caller.input_bridge = Some(tx.clone());
-                caller.answers = as_check(&answers);
                 let cancel = tokio_util::sync::CancellationToken::new();
                 let call = self.send(target, request, caller, cancel.clone())?;
                 let flight = Flight {

@@ -388,8 +388,8 @@ fn guard_result(
         opened,
         "tasks/get",
         |g, set, call, subject| {
-            // Without guards there is nothing to scan: skip the JSON round trip.
-            if set.guard_count() == 0 {
+            // Without result guards there is nothing to scan: skip the JSON round trip.
+            if !set.guards_on(Direction::Results) {
                 return Ok(());
             }
             let mut value = serde_json::Value::Object(std::mem::take(inlined));

@@ -288,13 +288,26 @@ mod tests {
         ServerRequest::ElicitRequest(ElicitRequest::new(params))
     }
 
-    #[tokio::test]
-    async fn input_waits_for_the_client_and_the_result_is_kept() {
+    /// A held task whose upstream call ends when `finish` is sent, with
+    /// where the upstream's questions arrive (keep `Shims`: it holds it).
+    #[allow(clippy::type_complexity)]
+    fn held() -> (
+        Shims,
+        Arc<Shim>,
+        mpsc::UnboundedSender<BridgedRequest>,
+        oneshot::Sender<Result<ServerResult, ErrorData>>,
+    ) {
         let shims = Shims::new();
         let (inputs, rx) = mpsc::unbounded_channel();
         let (finish, finished) = oneshot::channel::<Result<ServerResult, ErrorData>>();
         shims.start(&task(), |_| async move { finished.await.unwrap() }, rx);
         let shim = shims.get(&task()).unwrap();
+        (shims, shim, inputs, finish)
+    }
+
+    #[tokio::test]
+    async fn input_waits_for_the_client_and_the_result_is_kept() {
+        let (_shims, shim, inputs, finish) = held();
         let (reply, answer) = oneshot::channel();
         inputs
             .send(BridgedRequest {
@@ -353,11 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_change_wakes_whoever_follows_the_task() {
-        let shims = Shims::new();
-        let (inputs, rx) = mpsc::unbounded_channel();
-        let (finish, finished) = oneshot::channel::<Result<ServerResult, ErrorData>>();
-        shims.start(&task(), |_| async move { finished.await.unwrap() }, rx);
-        let shim = shims.get(&task()).unwrap();
+        let (_shims, shim, inputs, finish) = held();
 
         // A question arrives.
         let mut changed = std::pin::pin!(shim.changed());
