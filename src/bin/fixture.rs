@@ -725,7 +725,8 @@ fn tools_of_2025() -> Vec<Tool> {
             object(json!({
                 "type": "object",
                 "properties": {
-                    "prompt": { "type": "string", "description": "The prompt to send to the LLM" }
+                    "prompt": { "type": "string", "description": "The prompt to send to the LLM" },
+                    "modelPreferences": { "type": "object", "description": "Sent as the request's modelPreferences" }
                 },
                 "required": ["prompt"]
             })),
@@ -1070,8 +1071,16 @@ impl Fixture {
                 let Some(prompt) = args.get("prompt").and_then(Value::as_str) else {
                     return Ok(tool_error("argument `prompt` (string) is required"));
                 };
-                let params =
+                let mut params =
                     CreateMessageRequestParams::new(vec![SamplingMessage::user_text(prompt)], 100);
+                // Passed through as given, so tests can see how the client
+                // chooses a model.
+                if let Some(prefs) = args.get("modelPreferences") {
+                    match serde_json::from_value(prefs.clone()) {
+                        Ok(prefs) => params.model_preferences = Some(prefs),
+                        Err(e) => return Ok(tool_error(format!("bad `modelPreferences`: {e}"))),
+                    }
+                }
                 match cx.peer.create_message(params).await {
                     Ok(result) => {
                         let reply = result

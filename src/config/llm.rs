@@ -221,6 +221,11 @@ pub struct SamplingConfig {
     /// `always`: every sampling request, even from clients that can.
     #[serde(default)]
     pub mode: SamplingMode,
+    /// Other aliases a request's `modelPreferences` (hints, then cost or
+    /// speed priority) may choose instead of `model`. Empty (the default):
+    /// every request goes to `model`, whatever it prefers.
+    #[serde(default)]
+    pub candidates: Vec<String>,
 }
 
 /// When the gateway serves sampling itself.
@@ -249,12 +254,20 @@ pub(crate) fn validate_llm(
         validate_alias(file, name, alias, providers)?;
     }
     if let Some(s) = sampling {
-        if !models.contains_key(&s.model) {
-            return Err(ConfigError::field(
-                file,
-                "sampling.model",
-                format!("`{}` is not a key of `models`", s.model),
-            ));
+        let fields = std::iter::once(("sampling.model".to_owned(), &s.model)).chain(
+            s.candidates
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("sampling.candidates.{i}"), a)),
+        );
+        for (field, alias) in fields {
+            if !models.contains_key(alias) {
+                return Err(ConfigError::field(
+                    file,
+                    field,
+                    format!("`{alias}` is not a key of `models`"),
+                ));
+            }
         }
     }
     Ok(())
@@ -455,6 +468,19 @@ sampling: { model: smart }   # serve upstream sampling requests with this alias
     fn sampling_must_name_an_alias() {
         let text = ISSUE_EXAMPLE.replace("sampling: { model: smart }", "sampling: { model: x }");
         assert_eq!(field_of(&text), "sampling.model");
+        let text = ISSUE_EXAMPLE.replace(
+            "sampling: { model: smart }",
+            "sampling: { model: smart, candidates: [cheap, gone] }",
+        );
+        assert_eq!(field_of(&text), "sampling.candidates.1");
+        let text = ISSUE_EXAMPLE.replace(
+            "sampling: { model: smart }",
+            "sampling: { model: smart, candidates: [cheap] }",
+        );
+        assert_eq!(
+            parse(&text).unwrap().sampling.unwrap().candidates,
+            ["cheap"]
+        );
     }
 
     #[test]

@@ -279,6 +279,28 @@ impl Llm {
         self.aliases.contains_key(alias)
     }
 
+    /// What choosing among aliases by an MCP client's model preferences
+    /// needs to know about `alias` now; `None` if it is not configured.
+    pub fn profile(&self, alias: &str) -> Option<sampling::AliasProfile> {
+        let a = self.aliases.get(alias)?;
+        let cheapest = a
+            .targets
+            .iter()
+            .filter_map(|t| t.price.map(|p| p.input + p.output))
+            .min_by(f64::total_cmp);
+        let fastest = a
+            .targets
+            .iter()
+            .filter_map(|t| t.health().latency())
+            .min_by(f64::total_cmp);
+        Some(sampling::AliasProfile {
+            name: a.name.clone(),
+            models: a.targets.iter().map(|t| t.model.clone()).collect(),
+            price: cheapest,
+            latency: fastest,
+        })
+    }
+
     /// `GET /v1/models`: the aliases, in OpenAI's format or, for Anthropic
     /// clients (which send `anthropic-version`), in Anthropic's.
     pub fn models(&self, anthropic: bool) -> LlmResponse {

@@ -4,6 +4,10 @@
 //! the answer becomes the MCP result. It runs through [`Llm::handle`], so
 //! routing, fallback, admission (policy, token limits) and accounting are
 //! exactly those of `/v1/messages`.
+//!
+//! The request's `modelPreferences` choose among the aliases the operator
+//! listed as `sampling.candidates` ([`choose`]): its hints first, then its
+//! priorities. Without candidates every request goes to `sampling.model`.
 
 use std::sync::Arc;
 
@@ -13,11 +17,118 @@ use super::{Api, Llm, LlmRequest, ResponseBody};
 use crate::auth::Identity;
 use crate::config::{SamplingConfig, SamplingMode};
 
-/// Serves sampling requests with one alias.
+/// Serves sampling requests with the configured aliases.
 pub struct Sampler {
     llm: Arc<Llm>,
-    alias: String,
+    /// The default alias first, then the other candidates, without repeats.
+    aliases: Vec<String>,
     mode: SamplingMode,
+}
+
+/// What [`choose`] knows about one candidate alias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliasProfile {
+    /// The alias.
+    pub name: String,
+    /// Its targets' model names at their providers.
+    pub models: Vec<String>,
+    /// Its cheapest target's input plus output price per million tokens,
+    /// if any target is priced.
+    pub price: Option<f64>,
+    /// Its fastest target's moving average of time to first token
+    /// (seconds), if any has been measured.
+    pub latency: Option<f64>,
+}
+
+/// Why [`choose`] picked an alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    /// A hint named it (a substring of the alias or of a target's model).
+    Hint,
+    /// `costPriority` led: the cheapest priced candidate.
+    Cost,
+    /// `speedPriority` led: the fastest measured candidate.
+    Speed,
+    /// No preference applied: the default alias.
+    Default,
+}
+
+impl Chosen {
+    /// The word logged and traced for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Chosen::Hint => "hint",
+            Chosen::Cost => "cost",
+            Chosen::Speed => "speed",
+            Chosen::Default => "default",
+        }
+    }
+}
+
+/// The candidate (an index into `candidates`, whose first entry is the
+/// default) that serves a request with these MCP `modelPreferences`.
+///
+/// As the MCP specification advises: hints are taken in order, and the
+/// first that is a substring (ignoring case) of a candidate's alias or of
+/// one of its targets' models picks it. Failing that, the highest of the
+/// three priorities decides: cost picks the cheapest priced candidate,
+/// speed the fastest measured one, and intelligence (or a tie with it)
+/// keeps the default, which is the operator's choice for capability. A
+/// priority with nothing to compare (no prices, no measurements) keeps the
+/// default too.
+pub fn choose(preferences: Option<&Value>, candidates: &[AliasProfile]) -> (usize, Chosen) {
+    let Some(prefs) = preferences.filter(|_| candidates.len() > 1) else {
+        return (0, Chosen::Default);
+    };
+    let hints = prefs.get("hints").and_then(Value::as_array);
+    for hint in hints.into_iter().flatten() {
+        let Some(name) = hint.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let name = name.trim().to_lowercase();
+        if name.is_empty() {
+            continue;
+        }
+        let names = |c: &AliasProfile| {
+            std::iter::once(c.name.to_lowercase())
+                .chain(c.models.iter().map(|m| m.to_lowercase()))
+                .collect::<Vec<_>>()
+        };
+        if let Some(i) = candidates
+            .iter()
+            .position(|c| names(c).iter().any(|n| n.contains(&name)))
+        {
+            return (i, Chosen::Hint);
+        }
+    }
+    let priority = |key: &str| {
+        prefs
+            .get(key)
+            .and_then(Value::as_f64)
+            .filter(|p| p.is_finite())
+            .map_or(0.0, |p| p.clamp(0.0, 1.0))
+    };
+    let (cost, speed, intelligence) = (
+        priority("costPriority"),
+        priority("speedPriority"),
+        priority("intelligencePriority"),
+    );
+    let lowest = |key: fn(&AliasProfile) -> Option<f64>| {
+        candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| key(c).map(|v| (i, v)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i)
+    };
+    let picked = if cost > intelligence && cost >= speed {
+        lowest(|c| c.price).map(|i| (i, Chosen::Cost))
+    } else if speed > intelligence && speed > cost {
+        lowest(|c| c.latency).map(|i| (i, Chosen::Speed))
+    } else {
+        None
+    };
+    picked.unwrap_or((0, Chosen::Default))
 }
 
 /// Sampling through the router failed.
@@ -40,10 +151,19 @@ impl Sampler {
     /// A sampler for the config's `sampling` section, if any.
     pub fn new(llm: Arc<Llm>, config: Option<&SamplingConfig>) -> Option<Arc<Sampler>> {
         let c = config?;
-        llm.has_alias(&c.model).then(|| {
+        let mut aliases = vec![c.model.clone()];
+        for alias in &c.candidates {
+            if !aliases.contains(alias) {
+                aliases.push(alias.clone());
+            }
+        }
+        // The config was validated; an alias unknown here would only fail
+        // every request it was chosen for.
+        aliases.retain(|a| llm.has_alias(a));
+        (aliases.first() == Some(&c.model)).then(|| {
             Arc::new(Sampler {
                 llm,
-                alias: c.model.clone(),
+                aliases,
                 mode: c.mode,
             })
         })
@@ -62,7 +182,8 @@ impl Sampler {
         params: Value,
         identity: Arc<Identity>,
     ) -> Result<Value, SamplingError> {
-        let body = to_messages_request(&params, &self.alias)?;
+        let alias = self.alias_for(params.get("modelPreferences"));
+        let body = to_messages_request(&params, alias)?;
         let resp = self
             .llm
             .handle(LlmRequest {
@@ -74,27 +195,45 @@ impl Sampler {
                 anthropic_beta: None,
             })
             .await;
-        let ResponseBody::Json(bytes) = resp.body else {
-            return Err(self.failed("unexpected stream".into()));
+        let failed = |message: String| SamplingError::Model {
+            alias: alias.to_owned(),
+            message,
         };
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| self.failed(e.to_string()))?;
+        let ResponseBody::Json(bytes) = resp.body else {
+            return Err(failed("unexpected stream".into()));
+        };
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))?;
         if resp.status != 200 {
             let message = value
                 .pointer("/error/message")
                 .and_then(Value::as_str)
                 .unwrap_or("error")
                 .to_owned();
-            return Err(self.failed(message));
+            return Err(failed(message));
         }
         Ok(from_message(&value))
     }
 
-    fn failed(&self, message: String) -> SamplingError {
-        SamplingError::Model {
-            alias: self.alias.clone(),
-            message,
+    /// The alias that serves a request with these `modelPreferences`.
+    fn alias_for(&self, preferences: Option<&Value>) -> &str {
+        if self.aliases.len() == 1 || preferences.is_none() {
+            return &self.aliases[0];
         }
+        let profiles: Vec<AliasProfile> = self
+            .aliases
+            .iter()
+            .filter_map(|a| self.llm.profile(a))
+            .collect();
+        let (i, why) = choose(preferences, &profiles);
+        let chosen = profiles.get(i).map(|p| p.name.as_str());
+        let alias = self
+            .aliases
+            .iter()
+            .map(String::as_str)
+            .find(|a| Some(*a) == chosen)
+            .unwrap_or(&self.aliases[0]);
+        tracing::debug!(alias, chosen_by = why.as_str(), "sampling model chosen");
+        alias
     }
 }
 
@@ -261,6 +400,112 @@ mod tests {
         );
         let audio = json!({"messages": [{"role": "user", "content": {"type": "audio", "data": "", "mimeType": "audio/wav"}}], "maxTokens": 1});
         assert!(to_messages_request(&audio, "smart").is_err());
+    }
+
+    fn profile(
+        name: &str,
+        models: &[&str],
+        price: Option<f64>,
+        latency: Option<f64>,
+    ) -> AliasProfile {
+        AliasProfile {
+            name: name.into(),
+            models: models.iter().map(|m| (*m).into()).collect(),
+            price,
+            latency,
+        }
+    }
+
+    /// smart (the default), fast and cheap.
+    fn three() -> Vec<AliasProfile> {
+        vec![
+            profile("smart", &["claude-opus-4", "gpt-5"], Some(40.0), Some(0.9)),
+            profile("fast", &["claude-haiku-4"], Some(6.0), Some(0.2)),
+            profile("cheap", &["llama3"], Some(0.5), None),
+        ]
+    }
+
+    #[test]
+    fn hints_pick_by_substring_of_alias_or_model_in_order() {
+        let c = three();
+        let pick = |prefs: Value| choose(Some(&prefs), &c);
+        assert_eq!(
+            pick(json!({"hints": [{"name": "HAIKU"}]})),
+            (1, Chosen::Hint)
+        );
+        assert_eq!(
+            pick(json!({"hints": [{"name": "cheap"}]})),
+            (2, Chosen::Hint)
+        );
+        // The first hint that names a candidate wins, not the best match.
+        assert_eq!(
+            pick(json!({"hints": [{"name": "gemini"}, {"name": "llama"}, {"name": "fast"}]})),
+            (2, Chosen::Hint)
+        );
+        // `claude` names two candidates: the earlier (the default) wins.
+        assert_eq!(
+            pick(json!({"hints": [{"name": "claude"}]})),
+            (0, Chosen::Hint)
+        );
+        // Hints that name nothing, or nothing usable, fall through.
+        assert_eq!(
+            pick(json!({"hints": [{"name": "gemini"}, {"name": " "}, {}, 7]})),
+            (0, Chosen::Default)
+        );
+    }
+
+    #[test]
+    fn priorities_decide_when_no_hint_names_a_candidate() {
+        let c = three();
+        let cases = [
+            (
+                json!({"costPriority": 0.9, "speedPriority": 0.5}),
+                (2, Chosen::Cost),
+            ),
+            // cheap has never been measured, so fast is the fastest known.
+            (
+                json!({"speedPriority": 0.8, "costPriority": 0.2}),
+                (1, Chosen::Speed),
+            ),
+            (
+                json!({"intelligencePriority": 0.9, "costPriority": 0.9}),
+                (0, Chosen::Default),
+            ),
+            (
+                json!({"costPriority": 0.5, "speedPriority": 0.5}),
+                (2, Chosen::Cost),
+            ),
+            (
+                json!({"hints": [{"name": "x"}], "costPriority": 1}),
+                (2, Chosen::Cost),
+            ),
+            // Out-of-range priorities are clamped, not trusted.
+            (
+                json!({"speedPriority": 7, "costPriority": 1.0}),
+                (2, Chosen::Cost),
+            ),
+            (json!({}), (0, Chosen::Default)),
+            (json!({"costPriority": "high"}), (0, Chosen::Default)),
+        ];
+        for (prefs, expected) in cases {
+            assert_eq!(choose(Some(&prefs), &c), expected, "{prefs}");
+        }
+    }
+
+    #[test]
+    fn nothing_to_compare_keeps_the_default() {
+        let unpriced = vec![
+            profile("smart", &["a"], None, None),
+            profile("fast", &["b"], None, None),
+        ];
+        let prefs = json!({"costPriority": 1, "speedPriority": 0.5});
+        assert_eq!(choose(Some(&prefs), &unpriced), (0, Chosen::Default));
+        let prefs = json!({"speedPriority": 1});
+        assert_eq!(choose(Some(&prefs), &unpriced), (0, Chosen::Default));
+        // One candidate, or no preferences: the default, whatever is asked.
+        let prefs = json!({"hints": [{"name": "llama"}], "costPriority": 1});
+        assert_eq!(choose(Some(&prefs), &three()[..1]), (0, Chosen::Default));
+        assert_eq!(choose(None, &three()), (0, Chosen::Default));
     }
 
     #[test]

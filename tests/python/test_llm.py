@@ -529,7 +529,7 @@ def sampling_gateway(procs, mode: str | None, session: str = "shared"):
     return gw, a
 
 
-def call_sampling_tool(gw, callback=None) -> str:
+def call_sampling_tool(gw, callback=None, **args) -> str:
     import mcp.types as types
     from mcp import Client
 
@@ -538,7 +538,7 @@ def call_sampling_tool(gw, callback=None) -> str:
     async def go():
         kw = {"sampling_callback": callback} if callback else {}
         async with Client(gw.url, mode="legacy", **kw) as c:
-            r = await c.call_tool("fixture__test_sampling", {"prompt": "hi there"})
+            r = await c.call_tool("fixture__test_sampling", {"prompt": "hi there", **args})
             return "".join(b.text for b in r.content if isinstance(b, types.TextContent))
 
     return run(go())
@@ -571,6 +571,50 @@ def test_sampling_stays_with_a_client_that_can_unless_config_says_always(procs):
     gw2, a2 = sampling_gateway(procs, "always")
     assert call_sampling_tool(gw2, on_sample) == "LLM response: Hello from claude-a: hi there"
     assert a2.served("claude-a") == 1
+
+
+def test_model_preferences_choose_among_the_configured_candidates(procs):
+    from conftest import fixture_stdio
+
+    a = start_fake(procs, "a")
+    prices = {"claude-a": {"input": 1.0, "output": 1.0}, "claude-cheap": {"input": 0.1, "output": 0.1},
+              "claude-secret": {"input": 0.01, "output": 0.01}}
+    gw = gateway(
+        procs, {"a": provider(a, "anthropic", prices=prices)},
+        {"smart": {"targets": [target("a", "claude-a")]}, "fast": {"targets": [target("a", "claude-haiku-fast")]},
+         "cheap": {"targets": [target("a", "claude-cheap")]}, "secret": {"targets": [target("a", "claude-secret")]}},
+        upstreams={"fixture": fixture_stdio()}, sampling={"model": "smart", "candidates": ["fast", "cheap"]},
+    )
+    gw.wait_up("fixture")
+    reply = "LLM response: Hello from {}: hi there".format
+    # Hints in order; `secret` is configured but not a candidate, so its hint is passed over.
+    hinted = {"hints": [{"name": "secret"}, {"name": "HAIKU"}], "costPriority": 1}
+    assert call_sampling_tool(gw, modelPreferences=hinted) == reply("claude-haiku-fast")
+    # No hint names a candidate: cost leads, and the cheapest candidate (not `secret`) serves.
+    assert call_sampling_tool(gw, modelPreferences={"costPriority": 0.8, "intelligencePriority": 0.3}) == reply("claude-cheap")
+    # Intelligence leads, or no preferences: the configured model.
+    assert call_sampling_tool(gw, modelPreferences={"intelligencePriority": 1, "costPriority": 0.5}) == reply("claude-a")
+    assert call_sampling_tool(gw) == reply("claude-a")
+    assert a.calls("claude-secret") == 0
+    m = wait_for(lambda: (t := metrics(gw)) and metric(t, "portcullis_llm_requests_total", alias="smart", outcome="ok") == 2 and t,
+                 timeout=5, what="sampling accounted per alias")
+    assert metric(m, "portcullis_llm_requests_total", alias="fast", outcome="ok") == 1
+    assert metric(m, "portcullis_llm_requests_total", alias="cheap", outcome="ok") == 1
+
+
+def test_without_candidates_model_preferences_change_nothing(procs):
+    from conftest import fixture_stdio
+
+    a = start_fake(procs, "a")
+    gw = gateway(
+        procs, {"a": provider(a, "anthropic", prices={"claude-cheap": {"input": 0.1, "output": 0.1}})},
+        {"smart": {"targets": [target("a", "claude-a")]}, "cheap": {"targets": [target("a", "claude-cheap")]}},
+        upstreams={"fixture": fixture_stdio()}, sampling={"model": "smart"},
+    )
+    gw.wait_up("fixture")
+    prefs = {"hints": [{"name": "cheap"}], "costPriority": 1}
+    assert call_sampling_tool(gw, modelPreferences=prefs) == "LLM response: Hello from claude-a: hi there"
+    assert a.served("claude-a") == 1 and a.calls("claude-cheap") == 0
 
 
 # ---------------------------------------------------------------------------
