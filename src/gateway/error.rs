@@ -30,7 +30,9 @@ pub(super) fn upstream_error(e: UpstreamError) -> ErrorData {
             e.to_string(),
             Some(json!({ "upstream": upstream, "timeoutMs": after.as_millis() as u64 })),
         ),
-        UpstreamError::Cancelled => ErrorData::new(REQUEST_CANCELLED, e.to_string(), None),
+        UpstreamError::Cancelled | UpstreamError::SessionEnded => {
+            ErrorData::new(REQUEST_CANCELLED, e.to_string(), None)
+        }
         UpstreamError::Unavailable { ref upstream, .. }
         | UpstreamError::Connect { ref upstream, .. }
         | UpstreamError::Closed { ref upstream }

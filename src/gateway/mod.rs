@@ -44,6 +44,10 @@ pub struct SessionState {
     /// that keeps the subscription (none where it was forwarded on a
     /// per-client connection).
     subscriptions: Mutex<HashMap<String, Option<crate::upstream::Watch>>>,
+    /// Cancelled when the client ends the session (HTTP `DELETE`): its
+    /// calls still in flight upstream are cancelled there at once, rather
+    /// than left running while rmcp drains the closed session.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl SessionState {
@@ -75,6 +79,13 @@ impl SessionLink {
         match (gw.upgrade(), state.upgrade()) {
             (Some(gw), Some(state)) => gw.restorable(&state),
             _ => false,
+        }
+    }
+
+    /// The client ended the session: cancels its calls in flight upstream.
+    pub fn closing(&self) {
+        if let Some(state) = self.0.get().and_then(|(_, s)| s.upgrade()) {
+            state.closing.cancel();
         }
     }
 }
@@ -203,6 +214,7 @@ impl Gateway {
             peer: Mutex::new(None),
             log_level: Arc::new(Mutex::new(None)),
             subscriptions: Mutex::new(Default::default()),
+            closing: Default::default(),
         });
         if let Ok(mut map) = self.sessions.write() {
             map.insert(id, state.clone());

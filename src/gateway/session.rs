@@ -106,6 +106,7 @@ impl Session {
             identity: self.identity(ctx),
             legacy: !is_modern(ctx),
             answers: None,
+            closing: self.state.closing.clone(),
         }
     }
 

@@ -587,6 +587,11 @@ impl SessionManager for Hibernating {
         if stale == Some(true) {
             return Ok(());
         }
+        // rmcp lets a closed session's handlers run on for seconds to drain
+        // their answers, which nobody will read after a DELETE.
+        if let Some(link) = self.shelf.with(id, |e| e.link.clone()).flatten() {
+            link.closing();
+        }
         self.shelf.forget(id);
         self.inner.close_session(id).await
     }

@@ -79,6 +79,9 @@ pub enum UpstreamError {
     /// The downstream client cancelled the call.
     #[error("cancelled by the client")]
     Cancelled,
+    /// The downstream client ended its session with the call in flight.
+    #[error("the client ended its session")]
+    SessionEnded,
     /// Per-client mode and the session cap is reached.
     #[error("upstream `{upstream}` has reached its limit of {max} client sessions")]
     TooManySessions {
@@ -439,6 +442,7 @@ impl Upstream {
             Err(UpstreamError::Remote(_)) => "error",
             Err(UpstreamError::Timeout { .. }) => "timeout",
             Err(UpstreamError::Cancelled) => "cancelled",
+            Err(UpstreamError::SessionEnded) => "session_ended",
             Err(_) => "unavailable",
         };
         self.metrics
@@ -468,6 +472,20 @@ impl Upstream {
             .await
             .map_err(|e| self.map_error(e))?;
         let id = handle.id.clone();
+        // The client cancelling the call, or ending its session.
+        let closing = caller.as_ref().map(|c| c.closing.clone());
+        let cancelled = async {
+            match &closing {
+                Some(session) => tokio::select! {
+                    () = ct.cancelled() => UpstreamError::Cancelled,
+                    () = session.cancelled() => UpstreamError::SessionEnded,
+                },
+                None => {
+                    ct.cancelled().await;
+                    UpstreamError::Cancelled
+                }
+            }
+        };
         let mut registration = caller.zip(expected).map(|(caller, expected)| {
             let (registration, early) = conn.routes.register(
                 expected,
@@ -492,11 +510,15 @@ impl Upstream {
                 }
                 e
             }),
-            () = ct.cancelled() => {
-                let params = CancelledNotificationParam::new(Some(id), Some("cancelled by the downstream client".into()));
+            why = cancelled => {
+                let reason = match why {
+                    UpstreamError::SessionEnded => "the downstream client ended its session",
+                    _ => "cancelled by the downstream client",
+                };
+                let params = CancelledNotificationParam::new(Some(id), Some(reason.into()));
                 // Boxed: rare, and every call's future would carry its size.
                 let _ = Box::pin(conn.peer.notify_cancelled(params)).await;
-                Err(UpstreamError::Cancelled)
+                Err(why)
             }
             () = conn.closed.cancelled() => Err(UpstreamError::Closed { upstream: self.name.to_string() }),
         };

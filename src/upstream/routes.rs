@@ -48,6 +48,9 @@ pub struct Caller {
     /// Screens what the client types into an upstream's form before the
     /// answer goes upstream; `None` where policy has nothing to screen.
     pub answers: Option<Arc<dyn AnswerCheck>>,
+    /// Cancelled when the downstream session ends: the call is cancelled
+    /// upstream as if the client had cancelled it.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 /// Policy's screening of a user's answers to an upstream's elicitation.

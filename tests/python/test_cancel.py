@@ -11,7 +11,7 @@ import urllib.request
 import anyio
 from mcp import Client
 
-from conftest import everything_stdio, http_get, run, wait_for
+from conftest import everything_stdio, http_get, metric, run, wait_for
 
 
 def upstream_cancellations(gw) -> float:
@@ -42,7 +42,10 @@ def test_client_cancel_reaches_upstream(procs):
 
 def test_closed_session_cancels_upstream_call(procs):
     """On 2025 revisions a dropped SSE stream is not a cancellation (the
-    client may resume it, and the spec says so); ending the session is."""
+    client may resume it, and the spec says so); ending the session is. The
+    gateway cancels the call upstream when the session ends, rather than
+    leaving it to rmcp, which lets a closed session's handlers run on for
+    seconds (and would then count a plain cancellation)."""
     gw = procs.gateway({"upstreams": {"everything": everything_stdio()}})
     gw.wait_up("everything")
     host, port = urllib.parse.urlparse(gw.base).netloc.split(":")
@@ -85,4 +88,7 @@ def test_closed_session_cancels_upstream_call(procs):
     delete = urllib.request.Request(gw.url, method="DELETE", headers={"Mcp-Session-Id": session})
     with urllib.request.urlopen(delete, timeout=10) as resp:  # ...and ends its session
         assert resp.status == 200
-    wait_for(lambda: upstream_cancellations(gw) >= 1, timeout=15, what="upstream call cancelled after session end")
+    ended = {"mcp_method_name": "tools/call", "upstream": "everything", "outcome": "session_ended"}
+    wait_for(lambda: metric(gw, "mcp_client_operation_duration_seconds_count", **ended) == 1, timeout=15,
+             what="upstream call cancelled as the session ended")
+    assert upstream_cancellations(gw) == 0
