@@ -3,20 +3,23 @@
 // object. A step that fails records its error instead of ending the run, so
 // the Python test that runs this reports every difference at once.
 //
-//   node ts_client.mjs SDK_DIR URL [TOKEN]
+//   node ts_client.mjs SDK_DIR URL [SKIP]
 //
 // SDK_DIR is the package's `dist/esm` folder (imported by path, because
-// this file does not live beside the npm install).
+// this file does not live beside the npm install); SKIP names steps not to
+// run, comma-separated.
 
-const [sdk, url, token] = process.argv.slice(2);
+const [sdk, url, skip] = process.argv.slice(2);
+const skipped = new Set((skip ?? "").split(",").filter(Boolean));
 const { Client } = await import(`${sdk}/client/index.js`);
 const { StreamableHTTPClientTransport } = await import(`${sdk}/client/streamableHttp.js`);
 const types = await import(`${sdk}/types.js`);
 
 const report = { steps: {} };
-const seen = { logs: [], progress: [], elicitations: [], samplings: [], roots: 0, toolsChanged: 0 };
+const seen = { logs: [], progress: [], elicitations: [], samplings: [], roots: 0, toolsChanged: 0, updated: [] };
 
 async function step(name, body) {
+  if (skipped.has(name)) return;
   try {
     report.steps[name] = { ok: true, value: await body() };
   } catch (e) {
@@ -24,10 +27,14 @@ async function step(name, body) {
   }
 }
 
-// Waits for `condition`, for at most `ms`.
+// Waits for `condition` (which may be async), for at most `ms`; its last value.
 async function until(condition, ms = 10000) {
   const deadline = Date.now() + ms;
-  while (!condition() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  for (;;) {
+    const met = await condition();
+    if (met || Date.now() >= deadline) return met;
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 const text = (result) =>
@@ -58,9 +65,11 @@ client.setNotificationHandler(types.LoggingMessageNotificationSchema, (n) => {
 client.setNotificationHandler(types.ToolListChangedNotificationSchema, () => {
   seen.toolsChanged += 1;
 });
+client.setNotificationHandler(types.ResourceUpdatedNotificationSchema, (n) => {
+  seen.updated.push(n.params.uri);
+});
 
-const headers = token ? { Authorization: `Bearer ${token}` } : {};
-const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
+const transport = new StreamableHTTPClientTransport(new URL(url));
 await client.connect(transport);
 report.session = Boolean(transport.sessionId);
 report.protocolVersion = transport.protocolVersion ?? null;
@@ -131,17 +140,45 @@ await step("prompts", async () => {
   const got = name ? await client.getPrompt({ name, arguments: { arg1: "one", arg2: "two" } }) : null;
   return { names: prompts.map((p) => p.name).sort(), text: got?.messages?.[0]?.content?.text ?? null };
 });
+await step("complete", async () => {
+  const { completion } = await client.complete({
+    ref: { type: "ref/prompt", name: "fx__test_prompt_with_arguments" },
+    argument: { name: "arg1", value: "" },
+  });
+  return completion.values;
+});
+await step("subscribe", async () => {
+  await client.subscribeResource({ uri: "test://watched-resource" });
+  await client.callTool({ name: "fx__trigger_resource_update", arguments: {} });
+  await until(() => seen.updated.length >= 1);
+  const updated = [...seen.updated];
+  await client.unsubscribeResource({ uri: "test://watched-resource" });
+  return updated;
+});
+await step("toolListChanged", async () => {
+  await client.callTool({ name: "fx__test_trigger_tool_change", arguments: {} });
+  await until(() => seen.toolsChanged >= 1);
+  return seen.toolsChanged;
+});
 await step("cancel", async () => {
   const abort = new AbortController();
   const call = client.callTool({ name: "fx__slow", arguments: { ms: 30000 } }, undefined, { signal: abort.signal });
   setTimeout(() => abort.abort("ts test cancels"), 300);
-  const started = Date.now();
+  let error = null;
   try {
     await call;
-    return { cancelled: false };
   } catch (e) {
-    return { cancelled: true, error: String(e?.message ?? e), ms: Date.now() - started };
+    error = String(e?.message ?? e);
   }
+  // The SDK sends its notifications/cancelled without waiting: wait until
+  // the gateway has counted the upstream call cancelled, so the DELETE
+  // below does not overtake it.
+  const metrics = new URL("/metrics", url);
+  const counted = async () => {
+    const text = await (await fetch(metrics)).text();
+    return /^mcp_client_operation_duration_seconds_count\{[^}]*outcome="cancelled"[^}]*\} [1-9]/m.test(text);
+  };
+  return { cancelled: error !== null, error, counted: await until(counted) };
 });
 await step("ping", async () => client.ping());
 report.sessionId = transport.sessionId ?? null;

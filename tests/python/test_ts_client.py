@@ -17,14 +17,14 @@ import urllib.request
 
 import pytest
 
-from conftest import NODE, PEERS, ROOT, fixture_stdio, metric, wait_for
+from conftest import NODE, PEERS, ROOT, fixture_stdio, metric
 
 SDK = PEERS / "npm" / "node_modules" / "@modelcontextprotocol" / "sdk" / "dist" / "esm"
 SCRIPT = ROOT / "tests" / "js" / "ts_client.mjs"
 
 
-def run_ts_client(url: str) -> dict:
-    done = subprocess.run([str(NODE), str(SCRIPT), str(SDK), url], capture_output=True, timeout=120)
+def run_ts_client(url: str, skip: tuple[str, ...] = ()) -> dict:
+    done = subprocess.run([str(NODE), str(SCRIPT), str(SDK), url, ",".join(skip)], capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     return json.loads(done.stdout)
 
@@ -40,7 +40,12 @@ def test_a_typescript_sdk_client_gets_the_whole_protocol(procs, transport):
     upstream = fixture_stdio() if transport == "stdio" else {"http": {"url": procs.fixture_http()}}
     gw = procs.gateway({"upstreams": {"fx": upstream}})
     gw.wait_up("fx")
-    r = run_ts_client(gw.url)
+    # The fixture speaks both eras, so over stdio the gateway runs a second
+    # child for legacy clients (`upstream::eras`): this client's calls run
+    # there, while the catalogue and resource watches are the 2026 child's,
+    # which never hears of them. Known, left as a design question (see the
+    # closing notes): the change notifications are checked over HTTP only.
+    r = run_ts_client(gw.url, skip=("subscribe", "toolListChanged") if transport == "stdio" else ())
 
     assert r["session"] and r["protocolVersion"] == "2025-11-25"
     assert r["server"]["name"] == "portcullis"
@@ -80,11 +85,17 @@ def test_a_typescript_sdk_client_gets_the_whole_protocol(procs, transport):
     assert "fx__test_simple_prompt" in prompts["names"]
     assert prompts["text"] == "Prompt with arguments: arg1='one', arg2='two'"
 
+    assert ok(r, "complete") == ["paris", "park", "party", "test", "testValue"]
+    if transport == "http":
+        assert ok(r, "subscribe") == ["test://watched-resource"]
+        assert ok(r, "toolListChanged") >= 1
+
     cancel = ok(r, "cancel")
     assert cancel["cancelled"] and "ts test cancels" in cancel["error"]
-    # The gateway cancelled its own call upstream.
-    wait_for(lambda: metric(gw, "mcp_client_operation_duration_seconds_count", mcp_method_name="tools/call",
-                            outcome="cancelled", upstream="fx") == 1, timeout=30, what="the upstream call cancelled")
+    # The client's notifications/cancelled made the gateway cancel its own call upstream.
+    assert cancel["counted"]
+    assert metric(gw, "mcp_client_operation_duration_seconds_count", mcp_method_name="tools/call",
+                  outcome="cancelled", upstream="fx") == 1
     ok(r, "ping")
 
     # After DELETE the session is gone for good.
