@@ -11,7 +11,7 @@
 //! Modes:
 //!
 //! ```text
-//! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list]
+//! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list [--all-pages]]
 //!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--timeout 30s] [--json]
 //! portcullis-loadgen URL --idle-sessions N [--listen] [--hold 30s]   # open and hold N sessions (each with a GET stream)
 //! portcullis-loadgen URL --setup-rate [--duration 10s]    # initialize+initialized+DELETE per second
@@ -71,6 +71,11 @@ struct Cli {
     /// Send `tools/list` instead of `tools/call`.
     #[arg(long)]
     list: bool,
+    /// With `--list`: one request is the whole list, following `nextCursor`
+    /// page by page on the same session (a gateway that caps its page size
+    /// is charged for every page); latency runs to the last page.
+    #[arg(long, requires = "list")]
+    all_pages: bool,
     /// Wrap each call in mcp-gateway's meta-tool: `gateway_invoke` with
     /// `{server: SERVER, tool, arguments}`.
     #[arg(long, value_name = "SERVER")]
@@ -210,6 +215,8 @@ struct Reply {
     tool_error: bool,
     /// The result object, kept only when asked for (initialize).
     result: Option<Value>,
+    /// A list result's `nextCursor`: more pages follow.
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +233,8 @@ struct Envelope {
 struct ResultProbe {
     #[serde(rename = "isError", default)]
     is_error: Option<bool>,
+    #[serde(rename = "nextCursor", default)]
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +269,7 @@ fn match_response(bytes: &[u8], id: u64, keep_result: bool) -> Option<Reply> {
         error: None,
         tool_error: probe.is_error == Some(true),
         result,
+        next_cursor: probe.next_cursor,
     })
 }
 
@@ -624,6 +634,8 @@ struct Tally {
     tool_errors: u64,
     /// Requests that started later than due by more than 1 ms (rate mode).
     late: u64,
+    /// Pages read by successful `--all-pages` requests.
+    pages: u64,
     samples: Vec<String>,
 }
 
@@ -640,6 +652,7 @@ impl Tally {
         self.errors += other.errors;
         self.tool_errors += other.tool_errors;
         self.late += other.late;
+        self.pages += other.pages;
         for s in other.samples {
             if self.samples.len() < MAX_ERROR_SAMPLES && !self.samples.contains(&s) {
                 self.samples.push(s);
@@ -756,6 +769,9 @@ struct Report {
     tool_errors: u64,
     late: u64,
     throughput: f64,
+    /// `--all-pages`: pages per successful request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pages_per_request: Option<f64>,
     latency_us: Percentiles,
     error_samples: Vec<String>,
     /// CPU of the `--watch-pid` processes in the measured window.
@@ -853,6 +869,17 @@ impl Payload {
         })
     }
 
+    /// A `tools/list` request for the page after `cursor` (`--all-pages`).
+    fn next_page(id: u64, cursor: &str) -> Bytes {
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "method": "tools/list",
+            "params": { "cursor": cursor },
+        });
+        Bytes::from(body.to_string())
+    }
+
     fn body(&self, id: u64) -> Bytes {
         let mut s = String::with_capacity(self.head.len() + self.tail.len() + 20);
         s.push_str(&self.head);
@@ -869,6 +896,8 @@ impl Payload {
                 "not streamed"
             };
             format!("chat/completions {model} ({how})")
+        } else if cli.list && cli.all_pages {
+            "tools/list (all pages)".into()
         } else if cli.list {
             "tools/list".into()
         } else if let Some(server) = &cli.mcp_gateway_invoke {
@@ -908,6 +937,40 @@ async fn open_sessions(
     Ok(sessions)
 }
 
+/// Most pages one `--all-pages` request follows: a server that hands out
+/// cursors forever must not hold a worker for the whole run.
+const MAX_PAGES: u64 = 10_000;
+
+/// Sends request `id`; with `all_pages`, then asks for each page its answer
+/// announces (`nextCursor`), advancing `id` by `stride` for each. Returns
+/// the last reply (or the first error) and the pages read.
+async fn request_pages(
+    conn: &mut Conn,
+    session: Option<&Session>,
+    id: &mut u64,
+    stride: u64,
+    payload: &Payload,
+    all_pages: bool,
+) -> anyhow::Result<(Reply, u64)> {
+    let (mut reply, _) = conn.call(session, *id, payload.body(*id), false).await?;
+    let mut pages = 1;
+    while all_pages && reply.error.is_none() {
+        let Some(cursor) = reply.next_cursor.take() else {
+            break;
+        };
+        if pages >= MAX_PAGES {
+            bail!("still a nextCursor after {MAX_PAGES} pages");
+        }
+        *id += stride;
+        reply = conn
+            .call(session, *id, Payload::next_page(*id, &cursor), false)
+            .await?
+            .0;
+        pages += 1;
+    }
+    Ok((reply, pages))
+}
+
 async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
     let concurrency = cli.concurrency.max(1);
     let n_sessions = cli.sessions.unwrap_or(concurrency).max(1);
@@ -928,6 +991,7 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         )
     });
     let stream = cli.stream;
+    let all_pages = cli.all_pages;
     let expect: Option<Arc<str>> = cli.expect.as_deref().map(Arc::from);
     let start = Instant::now();
     let measure_from = start + cli.warmup;
@@ -985,22 +1049,24 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
                     (Some(body), _) => conn
                         .chat(body.clone(), stream)
                         .await
-                        .map(|t| (None, false, t)),
-                    (None, session) => conn
-                        .call(session, id, payload.body(id), false)
-                        .await
-                        .map(|(r, _)| (r.error, r.tool_error, Instant::now())),
+                        .map(|t| (None, false, t, 1)),
+                    (None, session) => {
+                        request_pages(&mut conn, session, &mut id, stride, &payload, all_pages)
+                            .await
+                            .map(|(r, pages)| (r.error, r.tool_error, Instant::now(), pages))
+                    }
                 };
                 id += stride;
                 if !measured {
                     continue;
                 }
                 match result {
-                    Ok((Some(e), _, _)) => tally.error(e),
-                    Ok((None, tool_error, done)) => {
+                    Ok((Some(e), _, _, _)) => tally.error(e),
+                    Ok((None, tool_error, done, pages)) => {
                         if tool_error {
                             tally.tool_errors += 1;
                         }
+                        tally.pages += pages;
                         tally.latencies.push((done - due).as_nanos() as u64);
                     }
                     Err(e) => {
@@ -1039,6 +1105,8 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         tool_errors: total.tool_errors,
         late: total.late,
         throughput: total.latencies.len() as f64 / elapsed,
+        pages_per_request: (cli.all_pages && !total.latencies.is_empty())
+            .then(|| total.pages as f64 / total.latencies.len() as f64),
         latency_us: percentiles(&total.latencies),
         error_samples: total.samples,
         cpu: cpu_report(cpu, total.latencies.len() as u64),
@@ -1102,6 +1170,7 @@ async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> 
         tool_errors: 0,
         late: 0,
         throughput: total.latencies.len() as f64 / elapsed,
+        pages_per_request: None,
         latency_us: percentiles(&total.latencies),
         error_samples: total.samples,
         cpu: cpu_report(cpu, total.latencies.len() as u64),
@@ -1314,6 +1383,23 @@ mod tests {
         assert_eq!(v["params"]["name"], "gateway_invoke");
         assert_eq!(v["params"]["arguments"]["server"], "fx");
         assert_eq!(v["params"]["arguments"]["arguments"]["message"], "m");
+    }
+
+    #[test]
+    fn list_pages_are_followed_by_cursor() {
+        let page = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[],"nextCursor":"abc"}}"#;
+        let r = match_response(page, 3, false).unwrap_or_default();
+        assert_eq!(r.next_cursor.as_deref(), Some("abc"));
+        let last = br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}"#;
+        let r = match_response(last, 4, false).unwrap_or_default();
+        assert!(r.error.is_none() && r.next_cursor.is_none());
+        let v: Value = serde_json::from_slice(&Payload::next_page(9, "abc")).unwrap_or_default();
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["method"], "tools/list");
+        assert_eq!(v["params"]["cursor"], "abc");
+        // Only with --list.
+        assert!(Cli::try_parse_from(["loadgen", "http://h/mcp", "--all-pages"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "http://h/mcp", "--list", "--all-pages"]).is_ok());
     }
 
     #[test]
