@@ -33,7 +33,7 @@ def main(path: str) -> int:
         by_scenario[r["scenario"]][r["concurrency"]].append(r)
 
     header = (
-        f"{'scenario':<11}{'c':>3}  {'target':<26}{'req/s':>9}{'p50':>11}{'p90':>11}{'p99':>11}{'max':>11}"
+        f"{'scenario':<11}{'c':>3}  {'target':<28}{'req/s':>9}{'p50':>11}{'p90':>11}{'p99':>11}{'max':>11}"
         f"{'x thr':>7}{'+p50':>10}{'cpu/req':>10}{'up cpu':>8}  err"
     )
     print(header)
@@ -53,12 +53,16 @@ def main(path: str) -> int:
                 own = f"{cpu[0]['us_per_request']:.1f}" if cpu else ""
                 up = f"{cpu[1]['us_per_request']:.1f}" if len(cpu) > 1 else ""
                 print(
-                    f"{scenario:<11}{c:>3}  {r['target']:<26}{r['throughput']:>9.0f}{l['p50']:>11.1f}"
+                    f"{scenario:<11}{c:>3}  {r['target']:<28}{r['throughput']:>9.0f}{l['p50']:>11.1f}"
                     f"{l['p90']:>11.1f}{l['p99']:>11.1f}{l['max']:>11.1f}{ratio:>7}{added:>10}{own:>10}{up:>8}"
                     f"  {r['errors']}"
                 )
     print("latencies in microseconds; x thr = throughput / direct; +p50 = added median latency;")
     print("cpu/req = CPU of the process under load per request, up cpu = its upstream's (µs)")
+    paged = [r for r in runs if (r.get("pages_per_request") or 1) > 1]
+    for r in paged:
+        print(f"{r['scenario']} c={r['concurrency']} {r['target']}: one request = {r['pages_per_request']:g} pages"
+              " (tools/list followed page by page)")
 
     if notes:
         print()
@@ -106,6 +110,8 @@ def line(text: str) -> int:
         f"  {r['label']:<34} c={r['concurrency']:<3} {r['throughput']:>9.0f}/s  p50 {l['p50']:>8.1f}"
         f"  p90 {l['p90']:>8.1f}  p99 {l['p99']:>8.1f}  max {l['max']:>9.1f} us  err {r['errors']}  {cpu}"
     )
+    if (r.get("pages_per_request") or 1) > 1:
+        print(f"    {r['pages_per_request']:g} pages per request")
     for e in r["error_samples"]:
         print("    error:", e)
     return 0
