@@ -11,12 +11,16 @@
 # run: mcp-gateway (crates.io) and IBM ContextForge (PyPI) on the MCP path,
 # the LiteLLM proxy (PyPI) on the model path. Prints each result, the ratios,
 # each process's CPU time per call (/proc/PID/stat over the measured window)
-# and peak memory (VmHWM).
+# and peak memory (VmHWM). ContextForge runs in echo and setup (one instance
+# in front of the fixture), list (an instance of its own in front of the
+# same 50 upstreams as portcullis, its paged list read whole with
+# --all-pages) and idle (an instance of its own, fewer sessions).
 #
 # Environment:
 #   BENCH_DURATION=10s BENCH_WARMUP=2s    measured time and warm-up per run
 #   BENCH_IDLE_SESSIONS=10000             sessions held open in `idle`
 #   BENCH_CF_IDLE_SESSIONS=1000           the same for ContextForge (it opens ~20-30 a second)
+#   BENCH_CF_REGISTER_LIMIT=600           seconds ContextForge may take to register the 50 upstreams of `list`
 #   BENCH_OUT=target/bench                configs, logs and results.jsonl
 #   BENCH_MCP_GATEWAY=auto|skip           auto: install mcp-gateway if missing
 #   BENCH_CONTEXTFORGE=auto|skip          auto: pip-install ContextForge if missing
@@ -305,6 +309,15 @@ EOF
         >"$OUT/$name.out" 2>"$OUT/$name.err" &
     CF_STARTED_PID=$!
     PIDS+=("$CF_STARTED_PID")
+    local i
+    for i in $(seq 1 1200); do
+        curl -fsS -o /dev/null "$CF_STARTED_BASE/health" 2>/dev/null && break
+        if ! kill -0 "$CF_STARTED_PID" 2>/dev/null; then
+            echo "$name exited early: $(tail -n 3 "$OUT/$name.err")" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
     wait_http "$CF_STARTED_BASE/health" || return 1
     if [ -z "$CF_AUTH" ]; then
         # shellcheck source=/dev/null
