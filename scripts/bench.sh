@@ -322,7 +322,7 @@ EOF
     if [ -z "$CF_AUTH" ]; then
         # shellcheck source=/dev/null
         token=$(set -a && . "$envfile" &&
-            "$CF_ROOT/bin/python" -m mcpgateway.utils.create_jwt_token -u bench@example.com --admin -e 3600 2>>"$OUT/$name.err") ||
+            "$CF_ROOT/bin/python" -m mcpgateway.utils.create_jwt_token -u bench@example.com --admin -e 600 2>>"$OUT/$name.err") ||
             { echo "$name: could not mint a JWT (see $OUT/$name.err)" >&2; return 1; }
         CF_AUTH="Authorization: Bearer $token"
     fi
