@@ -110,7 +110,8 @@ def line(text: str) -> int:
     l = r["latency_us"]
     cpu = "  ".join(f"cpu(pid {c['pid']}) {c['us_per_request']:.1f}us/req" for c in r["cpu"])
     print(
-        f"  {r['label']:<34} c={r['concurrency']:<3} {r['throughput']:>9.0f}/s  p50 {l['p50']:>8.1f}"
+        f"  {r['label']:<34} c={r['concurrency']:<3} {r['throughput']:>9.{0 if r['throughput'] >= 10 else 2}f}/s"
+        f"  p50 {l['p50']:>8.1f}"
         f"  p90 {l['p90']:>8.1f}  p99 {l['p99']:>8.1f}  max {l['max']:>9.1f} us  err {r['errors']}  {cpu}"
     )
     if (r.get("pages_per_request") or 1) > 1:
