@@ -93,6 +93,12 @@ struct Cli {
     /// Measured time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Count the time (and the watched CPU) until the last request started
+    /// in the window has ended, not just the window: for servers so slow
+    /// that a request outlasts the window, whose req/s and CPU per request
+    /// would otherwise depend on where the window ends.
+    #[arg(long)]
+    drain: bool,
     /// Unmeasured time before it (connections, caches, JIT-free but warm).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
@@ -719,21 +725,33 @@ struct CpuUse {
     us_per_request: f64,
 }
 
-/// Samples the watched processes' CPU at the window's start and end.
+/// Samples the watched processes' CPU at the window's start and when `end`
+/// resolves.
 fn watch_cpu(
     pids: Vec<u32>,
     from: Instant,
-    end: Instant,
+    end: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<Vec<(u32, Option<f64>)>> {
     tokio::spawn(async move {
         tokio::time::sleep_until(from.into()).await;
         let before: Vec<Option<f64>> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-        tokio::time::sleep_until(end.into()).await;
+        end.await;
         pids.iter()
             .zip(before)
             .map(|(p, b)| (*p, b.zip(cpu_seconds(*p)).map(|(b, a)| a - b)))
             .collect()
     })
+}
+
+/// The seconds a run's requests are divided by: the window, or with
+/// `--drain` the time until its last request ended, if that is longer.
+fn measured_seconds(window: Duration, from: Instant, done: Instant, drain: bool) -> f64 {
+    let window = window.as_secs_f64();
+    if drain {
+        window.max(done.saturating_duration_since(from).as_secs_f64())
+    } else {
+        window
+    }
 }
 
 fn cpu_report(samples: Vec<(u32, Option<f64>)>, ok: u64) -> Vec<CpuUse> {
@@ -998,7 +1016,19 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
     let end = measure_from + cli.duration;
     let rate = cli.rate.filter(|r| *r > 0.0);
     let tickets = Arc::new(AtomicU64::new(0));
-    let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
+    // With --drain the CPU window closes when the last request has ended.
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = if cli.drain {
+        watch_cpu(cli.watch_pids.clone(), measure_from, async move {
+            let _ = drained_rx.await;
+        })
+    } else {
+        watch_cpu(
+            cli.watch_pids.clone(),
+            measure_from,
+            tokio::time::sleep_until(end.into()),
+        )
+    };
     let mut workers = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
         let ep = ep.clone();
@@ -1083,9 +1113,11 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
     for w in workers {
         total.merge(w.await?);
     }
+    let done = Instant::now();
+    let _ = drained_tx.send(());
     let cpu = watcher.await?;
     // Requests started in the window count, even if they end just after it.
-    let elapsed = cli.duration.as_secs_f64();
+    let elapsed = measured_seconds(cli.duration, measure_from, done, cli.drain);
     // Sessions are ended so a long benchmark does not pile them up.
     let mut conn = Conn::new(ep.clone());
     for s in sessions.iter() {
@@ -1118,7 +1150,11 @@ async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> 
     let start = Instant::now();
     let measure_from = start + cli.warmup;
     let end = measure_from + cli.duration;
-    let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
+    let watcher = watch_cpu(
+        cli.watch_pids.clone(),
+        measure_from,
+        tokio::time::sleep_until(end.into()),
+    );
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let ep = ep.clone();
@@ -1400,6 +1436,18 @@ mod tests {
         // Only with --list.
         assert!(Cli::try_parse_from(["loadgen", "http://h/mcp", "--all-pages"]).is_err());
         assert!(Cli::try_parse_from(["loadgen", "http://h/mcp", "--list", "--all-pages"]).is_ok());
+    }
+
+    #[test]
+    fn drain_counts_the_time_until_the_last_request_ended() {
+        let from = Instant::now();
+        let window = Duration::from_secs(10);
+        let late = from + Duration::from_secs(64);
+        assert_eq!(measured_seconds(window, from, late, false), 10.0);
+        assert_eq!(measured_seconds(window, from, late, true), 64.0);
+        // Never less than the window.
+        let early = from + Duration::from_secs(3);
+        assert_eq!(measured_seconds(window, from, early, true), 10.0);
     }
 
     #[test]
