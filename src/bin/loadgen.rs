@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list [--all-pages]]
-//!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--timeout 30s] [--json]
+//!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--drain] [--timeout 30s] [--json]
 //! portcullis-loadgen URL --idle-sessions N [--listen] [--hold 30s]   # open and hold N sessions (each with a GET stream)
 //! portcullis-loadgen URL --setup-rate [--duration 10s]    # initialize+initialized+DELETE per second
 //! portcullis-loadgen http://HOST/v1/chat/completions --chat MODEL [--stream]
