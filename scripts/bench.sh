@@ -11,11 +11,16 @@
 # run: mcp-gateway (crates.io) and IBM ContextForge (PyPI) on the MCP path,
 # the LiteLLM proxy (PyPI) on the model path. Prints each result, the ratios,
 # each process's CPU time per call (/proc/PID/stat over the measured window)
-# and peak memory (VmHWM).
+# and peak memory (VmHWM). ContextForge runs in echo and setup (one instance
+# in front of the fixture), list (an instance of its own in front of the
+# same 50 upstreams as portcullis, its paged list read whole with
+# --all-pages) and idle (an instance of its own, fewer sessions).
 #
 # Environment:
 #   BENCH_DURATION=10s BENCH_WARMUP=2s    measured time and warm-up per run
 #   BENCH_IDLE_SESSIONS=10000             sessions held open in `idle`
+#   BENCH_CF_IDLE_SESSIONS=1000           the same for ContextForge (it opens ~20-30 a second)
+#   BENCH_CF_REGISTER_LIMIT=600           seconds ContextForge may take to register the 50 upstreams of `list`
 #   BENCH_OUT=target/bench                configs, logs and results.jsonl
 #   BENCH_MCP_GATEWAY=auto|skip           auto: install mcp-gateway if missing
 #   BENCH_CONTEXTFORGE=auto|skip          auto: pip-install ContextForge if missing
@@ -30,6 +35,7 @@ cd "$ROOT"
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 IDLE_SESSIONS=${BENCH_IDLE_SESSIONS:-10000}
+CF_IDLE_SESSIONS=${BENCH_CF_IDLE_SESSIONS:-1000}
 OUT=${BENCH_OUT:-$ROOT/target/bench}
 PEERS=${PEERS_DIR:-$ROOT/.peers}
 MCPGW_ROOT=$PEERS/mcp-gateway
@@ -100,6 +106,16 @@ wait_http() {
 
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 
+# children_pss_kb PID: the proportional share (Pss) of memory held by PID's
+# child processes (forks sharing pages with it), in KB.
+children_pss_kb() {
+    local p
+    # shellcheck disable=SC2013 # the file is one line of pids
+    for p in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        awk '$1 == "Pss:" { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null
+    done | awk '{ s += $1 } END { print s + 0 }'
+}
+
 # note SCENARIO KEY VALUE...: an extra fact for the summary (memory etc.).
 note() {
     python3 - "$@" >>"$RESULTS" <<'EOF'
@@ -119,17 +135,26 @@ EOF
 
 # load SCENARIO TARGET URL CONCURRENCY [loadgen args...]: one measured run,
 # appended to results.jsonl; --watch-pid args choose whose CPU is reported.
+# LOAD_DURATION, LOAD_WARMUP and LOAD_TIMEOUT override the defaults for one run.
 load() {
     local scenario=$1 target=$2 url=$3 c=$4
     shift 4
-    local line
-    line=$("$BIN/portcullis-loadgen" "$url" --json -c "$c" --duration "$DURATION" --warmup "$WARMUP" \
+    local line arg watch=
+    line=$("$BIN/portcullis-loadgen" "$url" --json -c "$c" --duration "${LOAD_DURATION:-$DURATION}" \
+        --warmup "${LOAD_WARMUP:-$WARMUP}" --timeout "${LOAD_TIMEOUT:-30s}" \
         --label "$scenario|$target" "$@") || {
         echo "loadgen failed for $scenario/$target" >&2
         return 0
     }
     echo "$line" >>"$RESULTS"
     python3 "$ROOT/scripts/bench_summary.py" --line "$line" >&2
+    # A watched process that died during the run makes its numbers meaningless.
+    for arg in "$@"; do
+        if [ "$watch" = 1 ] && ! kill -0 "$arg" 2>/dev/null; then
+            echo "  warning: process $arg (watched) is gone: $scenario/$target and later runs on it are void" >&2
+        fi
+        if [ "$arg" = --watch-pid ]; then watch=1; else watch=; fi
+    done
 }
 
 # --- build ------------------------------------------------------------------
@@ -163,7 +188,7 @@ python_for_peers() {
     for py in "${BENCH_PYTHON:-}" python3.12 python3.13 \
         "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3 \
         "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3; do
-        [ -n "$py" ] && command -v "$py" >/dev/null 2>&1 || continue
+        { [ -n "$py" ] && command -v "$py" >/dev/null 2>&1; } || continue
         if "$py" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 12), (3, 13)))' 2>/dev/null; then
             echo "$py"
             return 0
@@ -198,7 +223,7 @@ pip_peer() {
 }
 
 HAVE_CF=0 HAVE_LITELLM=0
-if { want echo || want setup; } &&
+if { want echo || want setup || want list || want idle; } &&
     pip_peer contextforge "${BENCH_CONTEXTFORGE:-auto}" mcp-contextforge-gateway mcpgateway; then
     HAVE_CF=1
 fi
@@ -234,54 +259,107 @@ EOF
     wait_http "http://127.0.0.1:$port/health"
 }
 
-# start_contextforge NAME FIXTURE_URL: ContextForge (one uvicorn process; its
+# cf_start NAME [SETTING=VALUE...]: one ContextForge (one uvicorn process; its
 # child processes are sandbox pools for jq and JSON-schema checks that a
-# proxied call does not use) with a fresh SQLite database in $OUT, the
-# fixture registered as gateway `fx` over streamable HTTP, and a virtual
-# server holding its echo tool. Stateful sessions on, so that it hands out
-# session ids as the fixture and portcullis do; its rate limiter off; no
-# response cache exists to turn off (its caches hold catalogue lookups, as
-# portcullis' does); plugins and observability off (its defaults). Sets
-# CF_PID, CF_URL (the virtual server's MCP endpoint), CF_AUTH (the header
-# with a JWT its CLI minted) and CF_TOOL (the echo tool's name there).
-# Fails (returns 1) with the reason on stderr.
-start_contextforge() {
-    local name=$1 upstream=$2 port base envfile token tool_id server_id
+# proxied call does not use) with a fresh SQLite database in $OUT and extra
+# settings. Stateful sessions on, so that it hands out session ids as the
+# fixture and portcullis do; its rate limiter off; no response cache exists
+# to turn off (its caches hold catalogue lookups, as portcullis' does);
+# plugins and observability off (its defaults). Every instance of a run
+# shares one JWT secret, so one token (CF_AUTH, minted by its CLI) serves
+# them all. Sets CF_STARTED_PID and CF_STARTED_BASE; fails (returns 1) with
+# the reason on stderr.
+CF_SECRETS=$OUT/contextforge-secrets.env
+CF_AUTH=
+cf_start() {
+    local name=$1 port envfile token
+    shift
+    CF_STARTED_PID=
     port=$(free_port)
-    base=http://127.0.0.1:$port
+    CF_STARTED_BASE=http://127.0.0.1:$port
     envfile=$OUT/$name.env
     rm -f "$OUT/$name.db"
-    python3 - "$OUT/$name.db" >"$envfile" <<'EOF'
-import secrets, sys
+    if [ ! -s "$CF_SECRETS" ]; then
+        python3 - >"$CF_SECRETS" <<'EOF'
+import secrets
 password = "Bench-" + secrets.token_urlsafe(18)
 for k, v in {
-    "DATABASE_URL": "sqlite:///" + sys.argv[1],
     "JWT_SECRET_KEY": secrets.token_urlsafe(48),
     "AUTH_ENCRYPTION_SECRET": secrets.token_urlsafe(48),
-    "PLATFORM_ADMIN_EMAIL": "bench@example.com",
     "PLATFORM_ADMIN_PASSWORD": password,
     "DEFAULT_USER_PASSWORD": password,
     "BASIC_AUTH_PASSWORD": password,
-    "USE_STATEFUL_SESSIONS": "true",
-    "RATE_LIMITING_ENABLED": "false",
-    "SSRF_ALLOW_LOCALHOST": "true",
-    "LOG_LEVEL": "ERROR",
 }.items():
     print(f"{k}={v}")
 EOF
+    fi
+    {
+        cat "$CF_SECRETS"
+        echo "DATABASE_URL=sqlite:///$OUT/$name.db"
+        echo "PLATFORM_ADMIN_EMAIL=bench@example.com"
+        echo "USE_STATEFUL_SESSIONS=true"
+        echo "RATE_LIMITING_ENABLED=false"
+        echo "SSRF_ALLOW_LOCALHOST=true"
+        echo "LOG_LEVEL=ERROR"
+        if [ $# -gt 0 ]; then printf '%s\n' "$@"; fi
+    } >"$envfile"
     # Its CLI and its token minter both read their settings from the environment.
+    # shellcheck source=/dev/null
     (set -a && . "$envfile" && exec "$CF_ROOT/bin/mcpgateway" --host 127.0.0.1 --port "$port") \
         >"$OUT/$name.out" 2>"$OUT/$name.err" &
-    CF_PID=$!
-    PIDS+=("$CF_PID")
-    wait_http "$base/health" || return 1
-    token=$(set -a && . "$envfile" &&
-        "$CF_ROOT/bin/python" -m mcpgateway.utils.create_jwt_token -u bench@example.com --admin -e 600 2>>"$OUT/$name.err") ||
-        { echo "$name: could not mint a JWT (see $OUT/$name.err)" >&2; return 1; }
-    CF_AUTH="Authorization: Bearer $token"
-    curl -fsS -X POST "$base/v1/gateways" -H "$CF_AUTH" -H 'Content-Type: application/json' \
-        -d "{\"name\": \"fx\", \"url\": \"$upstream\", \"transport\": \"STREAMABLEHTTP\"}" >"$OUT/$name-gateway.json" ||
-        { echo "$name: registering the fixture failed: $(head -c 300 "$OUT/$name-gateway.json")" >&2; return 1; }
+    CF_STARTED_PID=$!
+    PIDS+=("$CF_STARTED_PID")
+    local i
+    for i in $(seq 1 1200); do
+        curl -fsS -o /dev/null "$CF_STARTED_BASE/health" 2>/dev/null && break
+        if ! kill -0 "$CF_STARTED_PID" 2>/dev/null; then
+            echo "$name exited early: $(tail -n 3 "$OUT/$name.err")" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    wait_http "$CF_STARTED_BASE/health" || return 1
+    if [ -z "$CF_AUTH" ]; then
+        # shellcheck source=/dev/null
+        token=$(set -a && . "$envfile" &&
+            "$CF_ROOT/bin/python" -m mcpgateway.utils.create_jwt_token -u bench@example.com --admin -e 600 2>>"$OUT/$name.err") ||
+            { echo "$name: could not mint a JWT (see $OUT/$name.err)" >&2; return 1; }
+        CF_AUTH="Authorization: Bearer $token"
+    fi
+}
+
+# cf_register NAME BASE GATEWAY URL: registers URL as gateway GATEWAY over
+# streamable HTTP (it lists the upstream's tools during the request).
+cf_register() {
+    local name=$1 base=$2 gateway=$3 url=$4
+    curl -fsS --max-time 120 -X POST "$base/v1/gateways" -H "$CF_AUTH" -H 'Content-Type: application/json' \
+        -d "{\"name\": \"$gateway\", \"url\": \"$url\", \"transport\": \"STREAMABLEHTTP\"}" >"$OUT/$name-gateway.json" ||
+        { echo "$name: registering $url as $gateway failed: $(head -c 300 "$OUT/$name-gateway.json")" >&2; return 1; }
+}
+
+# cf_server BASE SERVER_NAME TOOL_IDS_FILE: creates a virtual server holding
+# the tools whose ids are in the file (one a line); prints its id.
+cf_server() {
+    local base=$1 server=$2 ids=$3
+    python3 -c '
+import json, sys
+ids = [l.strip() for l in open(sys.argv[2]) if l.strip()]
+print(json.dumps({"server": {"name": sys.argv[1], "associated_tools": ids}}))
+' "$server" "$ids" |
+        curl -fsS --max-time 300 -X POST "$base/v1/servers" -H "$CF_AUTH" -H 'Content-Type: application/json' -d @- |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])'
+}
+
+# start_contextforge NAME FIXTURE_URL: ContextForge (cf_start) with the
+# fixture registered as gateway `fx` and a virtual server holding its echo
+# tool. Sets CF_STARTED_PID, CF_STARTED_URL (the virtual server's MCP
+# endpoint) and CF_TOOL (the echo tool's name there). Fails (returns 1)
+# with the reason on stderr.
+start_contextforge() {
+    local name=$1 upstream=$2 base tool_id server_id
+    cf_start "$name" || return 1
+    base=$CF_STARTED_BASE
+    cf_register "$name" "$base" fx "$upstream" || return 1
     # The tool whose upstream name is `echo`: its id, and the name it exposes.
     read -r tool_id CF_TOOL < <(curl -fsS "$base/v1/tools" -H "$CF_AUTH" | python3 -c '
 import json, sys
@@ -291,12 +369,96 @@ tool = next(t for t in tools if t.get("originalName") == "echo" and t.get("gatew
 print(tool["id"], tool["name"])
 ' 2>>"$OUT/$name.err") ||
         { echo "$name: the fixture's echo tool is not in its catalogue" >&2; return 1; }
-    server_id=$(curl -fsS -X POST "$base/v1/servers" -H "$CF_AUTH" -H 'Content-Type: application/json' \
-        -d "{\"server\": {\"name\": \"bench\", \"associated_tools\": [\"$tool_id\"]}}" |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])') ||
+    echo "$tool_id" >"$OUT/$name-tools.txt"
+    server_id=$(cf_server "$base" bench "$OUT/$name-tools.txt") ||
         { echo "$name: creating the virtual server failed" >&2; return 1; }
-    CF_URL=$base/v1/virtual-servers/$server_id/mcp
-    echo "  $name: $CF_URL, tool $CF_TOOL" >&2
+    CF_STARTED_URL=$base/v1/virtual-servers/$server_id/mcp
+    echo "  $name: $CF_STARTED_URL, tool $CF_TOOL" >&2
+}
+
+# start_contextforge_list NAME UPSTREAM: ContextForge (cf_start, pages of
+# 1,000 tools: its largest) in front of 50 upstreams, all UPSTREAM, and a
+# virtual server holding all their tools. It refuses a second gateway with
+# the same URL (HTTP 409 "Gateway already exists"; 127.0.0.1 and localhost
+# count as one), so each is registered with a query string of its own
+# (?u=NN), which the fixture ignores. Registration is bounded by
+# BENCH_CF_REGISTER_LIMIT seconds (default 600). Sets CF_STARTED_PID,
+# CF_STARTED_URL, CF_REGISTER_S and CF_SERVER_S (seconds taken to register
+# the 50 and to create the server).
+start_contextforge_list() {
+    local name=$1 upstream=$2 base i t0 server_id limit=${BENCH_CF_REGISTER_LIMIT:-600}
+    cf_start "$name" MCP_LIST_PAGE_SIZE=1000 || return 1
+    base=$CF_STARTED_BASE
+    t0=$(date +%s.%N)
+    for i in $(seq -w 0 49); do
+        cf_register "$name" "$base" "up$i" "$upstream?u=$i" || return 1
+        if python3 -c 'import sys, time; sys.exit(time.time() - float(sys.argv[1]) < float(sys.argv[2]))' "$t0" "$limit"; then
+            echo "$name: registering took over ${limit}s; gave up after up$i" >&2
+            return 1
+        fi
+    done
+    CF_REGISTER_S=$(python3 -c 'import sys, time; print(f"{time.time() - float(sys.argv[1]):.1f}")' "$t0")
+    curl -fsS --max-time 300 "$base/v1/tools?limit=0" -H "$CF_AUTH" | python3 -c '
+import json, sys
+tools = json.load(sys.stdin)
+tools = tools if isinstance(tools, list) else tools.get("items", [])
+for t in tools:
+    print(t["id"])
+' >"$OUT/$name-tools.txt" || { echo "$name: listing its tools failed" >&2; return 1; }
+    t0=$(date +%s.%N)
+    server_id=$(cf_server "$base" bench-list "$OUT/$name-tools.txt") ||
+        { echo "$name: creating the virtual server failed" >&2; return 1; }
+    CF_SERVER_S=$(python3 -c 'import sys, time; print(f"{time.time() - float(sys.argv[1]):.1f}")' "$t0")
+    CF_STARTED_URL=$base/v1/virtual-servers/$server_id/mcp
+    echo "  $name: 50 gateways registered in ${CF_REGISTER_S}s, a server with their $(wc -l <"$OUT/$name-tools.txt") tools created in ${CF_SERVER_S}s: $CF_STARTED_URL" >&2
+}
+
+# list_count URL [HEADER]: one session, one tools/list followed page by page;
+# prints "TOOLS PAGES FIRST_PAGE".
+list_count() {
+    python3 - "$@" <<'EOF'
+import json, sys, urllib.request
+
+url, auth = sys.argv[1], sys.argv[2:]
+
+def post(body, sid=None):
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if auth:
+        name, value = auth[0].split(":", 1)
+        headers[name] = value.strip()
+    if sid:
+        headers["Mcp-Session-Id"] = sid
+        headers["MCP-Protocol-Version"] = "2025-11-25"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=300) as r:
+        sid = r.headers.get("Mcp-Session-Id") or sid
+        text = r.read().decode()
+    if text.lstrip().startswith("{"):
+        return json.loads(text), sid
+    for line in text.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            msg = json.loads(line[5:])
+            if "id" in msg:
+                return msg, sid
+    return None, sid
+
+_, sid = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
+post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+pages, tools, first, cursor = 0, 0, 0, None
+while pages < 10000:
+    msg, _ = post({"jsonrpc": "2.0", "id": pages + 1, "method": "tools/list",
+                   "params": {"cursor": cursor} if cursor else {}}, sid)
+    if not msg or "result" not in msg:
+        sys.exit(f"tools/list failed: {json.dumps(msg)[:300]}")
+    pages += 1
+    tools += len(msg["result"]["tools"])
+    first = first or tools
+    cursor = msg["result"].get("nextCursor")
+    if not cursor:
+        break
+print(tools, pages, first)
+EOF
 }
 
 # start_litellm NAME PROVIDER_BASE: the LiteLLM proxy with one model `bench`
@@ -334,10 +496,10 @@ contextforge_up() {
     if [ -z "$CF_UP" ]; then
         log "starting ContextForge"
         if start_contextforge contextforge "$FX_URL"; then
-            CF_UP=1
+            CF_UP=1 CF_PID=$CF_STARTED_PID CF_URL=$CF_STARTED_URL
         else
             echo "contextforge: did not start (see $OUT/contextforge.err); its rows are skipped" >&2
-            stop "$CF_PID"
+            stop "${CF_STARTED_PID:-}"
             CF_UP=0
         fi
     fi
@@ -474,7 +636,7 @@ $RL_YAML"
 fi
 
 if want list; then
-    log "list: tools/list over 50 upstreams of 100 tools each"
+    log "list: tools/list over 50 upstreams of 100 generated tools (and the built-in ones) each"
     start fixture-100 "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --tools 100
     FX100_PID=$STARTED_PID
     FX100_URL=$(awk '{print $3}' <<<"$STARTED_LINE")
@@ -488,28 +650,74 @@ if want list; then
     start_gateway gateway-list "$OUT/gateway-list.yaml"
     tools=$(curl -fsS "${GW_URL%/mcp}/readyz" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for u in d["upstreams"].values()))')
     echo "  gateway has $tools upstreams" >&2
+    CF_LIST=
+    if [ $HAVE_CF = 1 ]; then
+        log "starting ContextForge in front of the 50 upstreams"
+        if start_contextforge_list contextforge-list "$FX100_URL"; then
+            CF_LIST=1 CFL_PID=$CF_STARTED_PID CFL_URL=$CF_STARTED_URL
+        else
+            echo "contextforge: not set up for list (see $OUT/contextforge-list.err); its list rows are skipped" >&2
+            stop "${CF_STARTED_PID:-}"
+        fi
+    fi
+    # What each answers, page by page (--all-pages below reads every page).
+    for t in "direct (1 upstream)|$FX100_URL" "portcullis (50 upstreams)|$GW_URL" \
+        ${CF_LIST:+"contextforge (50 upstreams)|$CFL_URL|$CF_AUTH"}; do
+        IFS='|' read -r target url header <<<"$t"
+        if counted=$(list_count "$url" ${header:+"$header"}); then
+            read -r n pages first <<<"$counted"
+            echo "  $target: $n tools in $pages page(s) of up to $first" >&2
+            note list "$target" tools "$n" pages "$pages"
+        else
+            echo "  $target: counting its tools failed" >&2
+        fi
+    done
     for c in 1 32; do
-        load list "direct (1 upstream)" "$FX100_URL" $c --list --watch-pid "$FX100_PID"
-        load list "portcullis (50 upstreams)" "$GW_URL" $c --list --watch-pid "$GW_PID" --watch-pid "$FX100_PID"
+        load list "direct (1 upstream)" "$FX100_URL" $c --list --all-pages --watch-pid "$FX100_PID"
+        load list "portcullis (50 upstreams)" "$GW_URL" $c --list --all-pages --watch-pid "$GW_PID" --watch-pid "$FX100_PID"
+        if [ -n "$CF_LIST" ]; then
+            # A whole list takes it seconds, and at c=32 the lists' pages
+            # interleave, so the 32 end close together, a minute or so
+            # later. There, no warm-up and --drain: the first 32 lists are
+            # the run, timed (and their CPU counted) until the last has ended.
+            if [ $c = 32 ]; then
+                LOAD_WARMUP=0s LOAD_TIMEOUT=600s load list "contextforge (50 upstreams)" \
+                    "$CFL_URL" $c --list --all-pages --drain -H "$CF_AUTH" --watch-pid "$CFL_PID" --watch-pid "$FX100_PID"
+            else
+                LOAD_TIMEOUT=600s load list "contextforge (50 upstreams)" \
+                    "$CFL_URL" $c --list --all-pages -H "$CF_AUTH" --watch-pid "$CFL_PID" --watch-pid "$FX100_PID"
+            fi
+        fi
     done
     note list "portcullis (50 upstreams)" peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
     stop "$GW_PID"
+    if [ -n "$CF_LIST" ]; then
+        note list "contextforge (50 upstreams)" peak_rss_kb "$(status_kb "$CFL_PID" VmHWM)" \
+            sandbox_children_pss_kb "$(children_pss_kb "$CFL_PID")" \
+            register_50_s "$CF_REGISTER_S" create_server_s "$CF_SERVER_S"
+        stop "$CFL_PID"
+    fi
     stop "$FX100_PID"
 fi
 
 # idle_run TARGET PID URL [METRICS_URL [LOADGEN_ARGS...]]: holds
-# IDLE_SESSIONS sessions open and notes the resident memory they cost the
-# process at PID; with METRICS_URL, again once all have hibernated.
+# IDLE_COUNT sessions (default IDLE_SESSIONS) open and notes the resident
+# memory they cost the process at PID; with METRICS_URL, again once all have
+# hibernated. With IDLE_CHILDREN set, also the Pss of PID's child processes
+# before and after.
 idle_run() {
-    local target=$1 pid=$2 url=$3 metrics=${4:-} before after fifo
+    local target=$1 pid=$2 url=$3 metrics=${4:-} before after fifo n=${IDLE_COUNT:-$IDLE_SESSIONS}
+    local kids_before='' kids_after='' kids=()
     shift 4 2>/dev/null || shift $#
     before=$(status_kb "$pid" VmRSS)
+    if [ -n "${IDLE_CHILDREN:-}" ]; then kids_before=$(children_pss_kb "$pid"); fi
     fifo=$OUT/idle-$$.out
     : >"$fifo"
-    "$BIN/portcullis-loadgen" "$url" --idle-sessions "$IDLE_SESSIONS" -c 32 --hold 600s "$@" >"$fifo" 2>"$OUT/idle.err" &
+    "$BIN/portcullis-loadgen" "$url" --idle-sessions "$n" -c 32 --hold 600s "$@" >"$fifo" 2>"$OUT/idle.err" &
     local lg=$!
     local i
-    for i in $(seq 1 3000); do
+    # 300 s, and 0.1 s more per session for the slow openers.
+    for i in $(seq 1 $((3000 + n))); do
         grep -q '^ready' "$fifo" && break
         kill -0 $lg 2>/dev/null || break
         sleep 0.1
@@ -522,22 +730,29 @@ idle_run() {
     fi
     sleep 2 # let allocations settle (per-session tasks run their first poll)
     after=$(status_kb "$pid" VmRSS)
-    local per=$(((after - before) * 1024 / IDLE_SESSIONS))
-    echo "  $target: $(cat "$fifo"); RSS $before KB -> $after KB = $per bytes per session" >&2
-    note idle "$target" sessions "$IDLE_SESSIONS" rss_before_kb "$before" rss_after_kb "$after" bytes_per_session "$per"
+    local per=$(((after - before) * 1024 / n))
+    local open_s
+    open_s=$(awk '/^ready/ { print $(NF) }' "$fifo" | tr -d s)
+    if [ -n "${IDLE_CHILDREN:-}" ]; then
+        kids_after=$(children_pss_kb "$pid")
+        kids=(children_pss_before_kb "$kids_before" children_pss_after_kb "$kids_after")
+    fi
+    echo "  $target: $(cat "$fifo"); RSS $before KB -> $after KB = $per bytes per session${kids_after:+; Pss of its child processes $kids_before KB -> $kids_after KB}" >&2
+    note idle "$target" sessions "$n" open_s "${open_s:-0}" rss_before_kb "$before" rss_after_kb "$after" \
+        bytes_per_session "$per" "${kids[@]}"
     # A gateway that hibernates idle sessions: measured again once all are asleep.
     if [ -n "$metrics" ]; then
         local asleep=0
         for i in $(seq 1 600); do
             asleep=$(curl -s "$metrics" | awk '/^portcullis_sessions_hibernated /{print int($2)}')
-            [ "${asleep:-0}" -ge "$IDLE_SESSIONS" ] && break
+            [ "${asleep:-0}" -ge "$n" ] && break
             sleep 0.1
         done
         sleep 1 # the sweep that hibernated the last ones hands their pages back
         after=$(status_kb "$pid" VmRSS)
-        per=$(((after - before) * 1024 / IDLE_SESSIONS))
+        per=$(((after - before) * 1024 / n))
         echo "  $target, $asleep hibernated: RSS $before KB -> $after KB = $per bytes per session" >&2
-        note idle "$target (hibernated)" sessions "$IDLE_SESSIONS" hibernated "$asleep" rss_before_kb "$before" rss_after_kb "$after" bytes_per_session "$per"
+        note idle "$target (hibernated)" sessions "$n" hibernated "$asleep" rss_before_kb "$before" rss_after_kb "$after" bytes_per_session "$per"
     fi
     kill $lg 2>/dev/null || true
     wait $lg 2>/dev/null || true
@@ -567,6 +782,18 @@ if want idle; then
         start_mcpgw mcp-gateway-idle "$FX_URL"
         idle_run mcp-gateway "$MCPGW_PID" "$MCPGW_URL"
         stop "$MCPGW_PID"
+    fi
+    # ContextForge opens 20-30 sessions a second: fewer of them, on an
+    # instance of its own (the echo one's memory stays the echo run's).
+    if [ $HAVE_CF = 1 ]; then
+        log "idle: $CF_IDLE_SESSIONS sessions held open by ContextForge"
+        if start_contextforge contextforge-idle "$FX_URL"; then
+            IDLE_COUNT=$CF_IDLE_SESSIONS IDLE_CHILDREN=1 \
+                idle_run contextforge "$CF_STARTED_PID" "$CF_STARTED_URL" "" -H "$CF_AUTH"
+        else
+            echo "contextforge: did not start (see $OUT/contextforge-idle.err); its idle rows are skipped" >&2
+        fi
+        stop "${CF_STARTED_PID:-}"
     fi
 fi
 
@@ -633,9 +860,7 @@ if [ "$CF_UP" = 1 ]; then
     # Its sandbox pools' processes hold memory too, though no call uses them:
     # their proportional share (Pss; they are forks sharing pages).
     note echo+setup contextforge peak_rss_kb "$(status_kb "$CF_PID" VmHWM)" \
-        sandbox_children_pss_kb "$(for p in $(cat /proc/"$CF_PID"/task/*/children 2>/dev/null); do
-            awk '$1 == "Pss:" { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null
-        done | awk '{ s += $1 } END { print s + 0 }')"
+        sandbox_children_pss_kb "$(children_pss_kb "$CF_PID")"
     stop "$CF_PID"
 fi
 stop "$FX_PID"

@@ -33,8 +33,8 @@ def main(path: str) -> int:
         by_scenario[r["scenario"]][r["concurrency"]].append(r)
 
     header = (
-        f"{'scenario':<11}{'c':>3}  {'target':<26}{'req/s':>9}{'p50':>11}{'p90':>11}{'p99':>11}{'max':>11}"
-        f"{'x thr':>7}{'+p50':>10}{'cpu/req':>10}{'up cpu':>8}  err"
+        f"{'scenario':<11}{'c':>3}  {'target':<28}{'req/s':>9}{'p50':>12}{'p90':>12}{'p99':>12}{'max':>12}"
+        f"{'x thr':>9}{'+p50':>10}{'cpu/req':>10}{'up cpu':>8}  err"
     )
     print(header)
     print("-" * len(header))
@@ -47,25 +47,32 @@ def main(path: str) -> int:
                 ratio = added = ""
                 if base is not None and r is not base and base["throughput"] > 0:
                     x = r["throughput"] / base["throughput"]
-                    ratio = f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+                    ratio = f"{x:.2f}" if x >= 0.1 else f"{x:.3f}" if x >= 0.01 else f"{x:.5f}"
                     added = f"{l['p50'] - base['latency_us']['p50']:+.0f}"
                 cpu = r.get("cpu") or []
                 own = f"{cpu[0]['us_per_request']:.1f}" if cpu else ""
                 up = f"{cpu[1]['us_per_request']:.1f}" if len(cpu) > 1 else ""
+                # Below 10 a second (peers listing thousands of tools), decimals matter.
+                thr = f"{r['throughput']:.0f}" if r["throughput"] >= 10 else f"{r['throughput']:.2f}"
                 print(
-                    f"{scenario:<11}{c:>3}  {r['target']:<26}{r['throughput']:>9.0f}{l['p50']:>11.1f}"
-                    f"{l['p90']:>11.1f}{l['p99']:>11.1f}{l['max']:>11.1f}{ratio:>7}{added:>10}{own:>10}{up:>8}"
+                    f"{scenario:<11}{c:>3}  {r['target']:<28}{thr:>9}{l['p50']:>12.1f}"
+                    f"{l['p90']:>12.1f}{l['p99']:>12.1f}{l['max']:>12.1f}{ratio:>9}{added:>10}{own:>10}{up:>8}"
                     f"  {r['errors']}"
                 )
     print("latencies in microseconds; x thr = throughput / direct; +p50 = added median latency;")
     print("cpu/req = CPU of the process under load per request, up cpu = its upstream's (µs)")
+    paged = [r for r in runs if (r.get("pages_per_request") or 1) > 1]
+    for r in paged:
+        print(f"{r['scenario']} c={r['concurrency']} {r['target']}: one request = {r['pages_per_request']:g} pages"
+              " (tools/list followed page by page)")
 
     if notes:
         print()
         for n in notes:
-            facts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+            facts = ", ".join(f"{k} {v:g}" if isinstance(v, float) and not v.is_integer()
+                              else f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in n.items() if k not in ("kind", "scenario", "target"))
-            print(f"{n['scenario']:<11} {n['target']:<28}{facts}")
+            print(f"{n['scenario']:<11} {n['target']:<28} {facts}")
 
     print()
     print("targets:")
@@ -103,9 +110,12 @@ def line(text: str) -> int:
     l = r["latency_us"]
     cpu = "  ".join(f"cpu(pid {c['pid']}) {c['us_per_request']:.1f}us/req" for c in r["cpu"])
     print(
-        f"  {r['label']:<34} c={r['concurrency']:<3} {r['throughput']:>9.0f}/s  p50 {l['p50']:>8.1f}"
+        f"  {r['label']:<34} c={r['concurrency']:<3} {r['throughput']:>9.{0 if r['throughput'] >= 10 else 2}f}/s"
+        f"  p50 {l['p50']:>8.1f}"
         f"  p90 {l['p90']:>8.1f}  p99 {l['p99']:>8.1f}  max {l['max']:>9.1f} us  err {r['errors']}  {cpu}"
     )
+    if (r.get("pages_per_request") or 1) > 1:
+        print(f"    {r['pages_per_request']:g} pages per request")
     for e in r["error_samples"]:
         print("    error:", e)
     return 0

@@ -11,8 +11,8 @@
 //! Modes:
 //!
 //! ```text
-//! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list]
-//!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--timeout 30s] [--json]
+//! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list [--all-pages]]
+//!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--drain] [--timeout 30s] [--json]
 //! portcullis-loadgen URL --idle-sessions N [--listen] [--hold 30s]   # open and hold N sessions (each with a GET stream)
 //! portcullis-loadgen URL --setup-rate [--duration 10s]    # initialize+initialized+DELETE per second
 //! portcullis-loadgen http://HOST/v1/chat/completions --chat MODEL [--stream]
@@ -71,6 +71,11 @@ struct Cli {
     /// Send `tools/list` instead of `tools/call`.
     #[arg(long)]
     list: bool,
+    /// With `--list`: one request is the whole list, following `nextCursor`
+    /// page by page on the same session (a gateway that caps its page size
+    /// is charged for every page); latency runs to the last page.
+    #[arg(long, requires = "list")]
+    all_pages: bool,
     /// Wrap each call in mcp-gateway's meta-tool: `gateway_invoke` with
     /// `{server: SERVER, tool, arguments}`.
     #[arg(long, value_name = "SERVER")]
@@ -88,6 +93,12 @@ struct Cli {
     /// Measured time.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Count the time (and the watched CPU) until the last request started
+    /// in the window has ended, not just the window: for servers so slow
+    /// that a request outlasts the window, whose req/s and CPU per request
+    /// would otherwise depend on where the window ends.
+    #[arg(long)]
+    drain: bool,
     /// Unmeasured time before it (connections, caches, JIT-free but warm).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
@@ -210,6 +221,8 @@ struct Reply {
     tool_error: bool,
     /// The result object, kept only when asked for (initialize).
     result: Option<Value>,
+    /// A list result's `nextCursor`: more pages follow.
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -226,6 +239,8 @@ struct Envelope {
 struct ResultProbe {
     #[serde(rename = "isError", default)]
     is_error: Option<bool>,
+    #[serde(rename = "nextCursor", default)]
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +275,7 @@ fn match_response(bytes: &[u8], id: u64, keep_result: bool) -> Option<Reply> {
         error: None,
         tool_error: probe.is_error == Some(true),
         result,
+        next_cursor: probe.next_cursor,
     })
 }
 
@@ -624,6 +640,8 @@ struct Tally {
     tool_errors: u64,
     /// Requests that started later than due by more than 1 ms (rate mode).
     late: u64,
+    /// Pages read by successful `--all-pages` requests.
+    pages: u64,
     samples: Vec<String>,
 }
 
@@ -640,6 +658,7 @@ impl Tally {
         self.errors += other.errors;
         self.tool_errors += other.tool_errors;
         self.late += other.late;
+        self.pages += other.pages;
         for s in other.samples {
             if self.samples.len() < MAX_ERROR_SAMPLES && !self.samples.contains(&s) {
                 self.samples.push(s);
@@ -706,21 +725,33 @@ struct CpuUse {
     us_per_request: f64,
 }
 
-/// Samples the watched processes' CPU at the window's start and end.
+/// Samples the watched processes' CPU at the window's start and when `end`
+/// resolves.
 fn watch_cpu(
     pids: Vec<u32>,
     from: Instant,
-    end: Instant,
+    end: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<Vec<(u32, Option<f64>)>> {
     tokio::spawn(async move {
         tokio::time::sleep_until(from.into()).await;
         let before: Vec<Option<f64>> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-        tokio::time::sleep_until(end.into()).await;
+        end.await;
         pids.iter()
             .zip(before)
             .map(|(p, b)| (*p, b.zip(cpu_seconds(*p)).map(|(b, a)| a - b)))
             .collect()
     })
+}
+
+/// The seconds a run's requests are divided by: the window, or with
+/// `--drain` the time until its last request ended, if that is longer.
+fn measured_seconds(window: Duration, from: Instant, done: Instant, drain: bool) -> f64 {
+    let window = window.as_secs_f64();
+    if drain {
+        window.max(done.saturating_duration_since(from).as_secs_f64())
+    } else {
+        window
+    }
 }
 
 fn cpu_report(samples: Vec<(u32, Option<f64>)>, ok: u64) -> Vec<CpuUse> {
@@ -756,6 +787,9 @@ struct Report {
     tool_errors: u64,
     late: u64,
     throughput: f64,
+    /// `--all-pages`: pages per successful request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pages_per_request: Option<f64>,
     latency_us: Percentiles,
     error_samples: Vec<String>,
     /// CPU of the `--watch-pid` processes in the measured window.
@@ -853,6 +887,17 @@ impl Payload {
         })
     }
 
+    /// A `tools/list` request for the page after `cursor` (`--all-pages`).
+    fn next_page(id: u64, cursor: &str) -> Bytes {
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "method": "tools/list",
+            "params": { "cursor": cursor },
+        });
+        Bytes::from(body.to_string())
+    }
+
     fn body(&self, id: u64) -> Bytes {
         let mut s = String::with_capacity(self.head.len() + self.tail.len() + 20);
         s.push_str(&self.head);
@@ -869,6 +914,8 @@ impl Payload {
                 "not streamed"
             };
             format!("chat/completions {model} ({how})")
+        } else if cli.list && cli.all_pages {
+            "tools/list (all pages)".into()
         } else if cli.list {
             "tools/list".into()
         } else if let Some(server) = &cli.mcp_gateway_invoke {
@@ -908,6 +955,40 @@ async fn open_sessions(
     Ok(sessions)
 }
 
+/// Most pages one `--all-pages` request follows: a server that hands out
+/// cursors forever must not hold a worker for the whole run.
+const MAX_PAGES: u64 = 10_000;
+
+/// Sends request `id`; with `all_pages`, then asks for each page its answer
+/// announces (`nextCursor`), advancing `id` by `stride` for each. Returns
+/// the last reply (or the first error) and the pages read.
+async fn request_pages(
+    conn: &mut Conn,
+    session: Option<&Session>,
+    id: &mut u64,
+    stride: u64,
+    payload: &Payload,
+    all_pages: bool,
+) -> anyhow::Result<(Reply, u64)> {
+    let (mut reply, _) = conn.call(session, *id, payload.body(*id), false).await?;
+    let mut pages = 1;
+    while all_pages && reply.error.is_none() {
+        let Some(cursor) = reply.next_cursor.take() else {
+            break;
+        };
+        if pages >= MAX_PAGES {
+            bail!("still a nextCursor after {MAX_PAGES} pages");
+        }
+        *id += stride;
+        reply = conn
+            .call(session, *id, Payload::next_page(*id, &cursor), false)
+            .await?
+            .0;
+        pages += 1;
+    }
+    Ok((reply, pages))
+}
+
 async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
     let concurrency = cli.concurrency.max(1);
     let n_sessions = cli.sessions.unwrap_or(concurrency).max(1);
@@ -928,13 +1009,26 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         )
     });
     let stream = cli.stream;
+    let all_pages = cli.all_pages;
     let expect: Option<Arc<str>> = cli.expect.as_deref().map(Arc::from);
     let start = Instant::now();
     let measure_from = start + cli.warmup;
     let end = measure_from + cli.duration;
     let rate = cli.rate.filter(|r| *r > 0.0);
     let tickets = Arc::new(AtomicU64::new(0));
-    let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
+    // With --drain the CPU window closes when the last request has ended.
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = if cli.drain {
+        watch_cpu(cli.watch_pids.clone(), measure_from, async move {
+            let _ = drained_rx.await;
+        })
+    } else {
+        watch_cpu(
+            cli.watch_pids.clone(),
+            measure_from,
+            tokio::time::sleep_until(end.into()),
+        )
+    };
     let mut workers = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
         let ep = ep.clone();
@@ -985,22 +1079,24 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
                     (Some(body), _) => conn
                         .chat(body.clone(), stream)
                         .await
-                        .map(|t| (None, false, t)),
-                    (None, session) => conn
-                        .call(session, id, payload.body(id), false)
-                        .await
-                        .map(|(r, _)| (r.error, r.tool_error, Instant::now())),
+                        .map(|t| (None, false, t, 1)),
+                    (None, session) => {
+                        request_pages(&mut conn, session, &mut id, stride, &payload, all_pages)
+                            .await
+                            .map(|(r, pages)| (r.error, r.tool_error, Instant::now(), pages))
+                    }
                 };
                 id += stride;
                 if !measured {
                     continue;
                 }
                 match result {
-                    Ok((Some(e), _, _)) => tally.error(e),
-                    Ok((None, tool_error, done)) => {
+                    Ok((Some(e), _, _, _)) => tally.error(e),
+                    Ok((None, tool_error, done, pages)) => {
                         if tool_error {
                             tally.tool_errors += 1;
                         }
+                        tally.pages += pages;
                         tally.latencies.push((done - due).as_nanos() as u64);
                     }
                     Err(e) => {
@@ -1017,9 +1113,11 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
     for w in workers {
         total.merge(w.await?);
     }
+    let done = Instant::now();
+    let _ = drained_tx.send(());
     let cpu = watcher.await?;
     // Requests started in the window count, even if they end just after it.
-    let elapsed = cli.duration.as_secs_f64();
+    let elapsed = measured_seconds(cli.duration, measure_from, done, cli.drain);
     // Sessions are ended so a long benchmark does not pile them up.
     let mut conn = Conn::new(ep.clone());
     for s in sessions.iter() {
@@ -1039,6 +1137,8 @@ async fn run_load(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> {
         tool_errors: total.tool_errors,
         late: total.late,
         throughput: total.latencies.len() as f64 / elapsed,
+        pages_per_request: (cli.all_pages && !total.latencies.is_empty())
+            .then(|| total.pages as f64 / total.latencies.len() as f64),
         latency_us: percentiles(&total.latencies),
         error_samples: total.samples,
         cpu: cpu_report(cpu, total.latencies.len() as u64),
@@ -1050,7 +1150,11 @@ async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> 
     let start = Instant::now();
     let measure_from = start + cli.warmup;
     let end = measure_from + cli.duration;
-    let watcher = watch_cpu(cli.watch_pids.clone(), measure_from, end);
+    let watcher = watch_cpu(
+        cli.watch_pids.clone(),
+        measure_from,
+        tokio::time::sleep_until(end.into()),
+    );
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let ep = ep.clone();
@@ -1102,6 +1206,7 @@ async fn run_setup_rate(cli: &Cli, ep: Arc<Endpoint>) -> anyhow::Result<Report> 
         tool_errors: 0,
         late: 0,
         throughput: total.latencies.len() as f64 / elapsed,
+        pages_per_request: None,
         latency_us: percentiles(&total.latencies),
         error_samples: total.samples,
         cpu: cpu_report(cpu, total.latencies.len() as u64),
@@ -1314,6 +1419,35 @@ mod tests {
         assert_eq!(v["params"]["name"], "gateway_invoke");
         assert_eq!(v["params"]["arguments"]["server"], "fx");
         assert_eq!(v["params"]["arguments"]["arguments"]["message"], "m");
+    }
+
+    #[test]
+    fn list_pages_are_followed_by_cursor() {
+        let page = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[],"nextCursor":"abc"}}"#;
+        let r = match_response(page, 3, false).unwrap_or_default();
+        assert_eq!(r.next_cursor.as_deref(), Some("abc"));
+        let last = br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[]}}"#;
+        let r = match_response(last, 4, false).unwrap_or_default();
+        assert!(r.error.is_none() && r.next_cursor.is_none());
+        let v: Value = serde_json::from_slice(&Payload::next_page(9, "abc")).unwrap_or_default();
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["method"], "tools/list");
+        assert_eq!(v["params"]["cursor"], "abc");
+        // Only with --list.
+        assert!(Cli::try_parse_from(["loadgen", "http://h/mcp", "--all-pages"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "http://h/mcp", "--list", "--all-pages"]).is_ok());
+    }
+
+    #[test]
+    fn drain_counts_the_time_until_the_last_request_ended() {
+        let from = Instant::now();
+        let window = Duration::from_secs(10);
+        let late = from + Duration::from_secs(64);
+        assert_eq!(measured_seconds(window, from, late, false), 10.0);
+        assert_eq!(measured_seconds(window, from, late, true), 64.0);
+        // Never less than the window.
+        let early = from + Duration::from_secs(3);
+        assert_eq!(measured_seconds(window, from, early, true), 10.0);
     }
 
     #[test]
