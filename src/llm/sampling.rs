@@ -232,7 +232,11 @@ impl Sampler {
             .map(String::as_str)
             .find(|a| Some(*a) == chosen)
             .unwrap_or(&self.aliases[0]);
-        tracing::info!(alias, chosen_by = why.as_str(), "sampling model chosen by the request's preferences");
+        tracing::info!(
+            alias,
+            chosen_by = why.as_str(),
+            "sampling model chosen by the request's preferences"
+        );
         alias
     }
 }

@@ -17,7 +17,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use memchr::memmem::Finder;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use super::Body;
 use rmcp::model::Tool;
@@ -185,6 +186,9 @@ fn edit(
     if !payload.contains("\"result\"") {
         return None;
     }
+    if wanted.kind == Kind::ToolsList {
+        return edit_tools(payload, &wanted.id, execution);
+    }
     let mut message: Value = serde_json::from_str(payload).ok()?;
     if message.get("id") != Some(&wanted.id) {
         return None;
@@ -201,33 +205,90 @@ fn edit(
                 json!({"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}),
             );
         }
-        Kind::ToolsList => {
-            let mut changed = false;
-            for tool in result.get_mut("tools")?.as_array_mut()? {
-                let Some(tool) = tool.as_object_mut() else {
-                    continue;
-                };
-                if let Some(execution) = tool_execution(tool, execution) {
-                    tool.insert("execution".into(), execution);
-                    changed = true;
-                }
-            }
-            if !changed {
-                return None;
-            }
-        }
+        Kind::ToolsList => return None,
     }
     serde_json::to_string(&message).ok()
 }
 
-fn tool_execution(
-    tool: &Map<String, Value>,
+/// A `tools/list` answer, its tools left as written.
+#[derive(Deserialize)]
+struct ListAnswer<'a> {
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(borrow)]
+    result: ListResult<'a>,
+}
+
+#[derive(Deserialize)]
+struct ListResult<'a> {
+    #[serde(borrow)]
+    tools: Vec<&'a RawValue>,
+}
+
+/// What a tool's completion depends on.
+#[derive(Deserialize)]
+struct ToolHead<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    execution: Present,
+}
+
+/// Whether a field is there at all, whatever its value (even `null`).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
+    }
+}
+
+/// A `tools/list` answer with an `execution` added to each tool that has
+/// none and needs one. The answer can be thousands of tools (megabytes), so
+/// it is not parsed into values and written again: each tool is read in
+/// place for its name, and the object is spliced where it ends.
+fn edit_tools(
+    payload: &str,
+    id: &Value,
     execution: &dyn Fn(&str) -> Option<Value>,
-) -> Option<Value> {
-    if tool.contains_key("execution") {
+) -> Option<String> {
+    let answer: ListAnswer<'_> = serde_json::from_str(payload).ok()?;
+    if serde_json::from_str::<Value>(answer.id.get()).ok().as_ref() != Some(id) {
         return None;
     }
-    execution(tool.get("name")?.as_str()?)
+    let base = payload.as_ptr() as usize;
+    let mut out = String::new();
+    let mut copied = 0;
+    for tool in answer.result.tools {
+        let Ok(head) = serde_json::from_str::<ToolHead<'_>>(tool.get()) else {
+            continue;
+        };
+        if head.execution.0 {
+            continue;
+        }
+        let Some(execution) = execution(&head.name) else {
+            continue;
+        };
+        // A borrowed raw value is a slice of the payload: where it ends
+        // (its closing brace) is where the field goes.
+        let end = (tool.get().as_ptr() as usize - base) + tool.get().len() - 1;
+        if payload.as_bytes().get(end) != Some(&b'}') {
+            return None;
+        }
+        if out.is_empty() {
+            out.reserve(payload.len() + payload.len() / 8);
+        }
+        out.push_str(&payload[copied..end]);
+        out.push_str(",\"execution\":");
+        out.push_str(&execution.to_string());
+        copied = end;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.push_str(&payload[copied..]);
+    Some(out)
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -322,10 +383,13 @@ fn edit_event(raw: &[u8], edit: &mut impl FnMut(&str) -> Option<String>) -> Opti
         .filter_map(|line| line.strip_prefix("data:"))
         .map(|d| d.strip_prefix(' ').unwrap_or(d))
         .collect();
-    if data.is_empty() {
-        return None;
-    }
-    let edited = edit(&data.join("\n"))?;
+    // One data line (as serde_json writes) is edited where it lies: a
+    // list answer can be megabytes.
+    let edited = match data.as_slice() {
+        [] => return None,
+        [one] => edit(one)?,
+        many => edit(&many.join("\n"))?,
+    };
     let mut out = Vec::with_capacity(edited.len() + raw.len() / 4);
     let mut written = false;
     for line in lines.iter().filter(|l| !l.is_empty()) {
@@ -404,6 +468,37 @@ mod tests {
         assert_eq!(edit(&answer.replace("r1", "r2"), &wanted, &research), None);
         assert_eq!(edit(answer, &wanted, &|_| None), None);
         assert_eq!(edit("{not json \"result\"", &wanted, &research), None);
+    }
+
+    #[test]
+    fn tools_are_completed_in_place_whatever_their_text() {
+        let wanted = Wanted {
+            kind: Kind::ToolsList,
+            id: json!(7),
+        };
+        // An escaped name, braces inside strings, a tool that has an
+        // `execution` (even null), one that is not an object, and spacing.
+        let answer = r#"{ "jsonrpc": "2.0", "result": { "tools": [
+            {"name": "up__r\u0065search", "description": "{not} a \"brace\" }", "inputSchema": {"type": "object"}} ,
+            {"name": "up__research", "execution": null},
+            7,
+            {"inputSchema": {}, "name": "up__research" }
+          ], "nextCursor": "c" }, "id": 7 }"#;
+        let edited: Value =
+            serde_json::from_str(&edit(answer, &wanted, &research).unwrap()).unwrap();
+        let mut expected: Value = serde_json::from_str(answer).unwrap();
+        let task = json!({"taskSupport": "required"});
+        expected["result"]["tools"][0]["execution"] = task.clone();
+        expected["result"]["tools"][3]["execution"] = task;
+        assert_eq!(edited, expected);
+        assert_eq!(
+            edit(
+                &answer.replace("\"id\": 7", "\"id\": \"7\""),
+                &wanted,
+                &research
+            ),
+            None
+        );
     }
 
     #[test]
