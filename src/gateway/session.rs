@@ -872,7 +872,8 @@ impl ServerHandler for Session {
                 let run = LegacyRun {
                     gw: self.gw.clone(),
                     target: target.clone(),
-                    caller: self.caller_screened(&ctx, &answers),
+                    // A task outlives the session that made it.
+                    caller: self.caller_screened(&ctx, &answers).detached(),
                     retry,
                     ct: local.token(),
                     local: Some(local.clone()),

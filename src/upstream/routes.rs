@@ -73,6 +73,13 @@ pub struct BridgedRequest {
 }
 
 impl Caller {
+    /// The caller for work that outlives its session (a task the gateway
+    /// runs or holds): the session's end does not cancel it.
+    pub fn detached(mut self) -> Caller {
+        self.closing = tokio_util::sync::CancellationToken::new();
+        self
+    }
+
     /// Screens the client's `answer` to an upstream's request (see
     /// [`AnswerCheck`]); only an elicitation's content carries user input.
     pub(crate) fn screen(&self, answer: &mut rmcp::model::ClientResult) -> Result<(), ErrorData> {

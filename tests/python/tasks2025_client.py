@@ -227,6 +227,16 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
         else:
             created = await session.experimental.call_tool_as_task(TOOL, {"topic": "own"}, ttl=60000)
         out["task_id"] = created.task.taskId
+    elif name == "start-local":
+        # A gateway-local task left running: the session ends (DELETE) on exit.
+        created = await session.experimental.call_tool_as_task(f"{arg}__slow", {"ms": 1500}, ttl=60000)
+        out["task_id"] = created.task.taskId
+    elif name == "fetch":
+        assert arg is not None
+        done = await until(session, arg, {"completed", "failed", "cancelled"})
+        out["final_status"] = done.status
+        result = await session.experimental.get_task_result(arg, types.CallToolResult)
+        out["result_text"] = result.content[0].text if result.content else ""
     elif name == "listing":
         # Every tool's `execution`, as the client's own types read it.
         out["execution"] = {}

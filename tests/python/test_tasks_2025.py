@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import PEERS, everything_stdio, fixture_stdio, http_get, legacy_initialize, wait_for
+from conftest import metric as gateway_metric
 from test_cancel import upstream_cancellations
 
 PYTHON1 = PEERS / "venv-mcp1" / "bin" / "python"
@@ -268,6 +269,18 @@ def test_a_gateway_local_task_runs_is_fetched_cancelled_and_listed(procs, upstre
         assert seen["cancel_status"] == "the task has already ended"
         assert seen["after_cancel"] == "completed" and seen["cancelled_result"] is None
         assert seen["listed"] == {task_id: "completed", cancelled_id: "completed"}
+
+
+def test_a_gateway_local_task_outlives_the_session_that_made_it(procs):
+    """Ending a session cancels its calls upstream, but not a task it made:
+    the task is the caller's, fetched later from another session."""
+    gw = local_gateway(procs)
+    started = client(gw, ALICE, "start-local", "modern")
+    wait_for(lambda: gateway_metric(gw, "portcullis_sessions_open") == 0, timeout=10, what="the first session ended")
+    fetched = client(gw, ALICE, "fetch", started["task_id"])
+    assert fetched == {**fetched, "final_status": "completed", "result_text": "slept 1500 ms"}, fetched
+    assert gateway_metric(gw, "mcp_client_operation_duration_seconds_count", mcp_method_name="tools/call",
+                          upstream="modern", outcome="session_ended") == 0
 
 
 def test_a_gateway_local_task_asks_its_client_for_input(procs):

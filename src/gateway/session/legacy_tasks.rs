@@ -314,7 +314,7 @@ impl Session {
         answers: &Option<Arc<AnswerGuard>>,
     ) {
         let (inputs, arriving) = tokio::sync::mpsc::unbounded_channel();
-        let mut caller = self.caller_screened(ctx, answers);
+        let mut caller = self.caller_screened(ctx, answers).detached();
         caller.input_bridge = Some(inputs);
         let session = self.state.id;
         let up = self.gw.registry.upstream(&target.upstream).cloned();
