@@ -216,22 +216,19 @@ impl Sampler {
 
     /// The alias that serves a request with these `modelPreferences`.
     fn alias_for(&self, preferences: Option<&Value>) -> &str {
+        let default = &self.aliases[0];
         if self.aliases.len() == 1 || preferences.is_none() {
-            return &self.aliases[0];
+            return default;
         }
-        let profiles: Vec<AliasProfile> = self
-            .aliases
-            .iter()
-            .filter_map(|a| self.llm.profile(a))
-            .collect();
+        // `new` kept only aliases the router has, so each has a profile and
+        // the profiles line up with `aliases`.
+        let profiles: Option<Vec<AliasProfile>> =
+            self.aliases.iter().map(|a| self.llm.profile(a)).collect();
+        let Some(profiles) = profiles else {
+            return default;
+        };
         let (i, why) = choose(preferences, &profiles);
-        let chosen = profiles.get(i).map(|p| p.name.as_str());
-        let alias = self
-            .aliases
-            .iter()
-            .map(String::as_str)
-            .find(|a| Some(*a) == chosen)
-            .unwrap_or(&self.aliases[0]);
+        let alias = self.aliases.get(i).unwrap_or(default);
         tracing::info!(
             alias,
             chosen_by = why.as_str(),

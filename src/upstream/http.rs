@@ -31,7 +31,7 @@ use rmcp::transport::streamable_http_client::{
 use sse_stream::{Sse, SseStream};
 
 use super::related;
-use super::task_support::{tap_sse, TaskSupport};
+use super::task_support::TaskSupport;
 
 /// reqwest with trace-context headers taken from each request's `_meta`.
 #[derive(Clone)]
@@ -57,13 +57,35 @@ impl TracingClient {
     ) -> StreamableHttpPostResponse {
         match response {
             StreamableHttpPostResponse::Sse(stream, session) => {
-                let stream = related::mark(stream, request);
-                StreamableHttpPostResponse::Sse(tap_sse(stream, self.seen.clone()), session)
+                StreamableHttpPostResponse::Sse(self.tap_sse(stream, request), session)
             }
             // A JSON answer `TaskSupport` reads was shown to it by
             // `post_observed`; rmcp parsed any other.
             other => other,
         }
+    }
+
+    /// An SSE stream on its way to rmcp: each log line marked as
+    /// `request`'s (`related`; on a GET stream, `None`), then each event's
+    /// data shown to `seen`. One adapter does both, as every call's answer
+    /// stream passes through it.
+    fn tap_sse(
+        &self,
+        stream: BoxStream<'static, Result<Sse, SseError>>,
+        request: Option<RequestId>,
+    ) -> BoxStream<'static, Result<Sse, SseError>> {
+        let seen = self.seen.clone();
+        stream
+            .map(move |event| {
+                event.map(|mut sse| {
+                    if let Some(data) = sse.data.as_mut() {
+                        related::mark_event(data, request.as_ref());
+                        seen.observe(data.as_bytes());
+                    }
+                    sse
+                })
+            })
+            .boxed()
     }
 
     /// Posts `message` as rmcp's reqwest client does, but shows a JSON
@@ -450,7 +472,7 @@ impl StreamableHttpClient for TracingClient {
         self.http
             .get_stream(uri, session_id, last_event_id, auth_header, custom_headers)
             .await
-            .map(|s| tap_sse(related::mark(s, None), self.seen.clone()))
+            .map(|s| self.tap_sse(s, None))
     }
 
     async fn get_stream_with_max_sse_event_size(
@@ -472,7 +494,7 @@ impl StreamableHttpClient for TracingClient {
                 max_sse_event_size,
             )
             .await
-            .map(|s| tap_sse(related::mark(s, None), self.seen.clone()))
+            .map(|s| self.tap_sse(s, None))
     }
 }
 

@@ -10,36 +10,15 @@
 //! is routed (`ordered.rs`). A mark the upstream itself sent is removed on
 //! every stream, so an upstream cannot address another call's client.
 
-use futures::stream::BoxStream;
-use futures::StreamExt;
 use rmcp::model::{Extensions, NotificationMetaObject, RequestId};
-use rmcp::transport::streamable_http_client::SseError;
 use serde_json::Value;
-use sse_stream::Sse;
 
 /// The `_meta` key of the mark; the gateway's own.
 pub(crate) const RELATED: &str = "io.portcullis/relatedRequestId";
 
-/// `stream` with each log line marked as `request`'s (or, for `None`, with
-/// any mark removed).
-pub(crate) fn mark(
-    stream: BoxStream<'static, Result<Sse, SseError>>,
-    request: Option<RequestId>,
-) -> BoxStream<'static, Result<Sse, SseError>> {
-    stream
-        .map(move |event| {
-            event.map(|mut sse| {
-                if let Some(data) = sse.data.as_mut() {
-                    mark_event(data, request.as_ref());
-                }
-                sse
-            })
-        })
-        .boxed()
-}
-
-/// Marks one event's data, when it is a log line (or carries a mark).
-fn mark_event(data: &mut String, request: Option<&RequestId>) {
+/// Marks one event's data as `request`'s when it is a log line (for
+/// `None`, or on any stream, removes a mark the upstream sent itself).
+pub(crate) fn mark_event(data: &mut String, request: Option<&RequestId>) {
     // Cheap test first: most events are neither.
     let wanted = match request {
         Some(_) => data.contains("notifications/message"),

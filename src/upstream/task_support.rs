@@ -3,8 +3,8 @@
 //! `execution` object (`taskSupport`). rmcp's model types have no fields
 //! for either and drop them while parsing, so the transports hand every
 //! message's raw JSON to a [`TaskSupport`] first: the stdio child's stdout
-//! through [`Tap`], a streamable HTTP answer's SSE events through
-//! [`tap_sse`] and its JSON body (to `initialize` or `tools/list`, which
+//! through [`Tap`], a streamable HTTP answer's SSE events as they stream by
+//! (`http.rs`) and its JSON body (to `initialize` or `tools/list`, which
 //! `http.rs` posts itself for this) directly, the legacy SSE transport's
 //! events directly.
 //!
@@ -17,13 +17,9 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 
-use futures::stream::BoxStream;
-use futures::StreamExt;
 use memchr::memmem::Finder;
-use rmcp::transport::streamable_http_client::SseError;
 use serde::Deserialize;
 use serde_json::Value;
-use sse_stream::Sse;
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// The longest stdio line the tap buffers; rmcp's own stdio limit, so any
@@ -119,24 +115,6 @@ impl TaskSupport {
     pub(crate) fn capability(&self) -> Option<Value> {
         self.capability.read().ok()?.clone()
     }
-}
-
-/// An SSE stream from a streamable HTTP upstream, each event's data shown
-/// to `seen` on its way to rmcp.
-pub(crate) fn tap_sse(
-    stream: BoxStream<'static, Result<Sse, SseError>>,
-    seen: Arc<TaskSupport>,
-) -> BoxStream<'static, Result<Sse, SseError>> {
-    stream
-        .inspect(move |event| {
-            if let Ok(Sse {
-                data: Some(data), ..
-            }) = event
-            {
-                seen.observe(data.as_bytes());
-            }
-        })
-        .boxed()
 }
 
 /// A reader over a stdio server's stdout that shows each complete line
