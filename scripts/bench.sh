@@ -9,7 +9,9 @@
 # with portcullis-loadgen straight at the fixture, through portcullis and,
 # when installed, through the peers a user would pick instead, in the same
 # run: mcp-gateway (crates.io) and IBM ContextForge (PyPI) on the MCP path,
-# the LiteLLM proxy (PyPI) on the model path. Prints each result, the ratios,
+# the LiteLLM proxy (PyPI) on the model path; and in echo, nginx (Debian's
+# package) as a plain HTTP reverse proxy in front of the fixture: the floor
+# of what any proxy adds per call. Prints each result, the ratios,
 # each process's CPU time per call (/proc/PID/stat over the measured window)
 # and peak memory (VmHWM). ContextForge runs in echo and setup (one instance
 # in front of the fixture), list (an instance of its own in front of the
@@ -25,6 +27,7 @@
 #   BENCH_MCP_GATEWAY=auto|skip           auto: install mcp-gateway if missing
 #   BENCH_CONTEXTFORGE=auto|skip          auto: pip-install ContextForge if missing
 #   BENCH_LITELLM=auto|skip               auto: pip-install the LiteLLM proxy if missing
+#   BENCH_NGINX=auto|skip                 auto: apt-get install nginx if missing (as root or with sudo)
 #   BENCH_PYTHON=python3.12               the Python for their venvs (3.12 or 3.13;
 #                                         default: the first found on PATH or in pyenv)
 #   PEERS_DIR=.peers                      where the peers are installed
@@ -139,7 +142,7 @@ EOF
 load() {
     local scenario=$1 target=$2 url=$3 c=$4
     shift 4
-    local line arg watch=
+    local line arg pid watch=
     line=$("$BIN/portcullis-loadgen" "$url" --json -c "$c" --duration "${LOAD_DURATION:-$DURATION}" \
         --warmup "${LOAD_WARMUP:-$WARMUP}" --timeout "${LOAD_TIMEOUT:-30s}" \
         --label "$scenario|$target" "$@") || {
@@ -149,9 +152,14 @@ load() {
     echo "$line" >>"$RESULTS"
     python3 "$ROOT/scripts/bench_summary.py" --line "$line" >&2
     # A watched process that died during the run makes its numbers meaningless.
+    # (A --watch-pid value may be several pids, comma-separated.)
     for arg in "$@"; do
-        if [ "$watch" = 1 ] && ! kill -0 "$arg" 2>/dev/null; then
-            echo "  warning: process $arg (watched) is gone: $scenario/$target and later runs on it are void" >&2
+        if [ "$watch" = 1 ]; then
+            for pid in ${arg//,/ }; do
+                if ! kill -0 "$pid" 2>/dev/null; then
+                    echo "  warning: process $pid (watched) is gone: $scenario/$target and later runs on it are void" >&2
+                fi
+            done
         fi
         if [ "$arg" = --watch-pid ]; then watch=1; else watch=; fi
     done
@@ -231,6 +239,47 @@ if want llm && pip_peer litellm "${BENCH_LITELLM:-auto}" 'litellm[proxy]' litell
     HAVE_LITELLM=1
 fi
 
+# nginx_peer: 0 when nginx is wanted (for echo; BENCH_NGINX is not `skip`)
+# and found on PATH or in /usr/sbin, apt-get installing Debian's package
+# first if it is missing and we are root or sudo works without a password;
+# otherwise says why and returns 1. Sets NGINX.
+NGINX=
+nginx_peer() {
+    local as_root=()
+    if [ "${BENCH_NGINX:-auto}" = skip ]; then
+        echo "nginx: skipped by request; its rows are skipped" >&2
+        return 1
+    fi
+    NGINX=$(command -v nginx 2>/dev/null || true)
+    if [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ]; then NGINX=/usr/sbin/nginx; fi
+    if [ -z "$NGINX" ]; then
+        if [ "$(id -u)" != 0 ]; then
+            if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+                as_root=(sudo -n)
+            else
+                echo "nginx: not installed, and neither root nor sudo without a password to install it; its rows are skipped" >&2
+                return 1
+            fi
+        fi
+        log "nginx not installed: apt-get install -y --no-install-recommends nginx"
+        # Once more after apt-get update when the package lists are stale or absent.
+        if ! { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx ||
+            { "${as_root[@]}" apt-get update &&
+                "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx; }; } \
+            >"$OUT/nginx-install.log" 2>&1; then
+            echo "nginx install failed (see $OUT/nginx-install.log); its rows are skipped" >&2
+            return 1
+        fi
+        NGINX=$(command -v nginx 2>/dev/null || true)
+        if [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ]; then NGINX=/usr/sbin/nginx; fi
+    fi
+    [ -n "$NGINX" ] && return 0
+    echo "nginx: no nginx binary after install (see $OUT/nginx-install.log); its rows are skipped" >&2
+    return 1
+}
+HAVE_NGINX=0
+if want echo && nginx_peer; then HAVE_NGINX=1; fi
+
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # start_mcpgw NAME FIXTURE_URL: mcp-gateway with one streamable-HTTP backend `fx`,
@@ -257,6 +306,84 @@ EOF
     PIDS+=("$MCPGW_PID")
     MCPGW_URL=http://127.0.0.1:$port/mcp
     wait_http "http://127.0.0.1:$port/health"
+}
+
+# start_nginx NAME UPSTREAM_URL: nginx as a plain reverse proxy in front of
+# UPSTREAM_URL (http://HOST:PORT/PATH), set up for MCP streamable HTTP:
+# HTTP/1.1 with connections to the upstream kept alive (`keepalive`, and
+# no `Connection` header passed on), no response buffering (SSE answers),
+# the client's Host passed on (rmcp checks it), other headers
+# (Mcp-Session-Id, MCP-Protocol-Version) passed both ways as nginx does by
+# default; no access log, and up to a million requests per connection on
+# either side (after the default 1,000 both sides would reconnect). In the
+# foreground, as the current user, with its prefix, config, pid file, temp
+# paths and error log under $OUT/NAME*; `worker_processes auto` as in
+# Debian's own config (one worker per CPU). Sets NGINX_PID (the master),
+# NGINX_WORKERS (the workers' pids, comma-separated, for one --watch-pid:
+# they do the work) and NGINX_URL; fails (returns 1) with the reason.
+start_nginx() {
+    local name=$1 upstream=$2 port dir hostport path user='' i
+    port=$(free_port)
+    dir=$OUT/$name
+    hostport=${upstream#http://}
+    path=/${hostport#*/}
+    hostport=${hostport%%/*}
+    mkdir -p "$dir"
+    # A master running as root would hand its workers to nobody (or www-data).
+    if [ "$(id -u)" = 0 ]; then user="user $(id -un) $(id -gn);"; fi
+    cat >"$dir/nginx.conf" <<NGINX_CONF
+daemon off;
+master_process on;
+worker_processes auto;
+$user
+pid $dir/nginx.pid;
+error_log $OUT/$name-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    upstream mcp_upstream {
+        server $hostport;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://mcp_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+        }
+    }
+}
+NGINX_CONF
+    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$OUT/$name-error.log" >"$OUT/$name.out" 2>"$OUT/$name.err" &
+    NGINX_PID=$!
+    PIDS+=("$NGINX_PID")
+    NGINX_URL=http://127.0.0.1:$port$path
+    # Up once it answers anything (the fixture has no 2xx for a GET on `/`).
+    for i in $(seq 1 300); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/" 2>/dev/null)" != 000 ] && break
+        if ! kill -0 "$NGINX_PID" 2>/dev/null; then
+            echo "$name exited early: $(cat "$OUT/$name.err" "$OUT/$name-error.log" 2>/dev/null | tail -n 3)" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    NGINX_WORKERS=$(cat /proc/"$NGINX_PID"/task/*/children 2>/dev/null | xargs | tr ' ' ,)
+    if [ -z "$NGINX_WORKERS" ]; then
+        echo "$name: no worker processes (see $OUT/$name.err, $OUT/$name-error.log)" >&2
+        return 1
+    fi
+    echo "  $name: $NGINX_URL, master $NGINX_PID, workers $NGINX_WORKERS" >&2
 }
 
 # cf_start NAME [SETTING=VALUE...]: one ContextForge (one uvicorn process; its
@@ -534,6 +661,7 @@ start_gateway() {
     wait_http "$base/readyz"
 }
 
+NGINX_TARGET="nginx (plain HTTP proxy, floor)"
 # --expect: mcp-gateway wraps upstream failures in a successful result.
 ECHO_ARGS=(--tool echo --args '{"message":"hello"}' --expect hello)
 GW_ECHO_ARGS=(--tool fx__echo --args '{"message":"hello"}' --expect hello)
@@ -549,9 +677,21 @@ if want echo; then
     GW1_PID=$GW_PID GW1_URL=$GW_URL
     GW_PID=$GW_DEFAULT_PID GW_URL=$GW_DEFAULT_URL
     if [ $HAVE_MCPGW = 1 ]; then start_mcpgw mcp-gateway "$FX_URL"; fi
+    NGINX_UP=0
+    if [ $HAVE_NGINX = 1 ]; then
+        if start_nginx nginx "$FX_URL"; then
+            NGINX_UP=1
+        else
+            echo "nginx: did not start; its rows are skipped" >&2
+            stop "${NGINX_PID:-}"
+        fi
+    fi
     contextforge_up || true
     for c in 1 32; do
         load echo direct "$FX_URL" $c "${ECHO_ARGS[@]}" --watch-pid "$FX_PID"
+        if [ $NGINX_UP = 1 ]; then
+            load echo "$NGINX_TARGET" "$NGINX_URL" $c "${ECHO_ARGS[@]}" --watch-pid "$NGINX_WORKERS" --watch-pid "$FX_PID"
+        fi
         load echo portcullis "$GW_URL" $c "${GW_ECHO_ARGS[@]}" --watch-pid "$GW_PID" --watch-pid "$FX_PID"
         load echo "portcullis (1 worker)" "$GW1_URL" $c "${GW_ECHO_ARGS[@]}" --watch-pid "$GW1_PID" --watch-pid "$FX_PID"
         if [ $HAVE_MCPGW = 1 ]; then
@@ -569,6 +709,21 @@ if want echo; then
     if [ $HAVE_MCPGW = 1 ]; then
         note echo mcp-gateway peak_rss_kb "$(status_kb "$MCPGW_PID" VmHWM)"
         stop "$MCPGW_PID"
+    fi
+    if [ $NGINX_UP = 1 ]; then
+        # Each process's peak (forks: shared pages count in each), and the
+        # proportional share (Pss) of all of them together now.
+        nginx_hwm=()
+        for pid in ${NGINX_WORKERS//,/ }; do nginx_hwm+=("$(status_kb "$pid" VmHWM)"); done
+        nginx_pss=$(for pid in "$NGINX_PID" ${NGINX_WORKERS//,/ }; do
+            awk '$1 == "Pss:" { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null
+        done | awk '{ s += $1 } END { print s + 0 }')
+        note echo "$NGINX_TARGET" workers "${#nginx_hwm[@]}" master_peak_rss_kb "$(status_kb "$NGINX_PID" VmHWM)" \
+            worker_peak_rss_kb "$(IFS=+ && echo "${nginx_hwm[*]}")" pss_kb "$nginx_pss"
+        if [ -s "$OUT/nginx-error.log" ]; then
+            echo "  nginx logged (see $OUT/nginx-error.log): $(tail -n 3 "$OUT/nginx-error.log")" >&2
+        fi
+        stop "$NGINX_PID"
     fi
 fi
 

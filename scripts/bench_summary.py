@@ -33,7 +33,7 @@ def main(path: str) -> int:
         by_scenario[r["scenario"]][r["concurrency"]].append(r)
 
     header = (
-        f"{'scenario':<11}{'c':>3}  {'target':<28}{'req/s':>9}{'p50':>12}{'p90':>12}{'p99':>12}{'max':>12}"
+        f"{'scenario':<11}{'c':>3}  {'target':<32}{'req/s':>9}{'p50':>12}{'p90':>12}{'p99':>12}{'max':>12}"
         f"{'x thr':>9}{'+p50':>10}{'cpu/req':>10}{'up cpu':>8}  err"
     )
     print(header)
@@ -55,7 +55,7 @@ def main(path: str) -> int:
                 # Below 10 a second (peers listing thousands of tools), decimals matter.
                 thr = f"{r['throughput']:.0f}" if r["throughput"] >= 10 else f"{r['throughput']:.2f}"
                 print(
-                    f"{scenario:<11}{c:>3}  {r['target']:<28}{thr:>9}{l['p50']:>12.1f}"
+                    f"{scenario:<11}{c:>3}  {r['target']:<32}{thr:>9}{l['p50']:>12.1f}"
                     f"{l['p90']:>12.1f}{l['p99']:>12.1f}{l['max']:>12.1f}{ratio:>9}{added:>10}{own:>10}{up:>8}"
                     f"  {r['errors']}"
                 )
@@ -72,7 +72,7 @@ def main(path: str) -> int:
             facts = ", ".join(f"{k} {v:g}" if isinstance(v, float) and not v.is_integer()
                               else f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}"
                               for k, v in n.items() if k not in ("kind", "scenario", "target"))
-            print(f"{n['scenario']:<11} {n['target']:<28} {facts}")
+            print(f"{n['scenario']:<11} {n['target']:<32} {facts}")
 
     print()
     print("targets:")
@@ -92,6 +92,14 @@ def main(path: str) -> int:
                 own, fx = g["cpu"][0]["us_per_request"], d["cpu"][0]["us_per_request"]
                 verdict = "met" if own <= fx else "MISSED"
                 print(f"  {target}: CPU per call at c={c}: {own:.1f} µs vs the fixture's own {fx:.1f} µs: {verdict}")
+    # A plain HTTP proxy in front of the same fixture: the floor of what any
+    # proxy adds on this machine.
+    for c in (1, 32):
+        d = find("echo", "direct", c)
+        floor = next((r for r in by_scenario.get("echo", {}).get(c, []) if r["target"].startswith("nginx")), None)
+        if d and floor:
+            added = floor["latency_us"]["p50"] - d["latency_us"]["p50"]
+            print(f"  floor, {floor['target']}: added median latency at c={c}: {added:.1f} µs")
     # Awake: just opened. Hibernated: once idle past `session_hibernate_after`,
     # which is what an idle session is after that long.
     for target in ("portcullis", "portcullis (hibernated)",
@@ -108,9 +116,10 @@ def line(text: str) -> int:
     """One run's report on one line, as the run ends."""
     r = json.loads(text)
     l = r["latency_us"]
-    cpu = "  ".join(f"cpu(pid {c['pid']}) {c['us_per_request']:.1f}us/req" for c in r["cpu"])
+    cpu = "  ".join(f"cpu(pid {'+'.join(map(str, c.get('pids') or [c['pid']]))}) {c['us_per_request']:.1f}us/req"
+                    for c in r["cpu"])
     print(
-        f"  {r['label']:<34} c={r['concurrency']:<3} {r['throughput']:>9.{0 if r['throughput'] >= 10 else 2}f}/s"
+        f"  {r['label']:<38} c={r['concurrency']:<3} {r['throughput']:>9.{0 if r['throughput'] >= 10 else 2}f}/s"
         f"  p50 {l['p50']:>8.1f}"
         f"  p90 {l['p90']:>8.1f}  p99 {l['p99']:>8.1f}  max {l['max']:>9.1f} us  err {r['errors']}  {cpu}"
     )

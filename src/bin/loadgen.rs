@@ -134,8 +134,10 @@ struct Cli {
     stream: bool,
     /// Report the CPU time (user + system, from `/proc/PID/stat`) this
     /// process spent during the measured window, and per request (repeatable).
-    #[arg(long = "watch-pid", value_name = "PID")]
-    watch_pids: Vec<u32>,
+    /// `PID,PID,...` counts several processes as one, their CPU summed (a
+    /// server's worker processes).
+    #[arg(long = "watch-pid", value_name = "PID[,PID...]", value_parser = parse_watch_pids)]
+    watch_pids: Vec<Vec<u32>>,
     /// A name for the run, echoed in the report.
     #[arg(long, default_value = "")]
     label: String,
@@ -716,10 +718,31 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
-/// CPU a watched process used in the measured window.
+/// A `--watch-pid` value: one pid, or several separated by commas.
+fn parse_watch_pids(s: &str) -> Result<Vec<u32>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|e| format!("not a pid: {p:?} ({e})"))
+        })
+        .collect()
+}
+
+/// User + system CPU seconds of a group of processes so far, summed; `None`
+/// if any of them cannot be read (gone).
+fn group_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| cpu_seconds(*p)).sum()
+}
+
+/// CPU a watched process (or group of processes) used in the measured window.
 #[derive(serde::Serialize)]
 struct CpuUse {
+    /// The process, or the group's first.
     pid: u32,
+    /// A group's processes, whose CPU is summed here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pids: Option<Vec<u32>>,
     cpu_s: f64,
     /// CPU microseconds per successful request.
     us_per_request: f64,
@@ -728,17 +751,21 @@ struct CpuUse {
 /// Samples the watched processes' CPU at the window's start and when `end`
 /// resolves.
 fn watch_cpu(
-    pids: Vec<u32>,
+    groups: Vec<Vec<u32>>,
     from: Instant,
     end: impl std::future::Future<Output = ()> + Send + 'static,
-) -> tokio::task::JoinHandle<Vec<(u32, Option<f64>)>> {
+) -> tokio::task::JoinHandle<Vec<(Vec<u32>, Option<f64>)>> {
     tokio::spawn(async move {
         tokio::time::sleep_until(from.into()).await;
-        let before: Vec<Option<f64>> = pids.iter().map(|p| cpu_seconds(*p)).collect();
+        let before: Vec<Option<f64>> = groups.iter().map(|g| group_cpu_seconds(g)).collect();
         end.await;
-        pids.iter()
+        groups
+            .into_iter()
             .zip(before)
-            .map(|(p, b)| (*p, b.zip(cpu_seconds(*p)).map(|(b, a)| a - b)))
+            .map(|(g, b)| {
+                let used = b.zip(group_cpu_seconds(&g)).map(|(b, a)| a - b);
+                (g, used)
+            })
             .collect()
     })
 }
@@ -754,12 +781,13 @@ fn measured_seconds(window: Duration, from: Instant, done: Instant, drain: bool)
     }
 }
 
-fn cpu_report(samples: Vec<(u32, Option<f64>)>, ok: u64) -> Vec<CpuUse> {
+fn cpu_report(samples: Vec<(Vec<u32>, Option<f64>)>, ok: u64) -> Vec<CpuUse> {
     samples
         .into_iter()
-        .filter_map(|(pid, cpu)| {
+        .filter_map(|(pids, cpu)| {
             cpu.map(|cpu_s| CpuUse {
-                pid,
+                pid: pids.first().copied().unwrap_or_default(),
+                pids: (pids.len() > 1).then_some(pids),
                 cpu_s,
                 us_per_request: if ok == 0 {
                     0.0
@@ -833,10 +861,20 @@ impl Report {
             );
         }
         for c in &self.cpu {
+            let pids = match &c.pids {
+                Some(pids) => format!(
+                    "pids {}",
+                    pids.iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join("+")
+                ),
+                None => format!("pid {}", c.pid),
+            };
             let _ = writeln!(
                 out,
-                "  pid {}: {:.2}s CPU = {:.1} us per request",
-                c.pid, c.cpu_s, c.us_per_request
+                "  {pids}: {:.2}s CPU = {:.1} us per request",
+                c.cpu_s, c.us_per_request
             );
         }
         for s in &self.error_samples {
@@ -1455,6 +1493,33 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some_and(|s| s >= 0.0));
         assert!(cpu_seconds(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn watched_pids_may_be_a_summed_group() {
+        let cli = Cli::parse_from([
+            "loadgen",
+            "http://h/mcp",
+            "--watch-pid",
+            "7",
+            "--watch-pid",
+            "8,9",
+        ]);
+        assert_eq!(cli.watch_pids, vec![vec![7], vec![8, 9]]);
+        assert!(Cli::try_parse_from(["loadgen", "http://h/mcp", "--watch-pid", "8,"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "http://h/mcp", "--watch-pid", "x"]).is_err());
+        // A group's CPU is its members' sum, and unknown if one is gone.
+        let me = std::process::id();
+        let one = cpu_seconds(me).unwrap_or_default();
+        assert!(group_cpu_seconds(&[me, me]).is_some_and(|s| s >= 2.0 * one));
+        assert!(group_cpu_seconds(&[me, u32::MAX]).is_none());
+        let report = cpu_report(vec![(vec![8, 9], Some(1.0)), (vec![7], Some(0.5))], 1000);
+        assert_eq!(
+            (report[0].pid, report[0].pids.clone()),
+            (8, Some(vec![8, 9]))
+        );
+        assert_eq!((report[1].pid, report[1].pids.clone()), (7, None));
+        assert_eq!(report[0].us_per_request, 1000.0);
     }
 
     #[test]
