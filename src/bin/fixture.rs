@@ -6,7 +6,7 @@
 //! that the suite's server scenarios call (`test_simple_text`,
 //! `test://static-text`, `test_simple_prompt`, ...), plus a few tools for the
 //! gateway's tests: `echo`, `slow` and `add`, and the gates (`gate_wait`,
-//! `gate_elicit`, `gate_open`, `gate_waiting`) that hold calls in flight
+//! `gate_elicit`, `gate_log`, `gate_open`, `gate_waiting`) that hold calls in flight
 //! until a test lets them on.
 //!
 //! Usage:

@@ -82,6 +82,11 @@ pub struct Metrics {
     pub ratelimit_in_flight: IntGaugeVec,
     /// Server-to-client requests routed back to clients, by method and outcome.
     pub client_requests_routed: IntCounterVec,
+    /// Upstream log lines, by where they were routed: `call` (the client of
+    /// the call they belong to), `connection` (every session at its level)
+    /// or `withheld` (of a call, but of which one the transport cannot say
+    /// while several sessions' calls are in flight).
+    pub upstream_log_lines: IntCounterVec,
     /// Model routing (`/v1/*` and sampling served by the router).
     pub llm: LlmMetrics,
 }
@@ -253,6 +258,11 @@ impl Metrics {
                 "portcullis_server_to_client_requests_total",
                 "Requests from upstreams (elicitation, sampling, roots) routed to downstream clients.",
                 &["mcp_method_name", "outcome"],
+            )?,
+            upstream_log_lines: counter(
+                "portcullis_upstream_log_lines_total",
+                "Log lines from upstreams, by where they were routed (call, connection, withheld).",
+                &["upstream", "route"],
             )?,
             llm: LlmMetrics::new(&registry)?,
             registry,

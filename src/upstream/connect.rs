@@ -46,6 +46,7 @@ pub(crate) async fn connect(
         .ok_or_else(|| fail("no transport configured".into()))?;
     let routes = client.routes.clone();
     let upstream = client.upstream.clone();
+    let log_lines = client.metrics.upstream_log_lines.clone();
     let lifecycle = lifecycle(protocol);
     let handshake = async {
         match transport {
@@ -53,7 +54,10 @@ pub(crate) async fn connect(
                 let child = ChildTransport::spawn(name, &stdio, seen)
                     .map_err(|e| fail(format!("spawn `{}`: {e}", stdio.command)))?;
                 client
-                    .serve_with_lifecycle(InOrder::new(child, upstream, routes), lifecycle)
+                    .serve_with_lifecycle(
+                        InOrder::new(child, upstream, routes, log_lines),
+                        lifecycle,
+                    )
                     .await
                     .map_err(|e| fail(e.to_string()))
             }
@@ -74,6 +78,7 @@ pub(crate) async fn connect(
                     ),
                     upstream,
                     routes,
+                    log_lines,
                 );
                 client
                     .serve_with_lifecycle(transport, lifecycle)
@@ -93,7 +98,7 @@ pub(crate) async fn connect(
                 .await
                 .map_err(|e| fail(e.to_string()))?;
                 client
-                    .serve(InOrder::new(transport, upstream, routes))
+                    .serve(InOrder::new(transport, upstream, routes, log_lines))
                     .await
                     .map_err(|e| fail(e.to_string()))
             }

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::model::{JsonRpcMessage, ServerNotification};
+use prometheus::IntCounterVec;
+use rmcp::model::{JsonRpcMessage, LoggingLevel, ServerNotification};
 use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 
@@ -23,16 +24,36 @@ pub(crate) struct InOrder<T> {
     inner: T,
     upstream: Arc<str>,
     routes: Arc<Routes>,
+    /// `portcullis_upstream_log_lines_total`.
+    log_lines: IntCounterVec,
 }
 
 impl<T> InOrder<T> {
-    /// Wraps `inner`; notifications go to the callers registered in `routes`.
-    pub(crate) fn new(inner: T, upstream: Arc<str>, routes: Arc<Routes>) -> Self {
+    /// Wraps `inner`; notifications go to the callers registered in
+    /// `routes`, and log lines are counted in `log_lines` by route.
+    pub(crate) fn new(
+        inner: T,
+        upstream: Arc<str>,
+        routes: Arc<Routes>,
+        log_lines: IntCounterVec,
+    ) -> Self {
         InOrder {
             inner,
             upstream,
             routes,
+            log_lines,
         }
+    }
+
+    fn withhold(&self, level: LoggingLevel, why: &str) {
+        tracing::debug!(upstream = %self.upstream, ?level, "upstream log line {why}: withheld");
+        self.count_line("withheld");
+    }
+
+    fn count_line(&self, route: &str) {
+        self.log_lines
+            .with_label_values(&[&*self.upstream, route])
+            .inc();
     }
 }
 
@@ -61,27 +82,47 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
                     }
                 }
                 ServerNotification::LoggingMessageNotification(log) => {
-                    // Only a line that arrived on a call's own stream
-                    // belongs to that call (marked so by the HTTP client,
-                    // see `related`): it goes to that call's client. The
-                    // rest go to every session. Where the transport cannot
-                    // say (stdio), a 2026-07-28 caller has no session to
-                    // get them: the latest call gets it if it is such a
-                    // caller and its session the only one in flight (as
-                    // for server-to-client requests).
-                    let marked = match related::take(&mut log.extensions) {
-                        Some(id) => self.routes.caller_of(&id, Duration::ZERO).await,
-                        None => None,
-                    };
-                    let caller = match marked {
-                        Some(caller) => caller,
-                        // Not waited for: this loop also carries what the
-                        // registering call may be waiting on.
+                    // A line that arrived on a call's own stream belongs to
+                    // that call (marked so by the HTTP client, see
+                    // `related`): it goes to that call's client. Any other
+                    // line may still be about a call: stdio and legacy SSE
+                    // cannot say, and rmcp's servers send every line on
+                    // the GET stream. So it is the latest call's while
+                    // every call in flight is one session's (as for
+                    // server-to-client requests); while calls of several
+                    // sessions are in flight it could be any of theirs,
+                    // and showing it to all of them could show one user
+                    // what another's call logged: it is withheld. Only a
+                    // line with no call in flight is the connection's, for
+                    // every session at its level.
+                    // Neither lookup waits: this loop also carries what a
+                    // registering call may be waiting on.
+                    let caller = match related::take(&mut log.extensions) {
+                        Some(id) => match self.routes.caller_of(&id, Duration::ZERO).await {
+                            Some(caller) => caller,
+                            // Its call is over (or not registered yet): it
+                            // is that call's, so it is nobody else's.
+                            None => {
+                                self.withhold(log.params.level, "of a call no longer in flight");
+                                continue;
+                            }
+                        },
                         None => match self.routes.unassociated(Duration::ZERO).await {
-                            Guess::Caller(c) if !c.legacy => c,
-                            _ => return Some(message),
+                            Guess::Caller(c) => c,
+                            Guess::Ambiguous { .. } => {
+                                self.withhold(
+                                    log.params.level,
+                                    "of no known call while calls of several sessions are in flight",
+                                );
+                                continue;
+                            }
+                            Guess::Nobody => {
+                                self.count_line("connection");
+                                return Some(message);
+                            }
                         },
                     };
+                    self.count_line("call");
                     let mut params = log.params.clone();
                     if caller.wants_log(params.level) {
                         if params.logger.is_none() {
@@ -99,5 +140,64 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
 
     fn close(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
         self.inner.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::ServerJsonRpcMessage;
+    use rmcp::transport::sink_stream::SinkStreamTransport;
+    use serde_json::json;
+
+    fn line(data: &str, marked: Option<u64>) -> ServerJsonRpcMessage {
+        let mut params = json!({ "level": "info", "data": data });
+        if let Some(id) = marked {
+            params["_meta"] = json!({ related::RELATED: id });
+        }
+        serde_json::from_value(json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/message",
+            "params": params,
+        }))
+        .expect("a log notification")
+    }
+
+    #[tokio::test]
+    async fn a_marked_line_of_no_call_is_withheld_and_a_line_of_no_call_in_flight_is_the_connections(
+    ) {
+        let log_lines = IntCounterVec::new(
+            prometheus::Opts::new("lines", "test"),
+            &["upstream", "route"],
+        )
+        .expect("a counter");
+        let messages = vec![
+            line("of a call that ended", Some(7)),
+            line("hello all", None),
+        ];
+        let mut transport = InOrder::new(
+            SinkStreamTransport::new(futures::sink::drain(), futures::stream::iter(messages)),
+            "up".into(),
+            Arc::new(Routes::default()),
+            log_lines.clone(),
+        );
+        // The marked line is nobody's (its call is not in flight); the
+        // unmarked one, with no call in flight, goes on to every session.
+        let passed = Transport::<RoleClient>::receive(&mut transport).await;
+        let Some(JsonRpcMessage::Notification(n)) = passed else {
+            panic!("expected the connection's line, got {passed:?}");
+        };
+        let ServerNotification::LoggingMessageNotification(log) = n.notification else {
+            panic!("expected a log line");
+        };
+        assert_eq!(log.params.data, json!("hello all"));
+        assert!(Transport::<RoleClient>::receive(&mut transport)
+            .await
+            .is_none());
+        let count = |route: &str| log_lines.with_label_values(&["up", route]).get();
+        assert_eq!(
+            (count("withheld"), count("connection"), count("call")),
+            (1, 1, 0)
+        );
     }
 }

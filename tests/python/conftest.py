@@ -256,6 +256,21 @@ def run(coro):
     return asyncio.run(asyncio.wait_for(coro, timeout=120))
 
 
+async def text(call) -> str:
+    """The first text block of a tool call's result."""
+    return (await call).content[0].text
+
+
+async def until_waiting(client, gate: str) -> None:
+    """Polls the fixture's `gate_waiting` (through `client`, as `fx__`)
+    until one call waits at `gate`: the fixture's gates hold calls in
+    flight, so a test can have several sessions' calls in flight at once."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while await text(client.call_tool("fx__gate_waiting", {"gate": gate})) != "1":
+        assert asyncio.get_running_loop().time() < deadline, f"no call waits at {gate}"
+        await asyncio.sleep(0.02)
+
+
 @contextlib.asynccontextmanager
 async def mcp_session(url: str, headers: dict[str, str] | None = None, **session_kwargs):
     """An initialized `mcp` ClientSession over streamable HTTP that sends

@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from conftest import everything_stdio, fixture_stdio, metric, run, time_stdio
+from conftest import everything_stdio, fixture_stdio, metric, run, text, time_stdio, until_waiting
 
 
 @pytest.fixture
@@ -145,15 +145,6 @@ def test_a_question_goes_to_its_call_and_is_never_guessed_across_sessions(procs,
             return types.ElicitResult(action="accept", content={"name": who})
 
         return elicit
-
-    async def text(call) -> str:
-        return (await call).content[0].text
-
-    async def until_waiting(c, gate: str):
-        deadline = asyncio.get_running_loop().time() + 30
-        while await text(c.call_tool("fx__gate_waiting", {"gate": gate})) != "1":
-            assert asyncio.get_running_loop().time() < deadline, f"no call waits at {gate}"
-            await asyncio.sleep(0.02)
 
     async def go():
         async with (

@@ -11,7 +11,7 @@ import mcp.types as types
 import pytest
 from mcp import Client
 
-from conftest import everything_stdio, run, time_stdio
+from conftest import everything_stdio, fixture_stdio, metric, run, text, time_stdio, until_waiting
 
 
 @pytest.fixture
@@ -22,24 +22,36 @@ def gateway(procs):
 
 
 def test_logging_messages_reach_the_client_at_its_level(gateway):
+    """The reference server's simulated log lines come every 5 s, outside
+    any call: they are the connection's, and reach every session at its
+    level."""
+
     async def go():
-        got: list[types.LoggingMessageNotificationParams] = []
-        arrived = asyncio.Event()
+        got: dict[str, list[types.LoggingMessageNotificationParams]] = {"a": [], "b": []}
+        arrived = {"a": asyncio.Event(), "b": asyncio.Event()}
 
-        async def on_log(params):
-            got.append(params)
-            arrived.set()
+        def listener(who):
+            async def on_log(params):
+                got[who].append(params)
+                arrived[who].set()
 
-        async with Client(gateway.url, mode="legacy", logging_callback=on_log) as c:
-            await c.set_logging_level("debug")
-            await c.call_tool("everything__toggle-simulated-logging", {})
-            await asyncio.wait_for(arrived.wait(), 30)
-            await c.call_tool("everything__toggle-simulated-logging", {})
+            return on_log
+
+        async with (
+            Client(gateway.url, mode="legacy", logging_callback=listener("a")) as a,
+            Client(gateway.url, mode="legacy", logging_callback=listener("b")) as b,
+        ):
+            await a.set_logging_level("debug")
+            await b.set_logging_level("debug")
+            await a.call_tool("everything__toggle-simulated-logging", {})
+            await asyncio.wait_for(asyncio.gather(arrived["a"].wait(), arrived["b"].wait()), 30)
+            await a.call_tool("everything__toggle-simulated-logging", {})
         return got
 
     got = run(go())
-    assert got[0].level in {"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"}
-    assert got[0].data
+    for lines in got.values():
+        assert lines[0].level in {"debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"}
+        assert lines[0].data
 
 
 def test_resource_subscription_updates_reach_the_subscriber(gateway):
@@ -103,8 +115,9 @@ def test_ping(gateway):
 def test_a_calls_log_lines_reach_only_its_own_client(procs):
     """Log lines an HTTP upstream sends on a call's own stream (the Python
     SDK's `ctx.log`) are that call's: another session at the same level does
-    not get them, while a line the upstream sends to the whole connection
-    reaches both."""
+    not get them. A line sent to the whole connection (the GET stream)
+    while only one session's call is in flight goes to that session only:
+    rmcp's servers send every line there, a call's too."""
     script = Path(__file__).with_name("log_upstream.py")
     url = procs.listening("log-upstream", [sys.executable, str(script)])
     gw = procs.gateway({"upstreams": {"lg": {"http": {"url": url}, "protocol": "legacy"}}})
@@ -115,7 +128,7 @@ def test_a_calls_log_lines_reach_only_its_own_client(procs):
     def listener(who):
         async def on_log(params):
             lines[who].append(str(params.data))
-            if params.data == "to everyone":
+            if params.data == f"to {who}":
                 heard[who].set()
 
         return on_log
@@ -128,12 +141,67 @@ def test_a_calls_log_lines_reach_only_its_own_client(procs):
             await a.set_logging_level("info")
             await b.set_logging_level("info")
             assert (await a.call_tool("lg__log_lines", {})).content[0].text == "logged"
-            # The connection-wide line comes after the call's lines (a full
-            # round trip later); once B has it, B would have had theirs.
-            assert (await a.call_tool("lg__log_to_connection", {"message": "to everyone"})).content[0].text == "logged"
-            await asyncio.wait_for(asyncio.gather(heard["a"].wait(), heard["b"].wait()), 30)
+            assert (await a.call_tool("lg__log_to_connection", {"message": "to a"})).content[0].text == "logged"
+            await asyncio.wait_for(heard["a"].wait(), 30)
+            # B's line comes a full round trip after A's were routed.
+            assert (await b.call_tool("lg__log_to_connection", {"message": "to b"})).content[0].text == "logged"
+            await asyncio.wait_for(heard["b"].wait(), 30)
 
     run(go())
-    call_lines = ["call started", "call working", "call done"]
-    assert [l for l in lines["a"] if l in call_lines] == call_lines, lines
-    assert not [l for l in lines["b"] if l in call_lines], lines
+    assert lines["a"] == ["call started", "call working", "call done", "to a"], lines
+    assert lines["b"] == ["to b"], lines
+    assert metric(gw, "portcullis_upstream_log_lines_total", upstream="lg", route="call") == 5
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_calls_log_lines_are_never_guessed_across_sessions(procs, transport):
+    """A stdio upstream cannot say which call a log line is about, nor can
+    an rmcp server over streamable HTTP, which sends a call's lines on its
+    GET stream. With one session's calls in flight the line is that
+    session's, and only its; while calls of several sessions are in flight
+    it could be any of theirs, so it is withheld (counted) rather than
+    shown to them all, which could show one user what another's call
+    logged. The fixture's gates hold calls in flight."""
+    upstream = fixture_stdio() if transport == "stdio" else {"http": {"url": procs.fixture_http()}}
+    gw = procs.gateway({"upstreams": {"fx": upstream}})
+    gw.wait_up("fx")
+    lines: dict[str, list[str]] = {"a": [], "b": []}
+
+    def listener(who):
+        async def on_log(params):
+            lines[who].append(str(params.data))
+
+        return on_log
+
+    async def go():
+        async with (
+            Client(gw.url, mode="legacy", logging_callback=listener("a")) as a,
+            Client(gw.url, mode="legacy", logging_callback=listener("b")) as b,
+            Client(gw.url, mode="legacy") as ctl,
+        ):
+            await a.set_logging_level("info")
+            await b.set_logging_level("info")
+            # Only A's session has calls in flight: A's line.
+            await ctl.call_tool("fx__gate_open", {"gate": "g0"})
+            assert await text(a.call_tool("fx__gate_log", {"gate": "g0"})) == "logged g0"
+            # A's call logs while B's call is in flight too.
+            mine = asyncio.create_task(text(a.call_tool("fx__gate_log", {"gate": "g1"})))
+            await until_waiting(ctl, "g1")
+            theirs = asyncio.create_task(text(b.call_tool("fx__gate_wait", {"gate": "g2"})))
+            await until_waiting(ctl, "g2")
+            await ctl.call_tool("fx__gate_open", {"gate": "g1"})
+            assert await mine == "logged g1"
+            await ctl.call_tool("fx__gate_open", {"gate": "g2"})
+            assert await theirs == "passed g2"
+            # B's own line, alone in flight, comes after anything the
+            # gateway would have handed B of A's.
+            await ctl.call_tool("fx__gate_open", {"gate": "g3"})
+            assert await text(b.call_tool("fx__gate_log", {"gate": "g3"})) == "logged g3"
+
+    run(go())
+    # rmcp's servers (the fixture) send a call's lines on the GET stream,
+    # which says no more than stdio does: both transports route alike.
+    assert lines["a"] == ["g0 logged"], lines
+    assert lines["b"] == ["g3 logged"], lines
+    assert metric(gw, "portcullis_upstream_log_lines_total", upstream="fx", route="withheld") == 1
+    assert metric(gw, "portcullis_upstream_log_lines_total", upstream="fx", route="call") == 2
