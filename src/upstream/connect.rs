@@ -55,7 +55,7 @@ pub(crate) async fn connect(
                     .map_err(|e| fail(format!("spawn `{}`: {e}", stdio.command)))?;
                 client
                     .serve_with_lifecycle(
-                        InOrder::new(child, upstream, routes, log_lines),
+                        InOrder::new(child, upstream, routes, false, log_lines),
                         lifecycle,
                     )
                     .await
@@ -78,6 +78,7 @@ pub(crate) async fn connect(
                     ),
                     upstream,
                     routes,
+                    true,
                     log_lines,
                 );
                 client
@@ -98,7 +99,7 @@ pub(crate) async fn connect(
                 .await
                 .map_err(|e| fail(e.to_string()))?;
                 client
-                    .serve(InOrder::new(transport, upstream, routes, log_lines))
+                    .serve(InOrder::new(transport, upstream, routes, false, log_lines))
                     .await
                     .map_err(|e| fail(e.to_string()))
             }

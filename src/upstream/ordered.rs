@@ -24,6 +24,15 @@ pub(crate) struct InOrder<T> {
     inner: T,
     upstream: Arc<str>,
     routes: Arc<Routes>,
+    /// The transport marks the log lines sent on a call's own stream
+    /// (streamable HTTP, see `related`). An unmarked line there came on
+    /// the session's GET stream, whose messages the specification says
+    /// should be unrelated to the client's requests in flight, and which
+    /// may overtake or trail a call's answer on its own stream: it is the
+    /// connection's. Over stdio and legacy SSE one stream carries
+    /// everything in the server's order, and nothing says which call a
+    /// line is about.
+    marks_calls: bool,
     /// `portcullis_upstream_log_lines_total`.
     log_lines: IntCounterVec,
 }
@@ -31,16 +40,19 @@ pub(crate) struct InOrder<T> {
 impl<T> InOrder<T> {
     /// Wraps `inner`; notifications go to the callers registered in
     /// `routes`, and log lines are counted in `log_lines` by route.
+    /// `marks_calls`: see the field.
     pub(crate) fn new(
         inner: T,
         upstream: Arc<str>,
         routes: Arc<Routes>,
+        marks_calls: bool,
         log_lines: IntCounterVec,
     ) -> Self {
         InOrder {
             inner,
             upstream,
             routes,
+            marks_calls,
             log_lines,
         }
     }
@@ -84,17 +96,17 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
                 ServerNotification::LoggingMessageNotification(log) => {
                     // A line that arrived on a call's own stream belongs to
                     // that call (marked so by the HTTP client, see
-                    // `related`): it goes to that call's client. Any other
-                    // line may still be about a call: stdio and legacy SSE
-                    // cannot say, and rmcp's servers send every line on
-                    // the GET stream. So it is the latest call's while
-                    // every call in flight is one session's (as for
-                    // server-to-client requests); while calls of several
-                    // sessions are in flight it could be any of theirs,
-                    // and showing it to all of them could show one user
-                    // what another's call logged: it is withheld. Only a
-                    // line with no call in flight is the connection's, for
-                    // every session at its level.
+                    // `related`): it goes to that call's client. Where the
+                    // transport cannot say (stdio, legacy SSE), a line is
+                    // the latest call's while every call in flight is one
+                    // session's (as for server-to-client requests); while
+                    // calls of several sessions are in flight it could be
+                    // any of theirs, and showing it to all of them could
+                    // show one user what another's call logged: it is
+                    // withheld. A line with no call in flight, or an
+                    // unmarked one on HTTP, is the connection's, for every
+                    // session at its level; a 2026-07-28 caller has no
+                    // session to get those, so it gets the guess.
                     // Neither lookup waits: this loop also carries what a
                     // registering call may be waiting on.
                     let caller = match related::take(&mut log.extensions) {
@@ -108,15 +120,15 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
                             }
                         },
                         None => match self.routes.unassociated(Duration::ZERO).await {
-                            Guess::Caller(c) => c,
-                            Guess::Ambiguous { .. } => {
+                            Guess::Caller(c) if !self.marks_calls || !c.legacy => c,
+                            Guess::Ambiguous { .. } if !self.marks_calls => {
                                 self.withhold(
                                     log.params.level,
                                     "of no known call while calls of several sessions are in flight",
                                 );
                                 continue;
                             }
-                            Guess::Nobody => {
+                            _ => {
                                 self.count_line("connection");
                                 return Some(message);
                             }
@@ -179,6 +191,7 @@ mod tests {
             SinkStreamTransport::new(futures::sink::drain(), futures::stream::iter(messages)),
             "up".into(),
             Arc::new(Routes::default()),
+            false,
             log_lines.clone(),
         );
         // The marked line is nobody's (its call is not in flight); the
