@@ -20,7 +20,9 @@ pub use stdio::stdio;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -333,6 +335,53 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     resp
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection builder for the protocol the client's first bytes show,
+/// read without consuming them. hyper-util's auto-detection reads them and
+/// hands them back to HTTP/1 in a read of their own, after which hyper
+/// doubles its read buffer to 16 KB, kept for the connection's life: for a
+/// client holding an SSE stream open that is 8 KB per idle connection. So
+/// HTTP/1 (every request line differs from the HTTP/2 preface within its
+/// first two bytes) and HTTP/2 are chosen here, and only a client that has
+/// sent part of the preface is left to hyper-util's detection.
+async fn version(
+    stream: &tokio::net::TcpStream,
+) -> std::io::Result<hyper_util::server::conn::auto::Builder<TokioExecutor>> {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut first = [0u8; H2_PREFACE.len()];
+    let n = stream.peek(&mut first).await?;
+    Ok(match protocol(&first[..n]) {
+        Some(Protocol::Http1) => builder.http1_only(),
+        Some(Protocol::Http2) => builder.http2_only(),
+        None => builder,
+    })
+}
+
+/// The protocols the listener serves.
+#[derive(Debug, PartialEq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The protocol `first` (a connection's first bytes) shows, if it can say
+/// yet: HTTP/2 only with the whole preface, HTTP/1 as soon as a byte
+/// differs from it, nothing for a part of the preface or no bytes (a
+/// closed connection, left to hyper to end).
+fn protocol(first: &[u8]) -> Option<Protocol> {
+    if first.is_empty() {
+        None
+    } else if !H2_PREFACE.starts_with(first) {
+        Some(Protocol::Http1)
+    } else if first.len() == H2_PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
+}
+
 /// Binds the listener. Separate from [`serve`] so the caller can print the
 /// bound address (port 0 picks one) before serving.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -364,11 +413,21 @@ pub async fn serve(
         }
         let router = router.clone();
         tokio::spawn(async move {
+            // Boxed: hyper keeps a slot the size of this future for the
+            // connection's whole life (5 KB; the router's future is large),
+            // and an SSE client holds its connection open while idle.
             let service = hyper::service::service_fn(move |req| {
                 let router = router.clone();
-                async move { Ok::<_, Infallible>(router.handle(req).await) }
+                Box::pin(async move { Ok::<_, Infallible>(router.handle(req).await) })
+                    as Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>>
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let builder = match version(&stream).await {
+                Ok(builder) => builder,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection ended before a request");
+                    return;
+                }
+            };
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -376,5 +435,25 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_choose_the_protocol() {
+        assert_eq!(protocol(b"GET /mcp HTTP/1.1\r\n"), Some(Protocol::Http1));
+        // "POST" and "PRI " part at their second byte.
+        assert_eq!(protocol(b"PO"), Some(Protocol::Http1));
+        assert_eq!(
+            protocol(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Protocol::Http2)
+        );
+        // Part of the preface, or nothing yet: left to hyper-util.
+        assert_eq!(protocol(b"P"), None);
+        assert_eq!(protocol(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(protocol(b""), None);
     }
 }
