@@ -11,13 +11,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use rmcp::model::{JsonRpcMessage, LoggingLevel, ServerNotification};
+use rmcp::model::{Extensions, JsonRpcMessage, NotificationMetaObject, ServerNotification};
 use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
 
 use super::client::forward_progress;
 use super::related;
-use super::routes::{Guess, Routes};
+use super::routes::{Caller, Guess, Routes};
+use super::tasks;
+
+/// Where an upstream's log line goes.
+enum LineRoute {
+    /// To this call's (or task's) client.
+    Caller(Arc<Caller>),
+    /// To every session at its level.
+    Connection,
+    /// To nobody, and why.
+    Withheld(&'static str),
+}
 
 /// A transport that forwards a call's notifications as it receives them.
 pub(crate) struct InOrder<T> {
@@ -57,9 +68,49 @@ impl<T> InOrder<T> {
         }
     }
 
-    fn withhold(&self, level: LoggingLevel, why: &str) {
-        tracing::debug!(upstream = %self.upstream, ?level, "upstream log line {why}: withheld");
-        self.count_line("withheld");
+    /// Where a log line goes, taking off the mark `related` put on it.
+    ///
+    /// A line the server marked as a task's (2025 tasks' related-task
+    /// `_meta`) is the task owner's, whatever is in flight. A line that
+    /// arrived on a call's own stream belongs to that call (marked so by
+    /// the HTTP client, see `related`). Where the transport cannot say
+    /// (stdio, legacy SSE: one stream, in the server's order), a line is the
+    /// latest call's while every call in flight is one session's (as for
+    /// server-to-client requests); while calls of several sessions are in
+    /// flight it could be any of theirs, and showing it to all of them
+    /// could show one user what another's call logged. A line with no call
+    /// in flight, or an unmarked one on HTTP (the GET stream, whose lines
+    /// may trail their call's answer), is the connection's, for every
+    /// session at its level; a 2026-07-28 caller has no session to get
+    /// those, so it gets the guess. Nothing here waits: this loop also
+    /// carries what a registering call may be waiting on.
+    async fn route_line(
+        routes: &Routes,
+        marks_calls: bool,
+        extensions: &mut Extensions,
+    ) -> LineRoute {
+        let owner = extensions
+            .get::<NotificationMetaObject>()
+            .and_then(|meta| tasks::route_of(routes, &meta.0 .0));
+        let marked = related::take(extensions);
+        if let Some((route, _)) = owner {
+            return LineRoute::Caller(route.caller);
+        }
+        if let Some(id) = marked {
+            return match routes.caller_of(&id, Duration::ZERO).await {
+                Some(caller) => LineRoute::Caller(caller),
+                // Its call is over (or not registered yet): it is that
+                // call's, so it is nobody else's.
+                None => LineRoute::Withheld("of a call no longer in flight"),
+            };
+        }
+        match routes.unassociated(Duration::ZERO).await {
+            Guess::Caller(c) if !marks_calls || !c.legacy => LineRoute::Caller(c),
+            Guess::Ambiguous { .. } if !marks_calls => LineRoute::Withheld(
+                "of no known call while calls of several sessions are in flight",
+            ),
+            _ => LineRoute::Connection,
+        }
     }
 
     fn count_line(&self, route: &str) {
@@ -94,45 +145,23 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
                     }
                 }
                 ServerNotification::LoggingMessageNotification(log) => {
-                    // A line that arrived on a call's own stream belongs to
-                    // that call (marked so by the HTTP client, see
-                    // `related`): it goes to that call's client. Where the
-                    // transport cannot say (stdio, legacy SSE), a line is
-                    // the latest call's while every call in flight is one
-                    // session's (as for server-to-client requests); while
-                    // calls of several sessions are in flight it could be
-                    // any of theirs, and showing it to all of them could
-                    // show one user what another's call logged: it is
-                    // withheld. A line with no call in flight, or an
-                    // unmarked one on HTTP, is the connection's, for every
-                    // session at its level; a 2026-07-28 caller has no
-                    // session to get those, so it gets the guess.
-                    // Neither lookup waits: this loop also carries what a
-                    // registering call may be waiting on.
-                    let caller = match related::take(&mut log.extensions) {
-                        Some(id) => match self.routes.caller_of(&id, Duration::ZERO).await {
-                            Some(caller) => caller,
-                            // Its call is over (or not registered yet): it
-                            // is that call's, so it is nobody else's.
-                            None => {
-                                self.withhold(log.params.level, "of a call no longer in flight");
-                                continue;
-                            }
-                        },
-                        None => match self.routes.unassociated(Duration::ZERO).await {
-                            Guess::Caller(c) if !self.marks_calls || !c.legacy => c,
-                            Guess::Ambiguous { .. } if !self.marks_calls => {
-                                self.withhold(
-                                    log.params.level,
-                                    "of no known call while calls of several sessions are in flight",
-                                );
-                                continue;
-                            }
-                            _ => {
-                                self.count_line("connection");
-                                return Some(message);
-                            }
-                        },
+                    let caller = match Self::route_line(
+                        &self.routes,
+                        self.marks_calls,
+                        &mut log.extensions,
+                    )
+                    .await
+                    {
+                        LineRoute::Caller(caller) => caller,
+                        LineRoute::Withheld(why) => {
+                            tracing::debug!(upstream = %self.upstream, level = ?log.params.level, "upstream log line {why}: withheld");
+                            self.count_line("withheld");
+                            continue;
+                        }
+                        LineRoute::Connection => {
+                            self.count_line("connection");
+                            return Some(message);
+                        }
                     };
                     self.count_line("call");
                     let mut params = log.params.clone();

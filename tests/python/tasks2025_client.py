@@ -37,11 +37,12 @@ async def elicit(context, params: types.ElicitRequestParams):
 
 ELICITED: list[dict] = []
 PROGRESS: list[list] = []
+LOGS: list = []
 STATUS: list[dict] = []
 
 
 async def notified(message) -> None:
-    """Records progress and task status notifications, whenever they come."""
+    """Records progress, task status and log notifications, whenever they come."""
     if not isinstance(message, types.ServerNotification):
         return
     n = message.root
@@ -49,6 +50,8 @@ async def notified(message) -> None:
         PROGRESS.append([n.params.progressToken, n.params.progress, n.params.message])
     elif isinstance(n, types.TaskStatusNotification):
         STATUS.append({"taskId": n.params.taskId, "status": n.params.status, "message": n.params.statusMessage})
+    elif isinstance(n, types.LoggingMessageNotification):
+        LOGS.append(n.params.data)
 
 
 async def until(session: ClientSession, task_id: str, statuses: set[str]) -> types.GetTaskResult:
@@ -130,7 +133,7 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
         out["task_id"] = task_id
         # Progress and status arrive after the call returned the task.
         for _ in range(400):
-            if any(p[0] == "tok-1" for p in PROGRESS) and STATUS:
+            if any(p[0] == "tok-1" for p in PROGRESS) and STATUS and LOGS:
                 break
             await asyncio.sleep(0.05)
         await session.call_tool("up__release", {})
@@ -142,6 +145,7 @@ async def scenario(session: ClientSession, name: str, arg: str | None) -> dict:
             await asyncio.sleep(0.05)
         out["progress"] = PROGRESS
         out["status"] = STATUS
+        out["logs"] = LOGS
     elif name == "guarded":
         # `arg` is a topic the report repeats; the policy denies this caller
         # the tool when the topic is "denied".

@@ -3,7 +3,8 @@
 answering every POST with a JSON body, never an SSE stream (it prints
 `listening on URL` first, on a port the OS chose). `report` creates a task
 that, after the task was handed back, reports progress under the call's
-progress token and sends `notifications/tasks/status`, then completes once
+progress token, sends `notifications/tasks/status` and a log line marked
+with the task's related-task `_meta`, then completes once
 the test says so (by calling `release`); `ask` creates a task that asks the
 client a question (elicitation marked with the task's related-task
 `_meta`) and answers with the reply."""
@@ -63,6 +64,18 @@ async def call_tool(name: str, arguments: dict) -> types.CallToolResult | types.
         if token is not None:
             await session.send_progress_notification(token, 1, 2, "half")
         await task.update_status("halfway")
+        # A log line about the task, marked as the task's.
+        await session.send_notification(
+            types.ServerNotification(
+                types.LoggingMessageNotification(
+                    params=types.LoggingMessageNotificationParams(
+                        level="info",
+                        data="task halfway",
+                        _meta={"io.modelcontextprotocol/related-task": {"taskId": task.task_id}},
+                    )
+                )
+            )
+        )
         await RELEASE.wait()
         if token is not None:
             await session.send_progress_notification(token, 2, 2, "done")

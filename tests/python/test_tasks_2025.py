@@ -6,6 +6,7 @@ task ids, which open for no other identity."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mcp import Client
 
-from conftest import PEERS, everything_stdio, fixture_stdio, http_get, legacy_initialize, wait_for
+from conftest import PEERS, everything_stdio, fixture_stdio, http_get, legacy_initialize, run, wait_for
 from conftest import metric as gateway_metric
 from test_cancel import upstream_cancellations
 
@@ -322,6 +324,33 @@ def test_progress_and_status_after_the_call_reach_the_owner_under_its_ids(procs)
     assert [p[2] for p in seen["progress"]] == ["half", "done"]
     statuses = [s for s in seen["status"] if s["message"] == "halfway"]
     assert statuses and all(s["taskId"] == task_id for s in seen["status"]), seen["status"]
+
+
+def test_a_log_line_marked_with_its_task_reaches_only_the_owner(procs):
+    """A stdio upstream's log line with the related-task `_meta`, sent while
+    no call is in flight, is the task's: it reaches the session that owns
+    the task and no other session, though that one listens at the same
+    level (it would reach every session as the connection's)."""
+    upstream = {"stdio": {"command": str(PYTHON1), "args": [str(UPSTREAM)]}}
+    gw = procs.gateway({"upstreams": {"up": upstream}})
+    gw.wait_up("up")
+    other: list[str] = []
+
+    async def on_log(params):
+        other.append(str(params.data))
+
+    async def go():
+        async with Client(gw.url, mode="legacy", logging_callback=on_log) as bystander:
+            await bystander.set_logging_level("info")
+            # The owner's scenario runs on well after the line (it releases
+            # the task and fetches its result), time for a line handed to
+            # every session to have reached this one too.
+            return await asyncio.to_thread(client, gw, "", "notify")
+
+    seen = run(go())
+    assert seen["logs"] == ["task halfway"], seen
+    assert "task halfway" not in other, other
+    assert gateway_metric(gw, "portcullis_upstream_log_lines_total", upstream="up", route="call") == 1
 
 
 def test_a_question_marked_with_its_task_reaches_the_owner_under_its_id(procs):
