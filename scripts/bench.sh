@@ -244,14 +244,18 @@ fi
 # first if it is missing and we are root or sudo works without a password;
 # otherwise says why and returns 1. Sets NGINX.
 NGINX=
+# find_nginx: sets NGINX to nginx on PATH or in /usr/sbin (root's PATH), or empty.
+find_nginx() {
+    NGINX=$(command -v nginx 2>/dev/null || true)
+    if [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ]; then NGINX=/usr/sbin/nginx; fi
+}
 nginx_peer() {
     local as_root=()
     if [ "${BENCH_NGINX:-auto}" = skip ]; then
         echo "nginx: skipped by request; its rows are skipped" >&2
         return 1
     fi
-    NGINX=$(command -v nginx 2>/dev/null || true)
-    if [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ]; then NGINX=/usr/sbin/nginx; fi
+    find_nginx
     if [ -z "$NGINX" ]; then
         if [ "$(id -u)" != 0 ]; then
             if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
@@ -270,8 +274,7 @@ nginx_peer() {
             echo "nginx install failed (see $OUT/nginx-install.log); its rows are skipped" >&2
             return 1
         fi
-        NGINX=$(command -v nginx 2>/dev/null || true)
-        if [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ]; then NGINX=/usr/sbin/nginx; fi
+        find_nginx
     fi
     [ -n "$NGINX" ] && return 0
     echo "nginx: no nginx binary after install (see $OUT/nginx-install.log); its rows are skipped" >&2

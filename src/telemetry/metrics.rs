@@ -83,9 +83,10 @@ pub struct Metrics {
     /// Server-to-client requests routed back to clients, by method and outcome.
     pub client_requests_routed: IntCounterVec,
     /// Upstream log lines, by where they were routed: `call` (the client of
-    /// the call they belong to), `connection` (every session at its level)
-    /// or `withheld` (of a call, but of which one the transport cannot say
-    /// while several sessions' calls are in flight).
+    /// the call or 2025 task they belong to), `connection` (every session
+    /// at its level) or `withheld` (of a call, but of one that has ended,
+    /// or of which one the transport cannot say while several sessions'
+    /// calls are in flight).
     pub upstream_log_lines: IntCounterVec,
     /// Model routing (`/v1/*` and sampling served by the router).
     pub llm: LlmMetrics,

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::IntCounterVec;
+use prometheus::{IntCounter, IntCounterVec};
 use rmcp::model::{Extensions, JsonRpcMessage, NotificationMetaObject, ServerNotification};
 use rmcp::service::{RoleClient, RxJsonRpcMessage, TxJsonRpcMessage};
 use rmcp::transport::Transport;
@@ -44,8 +44,15 @@ pub(crate) struct InOrder<T> {
     /// everything in the server's order, and nothing says which call a
     /// line is about.
     marks_calls: bool,
-    /// `portcullis_upstream_log_lines_total`.
-    log_lines: IntCounterVec,
+    /// This upstream's `portcullis_upstream_log_lines_total`, by route.
+    lines: LineCounts,
+}
+
+/// The counters of one upstream's log lines, one per route, looked up once.
+struct LineCounts {
+    call: IntCounter,
+    connection: IntCounter,
+    withheld: IntCounter,
 }
 
 impl<T> InOrder<T> {
@@ -59,12 +66,18 @@ impl<T> InOrder<T> {
         marks_calls: bool,
         log_lines: IntCounterVec,
     ) -> Self {
+        let count = |route: &str| log_lines.with_label_values(&[&*upstream, route]);
+        let lines = LineCounts {
+            call: count("call"),
+            connection: count("connection"),
+            withheld: count("withheld"),
+        };
         InOrder {
             inner,
             upstream,
             routes,
             marks_calls,
-            log_lines,
+            lines,
         }
     }
 
@@ -112,12 +125,6 @@ impl<T> InOrder<T> {
             _ => LineRoute::Connection,
         }
     }
-
-    fn count_line(&self, route: &str) {
-        self.log_lines
-            .with_label_values(&[&*self.upstream, route])
-            .inc();
-    }
 }
 
 impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
@@ -155,15 +162,15 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for InOrder<T> {
                         LineRoute::Caller(caller) => caller,
                         LineRoute::Withheld(why) => {
                             tracing::debug!(upstream = %self.upstream, level = ?log.params.level, "upstream log line {why}: withheld");
-                            self.count_line("withheld");
+                            self.lines.withheld.inc();
                             continue;
                         }
                         LineRoute::Connection => {
-                            self.count_line("connection");
+                            self.lines.connection.inc();
                             return Some(message);
                         }
                     };
-                    self.count_line("call");
+                    self.lines.call.inc();
                     let mut params = log.params.clone();
                     if caller.wants_log(params.level) {
                         if params.logger.is_none() {
