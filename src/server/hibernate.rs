@@ -25,7 +25,7 @@
 //! finished response streams cached for `Last-Event-ID` resumption (hence
 //! the 60 s default, rmcp's own retention).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -48,25 +48,10 @@ use rmcp::transport::streamable_http_server::session::EventStore;
 use rmcp::transport::streamable_http_server::{RestoreOutcome, SessionId, SessionManager};
 use tokio_util::sync::CancellationToken;
 
+use super::compact::{Key, Pool};
 use crate::gateway::{Dormant, SessionLink};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::ListKind;
-
-/// A session id as the shelf keeps it: rmcp's ids are UUIDs, held inline
-/// here so a sleeping session's entry is not a string allocated among its
-/// worker's freed memory.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct Key(u128);
-
-impl Key {
-    fn of(id: &str) -> Option<Key> {
-        uuid::Uuid::parse_str(id).ok().map(|u| Key(u.as_u128()))
-    }
-
-    fn id(self) -> SessionId {
-        uuid::Uuid::from_u128(self.0).to_string().into()
-    }
-}
 
 /// One session as the shelf knows it.
 struct Entry {
@@ -121,7 +106,7 @@ pub(super) struct Shelf {
     entries: Mutex<HashMap<Key, Entry>>,
     /// The distinct `initialize` parameters of the sessions kept: clients
     /// of one kind send the same ones.
-    initializes: Mutex<HashSet<Arc<[u8]>>>,
+    initializes: Pool<[u8]>,
     /// Held while a worker is being closed for hibernation and while one is
     /// restored, so a restore never races the close of the same session.
     gate: tokio::sync::Mutex<()>,
@@ -160,17 +145,6 @@ impl Shelf {
         }
     }
 
-    /// The shared copy of `bytes`.
-    fn intern(&self, bytes: Vec<u8>) -> Arc<[u8]> {
-        let mut pool = self.initializes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(known) = pool.get(bytes.as_slice()) {
-            return known.clone();
-        }
-        let shared: Arc<[u8]> = bytes.into();
-        pool.insert(shared.clone());
-        shared
-    }
-
     /// Drops an entry's share of its `initialize`, and the pool's copy when
     /// no other entry holds it.
     fn release(&self, e: Entry) {
@@ -181,11 +155,7 @@ impl Shelf {
             listener.close();
         }
         if let Some(shared) = e.initialize {
-            let mut pool = self.initializes.lock().unwrap_or_else(|e| e.into_inner());
-            // Two owners left: the pool's and this one.
-            if Arc::strong_count(&shared) <= 2 {
-                pool.remove(&shared);
-            }
+            self.initializes.release(shared);
         }
     }
 
@@ -378,7 +348,9 @@ impl SessionStore for Shelf {
     }
 
     async fn store(&self, session_id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
-        let shared = self.intern(serde_json::to_vec(&state.initialize_params)?);
+        let shared = self
+            .initializes
+            .intern(serde_json::to_vec(&state.initialize_params)?);
         self.with(session_id, |e| e.initialize = Some(shared));
         Ok(())
     }
@@ -409,7 +381,7 @@ impl Hibernating {
             inner,
             shelf: Arc::new(Shelf {
                 entries: Mutex::new(HashMap::new()),
-                initializes: Mutex::new(HashSet::new()),
+                initializes: Pool::new(),
                 gate: tokio::sync::Mutex::new(()),
                 after,
                 lifetime,
@@ -480,7 +452,7 @@ impl Hibernating {
                     _ => continue,
                 }
             }
-            let id = key.id();
+            let id: SessionId = key.id().into();
             if let Err(e) = self.inner.close_session(&id).await {
                 tracing::debug!(session = %id, error = %e, "closing a hibernating session's worker");
             }
@@ -699,7 +671,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         Shelf {
             entries: Mutex::new(HashMap::new()),
-            initializes: Mutex::new(HashSet::new()),
+            initializes: Pool::new(),
             gate: tokio::sync::Mutex::new(()),
             after: Duration::from_secs(1),
             lifetime: Duration::from_secs(60),
@@ -708,23 +680,15 @@ mod tests {
     }
 
     #[test]
-    fn a_session_id_survives_its_inline_key() {
-        let id = rmcp::transport::common::server_side_http::session_id();
-        let key = Key::of(&id).expect("rmcp's ids are UUIDs");
-        assert_eq!(key.id(), id);
-        assert!(Key::of("not-a-uuid").is_none());
-    }
-
-    #[test]
     fn sessions_share_identical_initialize_parameters_until_the_last_goes() {
         let shelf = shelf();
         let (a, b) = (Key(1), Key(2));
         for key in [a, b] {
             let mut e = Entry::new(Instant::now());
-            e.initialize = Some(shelf.intern(br#"{"clientInfo":{}}"#.to_vec()));
+            e.initialize = Some(shelf.initializes.intern(br#"{"clientInfo":{}}"#.to_vec()));
             shelf.entries().insert(key, e);
         }
-        let pooled = || shelf.initializes.lock().map(|p| p.len()).unwrap_or(9);
+        let pooled = || shelf.initializes.len();
         assert_eq!(pooled(), 1);
         let first = shelf.entries().remove(&a).expect("entry a");
         shelf.release(first);

@@ -8,6 +8,7 @@
 
 mod admin;
 mod auth;
+mod compact;
 mod health;
 mod hibernate;
 mod listen;
@@ -187,6 +188,12 @@ impl Router {
             return too_many_requests(&refused);
         }
         let is_delete = req.method() == http::Method::DELETE;
+        // The session a DELETE ends: its owner is forgotten with it.
+        let ended = is_delete
+            .then(|| req.headers().get("mcp-session-id"))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let (called, wanted, listened) = if listen::candidate(&req) {
             let limit = self.gateway.max_body_bytes();
             match listen::prepare(req, limit, &self.gateway, &identity, &endpoint).await {
@@ -212,6 +219,11 @@ impl Router {
         // which clients (the Python SDK among them) report as a failure.
         if is_delete && resp.status() == StatusCode::ACCEPTED {
             *resp.status_mut() = StatusCode::OK;
+        }
+        if is_delete && resp.status() == StatusCode::OK {
+            if let Some(session) = &ended {
+                self.auth.forget(session);
+            }
         }
         self.auth.bind(&resp, &identity);
         if let Some(accepted) = listened {
