@@ -30,7 +30,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use rmcp::model::ErrorData;
 use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -350,25 +352,19 @@ pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A connection builder for the protocol the client's first bytes show,
-/// read without consuming them. hyper-util's auto-detection reads them and
-/// hands them back to HTTP/1 in a read of their own, after which hyper
-/// doubles its read buffer to 16 KB, kept for the connection's life: for a
-/// client holding an SSE stream open that is 8 KB per idle connection. So
-/// HTTP/1 (every request line differs from the HTTP/2 preface within its
-/// first two bytes) and HTTP/2 are chosen here, and only a client that has
-/// sent part of the preface is left to hyper-util's detection.
-async fn version(
-    stream: &tokio::net::TcpStream,
-) -> std::io::Result<hyper_util::server::conn::auto::Builder<TokioExecutor>> {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+/// The protocol a connection's first bytes show, read without consuming
+/// them. hyper-util's auto-detection reads them and hands them back to
+/// HTTP/1 in a read of their own, after which hyper doubles its read
+/// buffer to 16 KB, kept for the connection's life: for a client holding
+/// an SSE stream open that is 8 KB per idle connection. So HTTP/1 (every
+/// request line differs from the HTTP/2 preface within its first two
+/// bytes) and HTTP/2 are served by hyper's own builders, and only a client
+/// that has sent part of the preface is left to hyper-util's detection
+/// (`None`).
+async fn first_bytes(stream: &tokio::net::TcpStream) -> std::io::Result<Option<Protocol>> {
     let mut first = [0u8; H2_PREFACE.len()];
     let n = stream.peek(&mut first).await?;
-    Ok(match protocol(&first[..n]) {
-        Some(Protocol::Http1) => builder.http1_only(),
-        Some(Protocol::Http2) => builder.http2_only(),
-        None => builder,
-    })
+    Ok(protocol(&first[..n]))
 }
 
 /// The protocols the listener serves.
@@ -433,17 +429,33 @@ pub async fn serve(
                 Box::pin(async move { Ok::<_, Infallible>(router.handle(req).await) })
                     as Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>>
             });
-            let builder = match version(&stream).await {
-                Ok(builder) => builder,
+            let first = match first_bytes(&stream).await {
+                Ok(first) => first,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "connection ended before a request");
                     return;
                 }
             };
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
+            let io = TokioIo::new(stream);
+            let served = match first {
+                Some(Protocol::Http1) => http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                    .map_err(Into::into),
+                // Boxed: the HTTP/2 and undetected connections' state
+                // (1.5 KB) would otherwise size every HTTP/1 connection's
+                // task (672 bytes of hyper's), idle SSE clients included.
+                Some(Protocol::Http2) => Box::pin(
+                    http2::Builder::new(TokioExecutor::new()).serve_connection(io, service),
+                )
                 .await
-            {
+                .map_err(Into::into),
+                None => {
+                    Box::pin(auto::Builder::new(TokioExecutor::new()).serve_connection(io, service))
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
