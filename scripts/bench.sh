@@ -16,7 +16,9 @@
 # and peak memory (VmHWM). ContextForge runs in echo and setup (one instance
 # in front of the fixture), list (an instance of its own in front of the
 # same 50 upstreams as portcullis, its paged list read whole with
-# --all-pages) and idle (an instance of its own, fewer sessions).
+# --all-pages, in pages of 1,000 at c=1 and 32; then another at its default
+# 100 a page, c=1) and idle (an instance of its own, fewer sessions; then
+# another with each session holding a GET stream, if it serves them).
 #
 # Environment:
 #   BENCH_DURATION=10s BENCH_WARMUP=2s    measured time and warm-up per run
@@ -71,6 +73,10 @@ trap cleanup EXIT
 start() {
     local name=$1
     shift
+    # Emptied here, not only by the child's redirection, which happens after
+    # the fork: the loop below could otherwise see a previous run's line, or
+    # read the file just as the child empties it (an empty STARTED_LINE).
+    : >"$OUT/$name.out"
     "$@" >"$OUT/$name.out" 2>"$OUT/$name.err" &
     STARTED_PID=$!
     PIDS+=("$STARTED_PID")
@@ -506,18 +512,20 @@ print(tool["id"], tool["name"])
     echo "  $name: $CF_STARTED_URL, tool $CF_TOOL" >&2
 }
 
-# start_contextforge_list NAME UPSTREAM: ContextForge (cf_start, pages of
-# 1,000 tools: its largest) in front of 50 upstreams, all UPSTREAM, and a
-# virtual server holding all their tools. It refuses a second gateway with
-# the same URL (HTTP 409 "Gateway already exists"; 127.0.0.1 and localhost
-# count as one), so each is registered with a query string of its own
-# (?u=NN), which the fixture ignores. Registration is bounded by
+# start_contextforge_list NAME UPSTREAM [SETTING=VALUE...]: ContextForge
+# (cf_start with the settings, e.g. MCP_LIST_PAGE_SIZE=1000, its largest
+# page; without one its pages are of 100 tools) in front of 50 upstreams,
+# all UPSTREAM, and a virtual server holding all their tools. It refuses a
+# second gateway with the same URL (HTTP 409 "Gateway already exists";
+# 127.0.0.1 and localhost count as one), so each is registered with a query
+# string of its own (?u=NN), which the fixture ignores. Registration is bounded by
 # BENCH_CF_REGISTER_LIMIT seconds (default 600). Sets CF_STARTED_PID,
 # CF_STARTED_URL, CF_REGISTER_S and CF_SERVER_S (seconds taken to register
 # the 50 and to create the server).
 start_contextforge_list() {
     local name=$1 upstream=$2 base i t0 server_id limit=${BENCH_CF_REGISTER_LIMIT:-600}
-    cf_start "$name" MCP_LIST_PAGE_SIZE=1000 || return 1
+    shift 2
+    cf_start "$name" "$@" || return 1
     base=$CF_STARTED_BASE
     t0=$(date +%s.%N)
     for i in $(seq -w 0 49); do
@@ -588,6 +596,73 @@ while pages < 10000:
     if not cursor:
         break
 print(tools, pages, first)
+EOF
+}
+
+# list_counted TARGET URL [HEADER]: list_count, said and noted for `list`.
+list_counted() {
+    local target=$1 counted n pages first
+    shift
+    if counted=$(list_count "$@"); then
+        read -r n pages first <<<"$counted"
+        echo "  $target: $n tools in $pages page(s) of up to $first" >&2
+        note list "$target" tools "$n" pages "$pages"
+    else
+        echo "  $target: counting its tools failed" >&2
+    fi
+}
+
+# get_stream_check URL [HEADER]: opens one session (initialize, initialized),
+# asks for its GET stream as the load generator's --listen does, and ends
+# the session. Prints what the GET was answered (status, content type, and
+# the body's start when refused); 0 when it is an SSE stream (200,
+# text/event-stream), 1 when refused, 2 when no session could be opened.
+get_stream_check() {
+    python3 - "$@" <<'EOF'
+import json, sys, urllib.error, urllib.request
+
+url, auth = sys.argv[1], sys.argv[2:]
+
+def headers(sid=None):
+    h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    if auth:
+        name, value = auth[0].split(":", 1)
+        h[name] = value.strip()
+    if sid:
+        h["Mcp-Session-Id"] = sid
+        h["MCP-Protocol-Version"] = "2025-11-25"
+    return h
+
+def post(body, sid=None):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers(sid))
+    with urllib.request.urlopen(req, timeout=60) as r:
+        r.read()
+        return r.headers.get("Mcp-Session-Id") or sid
+
+try:
+    sid = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
+    post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
+except Exception as e:
+    print(f"no session: {e}")
+    sys.exit(2)
+detail = ""
+try:
+    # urlopen returns once the head has arrived; the stream is closed unread.
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers(sid), method="GET"), timeout=60) as r:
+        status, ctype = r.status, r.headers.get("Content-Type", "")
+except urllib.error.HTTPError as e:
+    status, ctype = e.code, e.headers.get("Content-Type", "")
+    detail = e.read(300).decode(errors="replace").strip()
+except Exception as e:
+    status, ctype, detail = 0, "", str(e)
+finally:
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, headers=headers(sid), method="DELETE"), timeout=60).read()
+    except Exception:
+        pass
+print(f"GET answered HTTP {status} {ctype}".rstrip() + (f": {detail}" if detail else ""))
+sys.exit(0 if status == 200 and ctype.startswith("text/event-stream") else 1)
 EOF
 }
 
@@ -809,9 +884,12 @@ if want list; then
     tools=$(curl -fsS "${GW_URL%/mcp}/readyz" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(1 for u in d["upstreams"].values()))')
     echo "  gateway has $tools upstreams" >&2
     CF_LIST=
+    # Its pages of 1,000 here; of 100 (its default) on a second instance below.
+    CFL_TARGET="contextforge (50 upstreams, 1000 per page)"
+    CFL100_TARGET="contextforge (50 upstreams, 100 per page)"
     if [ $HAVE_CF = 1 ]; then
-        log "starting ContextForge in front of the 50 upstreams"
-        if start_contextforge_list contextforge-list "$FX100_URL"; then
+        log "starting ContextForge in front of the 50 upstreams, pages of 1,000"
+        if start_contextforge_list contextforge-list "$FX100_URL" MCP_LIST_PAGE_SIZE=1000; then
             CF_LIST=1 CFL_PID=$CF_STARTED_PID CFL_URL=$CF_STARTED_URL
         else
             echo "contextforge: not set up for list (see $OUT/contextforge-list.err); its list rows are skipped" >&2
@@ -819,17 +897,9 @@ if want list; then
         fi
     fi
     # What each answers, page by page (--all-pages below reads every page).
-    for t in "direct (1 upstream)|$FX100_URL" "portcullis (50 upstreams)|$GW_URL" \
-        ${CF_LIST:+"contextforge (50 upstreams)|$CFL_URL|$CF_AUTH"}; do
-        IFS='|' read -r target url header <<<"$t"
-        if counted=$(list_count "$url" ${header:+"$header"}); then
-            read -r n pages first <<<"$counted"
-            echo "  $target: $n tools in $pages page(s) of up to $first" >&2
-            note list "$target" tools "$n" pages "$pages"
-        else
-            echo "  $target: counting its tools failed" >&2
-        fi
-    done
+    list_counted "direct (1 upstream)" "$FX100_URL"
+    list_counted "portcullis (50 upstreams)" "$GW_URL"
+    if [ -n "$CF_LIST" ]; then list_counted "$CFL_TARGET" "$CFL_URL" "$CF_AUTH"; fi
     for c in 1 32; do
         load list "direct (1 upstream)" "$FX100_URL" $c --list --all-pages --watch-pid "$FX100_PID"
         load list "portcullis (50 upstreams)" "$GW_URL" $c --list --all-pages --watch-pid "$GW_PID" --watch-pid "$FX100_PID"
@@ -839,10 +909,10 @@ if want list; then
             # later. There, no warm-up and --drain: the first 32 lists are
             # the run, timed (and their CPU counted) until the last has ended.
             if [ $c = 32 ]; then
-                LOAD_WARMUP=0s LOAD_TIMEOUT=600s load list "contextforge (50 upstreams)" \
+                LOAD_WARMUP=0s LOAD_TIMEOUT=600s load list "$CFL_TARGET" \
                     "$CFL_URL" $c --list --all-pages --drain -H "$CF_AUTH" --watch-pid "$CFL_PID" --watch-pid "$FX100_PID"
             else
-                LOAD_TIMEOUT=600s load list "contextforge (50 upstreams)" \
+                LOAD_TIMEOUT=600s load list "$CFL_TARGET" \
                     "$CFL_URL" $c --list --all-pages -H "$CF_AUTH" --watch-pid "$CFL_PID" --watch-pid "$FX100_PID"
             fi
         fi
@@ -850,10 +920,33 @@ if want list; then
     note list "portcullis (50 upstreams)" peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
     stop "$GW_PID"
     if [ -n "$CF_LIST" ]; then
-        note list "contextforge (50 upstreams)" peak_rss_kb "$(status_kb "$CFL_PID" VmHWM)" \
+        note list "$CFL_TARGET" peak_rss_kb "$(status_kb "$CFL_PID" VmHWM)" \
             sandbox_children_pss_kb "$(children_pss_kb "$CFL_PID")" \
             register_50_s "$CF_REGISTER_S" create_server_s "$CF_SERVER_S"
         stop "$CFL_PID"
+    fi
+    # Its default page size, 100 tools (73 pages for 7,250), on an instance
+    # of its own started without MCP_LIST_PAGE_SIZE, once the first is gone;
+    # c=1 only (at c=32 one list takes over a minute even at 1,000 a page).
+    if [ $HAVE_CF = 1 ]; then
+        log "starting ContextForge in front of the 50 upstreams, its default page size"
+        if start_contextforge_list contextforge-list-100 "$FX100_URL"; then
+            CFL_PID=$CF_STARTED_PID CFL_URL=$CF_STARTED_URL
+            list_counted "$CFL100_TARGET" "$CFL_URL" "$CF_AUTH"
+            # A list takes it 4-6 s here, so a 10 s window would hold two,
+            # with the CPU of one begun in the warm-up counted against them.
+            # So a 30 s window, no warm-up (the count above has just read it
+            # whole) and --drain: every list counted is whole inside the time
+            # and CPU measured.
+            LOAD_WARMUP=0s LOAD_DURATION=30s LOAD_TIMEOUT=600s load list "$CFL100_TARGET" \
+                "$CFL_URL" 1 --list --all-pages --drain -H "$CF_AUTH" --watch-pid "$CFL_PID" --watch-pid "$FX100_PID"
+            note list "$CFL100_TARGET" peak_rss_kb "$(status_kb "$CFL_PID" VmHWM)" \
+                sandbox_children_pss_kb "$(children_pss_kb "$CFL_PID")" \
+                register_50_s "$CF_REGISTER_S" create_server_s "$CF_SERVER_S"
+        else
+            echo "contextforge: not set up for list at its default page size (see $OUT/contextforge-list-100.err); that row is skipped" >&2
+        fi
+        stop "${CF_STARTED_PID:-}"
     fi
     stop "$FX100_PID"
 fi
@@ -945,13 +1038,38 @@ if want idle; then
     # instance of its own (the echo one's memory stays the echo run's).
     if [ $HAVE_CF = 1 ]; then
         log "idle: $CF_IDLE_SESSIONS sessions held open by ContextForge"
+        CF_GET=
         if start_contextforge contextforge-idle "$FX_URL"; then
             IDLE_COUNT=$CF_IDLE_SESSIONS IDLE_CHILDREN=1 \
                 idle_run contextforge "$CF_STARTED_PID" "$CF_STARTED_URL" "" -H "$CF_AUTH"
+            # Does it serve a session's GET stream? Asked with one session
+            # here, so that the instance measured with them starts as cold
+            # as this one did.
+            if got=$(get_stream_check "$CF_STARTED_URL" "$CF_AUTH"); then
+                CF_GET=1
+                echo "  contextforge: a session's $got" >&2
+            elif [ -n "$got" ] && [ "${got#no session}" = "$got" ]; then
+                echo "  contextforge, GET streams: not measured: it does not serve a session's GET stream ($got)" >&2
+                note idle "contextforge, GET streams" get_stream "not served: $got"
+            else
+                echo "  contextforge, GET streams: not measured: could not ask for a GET stream (${got:-no answer})" >&2
+            fi
         else
             echo "contextforge: did not start (see $OUT/contextforge-idle.err); its idle rows are skipped" >&2
         fi
         stop "${CF_STARTED_PID:-}"
+        # Each session with a GET stream open too, as SDK clients hold them:
+        # on a fresh instance, like the portcullis and fixture rows.
+        if [ -n "$CF_GET" ]; then
+            log "idle: $CF_IDLE_SESSIONS sessions held open by ContextForge, each with a GET stream"
+            if start_contextforge contextforge-idle-get "$FX_URL"; then
+                IDLE_COUNT=$CF_IDLE_SESSIONS IDLE_CHILDREN=1 idle_run "contextforge, GET streams" \
+                    "$CF_STARTED_PID" "$CF_STARTED_URL" "" -H "$CF_AUTH" --listen
+            else
+                echo "contextforge: did not start (see $OUT/contextforge-idle-get.err); its GET-stream idle row is skipped" >&2
+            fi
+            stop "${CF_STARTED_PID:-}"
+        fi
     fi
 fi
 
