@@ -551,77 +551,19 @@ for t in tools:
     echo "  $name: 50 gateways registered in ${CF_REGISTER_S}s, a server with their $(wc -l <"$OUT/$name-tools.txt") tools created in ${CF_SERVER_S}s: $CF_STARTED_URL" >&2
 }
 
-# list_count URL [HEADER]: one session, one tools/list followed page by page;
-# prints "TOOLS PAGES FIRST_PAGE".
-list_count() {
-    python3 - "$@" <<'EOF'
-import json, sys, urllib.request
-
-url, auth = sys.argv[1], sys.argv[2:]
-
-def post(body, sid=None):
-    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
-    if auth:
-        name, value = auth[0].split(":", 1)
-        headers[name] = value.strip()
-    if sid:
-        headers["Mcp-Session-Id"] = sid
-        headers["MCP-Protocol-Version"] = "2025-11-25"
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    with urllib.request.urlopen(req, timeout=300) as r:
-        sid = r.headers.get("Mcp-Session-Id") or sid
-        text = r.read().decode()
-    if text.lstrip().startswith("{"):
-        return json.loads(text), sid
-    for line in text.splitlines():
-        if line.startswith("data:") and line[5:].strip():
-            msg = json.loads(line[5:])
-            if "id" in msg:
-                return msg, sid
-    return None, sid
-
-_, sid = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
-post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
-pages, tools, first, cursor = 0, 0, 0, None
-while pages < 10000:
-    msg, _ = post({"jsonrpc": "2.0", "id": pages + 1, "method": "tools/list",
-                   "params": {"cursor": cursor} if cursor else {}}, sid)
-    if not msg or "result" not in msg:
-        sys.exit(f"tools/list failed: {json.dumps(msg)[:300]}")
-    pages += 1
-    tools += len(msg["result"]["tools"])
-    first = first or tools
-    cursor = msg["result"].get("nextCursor")
-    if not cursor:
-        break
-print(tools, pages, first)
-EOF
-}
-
-# list_counted TARGET URL [HEADER]: list_count, said and noted for `list`.
-list_counted() {
-    local target=$1 counted n pages first
-    shift
-    if counted=$(list_count "$@"); then
-        read -r n pages first <<<"$counted"
-        echo "  $target: $n tools in $pages page(s) of up to $first" >&2
-        note list "$target" tools "$n" pages "$pages"
-    else
-        echo "  $target: counting its tools failed" >&2
-    fi
-}
-
-# get_stream_check URL [HEADER]: opens one session (initialize, initialized),
-# asks for its GET stream as the load generator's --listen does, and ends
-# the session. Prints what the GET was answered (status, content type, and
-# the body's start when refused); 0 when it is an SSE stream (200,
-# text/event-stream), 1 when refused, 2 when no session could be opened.
-get_stream_check() {
+# mcp_probe MODE URL [HEADER]: one session (initialize, initialized) on URL,
+# HEADER ("Name: value") on every request, then
+#   list: one tools/list followed page by page; prints "TOOLS PAGES FIRST_PAGE".
+#   get:  asks for the session's GET stream as the load generator's --listen
+#         does, then ends the session; prints what the GET was answered
+#         (status, content type, the body's start when refused); exits 0 for
+#         an SSE stream (200, text/event-stream), 1 when refused.
+# Exits 2 when no session could be opened.
+mcp_probe() {
     python3 - "$@" <<'EOF'
 import json, sys, urllib.error, urllib.request
 
-url, auth = sys.argv[1], sys.argv[2:]
+mode, url, auth = sys.argv[1], sys.argv[2], sys.argv[3:]
 
 def headers(sid=None):
     h = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -634,18 +576,44 @@ def headers(sid=None):
     return h
 
 def post(body, sid=None):
+    """The answer to `body` (None for a notification) and the session id."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers(sid))
-    with urllib.request.urlopen(req, timeout=60) as r:
-        r.read()
-        return r.headers.get("Mcp-Session-Id") or sid
+    with urllib.request.urlopen(req, timeout=300) as r:
+        sid = r.headers.get("Mcp-Session-Id") or sid
+        text = r.read().decode()
+    if text.lstrip().startswith("{"):
+        return json.loads(text), sid
+    for line in text.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            msg = json.loads(line[5:])
+            if "id" in msg:
+                return msg, sid
+    return None, sid
 
 try:
-    sid = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    _, sid = post({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}})
     post({"jsonrpc": "2.0", "method": "notifications/initialized"}, sid)
 except Exception as e:
     print(f"no session: {e}")
     sys.exit(2)
+
+if mode == "list":
+    pages, tools, first, cursor = 0, 0, 0, None
+    while pages < 10000:
+        msg, _ = post({"jsonrpc": "2.0", "id": pages + 1, "method": "tools/list",
+                       "params": {"cursor": cursor} if cursor else {}}, sid)
+        if not msg or "result" not in msg:
+            sys.exit(f"tools/list failed: {json.dumps(msg)[:300]}")
+        pages += 1
+        tools += len(msg["result"]["tools"])
+        first = first or tools
+        cursor = msg["result"].get("nextCursor")
+        if not cursor:
+            break
+    print(tools, pages, first)
+    sys.exit(0)
+
 detail = ""
 try:
     # urlopen returns once the head has arrived; the stream is closed unread.
@@ -664,6 +632,19 @@ finally:
 print(f"GET answered HTTP {status} {ctype}".rstrip() + (f": {detail}" if detail else ""))
 sys.exit(0 if status == 200 and ctype.startswith("text/event-stream") else 1)
 EOF
+}
+
+# list_counted TARGET URL [HEADER]: mcp_probe list, said and noted for `list`.
+list_counted() {
+    local target=$1 counted n pages first
+    shift
+    if counted=$(mcp_probe list "$@"); then
+        read -r n pages first <<<"$counted"
+        echo "  $target: $n tools in $pages page(s) of up to $first" >&2
+        note list "$target" tools "$n" pages "$pages"
+    else
+        echo "  $target: counting its tools failed" >&2
+    fi
 }
 
 # start_litellm NAME PROVIDER_BASE: the LiteLLM proxy with one model `bench`
@@ -1045,7 +1026,7 @@ if want idle; then
             # Does it serve a session's GET stream? Asked with one session
             # here, so that the instance measured with them starts as cold
             # as this one did.
-            if got=$(get_stream_check "$CF_STARTED_URL" "$CF_AUTH"); then
+            if got=$(mcp_probe get "$CF_STARTED_URL" "$CF_AUTH"); then
                 CF_GET=1
                 echo "  contextforge: a session's $got" >&2
             elif [ -n "$got" ] && [ "${got#no session}" = "$got" ]; then

@@ -215,13 +215,18 @@ impl Owners {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether `owner` was seen within the entries' lifetime.
+    fn live(&self, owner: &Owner, now: Instant) -> bool {
+        now.saturating_duration_since(owner.seen) <= self.ttl
+    }
+
     /// Whether `subject` may use `session`: it opened it, or no one is
     /// known to have (the session manager refuses unknown ids itself).
     fn admits(&self, session: &str, subject: &str, now: Instant) -> bool {
         let key = Key::of_any(session);
         let mut table = self.table();
         match table.sessions.get_mut(&key) {
-            Some(owner) if now.saturating_duration_since(owner.seen) <= self.ttl => {
+            Some(owner) if self.live(owner, now) => {
                 owner.seen = now;
                 &*owner.subject == subject
             }
@@ -232,36 +237,34 @@ impl Owners {
     /// Records `subject` as the owner of `session` unless one is known.
     fn bind(&self, session: &str, subject: &str, now: Instant) {
         let key = Key::of_any(session);
-        let expired = {
-            let mut table = self.table();
-            match table.sessions.get_mut(&key) {
-                Some(owner) if now.saturating_duration_since(owner.seen) <= self.ttl => {
-                    owner.seen = now;
-                    Vec::new()
-                }
-                _ => {
-                    let subject = self.subjects.intern(subject);
-                    let replaced = table.sessions.insert(key, Owner { subject, seen: now });
-                    let mut expired: Vec<Arc<str>> =
-                        replaced.map(|o| o.subject).into_iter().collect();
-                    // Often enough that the table holds at most a few
-                    // periods' worth of ended sessions.
-                    if now.saturating_duration_since(table.swept) >= self.ttl / 4 {
-                        table.swept = now;
-                        let ttl = self.ttl;
-                        table.sessions.retain(|_, o| {
-                            let live = now.saturating_duration_since(o.seen) <= ttl;
-                            if !live {
-                                expired.push(o.subject.clone());
-                            }
-                            live
-                        });
-                    }
-                    expired
-                }
-            }
+        let mut table = self.table();
+        if table.sessions.get(&key).is_some_and(|o| self.live(o, now)) {
+            return;
+        }
+        let owner = Owner {
+            subject: self.subjects.intern(subject),
+            seen: now,
         };
-        for subject in expired {
+        let mut ended: Vec<Arc<str>> = table
+            .sessions
+            .insert(key, owner)
+            .map(|o| o.subject)
+            .into_iter()
+            .collect();
+        // Often enough that the table holds at most a few periods' worth
+        // of ended sessions.
+        if now.saturating_duration_since(table.swept) >= self.ttl / 4 {
+            table.swept = now;
+            table.sessions.retain(|_, o| {
+                let live = self.live(o, now);
+                if !live {
+                    ended.push(o.subject.clone());
+                }
+                live
+            });
+        }
+        drop(table);
+        for subject in ended {
             self.subjects.release(subject);
         }
     }

@@ -190,6 +190,9 @@ impl Router {
             return too_many_requests(&refused);
         }
         let is_delete = req.method() == http::Method::DELETE;
+        // Only a request without a session can open one (`initialize`):
+        // a session's own requests were checked against its owner above.
+        let opens = !req.headers().contains_key("mcp-session-id");
         // The session a DELETE ends: its owner is forgotten with it.
         let ended = is_delete
             .then(|| req.headers().get("mcp-session-id"))
@@ -227,7 +230,9 @@ impl Router {
                 self.auth.forget(session);
             }
         }
-        self.auth.bind(&resp, &identity);
+        if opens {
+            self.auth.bind(&resp, &identity);
+        }
         if let Some(accepted) = listened {
             return listen::acknowledge(resp, accepted);
         }
