@@ -19,6 +19,11 @@
 # --all-pages, in pages of 1,000 at c=1 and 32; then another at its default
 # 100 a page, c=1) and idle (an instance of its own, fewer sessions; then
 # another with each session holding a GET stream, if it serves them).
+# mcp-gateway runs in echo, idle and setup in front of the fixture, and in
+# list in front of the same 50 upstreams, listed with its gateway_list_tools
+# meta-tool: once for all backends (names and descriptions), and once per
+# backend (full definitions, --mcp-gateway-list), at c=1 and 32; then the
+# latter on another instance without its tool cache (meta_mcp.cache_ttl: 0s).
 #
 # Environment:
 #   BENCH_DURATION=10s BENCH_WARMUP=2s    measured time and warm-up per run
@@ -291,15 +296,18 @@ if want echo && nginx_peer; then HAVE_NGINX=1; fi
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# start_mcpgw NAME FIXTURE_URL: mcp-gateway with one streamable-HTTP backend `fx`,
-# configured for a fair proxy comparison (no response cache, no rate limit,
-# retry or circuit breaker). Sets MCPGW_PID and MCPGW_URL.
+# start_mcpgw NAME FIXTURE_URL [N [META]]: mcp-gateway with one streamable-HTTP
+# backend `fx`, or with N, N of them (up00, up01, ...) all at FIXTURE_URL;
+# META: more `meta_mcp` settings (`key: value, ...`). Configured for a fair
+# proxy comparison (no response cache, no rate limit, retry or circuit
+# breaker). Sets MCPGW_PID and MCPGW_URL.
 start_mcpgw() {
-    local name=$1 upstream=$2 port
+    local name=$1 upstream=$2 n=${3:-} meta=${4:-} port i
     port=$(free_port)
-    cat >"$OUT/$name.yaml" <<EOF
+    {
+        cat <<EOF
 server: { host: 127.0.0.1, port: $port }
-meta_mcp: { enabled: true }
+meta_mcp: { enabled: true${meta:+, $meta} }
 capabilities: { enabled: false }
 cache: { enabled: false }
 failsafe:
@@ -307,8 +315,15 @@ failsafe:
   circuit_breaker: { enabled: false }
   retry: { enabled: false }
 backends:
-  fx: { http_url: "$upstream", streamable_http: true }
 EOF
+        if [ -z "$n" ]; then
+            echo "  fx: { http_url: \"$upstream\", streamable_http: true }"
+        else
+            for i in $(seq -w 0 $((n - 1))); do
+                echo "  up$i: { http_url: \"$upstream\", streamable_http: true }"
+            done
+        fi
+    } >"$OUT/$name.yaml"
     # error, not warn: it logs two warnings per call without an attestation token.
     RUST_LOG=error "$MCPGW" --config "$OUT/$name.yaml" >"$OUT/$name.out" 2>"$OUT/$name.err" &
     MCPGW_PID=$!
@@ -558,6 +573,12 @@ for t in tools:
 #         does, then ends the session; prints what the GET was answered
 #         (status, content type, the body's start when refused); exits 0 for
 #         an SSE stream (200, text/event-stream), 1 when refused.
+#   mcpgw: mcp-gateway's listing meta-tools: gateway_list_servers, then
+#         gateway_list_tools with no server (every backend's tools, by name
+#         and description), then once per backend (their full definitions);
+#         prints "ALL_TOOLS ALL_SERVERS EACH_TOOLS EACH_WITH_SCHEMA SERVERS
+#         META_TOOLS" (the last: what its tools/list holds) and on stderr
+#         the backends' names, comma-separated.
 # Exits 2 when no session could be opened.
 mcp_probe() {
     python3 - "$@" <<'EOF'
@@ -614,6 +635,29 @@ if mode == "list":
     print(tools, pages, first)
     sys.exit(0)
 
+def call(n, name, arguments):
+    """The parsed JSON of meta-tool `name`'s text result."""
+    msg, _ = post({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                   "params": {"name": name, "arguments": arguments}}, sid)
+    if not msg or "result" not in msg or msg["result"].get("isError"):
+        sys.exit(f"{name} failed: {json.dumps(msg)[:300]}")
+    return json.loads(msg["result"]["content"][0]["text"])
+
+if mode == "mcpgw":
+    msg, _ = post({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}, sid)
+    meta = len(msg["result"]["tools"]) if msg and "result" in msg else 0
+    servers = [s["name"] for s in call(2, "gateway_list_servers", {})["servers"]]
+    every = call(3, "gateway_list_tools", {})
+    named = {t["server"] for t in every["tools"]}
+    each = schemas = 0
+    for i, server in enumerate(servers):
+        tools = call(4 + i, "gateway_list_tools", {"server": server})["tools"]
+        each += len(tools)
+        schemas += sum(1 for t in tools if isinstance(t.get("inputSchema"), dict))
+    print(every["total"], len(named), each, schemas, len(servers), meta)
+    print(",".join(servers), file=sys.stderr)
+    sys.exit(0)
+
 detail = ""
 try:
     # urlopen returns once the head has arrived; the stream is closed unread.
@@ -634,17 +678,65 @@ sys.exit(0 if status == 200 and ctype.startswith("text/event-stream") else 1)
 EOF
 }
 
-# list_counted TARGET URL [HEADER]: mcp_probe list, said and noted for `list`.
+# list_counted TARGET URL [HEADER]: mcp_probe list, said and noted for `list`;
+# sets LISTED to the number of tools (empty when counting failed).
 list_counted() {
     local target=$1 counted n pages first
     shift
+    LISTED=
     if counted=$(mcp_probe list "$@"); then
         read -r n pages first <<<"$counted"
         echo "  $target: $n tools in $pages page(s) of up to $first" >&2
         note list "$target" tools "$n" pages "$pages"
+        LISTED=$n
     else
         echo "  $target: counting its tools failed" >&2
     fi
+}
+
+# mcpgw_listed TARGET URL EXPECTED: waits (up to 120 s) until mcp-gateway at
+# URL lists EXPECTED tools both ways its gateway_list_tools does (all
+# backends at once, by name and description; each backend's, full
+# definitions): it fetches its backends' lists in the background after
+# start-up, and the all-at-once list leaves out a backend not fetched yet.
+# Says and notes the counts; sets MCPGW_SERVERS (its backends, comma-separated).
+# Fails (returns 1) with the last counts when they never reach EXPECTED.
+mcpgw_listed() {
+    local target=$1 url=$2 expected=$3 counted='' all=0 named=0 each=0 schemas=0 servers=0 meta=0 i
+    for i in $(seq 1 240); do
+        if counted=$(mcp_probe mcpgw "$url" 2>"$OUT/mcpgw-servers.txt"); then
+            read -r all named each schemas servers meta <<<"$counted"
+            [ "$all" = "$expected" ] && [ "$each" = "$expected" ] && [ "$schemas" = "$expected" ] && break
+        fi
+        sleep 0.5
+    done
+    MCPGW_SERVERS=$(tail -n 1 "$OUT/mcpgw-servers.txt")
+    echo "  $target: its tools/list holds $meta (meta-)tools; gateway_list_tools lists $all tools from $named backends at once, and $each ($schemas with an inputSchema) called once for each of its $servers backends" >&2
+    note list "$target" meta_tools "$meta" all_at_once_tools "$all" all_at_once_backends "$named" \
+        per_backend_tools "$each" per_backend_with_schema "$schemas" backends "$servers"
+    if [ "$all" != "$expected" ] || [ "$each" != "$expected" ] || [ "$schemas" != "$expected" ]; then
+        echo "  $target: expected $expected tools each way; its list rows are skipped (see $OUT/mcpgw-servers.txt)" >&2
+        return 1
+    fi
+}
+
+# mcpgw_list_all C [SUFFIX] and mcpgw_list_each C [SUFFIX [LOADGEN_ARGS...]]:
+# mcp-gateway's `list` rows at concurrency C on the instance at MCPGWL_URL
+# (pid MCPGWL_PID, backends MCPGW_SERVERS, each with PER_UPSTREAM tools):
+# gateway_list_tools once for all backends, and once per backend. SUFFIX
+# goes after "mcp-gateway" in the target's name.
+mcpgw_list_all() {
+    # --expect: the whole count, as its (pretty-printed) JSON text has it.
+    load list "mcp-gateway${2:-} (50 upstreams, gateway_list_tools: names and descriptions)" \
+        "$MCPGWL_URL" "$1" --tool gateway_list_tools --args '{}' \
+        --expect "\\\"total\\\": $((50 * PER_UPSTREAM))" --watch-pid "$MCPGWL_PID" --watch-pid "$FX100_PID"
+}
+mcpgw_list_each() {
+    local c=$1 suffix=${2:-}
+    shift 2 2>/dev/null || shift $#
+    load list "mcp-gateway$suffix (50 upstreams, gateway_list_tools per upstream: definitions)" \
+        "$MCPGWL_URL" "$c" --mcp-gateway-list "$MCPGW_SERVERS" \
+        --expect inputSchema --watch-pid "$MCPGWL_PID" --watch-pid "$FX100_PID" "$@"
 }
 
 # start_litellm NAME PROVIDER_BASE: the LiteLLM proxy with one model `bench`
@@ -851,7 +943,8 @@ fi
 
 if want list; then
     log "list: tools/list over 50 upstreams of 100 generated tools (and the built-in ones) each"
-    start fixture-100 "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --tools 100
+    # No SSE priming events, as for the fixture above: mcp-gateway is a client of it here.
+    start fixture-100 "$BIN/portcullis-fixture" http --listen 127.0.0.1:0 --tools 100 --no-sse-priming
     FX100_PID=$STARTED_PID
     FX100_URL=$(awk '{print $3}' <<<"$STARTED_LINE")
     {
@@ -879,11 +972,35 @@ if want list; then
     fi
     # What each answers, page by page (--all-pages below reads every page).
     list_counted "direct (1 upstream)" "$FX100_URL"
+    PER_UPSTREAM=$LISTED
     list_counted "portcullis (50 upstreams)" "$GW_URL"
     if [ -n "$CF_LIST" ]; then list_counted "$CFL_TARGET" "$CFL_URL" "$CF_AUTH"; fi
+    # mcp-gateway in front of the same 50, as configured for echo. Its
+    # tools/list holds only its meta-tools; a client lists the backends'
+    # tools with its gateway_list_tools meta-tool: with no server, every
+    # backend's tools by name and description (no schemas) in one answer;
+    # with a server, that backend's full definitions. Both are measured:
+    # one call per list, and one call per backend (50) per list. Both answer
+    # from its per-backend tool cache (meta_mcp.cache_ttl, 5 minutes by
+    # default), as portcullis answers from its catalogue.
+    MCPGWL=
+    if [ $HAVE_MCPGW = 1 ]; then
+        log "starting mcp-gateway in front of the 50 upstreams"
+        start_mcpgw mcp-gateway-list "$FX100_URL" 50
+        MCPGWL_PID=$MCPGW_PID MCPGWL_URL=$MCPGW_URL
+        if [ -z "$PER_UPSTREAM" ]; then
+            echo "  mcp-gateway: no tool count for the fixture; its list rows are skipped" >&2
+        elif mcpgw_listed mcp-gateway "$MCPGWL_URL" $((50 * PER_UPSTREAM)); then
+            MCPGWL=1
+        fi
+    fi
     for c in 1 32; do
         load list "direct (1 upstream)" "$FX100_URL" $c --list --all-pages --watch-pid "$FX100_PID"
         load list "portcullis (50 upstreams)" "$GW_URL" $c --list --all-pages --watch-pid "$GW_PID" --watch-pid "$FX100_PID"
+        if [ -n "$MCPGWL" ]; then
+            mcpgw_list_all $c
+            mcpgw_list_each $c
+        fi
         if [ -n "$CF_LIST" ]; then
             # A whole list takes it seconds, and at c=32 the lists' pages
             # interleave, so the 32 end close together, a minute or so
@@ -900,6 +1017,28 @@ if want list; then
     done
     note list "portcullis (50 upstreams)" peak_rss_kb "$(status_kb "$GW_PID" VmHWM)"
     stop "$GW_PID"
+    if [ $HAVE_MCPGW = 1 ]; then
+        if [ -n "$MCPGWL" ]; then note list mcp-gateway peak_rss_kb "$(status_kb "$MCPGWL_PID" VmHWM)"; fi
+        stop "$MCPGWL_PID"
+    fi
+    # mcp-gateway again without its tool cache (cache_ttl 0s), once the first
+    # is gone: a per-upstream call then asks the upstream each time, so only
+    # that row is measured. (The all-at-once call never waits for a backend:
+    # it still answers from the lists it holds, and sets off a refresh of
+    # each in the background, whose CPU would fall partly outside the run.)
+    # At c=32 a list takes it over 10 s: no warm-up and --drain, as for
+    # ContextForge above.
+    if [ $HAVE_MCPGW = 1 ] && [ -n "$PER_UPSTREAM" ]; then
+        log "starting mcp-gateway in front of the 50 upstreams, without its tool cache (meta_mcp.cache_ttl: 0s)"
+        start_mcpgw mcp-gateway-list-nocache "$FX100_URL" 50 "cache_ttl: 0s"
+        MCPGWL_PID=$MCPGW_PID MCPGWL_URL=$MCPGW_URL
+        if mcpgw_listed "mcp-gateway, no tool cache" "$MCPGWL_URL" $((50 * PER_UPSTREAM)); then
+            mcpgw_list_each 1 ", no tool cache"
+            LOAD_WARMUP=0s LOAD_TIMEOUT=600s mcpgw_list_each 32 ", no tool cache" --drain
+            note list "mcp-gateway, no tool cache" peak_rss_kb "$(status_kb "$MCPGWL_PID" VmHWM)"
+        fi
+        stop "$MCPGWL_PID"
+    fi
     if [ -n "$CF_LIST" ]; then
         note list "$CFL_TARGET" peak_rss_kb "$(status_kb "$CFL_PID" VmHWM)" \
             sandbox_children_pss_kb "$(children_pss_kb "$CFL_PID")" \

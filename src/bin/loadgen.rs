@@ -11,7 +11,7 @@
 //! Modes:
 //!
 //! ```text
-//! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list [--all-pages]]
+//! portcullis-loadgen URL [--tool echo --args '{"message":"hi"}' | --list [--all-pages] | --mcp-gateway-list S,S...]
 //!     [--concurrency C] [--sessions N] [--rate R] [--duration 10s] [--warmup 2s] [--drain] [--timeout 30s] [--json]
 //! portcullis-loadgen URL --idle-sessions N [--listen] [--hold 30s]   # open and hold N sessions (each with a GET stream)
 //! portcullis-loadgen URL --setup-rate [--duration 10s]    # initialize+initialized+DELETE per second
@@ -80,6 +80,17 @@ struct Cli {
     /// `{server: SERVER, tool, arguments}`.
     #[arg(long, value_name = "SERVER")]
     mcp_gateway_invoke: Option<String>,
+    /// One request is mcp-gateway's listing meta-tool called once per
+    /// SERVER, in turn on the same session: `gateway_list_tools` with
+    /// `{server: SERVER}` (its only way to the backends' full tool
+    /// definitions, one backend at a time); latency runs to the last answer.
+    #[arg(
+        long,
+        value_name = "SERVER,SERVER...",
+        value_delimiter = ',',
+        conflicts_with_all = ["list", "mcp_gateway_invoke"]
+    )]
+    mcp_gateway_list: Vec<String>,
     /// Requests in flight at once (closed loop), or the most in flight
     /// with `--rate`.
     #[arg(long, short, default_value_t = 1)]
@@ -888,10 +899,12 @@ impl Report {
 // Modes
 // ---------------------------------------------------------------------------
 
-/// The body of request `id`, with the id spliced into a prepared template.
+/// The bodies of one request's steps (one, or with `--mcp-gateway-list` one
+/// per server), each with its id spliced into a prepared template.
 struct Payload {
     head: String,
-    tail: String,
+    /// What follows the id, one per step.
+    tails: Vec<String>,
 }
 
 impl Payload {
@@ -901,28 +914,49 @@ impl Payload {
         if !arguments.is_object() {
             bail!("--args must be a JSON object");
         }
-        let (method, params) = if cli.list {
-            ("tools/list", json!({}))
+        let steps: Vec<(&str, Value)> = if cli.list {
+            vec![("tools/list", json!({}))]
+        } else if !cli.mcp_gateway_list.is_empty() {
+            cli.mcp_gateway_list
+                .iter()
+                .map(|server| {
+                    (
+                        "tools/call",
+                        json!({ "name": "gateway_list_tools", "arguments": { "server": server } }),
+                    )
+                })
+                .collect()
         } else if let Some(server) = &cli.mcp_gateway_invoke {
-            (
+            vec![(
                 "tools/call",
                 json!({
                     "name": "gateway_invoke",
                     "arguments": { "server": server, "tool": cli.tool, "arguments": arguments },
                 }),
-            )
+            )]
         } else {
-            (
+            vec![(
                 "tools/call",
                 json!({ "name": cli.tool, "arguments": arguments }),
-            )
+            )]
         };
-        let tail = json!({ "method": method, "params": params }).to_string();
+        let tails = steps
+            .into_iter()
+            .map(|(method, params)| {
+                let tail = json!({ "method": method, "params": params }).to_string();
+                // `{"method":...}` becomes `,"method":...}` after the id.
+                format!(",{}", &tail[1..])
+            })
+            .collect();
         Ok(Payload {
             head: r#"{"jsonrpc":"2.0","id":"#.into(),
-            // `{"method":...}` becomes `,"method":...}` after the id.
-            tail: format!(",{}", &tail[1..]),
+            tails,
         })
+    }
+
+    /// Steps per request.
+    fn steps(&self) -> usize {
+        self.tails.len()
     }
 
     /// A `tools/list` request for the page after `cursor` (`--all-pages`).
@@ -936,11 +970,13 @@ impl Payload {
         Bytes::from(body.to_string())
     }
 
-    fn body(&self, id: u64) -> Bytes {
-        let mut s = String::with_capacity(self.head.len() + self.tail.len() + 20);
+    /// The body of step `step` (0 for a one-step request) with id `id`.
+    fn body(&self, step: usize, id: u64) -> Bytes {
+        let tail = &self.tails[step];
+        let mut s = String::with_capacity(self.head.len() + tail.len() + 20);
         s.push_str(&self.head);
         let _ = write!(s, "{id}");
-        s.push_str(&self.tail);
+        s.push_str(tail);
         Bytes::from(s)
     }
 
@@ -956,6 +992,11 @@ impl Payload {
             "tools/list (all pages)".into()
         } else if cli.list {
             "tools/list".into()
+        } else if !cli.mcp_gateway_list.is_empty() {
+            format!(
+                "tools/call gateway_list_tools, once per server ({} in turn)",
+                cli.mcp_gateway_list.len()
+            )
         } else if let Some(server) = &cli.mcp_gateway_invoke {
             format!("tools/call gateway_invoke({server}/{})", cli.tool)
         } else {
@@ -997,9 +1038,11 @@ async fn open_sessions(
 /// cursors forever must not hold a worker for the whole run.
 const MAX_PAGES: u64 = 10_000;
 
-/// Sends request `id`; with `all_pages`, then asks for each page its answer
-/// announces (`nextCursor`), advancing `id` by `stride` for each. Returns
-/// the last reply (or the first error) and the pages read.
+/// Sends request `id`, each of its steps in turn (advancing `id` by
+/// `stride` for each after the first; a step's error ends it); with
+/// `all_pages`, then asks for each page its answer announces (`nextCursor`),
+/// advancing `id` likewise. Returns the last reply (or the first error; a
+/// tool error at any step is kept) and the pages read.
 async fn request_pages(
     conn: &mut Conn,
     session: Option<&Session>,
@@ -1008,7 +1051,20 @@ async fn request_pages(
     payload: &Payload,
     all_pages: bool,
 ) -> anyhow::Result<(Reply, u64)> {
-    let (mut reply, _) = conn.call(session, *id, payload.body(*id), false).await?;
+    let (mut reply, _) = conn.call(session, *id, payload.body(0, *id), false).await?;
+    for step in 1..payload.steps() {
+        if reply.error.is_some() {
+            return Ok((reply, 1));
+        }
+        *id += stride;
+        let tool_error = reply.tool_error;
+        reply = conn
+            .call(session, *id, payload.body(step, *id), false)
+            .await?
+            .0;
+        // An error result at any step marks the whole request.
+        reply.tool_error |= tool_error;
+    }
     let mut pages = 1;
     while all_pages && reply.error.is_none() {
         let Some(cursor) = reply.next_cursor.take() else {
@@ -1451,12 +1507,47 @@ mod tests {
             "--args",
             r#"{"message":"m"}"#,
         ]);
-        let body = Payload::new(&cli).map(|p| p.body(42)).unwrap_or_default();
+        let body = Payload::new(&cli)
+            .map(|p| p.body(0, 42))
+            .unwrap_or_default();
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
         assert_eq!(v["id"], 42);
         assert_eq!(v["params"]["name"], "gateway_invoke");
         assert_eq!(v["params"]["arguments"]["server"], "fx");
         assert_eq!(v["params"]["arguments"]["arguments"]["message"], "m");
+    }
+
+    #[test]
+    fn mcp_gateway_list_is_one_call_per_server() {
+        let cli = Cli::parse_from([
+            "loadgen",
+            "http://h/mcp",
+            "--mcp-gateway-list",
+            "up00,up01,up02",
+        ]);
+        let payload = Payload::new(&cli).ok();
+        assert_eq!(payload.as_ref().map(Payload::steps), Some(3));
+        for (step, server) in ["up00", "up01", "up02"].into_iter().enumerate() {
+            let id = 5 + 32 * step as u64;
+            let body = payload
+                .as_ref()
+                .map(|p| p.body(step, id))
+                .unwrap_or_default();
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            assert_eq!(v["id"], id);
+            assert_eq!(v["method"], "tools/call");
+            assert_eq!(v["params"]["name"], "gateway_list_tools");
+            assert_eq!(v["params"]["arguments"], json!({ "server": server }));
+        }
+        assert!(Payload::describe(&cli).contains("3 in turn"));
+        // Any other request is one step.
+        let one = Cli::parse_from(["loadgen", "http://h/mcp", "--list"]);
+        assert_eq!(Payload::new(&one).ok().map(|p| p.steps()), Some(1));
+        // Not with --list or --mcp-gateway-invoke.
+        for other in ["--list", "--mcp-gateway-invoke=fx"] {
+            let args = ["loadgen", "http://h/mcp", "--mcp-gateway-list", "a", other];
+            assert!(Cli::try_parse_from(args).is_err());
+        }
     }
 
     #[test]
