@@ -107,11 +107,16 @@ stop() {
     wait "$1" 2>/dev/null || true
 }
 
-# wait_http URL: polls until URL answers 2xx.
+# wait_http URL [PID]: polls until URL answers 2xx; gives up at once if the
+# process PID (the server being waited for) has exited.
 wait_http() {
     local i
     for i in $(seq 1 1200); do
         curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+        if [ -n "${2:-}" ] && ! kill -0 "$2" 2>/dev/null; then
+            echo "the server for $1 (pid $2) exited before answering" >&2
+            return 1
+        fi
         sleep 0.1
     done
     echo "no answer from $1 within 120s: $(curl -sS "$1" 2>&1 | head -c 300)" >&2
@@ -329,7 +334,7 @@ EOF
     MCPGW_PID=$!
     PIDS+=("$MCPGW_PID")
     MCPGW_URL=http://127.0.0.1:$port/mcp
-    wait_http "http://127.0.0.1:$port/health"
+    wait_http "http://127.0.0.1:$port/health" "$MCPGW_PID"
 }
 
 # start_nginx NAME UPSTREAM_URL: nginx as a plain reverse proxy in front of
@@ -469,7 +474,7 @@ EOF
         fi
         sleep 0.1
     done
-    wait_http "$CF_STARTED_BASE/health" || return 1
+    wait_http "$CF_STARTED_BASE/health" "$CF_STARTED_PID" || return 1
     if [ -z "$CF_AUTH" ]; then
         # shellcheck source=/dev/null
         token=$(set -a && . "$envfile" &&
@@ -755,7 +760,7 @@ EOF
     LITELLM_PID=$!
     PIDS+=("$LITELLM_PID")
     LITELLM_BASE=http://127.0.0.1:$port
-    wait_http "$LITELLM_BASE/health/liveliness"
+    wait_http "$LITELLM_BASE/health/liveliness" "$LITELLM_PID"
 }
 
 # --- the fixture and the plain gateway -------------------------------------------
@@ -809,7 +814,7 @@ start_gateway() {
     local base
     base=$(awk '{print $4}' <<<"$STARTED_LINE")
     GW_URL=$base/mcp
-    wait_http "$base/readyz"
+    wait_http "$base/readyz" "$GW_PID"
 }
 
 NGINX_TARGET="nginx (plain HTTP proxy, floor)"
