@@ -707,11 +707,14 @@ list_counted() {
 # Says and notes the counts; sets MCPGW_SERVERS (its backends, comma-separated).
 # Fails (returns 1) with the last counts when they never reach EXPECTED.
 mcpgw_listed() {
-    local target=$1 url=$2 expected=$3 counted='' all=0 named=0 each=0 schemas=0 servers=0 meta=0 i
+    local target=$1 url=$2 expected=$3 counted='' all=0 named=0 each=0 schemas=0 servers=0 meta=0 complete='' i
     for i in $(seq 1 240); do
         if counted=$(mcp_probe mcpgw "$url" 2>"$OUT/mcpgw-servers.txt"); then
             read -r all named each schemas servers meta <<<"$counted"
-            [ "$all" = "$expected" ] && [ "$each" = "$expected" ] && [ "$schemas" = "$expected" ] && break
+            if [ "$all" = "$expected" ] && [ "$each" = "$expected" ] && [ "$schemas" = "$expected" ]; then
+                complete=1
+                break
+            fi
         fi
         sleep 0.5
     done
@@ -719,7 +722,7 @@ mcpgw_listed() {
     echo "  $target: its tools/list holds $meta (meta-)tools; gateway_list_tools lists $all tools from $named backends at once, and $each ($schemas with an inputSchema) called once for each of its $servers backends" >&2
     note list "$target" meta_tools "$meta" all_at_once_tools "$all" all_at_once_backends "$named" \
         per_backend_tools "$each" per_backend_with_schema "$schemas" backends "$servers"
-    if [ "$all" != "$expected" ] || [ "$each" != "$expected" ] || [ "$schemas" != "$expected" ]; then
+    if [ -z "$complete" ]; then
         echo "  $target: expected $expected tools each way; its list rows are skipped (see $OUT/mcpgw-servers.txt)" >&2
         return 1
     fi
