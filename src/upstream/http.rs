@@ -426,7 +426,8 @@ impl StreamableHttpClient for TracingClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         limits: StreamableHttpResponseLimits,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
-        let headers = with_trace_headers(&message, custom_headers);
+        let mut headers = with_trace_headers(&message, custom_headers);
+        self.seen.params().complete(&message, &mut headers);
         let request = match &message {
             JsonRpcMessage::Request(r) => Some(r.id.clone()),
             _ => None,

@@ -13,6 +13,7 @@ mod connect;
 mod eras;
 mod http;
 mod ordered;
+mod param_headers;
 mod pool;
 mod related;
 mod routes;
@@ -229,6 +230,8 @@ pub struct Upstream {
     /// `protocol: auto` and a shared connection in 2026-07-28: the legacy
     /// connection that serves legacy clients (see `eras`).
     legacy: eras::LegacyConnection,
+    /// `x-mcp-header` parameters of its tools, from any connection's list.
+    params: Arc<param_headers::ParamHeaders>,
 }
 
 impl Upstream {
@@ -258,6 +261,7 @@ impl Upstream {
             suspect: tokio::sync::Notify::new(),
             sampler,
             watched: Default::default(),
+            params: Default::default(),
             legacy: Default::default(),
         });
         tasks.spawn(supervise(upstream.clone()));
@@ -629,7 +633,7 @@ impl Upstream {
         // The legacy connection of an `auto` upstream duplicates what the
         // shared one reports (list changes).
         let secondary = owner.is_none() && protocol != self.config.protocol;
-        let task_support = Arc::new(task_support::TaskSupport::default());
+        let task_support = Arc::new(task_support::TaskSupport::new(self.params.clone()));
         let service = connect::connect(
             &self.name,
             &self.config,

@@ -22,6 +22,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use super::param_headers::ParamHeaders;
+
 /// The longest stdio line the tap buffers; rmcp's own stdio limit, so any
 /// message rmcp accepts is seen.
 const MAX_LINE: usize = rmcp::transport::async_rw::DEFAULT_MAX_LINE_LENGTH;
@@ -38,6 +40,9 @@ pub(crate) struct TaskSupport {
     capability: RwLock<Option<Value>>,
     /// Each tool's `execution` object, by the server's own tool name.
     execution: RwLock<HashMap<String, Value>>,
+    /// The upstream's record of `x-mcp-header` parameters, which outlives
+    /// this connection and is shared with the upstream's others.
+    params: Arc<ParamHeaders>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +76,19 @@ struct Capabilities {
 }
 
 impl TaskSupport {
+    /// A connection's record that also feeds its upstream's `params`.
+    pub(crate) fn new(params: Arc<ParamHeaders>) -> Self {
+        TaskSupport {
+            params,
+            ..Default::default()
+        }
+    }
+
+    /// The upstream's `x-mcp-header` parameters, as far as listed.
+    pub(crate) fn params(&self) -> &ParamHeaders {
+        &self.params
+    }
+
     /// Reads one raw JSON-RPC message from the server.
     pub(crate) fn observe(&self, message: &[u8]) {
         if TOOLS.find(message).is_some() {
@@ -86,6 +104,8 @@ impl TaskSupport {
         let Ok(page) = serde_json::from_slice::<Message<ToolsPage>>(message) else {
             return;
         };
+        let listed: Vec<&str> = page.result.tools.iter().map(|t| t.name.as_str()).collect();
+        self.params.learn(message, &listed);
         let Ok(mut execution) = self.execution.write() else {
             return;
         };

@@ -296,14 +296,21 @@ def test_log_lines_reach_a_2026_client_only_at_its_request_level(procs, protocol
     assert "debug" not in logs(call("error")) and "info" not in logs(call("error"))
 
 
-def test_mcp_param_headers_are_checked_downstream_and_sent_upstream_under_its_own_name(procs):
+@pytest.mark.parametrize("session", ["shared", "per-client"])
+def test_mcp_param_headers_are_checked_downstream_and_sent_upstream_under_its_own_name(procs, session):
     """SEP-2243 through a renamed tool: the gateway checks the client's
     `Mcp-Param-Region` against the body (HTTP 400, -32020 on a mismatch),
     and the upstream, which checks its own headers, accepts the forwarded
-    call, so it got its own tool name in `Mcp-Name` and the mirrored header."""
+    call, so it got its own tool name in `Mcp-Name` and the mirrored header.
+    A per-client connection carries calls of tools it never listed itself
+    (the shared connection did), and mirrors the header all the same."""
     url = procs.fixture_http()
     gw = procs.gateway(
-        {"upstreams": {"fx": {"http": {"url": url}, "tools": {"rename": {"test_custom_header": "where"}}}}}
+        {
+            "upstreams": {
+                "fx": {"http": {"url": url}, "session": session, "tools": {"rename": {"test_custom_header": "where"}}}
+            }
+        }
     )
     gw.wait_up("fx")
     meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
