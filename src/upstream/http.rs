@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -29,6 +30,7 @@ use rmcp::transport::streamable_http_client::{
     StreamableHttpError, StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
 use sse_stream::{Sse, SseStream};
+use tokio::runtime::Handle;
 
 use super::related;
 use super::task_support::TaskSupport;
@@ -49,7 +51,8 @@ const RESERVED: [&str; 3] = ["accept", HEADER_SESSION_ID, HEADER_LAST_EVENT_ID];
 
 impl TracingClient {
     /// Shows a streamed answer to `seen`, and marks its log lines as the
-    /// posted request's (`related`).
+    /// posted request's (`related`). The answer is read on to its end if
+    /// rmcp drops it early ([`Drained`]).
     fn tap(
         &self,
         response: StreamableHttpPostResponse,
@@ -57,6 +60,7 @@ impl TracingClient {
     ) -> StreamableHttpPostResponse {
         match response {
             StreamableHttpPostResponse::Sse(stream, session) => {
+                let stream = Drained::new(stream).boxed();
                 StreamableHttpPostResponse::Sse(self.tap_sse(stream, request), session)
             }
             // A JSON answer `TaskSupport` reads was shown to it by
@@ -277,6 +281,100 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// How long a dropped answer is read on for its end.
+const DRAIN: Duration = Duration::from_millis(50);
+/// Events of a dropped answer read at once, before a task is spawned to
+/// wait for the rest.
+const DRAIN_AT_ONCE: usize = 16;
+
+/// A POST's SSE answer that, when dropped before its end, is read on to
+/// the end on a task of its own (for at most [`DRAIN`]). rmcp's client
+/// drops an answer stream as soon as the worker has the response, racing
+/// its own drain; an answer whose closing chunk had not arrived yet then
+/// dies with its HTTP/1.1 connection, and the next call opens a new one
+/// (at concurrency 1 about one call in seven did, docs/benchmarks.md). The
+/// events read on are discarded, as rmcp would have. An answer dropped
+/// before its response is dropped at once: that is a cancelled call, and
+/// on a 2026-07-28 connection closing the stream is how the server learns
+/// it.
+struct Drained {
+    inner: Option<BoxStream<'static, Result<Sse, SseError>>>,
+    ended: bool,
+    /// A JSON-RPC response (or error) came on the stream.
+    answered: bool,
+}
+
+impl Drained {
+    fn new(inner: BoxStream<'static, Result<Sse, SseError>>) -> Self {
+        Drained {
+            inner: Some(inner),
+            ended: false,
+            answered: false,
+        }
+    }
+}
+
+/// Whether an event's data is a JSON-RPC response or error: a message
+/// without a `method`. (A response whose result holds a `"method"` key
+/// reads as not one, which only forgoes the drain.)
+fn is_response(sse: &Sse) -> bool {
+    sse.data.as_deref().is_some_and(|data| {
+        !data.trim().is_empty() && memchr::memmem::find(data.as_bytes(), b"\"method\"").is_none()
+    })
+}
+
+impl futures::Stream for Drained {
+    type Item = Result<Sse, SseError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let next = inner.poll_next_unpin(cx);
+        match &next {
+            std::task::Poll::Ready(None) => self.ended = true,
+            std::task::Poll::Ready(Some(Ok(sse))) if !self.answered => {
+                self.answered = is_response(sse);
+            }
+            _ => {}
+        }
+        next
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        let Some(mut rest) = self.inner.take() else {
+            return;
+        };
+        if self.ended || !self.answered {
+            return;
+        }
+        // Most answers have ended by now, their closing chunk having come
+        // with the response: a task per call to find that out would cost
+        // more (a cross-thread wake-up at low load) than the rare new
+        // connection it saves.
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        for _ in 0..DRAIN_AT_ONCE {
+            match rest.poll_next_unpin(&mut cx) {
+                std::task::Poll::Ready(None) => return,
+                std::task::Poll::Ready(Some(_)) => {}
+                std::task::Poll::Pending => break,
+            }
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ =
+                tokio::time::timeout(DRAIN, async { while rest.next().await.is_some() {} }).await;
+        });
+    }
 }
 
 /// Why an SSE answer's byte stream failed.
@@ -783,5 +881,106 @@ mod tests {
         // A blank line ends the event; comments do not count.
         assert!(bound.fits(b"\r\n: a long keep-alive comment\ndata: abc\n"));
         assert!(!bound.fits(b"x"));
+    }
+
+    fn event(data: &str) -> Result<Sse, SseError> {
+        Ok(Sse::default().data(data))
+    }
+
+    /// No events; tells `ended` when the stream is read that far.
+    fn end_signal(
+        ended: tokio::sync::oneshot::Sender<()>,
+    ) -> impl futures::Stream<Item = Result<Sse, SseError>> {
+        futures::stream::once(async move {
+            let _ = ended.send(());
+        })
+        .filter_map(|()| async { None })
+    }
+
+    /// An answer stream: the response, then `rest`.
+    fn answer_then(
+        rest: impl futures::Stream<Item = Result<Sse, SseError>> + Send + 'static,
+    ) -> Drained {
+        Drained::new(futures::stream::iter([event(RESPONSE)]).chain(rest).boxed())
+    }
+
+    const RESPONSE: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+    const PROGRESS: &str = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
+
+    #[tokio::test]
+    async fn an_answer_dropped_before_its_end_is_read_to_the_end() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (ended, at_end) = tokio::sync::oneshot::channel::<()>();
+        // The response event, then (once released) the closing one, then
+        // the end, which tells `at_end` it was reached.
+        let rest = futures::stream::once(async move {
+            let _ = released.await;
+            event(PROGRESS)
+        })
+        .chain(end_signal(ended));
+        let mut answer = answer_then(rest);
+        assert!(matches!(answer.next().await, Some(Ok(_))));
+        drop(answer);
+        let _ = release.send(());
+        let reached = tokio::time::timeout(Duration::from_secs(10), at_end).await;
+        assert!(matches!(reached, Ok(Ok(()))), "{reached:?}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_whose_end_has_come_is_finished_on_drop_without_a_task() {
+        let (ended, mut at_end) = tokio::sync::oneshot::channel::<()>();
+        let mut answer =
+            answer_then(futures::stream::iter([event(PROGRESS)]).chain(end_signal(ended)));
+        assert!(matches!(answer.next().await, Some(Ok(_))));
+        drop(answer);
+        // On this single-threaded runtime a spawned task has not run yet.
+        assert_eq!(at_end.try_recv(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn an_answer_dropped_before_its_response_is_not_read_on() {
+        let (ended, at_end) = tokio::sync::oneshot::channel::<()>();
+        let rest = futures::stream::once(async move {
+            let _ = ended.send(());
+            event(RESPONSE)
+        });
+        let mut answer = Drained::new(
+            futures::stream::iter([event(""), event(PROGRESS)])
+                .chain(rest)
+                .boxed(),
+        );
+        assert!(matches!(answer.next().await, Some(Ok(_))));
+        assert!(matches!(answer.next().await, Some(Ok(_))));
+        drop(answer);
+        // The rest was dropped unread: its sender is gone without a word.
+        assert!(at_end.await.is_err());
+    }
+
+    #[test]
+    fn responses_are_told_from_other_messages() {
+        let data = |d: &str| Sse::default().data(d);
+        assert!(is_response(&data(RESPONSE)));
+        assert!(is_response(&data(
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"m"}}"#
+        )));
+        assert!(!is_response(&data(PROGRESS)));
+        assert!(!is_response(&data("")));
+        assert!(!is_response(&Sse::default()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_never_ends_is_dropped_after_the_drain_bound() {
+        let (guard, dropped) = tokio::sync::oneshot::channel::<()>();
+        let never = futures::stream::poll_fn(move |_| {
+            let _ = &guard;
+            std::task::Poll::<Option<Result<Sse, SseError>>>::Pending
+        });
+        let mut answer = answer_then(never);
+        assert!(matches!(answer.next().await, Some(Ok(_))));
+        let start = tokio::time::Instant::now();
+        drop(answer);
+        // Resolves (with an error) once the stream, and its guard, is dropped.
+        let _ = dropped.await;
+        assert!(start.elapsed() >= DRAIN, "{:?}", start.elapsed());
     }
 }
