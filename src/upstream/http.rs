@@ -294,7 +294,8 @@ const DRAIN_AT_ONCE: usize = 16;
 /// drops an answer stream as soon as the worker has the response, racing
 /// its own drain; an answer whose closing chunk had not arrived yet then
 /// dies with its HTTP/1.1 connection, and the next call opens a new one
-/// (at concurrency 1 about one call in seven did, docs/benchmarks.md). The
+/// (at concurrency 1, up to one call in 200 on an idle machine and one in
+/// seven on a loaded one; docs/benchmarks.md). The
 /// events read on are discarded, as rmcp would have. An answer dropped
 /// before its response is dropped at once: that is a cancelled call, and
 /// on a 2026-07-28 connection closing the stream is how the server learns
