@@ -1550,6 +1550,110 @@ mod tests {
         }
     }
 
+    /// A server answering every POST with JSON: an error for a call whose
+    /// `server` argument is "bad", a tool result otherwise. Records each
+    /// request body.
+    async fn recording_server() -> (String, Arc<Mutex<Vec<Value>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok();
+        let url = listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| format!("http://{a}/mcp"))
+            .unwrap_or_default();
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let recorded = seen.clone();
+        tokio::spawn(async move {
+            let Some(listener) = listener else { return };
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let service = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let v: Value = body
+                                .ok()
+                                .and_then(|b| serde_json::from_slice(&b).ok())
+                                .unwrap_or_default();
+                            let answer = if v["params"]["arguments"]["server"] == "bad" {
+                                json!({"jsonrpc": "2.0", "id": v["id"], "error": {"code": -32602, "message": "bad"}})
+                            } else {
+                                json!({"jsonrpc": "2.0", "id": v["id"], "result": {"content": []}})
+                            };
+                            if let Ok(mut seen) = seen.lock() {
+                                seen.push(v);
+                            }
+                            let mut resp =
+                                hyper::Response::new(Full::new(Bytes::from(answer.to_string())));
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (url, recorded)
+    }
+
+    #[tokio::test]
+    async fn every_step_of_a_request_is_sent_until_one_fails() {
+        let (url, seen) = recording_server().await;
+        let ep = Endpoint::parse(&url, &[], Duration::from_secs(10)).map(Arc::new);
+        let Ok(ep) = ep else {
+            panic!("endpoint {url}: {ep:?}", ep = ep.err());
+        };
+        let sent = |servers: &str| {
+            let cli = Cli::parse_from(["loadgen", &url, "--mcp-gateway-list", servers]);
+            Payload::new(&cli)
+        };
+        let bodies = |seen: &Arc<Mutex<Vec<Value>>>| {
+            seen.lock()
+                .map(|mut s| std::mem::take(&mut *s))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| (v["id"].clone(), v["params"]["arguments"]["server"].clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut conn = Conn::new(ep);
+        let Ok(all) = sent("a,b,c") else {
+            panic!("payload")
+        };
+        let mut id = 5;
+        let done = request_pages(&mut conn, None, &mut id, 32, &all, false).await;
+        assert!(
+            done.as_ref().is_ok_and(|(r, _)| r.error.is_none()),
+            "{:?}",
+            done.err()
+        );
+        assert_eq!(
+            bodies(&seen),
+            [
+                (json!(5), json!("a")),
+                (json!(37), json!("b")),
+                (json!(69), json!("c"))
+            ]
+        );
+        assert_eq!(id, 69);
+        // An error at a step ends the request there.
+        let Ok(failing) = sent("a,bad,c") else {
+            panic!("payload")
+        };
+        let mut id = 1;
+        let done = request_pages(&mut conn, None, &mut id, 1, &failing, false).await;
+        assert!(done.as_ref().is_ok_and(|(r, _)| r.error.is_some()));
+        assert_eq!(
+            bodies(&seen),
+            [(json!(1), json!("a")), (json!(2), json!("bad"))]
+        );
+    }
+
     #[test]
     fn list_pages_are_followed_by_cursor() {
         let page = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[],"nextCursor":"abc"}}"#;
