@@ -1551,8 +1551,8 @@ mod tests {
     }
 
     /// A server answering every POST with JSON: an error for a call whose
-    /// `server` argument is "bad", a tool result otherwise. Records each
-    /// request body.
+    /// `server` argument is "bad", a tool error result for "failing", a
+    /// tool result otherwise. Records each request body.
     async fn recording_server() -> (String, Arc<Mutex<Vec<Value>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok();
         let url = listener
@@ -1575,10 +1575,12 @@ mod tests {
                                 .ok()
                                 .and_then(|b| serde_json::from_slice(&b).ok())
                                 .unwrap_or_default();
-                            let answer = if v["params"]["arguments"]["server"] == "bad" {
+                            let server = &v["params"]["arguments"]["server"];
+                            let answer = if server == "bad" {
                                 json!({"jsonrpc": "2.0", "id": v["id"], "error": {"code": -32602, "message": "bad"}})
                             } else {
-                                json!({"jsonrpc": "2.0", "id": v["id"], "result": {"content": []}})
+                                let failed = server == "failing";
+                                json!({"jsonrpc": "2.0", "id": v["id"], "result": {"content": [], "isError": failed}})
                             };
                             if let Ok(mut seen) = seen.lock() {
                                 seen.push(v);
@@ -1652,6 +1654,15 @@ mod tests {
             bodies(&seen),
             [(json!(1), json!("a")), (json!(2), json!("bad"))]
         );
+        // A tool error at an earlier step marks the whole request.
+        let Ok(flawed) = sent("failing,a") else {
+            panic!("payload")
+        };
+        let done = request_pages(&mut conn, None, &mut id, 1, &flawed, false).await;
+        assert!(done
+            .as_ref()
+            .is_ok_and(|(r, _)| r.tool_error && r.error.is_none()));
+        assert_eq!(bodies(&seen).len(), 2);
     }
 
     #[test]

@@ -60,8 +60,8 @@ impl TracingClient {
     ) -> StreamableHttpPostResponse {
         match response {
             StreamableHttpPostResponse::Sse(stream, session) => {
-                let stream = Drained::new(stream).boxed();
-                StreamableHttpPostResponse::Sse(self.tap_sse(stream, request), session)
+                let stream = self.tap_sse(Drained::new(stream), request);
+                StreamableHttpPostResponse::Sse(stream, session)
             }
             // A JSON answer `TaskSupport` reads was shown to it by
             // `post_observed`; rmcp parsed any other.
@@ -75,7 +75,7 @@ impl TracingClient {
     /// stream passes through it.
     fn tap_sse(
         &self,
-        stream: BoxStream<'static, Result<Sse, SseError>>,
+        stream: impl futures::Stream<Item = Result<Sse, SseError>> + Send + 'static,
         request: Option<RequestId>,
     ) -> BoxStream<'static, Result<Sse, SseError>> {
         let seen = self.seen.clone();
@@ -301,8 +301,8 @@ const DRAIN_AT_ONCE: usize = 16;
 /// on a 2026-07-28 connection closing the stream is how the server learns
 /// it.
 struct Drained {
+    /// The answer until it has ended.
     inner: Option<BoxStream<'static, Result<Sse, SseError>>>,
-    ended: bool,
     /// A JSON-RPC response (or error) came on the stream.
     answered: bool,
 }
@@ -311,7 +311,6 @@ impl Drained {
     fn new(inner: BoxStream<'static, Result<Sse, SseError>>) -> Self {
         Drained {
             inner: Some(inner),
-            ended: false,
             answered: false,
         }
     }
@@ -338,7 +337,7 @@ impl futures::Stream for Drained {
         };
         let next = inner.poll_next_unpin(cx);
         match &next {
-            std::task::Poll::Ready(None) => self.ended = true,
+            std::task::Poll::Ready(None) => self.inner = None,
             std::task::Poll::Ready(Some(Ok(sse))) if !self.answered => {
                 self.answered = is_response(sse);
             }
@@ -353,7 +352,7 @@ impl Drop for Drained {
         let Some(mut rest) = self.inner.take() else {
             return;
         };
-        if self.ended || !self.answered {
+        if !self.answered {
             return;
         }
         // Most answers have ended by now, their closing chunk having come

@@ -18,17 +18,16 @@ use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use memchr::memmem;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, JsonRpcMessage};
+use rmcp::transport::common::http_header::{
+    BASE64_HEADER_PREFIX, BASE64_HEADER_SUFFIX, HEADER_MCP_PARAM_PREFIX,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// rmcp's header names (`http_header`), lower-cased as `http` stores them.
-/// (A `HashMap<HeaderName, _>` is looked up by `HeaderName`: a `&str` key
+/// rmcp's `HEADER_MCP_METHOD`, lower-cased as `from_static` requires. (A
+/// `HashMap<HeaderName, _>` is looked up by `HeaderName`: a `&str` key
 /// hashes differently.)
 const METHOD_HEADER: HeaderName = HeaderName::from_static("mcp-method");
-const PARAM_PREFIX: &str = "mcp-param-";
-/// The wrapping of a value that cannot travel as a bare header value.
-const BASE64_PREFIX: &str = "=?base64?";
-const BASE64_SUFFIX: &str = "?=";
 
 /// One annotated parameter: where its value sits in the arguments, and the
 /// header that carries it.
@@ -67,7 +66,7 @@ impl ParamHeaders {
     /// already parsed by the caller): each listed tool's annotations replace
     /// what was known of it. Only a page that mentions `x-mcp-header` is
     /// parsed again for its schemas.
-    pub(crate) fn learn(&self, page: &[u8], listed: &[&str]) {
+    pub(crate) fn learn<'a>(&self, page: &[u8], listed: impl IntoIterator<Item = &'a str>) {
         let annotated = if memmem::find(page, b"\"x-mcp-header\"").is_some() {
             match serde_json::from_slice::<Page>(page) {
                 Ok(page) => page
@@ -91,7 +90,7 @@ impl ParamHeaders {
             return;
         }
         for name in listed {
-            tools.remove(*name);
+            tools.remove(name);
         }
         tools.extend(annotated);
     }
@@ -152,7 +151,8 @@ fn collect(properties: Option<&Value>, path: &mut Vec<String>, out: &mut Vec<Par
     for (name, schema) in properties {
         path.push(name.clone());
         if let Some(header) = schema.get("x-mcp-header").and_then(Value::as_str) {
-            if let Ok(header) = HeaderName::from_bytes(format!("{PARAM_PREFIX}{header}").as_bytes())
+            if let Ok(header) =
+                HeaderName::from_bytes(format!("{HEADER_MCP_PARAM_PREFIX}{header}").as_bytes())
             {
                 out.push(Param {
                     path: path.clone().into_boxed_slice(),
@@ -183,7 +183,7 @@ fn header_value(value: &Value) -> Option<HeaderValue> {
     };
     let text = if needs_base64(&text) {
         let encoded = base64::engine::general_purpose::STANDARD.encode(&text);
-        format!("{BASE64_PREFIX}{encoded}{BASE64_SUFFIX}")
+        format!("{BASE64_HEADER_PREFIX}{encoded}{BASE64_HEADER_SUFFIX}")
     } else {
         text
     };
@@ -196,7 +196,7 @@ fn needs_base64(value: &str) -> bool {
     value.starts_with([' ', '\t'])
         || value.ends_with([' ', '\t'])
         || value.chars().any(|c| !(' '..='~').contains(&c))
-        || (value.starts_with(BASE64_PREFIX) && value.ends_with(BASE64_SUFFIX))
+        || (value.starts_with(BASE64_HEADER_PREFIX) && value.ends_with(BASE64_HEADER_SUFFIX))
 }
 
 #[cfg(test)]
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn annotated_arguments_are_mirrored_nested_ones_included() {
         let record = ParamHeaders::default();
-        record.learn(&page(json!([region_tool("t")])), &["t"]);
+        record.learn(&page(json!([region_tool("t")])), ["t"]);
         let mut headers = standard();
         record.complete(
             &call(
@@ -263,7 +263,7 @@ mod tests {
     #[test]
     fn values_that_cannot_travel_bare_are_wrapped() {
         let record = ParamHeaders::default();
-        record.learn(&page(json!([region_tool("t")])), &["t"]);
+        record.learn(&page(json!([region_tool("t")])), ["t"]);
         for (value, sent) in [
             (" eu", "=?base64?IGV1?="),
             ("été", "=?base64?w6l0w6k=?="),
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn nothing_is_added_before_standard_headers_or_over_rmcps() {
         let record = ParamHeaders::default();
-        record.learn(&page(json!([region_tool("t")])), &["t"]);
+        record.learn(&page(json!([region_tool("t")])), ["t"]);
         let mut legacy = HashMap::new();
         record.complete(&call("t", json!({"region": "eu"})), &mut legacy);
         assert!(legacy.is_empty(), "{legacy:?}");
@@ -307,12 +307,12 @@ mod tests {
         let record = ParamHeaders::default();
         record.learn(
             &page(json!([region_tool("a"), region_tool("b")])),
-            &["a", "b"],
+            ["a", "b"],
         );
         // `a` lost its annotation; `b` was not on this page.
         record.learn(
             &page(json!([{"name": "a", "inputSchema": {"type": "object"}}])),
-            &["a"],
+            ["a"],
         );
         let mut a = standard();
         record.complete(&call("a", json!({"region": "eu"})), &mut a);

@@ -104,8 +104,8 @@ impl TaskSupport {
         let Ok(page) = serde_json::from_slice::<Message<ToolsPage>>(message) else {
             return;
         };
-        let listed: Vec<&str> = page.result.tools.iter().map(|t| t.name.as_str()).collect();
-        self.params.learn(message, &listed);
+        let listed = page.result.tools.iter().map(|t| t.name.as_str());
+        self.params.learn(message, listed);
         let Ok(mut execution) = self.execution.write() else {
             return;
         };
