@@ -14,6 +14,7 @@
 //! gone to the client, a failure is reported as an error event in the
 //! stream and never looks like a normal end.
 
+pub mod passthrough;
 pub mod provider;
 pub mod route;
 pub mod sampling;
@@ -35,6 +36,7 @@ use tracing::Instrument as _;
 use crate::auth::Identity;
 use crate::config::{BreakerConfig, Config, PriceConfig, ProviderKind, RetryConfig, Strategy};
 use crate::telemetry::Metrics;
+use passthrough::{AnswerProbe, SameFormat};
 use provider::{AttemptError, Provider, Reply};
 use route::{Admit, Candidate, Health};
 use sse::SseEvent;
@@ -186,6 +188,23 @@ struct Ctx {
     anthropic_beta: Option<String>,
 }
 
+/// A request body on its way to a provider.
+enum ProviderBody<'a> {
+    /// Translated into the provider's format.
+    Translated(Value),
+    /// The client's own, in the provider's format already.
+    Same(SameFormat<'a>),
+}
+
+impl serde::Serialize for ProviderBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ProviderBody::Translated(v) => v.serialize(s),
+            ProviderBody::Same(same) => same.serialize(s),
+        }
+    }
+}
+
 /// How a served request went, for accounting.
 struct Served<'a> {
     target: &'a Target,
@@ -194,10 +213,17 @@ struct Served<'a> {
 }
 
 fn json_response(status: u16, body: &Value) -> LlmResponse {
+    // `to_vec`, not `to_string`: `Display` writes through `fmt::Write`, a
+    // few bytes a call.
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    bytes_response(status, Bytes::from(body))
+}
+
+fn bytes_response(status: u16, body: Bytes) -> LlmResponse {
     LlmResponse {
         status,
         headers: Vec::new(),
-        body: ResponseBody::Json(Bytes::from(body.to_string())),
+        body: ResponseBody::Json(body),
     }
 }
 
@@ -390,15 +416,24 @@ impl Llm {
             if t.provider.kind != ProviderKind::Anthropic || t.health().is_open(now) {
                 continue;
             }
-            let mut b = body.clone();
-            b["model"] = json!(t.model);
+            let Some(fields) = body.as_object() else {
+                break;
+            };
+            let b = SameFormat {
+                body: fields,
+                model: &t.model,
+                include_usage: false,
+            };
             match t
                 .provider
                 .send("messages/count_tokens", &b, false, None, beta.clone())
                 .await
             {
-                Ok(Reply::Json(v)) if v.get("input_tokens").is_some() => {
-                    return json_response(200, &v)
+                Ok(Reply::Json(answer))
+                    if serde_json::from_slice::<Value>(&answer)
+                        .is_ok_and(|v| v.get("input_tokens").is_some()) =>
+                {
+                    return bytes_response(200, answer);
                 }
                 Ok(_) => {
                     tracing::info!(provider = %t.provider.name, "count_tokens: unexpected answer")
@@ -680,8 +715,14 @@ impl Llm {
     }
 
     /// The request body for `target`, translated if its format differs.
-    fn provider_body(&self, ctx: &Ctx, target: &Target) -> Result<Value, AttemptError> {
+    fn provider_body<'a>(
+        &self,
+        ctx: &'a Ctx,
+        target: &'a Target,
+    ) -> Result<ProviderBody<'a>, AttemptError> {
         let unsupported = |e: translate::TranslateError| AttemptError::Unsupported(e.to_string());
+        // Usage in the final chunk, whether or not the client asked.
+        let include_usage = ctx.stream && target.provider.kind == ProviderKind::Openai;
         let mut body = match (ctx.api, target.provider.kind) {
             (Api::Chat, ProviderKind::Anthropic) => {
                 translate::chat_to_messages(&ctx.body, &target.model, ctx.alias.default_max_tokens)
@@ -691,16 +732,23 @@ impl Llm {
                 translate::messages_to_chat(&ctx.body, &target.model).map_err(unsupported)?
             }
             _ => {
-                let mut b = ctx.body.clone();
-                b["model"] = json!(target.model);
-                b
+                // `handle` let only objects through.
+                let Some(body) = ctx.body.as_object() else {
+                    return Err(AttemptError::Unsupported(
+                        "the request body must be a JSON object".into(),
+                    ));
+                };
+                return Ok(ProviderBody::Same(SameFormat {
+                    body,
+                    model: &target.model,
+                    include_usage,
+                }));
             }
         };
-        // Usage in the final chunk, whether or not the client asked.
-        if ctx.stream && target.provider.kind == ProviderKind::Openai {
+        if include_usage {
             body["stream_options"] = json!({"include_usage": true});
         }
-        Ok(body)
+        Ok(ProviderBody::Translated(body))
     }
 
     /// One attempt: send, and on success answer the client.
@@ -720,11 +768,12 @@ impl Llm {
             .provider
             .send(path, &body, ctx.stream, ctx.trace.clone(), beta)
             .await?;
+        drop(body);
         match reply {
-            Reply::Json(value) => {
+            Reply::Json(answer) => {
                 let waited = started.elapsed();
                 ctx.waited += waited;
-                let (resp, usage) = self.answer_json(ctx, target, value)?;
+                let (resp, usage) = self.answer_json(ctx, target, answer)?;
                 self.target_succeeded(&ctx.alias, target, waited);
                 self.clone_handle()
                     .spend(&ctx.identity, &ctx.alias.name, usage)
@@ -739,37 +788,48 @@ impl Llm {
         &self,
         ctx: &Ctx,
         target: &Target,
-        value: Value,
+        answer: Bytes,
     ) -> Result<(LlmResponse, Option<Usage>), AttemptError> {
         let provider = match target.provider.kind {
             ProviderKind::Openai => Wire::OpenAi,
             ProviderKind::Anthropic => Wire::Anthropic,
         };
-        let (usage, out) = match (provider, ctx.api.wire()) {
-            (Wire::OpenAi, client) => {
-                if value.get("choices").is_none() && value.get("data").is_none() {
-                    return Err(AttemptError::Malformed("no `choices` in the answer".into()));
+        let malformed = |e: serde_json::Error| AttemptError::Malformed(e.to_string());
+        let no_choices = || AttemptError::Malformed("no `choices` in the answer".into());
+        let no_content = || AttemptError::Malformed("no `content` in the answer".into());
+        let client = ctx.api.wire();
+        let (usage, out) = if provider == client {
+            // Passed on as it came: only what is checked is read.
+            let probe = AnswerProbe::read(&answer).map_err(malformed)?;
+            let usage = match provider {
+                Wire::OpenAi if !probe.choices && !probe.data => return Err(no_choices()),
+                Wire::OpenAi => probe.usage.as_ref().and_then(Usage::from_openai),
+                Wire::Anthropic if !probe.content => return Err(no_content()),
+                Wire::Anthropic => probe.usage.as_ref().map(Usage::from_anthropic),
+            };
+            (usage, answer)
+        } else {
+            let value: Value = serde_json::from_slice(&answer).map_err(malformed)?;
+            let (usage, out) = match provider {
+                Wire::OpenAi => {
+                    if value.get("choices").is_none() && value.get("data").is_none() {
+                        return Err(no_choices());
+                    }
+                    let usage = value.get("usage").and_then(Usage::from_openai);
+                    (usage, translate::completion_to_message(&value))
                 }
-                let usage = value.get("usage").and_then(Usage::from_openai);
-                let out = if client == Wire::Anthropic {
-                    translate::completion_to_message(&value)
-                } else {
-                    value
-                };
-                (usage, out)
-            }
-            (Wire::Anthropic, client) => {
-                if value.get("content").is_none() {
-                    return Err(AttemptError::Malformed("no `content` in the answer".into()));
+                Wire::Anthropic => {
+                    if value.get("content").is_none() {
+                        return Err(no_content());
+                    }
+                    let usage = value.get("usage").map(Usage::from_anthropic);
+                    (usage, translate::message_to_completion(&value))
                 }
-                let usage = value.get("usage").map(Usage::from_anthropic);
-                let out = if client == Wire::OpenAi {
-                    translate::message_to_completion(&value)
-                } else {
-                    value
-                };
-                (usage, out)
-            }
+            };
+            (
+                usage,
+                Bytes::from(serde_json::to_vec(&out).unwrap_or_default()),
+            )
         };
         self.account(
             ctx,
@@ -779,7 +839,7 @@ impl Llm {
                 outcome: "ok",
             },
         );
-        let mut resp = json_response(200, &out);
+        let mut resp = bytes_response(200, out);
         resp.headers.push((
             "x-portcullis-target",
             format!("{}/{}", target.provider.name, target.model),
@@ -1179,6 +1239,69 @@ mod tests {
             ResponseBody::Json(b) => serde_json::from_slice(b).unwrap(),
             ResponseBody::Stream(_) => panic!("expected JSON"),
         }
+    }
+
+    /// A provider on a loopback port that answers every request with
+    /// `answer`, keeping each request body it was sent.
+    async fn provider_answering(answer: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
+        use http_body_util::{BodyExt, Full};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let kept = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let kept = kept.clone();
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            kept.lock().unwrap().push(body);
+                            let mut resp = http::Response::new(Full::new(Bytes::from(answer)));
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                let io = hyper_util::rt::TokioIo::new(sock);
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service),
+                );
+            }
+        });
+        (base, seen)
+    }
+
+    #[tokio::test]
+    async fn an_answer_in_the_clients_format_passes_as_the_provider_wrote_it() {
+        // Spacing and key order that writing a parsed answer out would change.
+        const ANSWER: &str = r#"{"id":"c1",  "choices":[{"message":{"role":"assistant","content":"hi"},"index":0}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        let (base, seen) = provider_answering(ANSWER).await;
+        let config = Config::parse(
+            &format!(
+                "providers: {{ p: {{ kind: openai, base_url: '{base}' }} }}\n\
+                 models: {{ smart: {{ targets: [ {{ provider: p, model: m }} ] }} }}\n"
+            ),
+            std::path::Path::new("t.yaml"),
+            &|_| None,
+        )
+        .unwrap();
+        let llm = Llm::new(&config, Arc::new(Metrics::new().unwrap()));
+        let asked = json!({"model": "smart", "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
+        let r = llm.handle(request(Api::Chat, asked.clone())).await;
+        assert_eq!(r.status, 200);
+        let ResponseBody::Json(body) = &r.body else {
+            panic!("expected JSON");
+        };
+        assert_eq!(&body[..], ANSWER.as_bytes());
+        // The provider got the client's body with the target's model.
+        let mut sent = asked;
+        sent["model"] = json!("m");
+        assert_eq!(*seen.lock().unwrap(), vec![sent]);
     }
 
     #[tokio::test]

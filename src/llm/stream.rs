@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
+use super::passthrough::Chunk;
 use super::sse::SseEvent;
 use super::translate::{finish_reason, stop_reason, unix_now};
 use super::usage::Usage;
@@ -148,6 +149,29 @@ impl StreamState {
         if ev.data.trim() == "[DONE]" {
             self.done = true;
             return Ok(vec![SseEvent::data("[DONE]".into())]);
+        }
+        // A chunk goes on as it came, or without its `usage`, read only
+        // for what is checked; one carrying an error, or that cannot be
+        // read that way, is parsed whole below.
+        if let Ok(chunk) = Chunk::read(&ev.data) {
+            if chunk.get("error").is_none_or(|e| e.get() == "null") {
+                let usage = chunk.get("usage");
+                if let Some(u) = usage.and_then(|u| serde_json::from_str::<Value>(u.get()).ok()) {
+                    if let Some(u) = Usage::from_openai(&u) {
+                        self.usage = u;
+                    }
+                }
+                if self.include_usage {
+                    return Ok(vec![ev]);
+                }
+                if chunk.is_empty_array("choices") {
+                    return Ok(Vec::new());
+                }
+                return Ok(vec![match usage {
+                    Some(_) => SseEvent::data(chunk.without("usage")),
+                    None => ev,
+                }]);
+            }
         }
         let mut v = parse(&ev.data)?;
         if let Some(e) = provider_error(&v) {
@@ -542,6 +566,42 @@ mod tests {
         assert_eq!(v[7]["delta"]["stop_reason"], "tool_use");
         assert_eq!(v[7]["usage"]["output_tokens"], 9);
         assert_eq!(v[7]["usage"]["input_tokens"], 3);
+    }
+
+    #[test]
+    fn passthrough_forwards_unchanged_chunks_as_they_came() {
+        // Key order and spacing that writing a parsed chunk out would change.
+        let chunk = r#"{"id":"c1", "choices":[{"delta":{"content":"x"},"index":0}],"usage":null}"#;
+        let usage = r#"{"choices":[ ],"usage":{"prompt_tokens":4,"completion_tokens":2}}"#;
+        let mut s = StreamState::new(Wire::OpenAi, Wire::OpenAi, true);
+        let events = vec![
+            SseEvent::data(chunk.into()),
+            SseEvent::data(usage.into()),
+            SseEvent::data("[DONE]".into()),
+        ];
+        let out = run(&mut s, events);
+        assert_eq!(out[0].data, chunk);
+        assert_eq!(out[1].data, usage);
+        assert_eq!(s.usage().output, 2);
+        assert!(s.is_done());
+        // Without usage asked for, a chunk that has none passes as it came too.
+        let mut s = StreamState::new(Wire::OpenAi, Wire::OpenAi, false);
+        let plain = r#"{"id":"c1", "choices":[{"delta":{},"finish_reason":"stop","index":0}]}"#;
+        let out = s.push(SseEvent::data(plain.into())).unwrap();
+        assert_eq!(out[0].data, plain);
+        // Usage it did not ask for goes; the other members keep their bytes.
+        let with_null =
+            r#"{"id":"c1", "choices":[{"delta":{"content":"y"},"index":0}],"usage":null}"#;
+        let out = s.push(SseEvent::data(with_null.into())).unwrap();
+        assert_eq!(
+            out[0].data,
+            r#"{"id":"c1","choices":[{"delta":{"content":"y"},"index":0}]}"#
+        );
+        // An error chunk is still the provider's error.
+        let failed = s.push(SseEvent::data(
+            r#"{"error":{"message":"overloaded"}}"#.into(),
+        ));
+        assert!(matches!(failed, Err(StreamError::Provider(m)) if m == "overloaded"));
     }
 
     #[test]
