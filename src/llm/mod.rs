@@ -213,10 +213,13 @@ struct Served<'a> {
 }
 
 fn json_response(status: u16, body: &Value) -> LlmResponse {
-    // `to_vec`, not `to_string`: `Display` writes through `fmt::Write`, a
-    // few bytes a call.
-    let body = serde_json::to_vec(body).unwrap_or_default();
-    bytes_response(status, Bytes::from(body))
+    bytes_response(status, json_bytes(body))
+}
+
+/// `to_vec`, not `to_string`: `Display` writes through `fmt::Write`, a few
+/// bytes a call.
+fn json_bytes(body: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
 }
 
 fn bytes_response(status: u16, body: Bytes) -> LlmResponse {
@@ -768,6 +771,7 @@ impl Llm {
             .provider
             .send(path, &body, ctx.stream, ctx.trace.clone(), beta)
             .await?;
+        // It borrows `ctx`, which the answer updates.
         drop(body);
         match reply {
             Reply::Json(answer) => {
@@ -826,10 +830,7 @@ impl Llm {
                     (usage, translate::message_to_completion(&value))
                 }
             };
-            (
-                usage,
-                Bytes::from(serde_json::to_vec(&out).unwrap_or_default()),
-            )
+            (usage, json_bytes(&out))
         };
         self.account(
             ctx,
