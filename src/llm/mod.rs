@@ -14,6 +14,7 @@
 //! gone to the client, a failure is reported as an error event in the
 //! stream and never looks like a normal end.
 
+pub mod forward;
 pub mod passthrough;
 pub mod provider;
 pub mod route;
@@ -36,6 +37,7 @@ use tracing::Instrument as _;
 use crate::auth::Identity;
 use crate::config::{BreakerConfig, Config, PriceConfig, ProviderKind, RetryConfig, Strategy};
 use crate::telemetry::Metrics;
+use forward::{EventBody, StreamJob};
 use passthrough::{AnswerProbe, SameFormat};
 use provider::{AttemptError, Provider, Reply};
 use route::{Admit, Candidate, Health};
@@ -105,9 +107,8 @@ pub struct LlmResponse {
 pub enum ResponseBody {
     /// `application/json`.
     Json(Bytes),
-    /// `text/event-stream`: framed events, in order, until the sender
-    /// drops.
-    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+    /// `text/event-stream`: encoded events, in order.
+    Stream(EventBody),
 }
 
 /// A request refused before routing (by policy or a token budget).
@@ -884,11 +885,6 @@ impl Llm {
         let ttfb = started.elapsed();
         ctx.waited += ttfb;
         self.target_succeeded(&ctx.alias, target, ttfb);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-        for ev in &first {
-            // The receiver is ours until the response is returned.
-            let _ = tx.try_send(ev.encode());
-        }
         self.observe_overhead(ctx);
         let job = StreamJob {
             llm: self.clone_handle(),
@@ -904,17 +900,14 @@ impl Llm {
             api: ctx.api,
             started: ctx.started,
         };
-        tokio::spawn(
-            job.run(events, state, tx)
-                .instrument(tracing::Span::current()),
-        );
+        let body = forward::forward(job, first, events, state);
         Ok(LlmResponse {
             status: 200,
             headers: vec![(
                 "x-portcullis-target",
                 format!("{}/{}", target.provider.name, target.model),
             )],
-            body: ResponseBody::Stream(rx),
+            body: ResponseBody::Stream(body),
         })
     }
 
@@ -1011,8 +1004,8 @@ enum TargetFailure {
     Failed(AttemptError),
 }
 
-/// What accounting needs after the request handler has returned (streams
-/// finish in their own task).
+/// What accounting needs after the request handler has returned (a
+/// stream ends after it, in [`forward`]).
 struct LlmHandle {
     metrics: Arc<Metrics>,
     admission: Option<Arc<dyn Admission>>,
@@ -1090,101 +1083,6 @@ impl LlmHandle {
     }
 }
 
-/// A stream being forwarded after its first event went to the client.
-struct StreamJob {
-    llm: LlmHandle,
-    alias: Arc<Alias>,
-    target_index: usize,
-    identity: Arc<Identity>,
-    identity_label: String,
-    api: Api,
-    started: Instant,
-}
-
-impl StreamJob {
-    async fn run(
-        self,
-        mut events: provider::EventStream,
-        mut state: StreamState,
-        tx: tokio::sync::mpsc::Sender<Bytes>,
-    ) {
-        let client = self.api.wire();
-        let failure: Option<String> = loop {
-            match events.next().await {
-                Some(Ok(ev)) => match state.push(ev) {
-                    Ok(out) => {
-                        let mut gone = false;
-                        for e in out {
-                            if tx.send(e.encode()).await.is_err() {
-                                gone = true;
-                                break;
-                            }
-                        }
-                        if gone {
-                            break None;
-                        }
-                        if state.is_done() {
-                            break None;
-                        }
-                    }
-                    Err(e) => break Some(e.to_string()),
-                },
-                Some(Err(e)) => break Some(e.to_string()),
-                None => break state.finish().err().map(|e| e.to_string()),
-            }
-        };
-        let Some(target) = self.alias.targets.get(self.target_index) else {
-            return;
-        };
-        let outcome = match &failure {
-            Some(message) => {
-                tracing::warn!(provider = %target.provider.name, model = %target.model, error = %message,
-                    "model stream failed after its first event");
-                let text = format!("portcullis: the provider's stream failed: {message}");
-                let _ = tx
-                    .send(StreamState::error_event(client, &text).encode())
-                    .await;
-                let opened = target
-                    .health()
-                    .failure(std::time::Instant::now(), &self.alias.breaker);
-                if opened {
-                    self.llm
-                        .metrics
-                        .llm
-                        .cooling_down
-                        .with_label_values(&[
-                            self.alias.name.as_str(),
-                            target.provider.name.as_str(),
-                            target.model.as_str(),
-                        ])
-                        .set(1);
-                }
-                "stream_error"
-            }
-            None if state.is_done() => "ok",
-            None => "cancelled",
-        };
-        let usage = state.usage();
-        let usage = (usage != Usage::default()).then_some(usage);
-        self.llm.account(
-            &Accounting {
-                alias: &self.alias,
-                identity_label: &self.identity_label,
-                api: self.api,
-                started: self.started,
-            },
-            &Served {
-                target,
-                usage,
-                outcome,
-            },
-        );
-        self.llm
-            .spend(&self.identity, &self.alias.name, usage)
-            .await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1243,7 +1141,8 @@ mod tests {
     }
 
     /// A provider on a loopback port that answers every request with
-    /// `answer`, keeping each request body it was sent.
+    /// `answer` (an event stream if it starts with `data:`), keeping each
+    /// request body it was sent.
     async fn provider_answering(answer: &'static str) -> (String, Arc<Mutex<Vec<Value>>>) {
         use http_body_util::{BodyExt, Full};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1261,9 +1160,14 @@ mod tests {
                             let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
                             kept.lock().unwrap().push(body);
                             let mut resp = http::Response::new(Full::new(Bytes::from(answer)));
+                            let kind = if answer.starts_with("data:") {
+                                "text/event-stream"
+                            } else {
+                                "application/json"
+                            };
                             resp.headers_mut().insert(
                                 http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("application/json"),
+                                http::HeaderValue::from_static(kind),
                             );
                             Ok::<_, hyper::Error>(resp)
                         }
@@ -1277,11 +1181,9 @@ mod tests {
         (base, seen)
     }
 
-    #[tokio::test]
-    async fn an_answer_in_the_clients_format_passes_as_the_provider_wrote_it() {
-        // Spacing and key order that writing a parsed answer out would change.
-        const ANSWER: &str = r#"{"id":"c1",  "choices":[{"message":{"role":"assistant","content":"hi"},"index":0}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
-        let (base, seen) = provider_answering(ANSWER).await;
+    /// A router whose alias `smart` has one target, model `m` of the OpenAI
+    /// provider `p` at `base`.
+    fn one_provider(base: &str, metrics: Arc<Metrics>) -> Llm {
         let config = Config::parse(
             &format!(
                 "providers: {{ p: {{ kind: openai, base_url: '{base}' }} }}\n\
@@ -1291,7 +1193,15 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let llm = Llm::new(&config, Arc::new(Metrics::new().unwrap()));
+        Llm::new(&config, metrics)
+    }
+
+    #[tokio::test]
+    async fn an_answer_in_the_clients_format_passes_as_the_provider_wrote_it() {
+        // Spacing and key order that writing a parsed answer out would change.
+        const ANSWER: &str = r#"{"id":"c1",  "choices":[{"message":{"role":"assistant","content":"hi"},"index":0}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+        let (base, seen) = provider_answering(ANSWER).await;
+        let llm = one_provider(&base, Arc::new(Metrics::new().unwrap()));
         let asked = json!({"model": "smart", "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
         let r = llm.handle(request(Api::Chat, asked.clone())).await;
         assert_eq!(r.status, 200);
@@ -1303,6 +1213,129 @@ mod tests {
         let mut sent = asked;
         sent["model"] = json!("m");
         assert_eq!(*seen.lock().unwrap(), vec![sent]);
+    }
+
+    /// A whole streamed answer, usage included, sent in one write.
+    const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"index\":0}]}\n\n\
+        data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"},\"index\":0}]}\n\n\
+        data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n\
+        data: [DONE]\n\n";
+
+    async fn streamed(llm: &Llm) -> EventBody {
+        let asked = json!({"model": "smart", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+        let r = llm.handle(request(Api::Chat, asked)).await;
+        assert_eq!(r.status, 200);
+        match r.body {
+            ResponseBody::Stream(body) => body,
+            ResponseBody::Json(b) => panic!("expected a stream, got {b:?}"),
+        }
+    }
+
+    fn requests_counted(m: &Metrics, outcome: &str) -> u64 {
+        m.llm
+            .requests
+            .with_label_values(&["smart", "p", "m", outcome])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_counted_before_its_end_reaches_the_client_or_as_cancelled_when_it_leaves()
+    {
+        use futures::StreamExt as _;
+        let (base, _) = provider_answering(STREAM).await;
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let llm = one_provider(&base, metrics.clone());
+        let ledger = Arc::new(Ledger::default());
+        llm.set_admission(Arc::new(ledger.clone()));
+        let spent = || ledger.0.lock().unwrap().clone();
+
+        // Read to the end: counted as served, with its tokens, and charged
+        // to the caller's budget by the time the client holds the end
+        // marker. The usage-only chunk the gateway
+        // asked for is not passed to a client that did not.
+        let mut body = streamed(&llm).await;
+        let mut got = Vec::new();
+        while let Some(event) = body.next().await {
+            got.push(String::from_utf8(event.to_vec()).unwrap());
+            if got.last().is_some_and(|e| e.contains("[DONE]")) {
+                assert_eq!(requests_counted(&metrics, "ok"), 1);
+                let tokens = metrics.llm.tokens.with_label_values(&[
+                    "anonymous",
+                    "smart",
+                    "p",
+                    "m",
+                    "output",
+                ]);
+                assert_eq!(tokens.get(), 1);
+                let usage = Usage {
+                    input: 3,
+                    output: 1,
+                    cached: 0,
+                };
+                assert_eq!(
+                    spent(),
+                    vec![("anonymous".to_owned(), "smart".to_owned(), usage)]
+                );
+            }
+        }
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[1].contains("Hello"));
+        assert_eq!(got[2], "data: [DONE]\n\n");
+
+        // Left after the first event: the provider's answer had all arrived,
+        // but the client did not get it, so the request is not `ok`.
+        let mut body = streamed(&llm).await;
+        assert!(body.next().await.is_some());
+        drop(body);
+        assert_eq!(requests_counted(&metrics, "cancelled"), 1);
+        assert_eq!(requests_counted(&metrics, "ok"), 1);
+        // It never reached the usage chunk: nothing more to charge.
+        assert_eq!(spent().len(), 1);
+    }
+
+    /// A budget kept elsewhere: the charge is recorded after a wait.
+    struct Remote(Arc<Ledger>);
+
+    impl Admission for Remote {
+        fn admit(
+            &self,
+            who: Arc<Identity>,
+            alias: String,
+        ) -> BoxFuture<'static, Result<(), Refusal>> {
+            self.0.admit(who, alias)
+        }
+
+        fn spend(&self, who: Arc<Identity>, alias: String, u: Usage) -> BoxFuture<'static, ()> {
+            let record = self.0.spend(who, alias, u);
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                record.await;
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remote_budget_is_charged_even_when_the_client_leaves_while_it_is() {
+        use futures::StreamExt as _;
+        let (base, _) = provider_answering(STREAM).await;
+        let llm = one_provider(&base, Arc::new(Metrics::new().unwrap()));
+        let ledger = Arc::new(Ledger::default());
+        llm.set_admission(Arc::new(Remote(ledger.clone())));
+        let mut body = streamed(&llm).await;
+        // The two content events; the provider's whole answer has arrived.
+        assert!(body.next().await.is_some());
+        assert!(body.next().await.is_some());
+        // Asked once more, and gone: the charge must not depend on the
+        // client staying for it.
+        let _ = futures::poll!(body.next());
+        drop(body);
+        for _ in 0..100 {
+            if !ledger.0.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(ledger.0.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]

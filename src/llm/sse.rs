@@ -78,7 +78,7 @@ impl SseParser {
     /// The next complete event, if the buffer holds one.
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
         loop {
-            let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
+            let Some(end) = memchr::memchr(b'\n', &self.buf) else {
                 return Ok(None);
             };
             let line = self.buf.split_to(end + 1);

@@ -156,7 +156,9 @@ impl StreamState {
         if let Ok(chunk) = Chunk::read(&ev.data) {
             if chunk.get("error").is_none_or(|e| e.get() == "null") {
                 let usage = chunk.get("usage");
-                if let Some(u) = usage.and_then(|u| serde_json::from_str::<Value>(u.get()).ok()) {
+                // Every chunk but the last carries `"usage": null`.
+                let counted = usage.filter(|u| u.get() != "null");
+                if let Some(u) = counted.and_then(|u| serde_json::from_str::<Value>(u.get()).ok()) {
                     if let Some(u) = Usage::from_openai(&u) {
                         self.usage = u;
                     }

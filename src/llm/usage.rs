@@ -18,18 +18,20 @@ pub struct Usage {
     pub cached: u64,
 }
 
-fn num(v: &Value, pointer: &str) -> Option<u64> {
-    v.pointer(pointer).and_then(Value::as_u64)
+/// The number at `path`; not `Value::pointer`, which allocates a string
+/// per path segment.
+fn num(v: &Value, path: &[&str]) -> Option<u64> {
+    path.iter().try_fold(v, |v, key| v.get(key))?.as_u64()
 }
 
 impl Usage {
     /// From an OpenAI `usage` object (chat or embeddings).
     pub fn from_openai(u: &Value) -> Option<Usage> {
-        let input = num(u, "/prompt_tokens")?;
+        let input = num(u, &["prompt_tokens"])?;
         Some(Usage {
             input,
-            output: num(u, "/completion_tokens").unwrap_or(0),
-            cached: num(u, "/prompt_tokens_details/cached_tokens").unwrap_or(0),
+            output: num(u, &["completion_tokens"]).unwrap_or(0),
+            cached: num(u, &["prompt_tokens_details", "cached_tokens"]).unwrap_or(0),
         })
     }
 
@@ -37,16 +39,16 @@ impl Usage {
     /// or `message_delta`) into `self`: fields it carries replace ours.
     /// Anthropic's `input_tokens` excludes cache reads and writes.
     pub fn merge_anthropic(&mut self, u: &Value) {
-        let plain = num(u, "/input_tokens");
-        let read = num(u, "/cache_read_input_tokens");
-        let write = num(u, "/cache_creation_input_tokens");
+        let plain = num(u, &["input_tokens"]);
+        let read = num(u, &["cache_read_input_tokens"]);
+        let write = num(u, &["cache_creation_input_tokens"]);
         if plain.is_some() || read.is_some() || write.is_some() {
             let old_plain = self.input - self.cached;
             let read = read.unwrap_or(self.cached);
             self.input = plain.unwrap_or(old_plain) + read + write.unwrap_or(0);
             self.cached = read;
         }
-        if let Some(out) = num(u, "/output_tokens") {
+        if let Some(out) = num(u, &["output_tokens"]) {
             self.output = out;
         }
     }

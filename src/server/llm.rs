@@ -13,7 +13,9 @@ use hyper::body::{Frame, Incoming};
 use super::Body;
 use crate::auth::Identity;
 use crate::config::HttpConfig;
+use crate::llm::forward::EventBody;
 use crate::llm::{Api, Llm, LlmRequest, LlmResponse, ResponseBody};
+use futures::StreamExt as _;
 
 /// The HTTP protections of `http:` in the config, applied to the model API
 /// as rmcp applies them to `/mcp`: a page in a browser must not be able to
@@ -153,7 +155,7 @@ fn convert(r: LlmResponse) -> Response<Body> {
             "application/json",
         ),
         ResponseBody::Stream(stream) => (
-            ChannelBody(stream).boxed(),
+            EventsBody(stream).boxed(),
             "text/event-stream; charset=utf-8",
         ),
     };
@@ -178,11 +180,11 @@ fn convert(r: LlmResponse) -> Response<Body> {
     resp
 }
 
-/// A response body fed event by event from the router's stream task;
-/// each event is written as soon as it arrives.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+/// A streamed answer as an HTTP body: hyper polls it as it writes, and
+/// writes every event that is ready in one go.
+struct EventsBody(EventBody);
 
-impl hyper::body::Body for ChannelBody {
+impl hyper::body::Body for EventsBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -190,7 +192,9 @@ impl hyper::body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        self.0
+            .poll_next_unpin(cx)
+            .map(|b| b.map(|b| Ok(Frame::data(b))))
     }
 }
 
