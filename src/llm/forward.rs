@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::stream::{BoxStream, Stream, StreamExt as _};
 use sync_wrapper::SyncWrapper;
 use tokio::time::Instant;
@@ -135,26 +134,13 @@ impl Forward {
                     .push_back(StreamState::error_event(self.job.api.wire(), &text));
             }
             let usage = self.account(failure.as_deref());
-            if let Some(mut spend) = self.spend(usage) {
-                // A local budget is charged before the client sees the
-                // end; a shared one (a network round trip) on a task of
-                // its own, which neither holds the end back nor is cut
-                // short if the client leaves meanwhile.
-                if futures::poll!(&mut spend).is_pending() {
-                    tokio::spawn(spend);
-                }
-            }
+            self.spend(usage);
         }
     }
 
-    /// Charging `usage` to the caller's token budgets, if any apply.
-    fn spend(&self, usage: Option<Usage>) -> Option<BoxFuture<'static, ()>> {
-        let admission = self.job.llm.admission.as_ref()?;
-        Some(admission.spend(
-            self.job.identity.clone(),
-            self.job.alias.name.clone(),
-            usage?,
-        ))
+    fn spend(&self, usage: Option<Usage>) {
+        let job = &self.job;
+        job.llm.spend(&job.identity, &job.alias.name, usage);
     }
 
     /// Counts the request once with its outcome (`failure`: the stream
@@ -214,10 +200,6 @@ impl Drop for Forward {
             return;
         }
         let usage = self.account(None);
-        if let (Some(spend), Ok(runtime)) =
-            (self.spend(usage), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn(spend);
-        }
+        self.spend(usage);
     }
 }

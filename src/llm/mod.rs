@@ -781,8 +781,7 @@ impl Llm {
                 let (resp, usage) = self.answer_json(ctx, target, answer)?;
                 self.target_succeeded(&ctx.alias, target, waited);
                 self.clone_handle()
-                    .spend(&ctx.identity, &ctx.alias.name, usage)
-                    .await;
+                    .spend(&ctx.identity, &ctx.alias.name, usage);
                 Ok(resp)
             }
             Reply::Stream(events) => self.answer_stream(ctx, target, events, started).await,
@@ -1075,10 +1074,21 @@ impl LlmHandle {
         }
     }
 
-    /// Tells the admission hook what a request used.
-    async fn spend(&self, identity: &Arc<Identity>, alias: &str, usage: Option<Usage>) {
-        if let (Some(admission), Some(u)) = (&self.admission, usage) {
-            admission.spend(identity.clone(), alias.to_owned(), u).await;
+    /// Tells the admission hook what a request used. A budget whose store
+    /// answers at once (the local one) is charged before this returns, so
+    /// before the client has its answer; a shared one (a network round
+    /// trip) on a task of its own, which neither holds the answer back nor
+    /// is cut short when the client leaves.
+    fn spend(&self, identity: &Arc<Identity>, alias: &str, usage: Option<Usage>) {
+        let (Some(admission), Some(u)) = (&self.admission, usage) else {
+            return;
+        };
+        let mut spend = admission.spend(identity.clone(), alias.to_owned(), u);
+        let mut once = std::task::Context::from_waker(std::task::Waker::noop());
+        if spend.as_mut().poll(&mut once).is_pending() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(spend);
+            }
         }
     }
 }
